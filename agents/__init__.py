@@ -1,0 +1,1 @@
+"""Agents: one module each, wiring a topic to the logic under tables/."""

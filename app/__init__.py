@@ -1,0 +1,14 @@
+"""tapestream: Faust agents for market data. `faust -A app worker` runs a worker.
+
+Importing this package builds the app and registers its agents, tables, web views and commands.
+"""
+
+from __future__ import annotations
+
+# Agents, web views and commands register themselves with the app on import.
+from agents import instruments  # noqa: F401
+from app import web  # noqa: F401
+from app.commands import backfill, replay  # noqa: F401
+from app.faust_app import app, settings
+
+__all__ = ["app", "settings"]

@@ -1,0 +1,13 @@
+"""`faust -A app <command>`: replay, backfill."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+
+def exit_with(message: str, code: int = 1) -> NoReturn:
+    """End a command with a message and no traceback (Faust prints one for other errors).
+    Code 2 is a usage error, as with click's own."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)

@@ -1,0 +1,303 @@
+"""`faust -A app replay INPUT... [--speed X | --max] [--limit N]`: files to the raw MBO topic.
+
+Messages are cut by `app.feeds.batching.Batcher` and keyed by instrument. `--speed 1` sends each
+event when its `ts_recv` comes due (the recorded pace; 2 is twice as fast), `--max` (the default)
+as fast as the broker takes them. Produced idempotently with acks=all, so a retried send never
+duplicates or reorders a message. A file that turns out to be truncated or malformed stops the
+replay after its whole events are delivered, and the error says exactly what was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faust.cli import argument, option
+
+from app.commands import exit_with
+from app.faust_app import app
+from app.feeds.batching import Batch, Batcher
+from app.feeds.mbo_files import InputError, open_mbo
+from app.progress import Progress
+from app.settings import Settings
+from app.topics import RAW_MBO
+
+log = logging.getLogger(__name__)
+
+PACE_TICK_S = 0.005  # paced replay sends what came due in each 5 ms of replay time
+MAX_IN_FLIGHT = 512  # unacknowledged messages before replay waits for the broker
+
+
+class ReplayError(Exception):
+    pass
+
+
+@dataclass
+class FileSummary:
+    path: str
+    records: int = 0  # records delivered to the broker
+    messages: int = 0
+    unsent_records: int = 0  # records of an unfinished event left unsent after an input error
+
+
+@dataclass
+class ReplaySummary:
+    topic: str
+    files: list[FileSummary] = field(default_factory=list)
+    instruments: set[int] = field(default_factory=set)
+    seconds: float = 0.0
+
+    @property
+    def records(self) -> int:
+        return sum(f.records for f in self.files)
+
+    @property
+    def messages(self) -> int:
+        return sum(f.messages for f in self.files)
+
+    def as_dict(self) -> dict:
+        return {
+            "topic": self.topic,
+            "files": len(self.files),
+            "records": self.records,
+            "messages": self.messages,
+            "instruments": len(self.instruments),
+            "seconds": round(self.seconds, 3),
+            "records_per_s": round(self.records / self.seconds) if self.seconds > 0 else None,
+        }
+
+
+async def ensure_topic(settings: Settings, name: str, partitions: int) -> int:
+    """Create the topic if it is missing; return its partition count."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        if name not in await admin.list_topics():
+            with contextlib.suppress(TopicAlreadyExistsError):  # a worker made it meanwhile
+                await admin.create_topics(
+                    [NewTopic(name, num_partitions=partitions, replication_factor=1)]
+                )
+        for _ in range(50):
+            described = await admin.describe_topics([name])
+            parts = described[0].get("partitions") or []
+            if parts:
+                return len(parts)
+            await asyncio.sleep(0.1)
+        raise ReplayError(f"topic {name} has no partitions after creation")
+    finally:
+        await admin.close()
+
+
+class _Sender:
+    """Sends batches, keeps a bounded number in flight, and counts what was acknowledged."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str, summary: ReplaySummary) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.summary = summary
+        self.in_flight: deque[tuple[asyncio.Future, int, FileSummary]] = deque()
+
+    async def send(self, batches: Iterable[Batch], fs: FileSummary) -> None:
+        for b in batches:
+            fut = await self.producer.send(self.topic, b.records.tobytes(), key=b.key)
+            self.in_flight.append((fut, len(b.records), fs))
+            self.summary.instruments.add(b.instrument_id)
+            if len(self.in_flight) >= MAX_IN_FLIGHT:
+                await self._settle(MAX_IN_FLIGHT // 2)
+
+    async def _settle(self, keep: int) -> None:
+        while len(self.in_flight) > keep:
+            fut, n, fs = self.in_flight.popleft()
+            await fut  # raises the broker's error; nothing after it is counted as sent
+            fs.records += n
+            fs.messages += 1
+
+    async def drain(self) -> None:
+        await self._settle(0)
+
+
+async def replay_files(
+    paths: Sequence[str],
+    settings: Settings,
+    *,
+    speed: float | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    topic: str = RAW_MBO,
+) -> ReplaySummary:
+    if speed is not None and speed <= 0:
+        raise ReplayError("--speed must be positive")
+    files = [open_mbo(p) for p in paths]  # every file must exist before anything is sent
+    summary = ReplaySummary(topic=topic)
+    await ensure_topic(settings, topic, settings.partitions)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=0 if speed is not None else 5,
+        max_batch_size=max(settings.max_message_bytes + 1024, 1 << 20),
+        max_request_size=settings.max_message_bytes + 65_536,
+        request_timeout_ms=30_000,
+    )
+    await producer.start()
+    sender = _Sender(producer, topic, summary)
+    clock = _PaceClock(speed) if speed is not None else None
+    remaining = limit
+    t0 = time.monotonic()
+    try:
+        for f in files:
+            fs = FileSummary(path=str(f.path))
+            summary.files.append(fs)
+            bar = Progress(f.path.name, f.size, enabled=progress)
+            batcher = Batcher(settings.batch_records, settings.max_message_bytes)
+            try:
+                for chunk in f.chunks():
+                    if remaining is not None:
+                        chunk = chunk[:remaining]
+                        remaining -= len(chunk)
+                    if clock is None:
+                        await sender.send(batcher.add(chunk), fs)
+                    else:
+                        for piece in clock.slices(chunk):
+                            await clock.wait(piece)
+                            await sender.send(batcher.add(piece), fs)
+                            await sender.send(batcher.flush_complete(), fs)
+                    bar.update(f.bytes_read, fs.records + _pending(sender, fs))
+                    if remaining == 0:
+                        break
+            except InputError as exc:
+                await sender.send(batcher.flush_complete(), fs)
+                await sender.drain()
+                fs.unsent_records = batcher.pending_records
+                bar.close()
+                raise ReplayError(
+                    f"{exc}\nreplay stopped: {fs.records:,} records of {f.path} were delivered "
+                    f"in {fs.messages:,} messages (every whole event before the error); "
+                    f"{fs.unsent_records:,} records of an unfinished event were not sent"
+                    + _earlier(summary)
+                ) from None
+            await sender.send(batcher.flush_all(), fs)
+            await sender.drain()
+            bar.update(f.bytes_read, fs.records, force=True)
+            bar.close()
+            if remaining == 0:
+                break
+    except ReplayError:
+        raise
+    except Exception as exc:
+        raise ReplayError(
+            f"replay failed: {exc!r}\ndelivered before the failure: {summary.records:,} records "
+            f"in {summary.messages:,} messages ({_per_file(summary)})"
+        ) from exc
+    finally:
+        summary.seconds = time.monotonic() - t0
+        await producer.stop()
+    return summary
+
+
+def _pending(sender: _Sender, fs: FileSummary) -> int:
+    return sum(n for _, n, s in sender.in_flight if s is fs)
+
+
+def _per_file(summary: ReplaySummary) -> str:
+    return ", ".join(f"{f.path}: {f.records:,}" for f in summary.files) or "none"
+
+
+def _earlier(summary: ReplaySummary) -> str:
+    done = summary.files[:-1]
+    if not done:
+        return ""
+    return "; earlier files were sent whole: " + ", ".join(
+        f"{f.path} ({f.records:,} records)" for f in done
+    )
+
+
+class _PaceClock:
+    """Maps ts_recv to wall time at `speed` times the recorded pace."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self.t0_event: int | None = None
+        self.t0_wall = 0.0
+        self.high = 0  # ts_recv may step back (F_BAD_TS_RECV): the clock never does
+
+    def slices(self, chunk: np.ndarray) -> list[np.ndarray]:
+        if not len(chunk):
+            return []
+        ts = np.maximum.accumulate(np.maximum(chunk["ts_recv"].astype(np.int64), self.high))
+        self.high = int(ts[-1])
+        if self.t0_event is None:
+            self.t0_event = int(ts[0])
+            self.t0_wall = time.monotonic()
+        due = (ts - self.t0_event) / (self.speed * 1e9)
+        ticks = np.floor(due / PACE_TICK_S).astype(np.int64)
+        cuts = np.flatnonzero(np.diff(ticks)) + 1
+        return np.split(chunk, cuts)
+
+    async def wait(self, piece: np.ndarray) -> None:
+        assert self.t0_event is not None
+        first = max(int(piece["ts_recv"][0]), self.t0_event)
+        target = self.t0_wall + (first - self.t0_event) / (self.speed * 1e9)
+        delay = target - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+@app.command(
+    argument("inputs", nargs=-1, required=True),
+    option(
+        "--speed",
+        type=float,
+        default=None,
+        help="Replay at this multiple of the recorded pace (1 = as recorded).",
+    ),
+    option(
+        "--max",
+        "max_speed",
+        is_flag=True,
+        default=False,
+        help="Replay as fast as possible (the default).",
+    ),
+    option("--limit", type=int, default=None, help="Stop after this many records."),
+    option("--no-progress", is_flag=True, default=False, help="No progress bar."),
+)
+async def replay(
+    self: object,
+    inputs: tuple[str, ...],
+    speed: float | None,
+    max_speed: bool,
+    limit: int | None,
+    no_progress: bool,
+) -> None:
+    """Replay MBO files (.dbn, .dbn.zst, Databento CSV) to the raw MBO topic."""
+    from app.faust_app import settings
+
+    if speed is not None and max_speed:
+        exit_with("give either --speed or --max, not both", 2)
+    if limit is not None and limit < 1:
+        exit_with("--limit must be at least 1", 2)
+    try:
+        summary = await replay_files(
+            inputs, settings, speed=speed, limit=limit, progress=not no_progress
+        )
+    except (InputError, ReplayError) as exc:
+        exit_with(str(exc))
+    d = summary.as_dict()
+    print(
+        f"replayed {d['records']:,} records in {d['messages']:,} messages, "
+        f"{d['instruments']} instruments, {d['seconds']} s ({d['records_per_s'] or 0:,} records/s) "
+        f"to {summary.topic}",
+        file=sys.stderr,
+    )
+    print(orjson.dumps(d).decode())

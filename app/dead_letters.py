@@ -1,0 +1,39 @@
+"""Send input that cannot be processed to the dead-letter topic, with the reason, and count it."""
+
+from __future__ import annotations
+
+import base64
+import logging
+
+import orjson
+from faust.types import EventT
+
+from app import metrics
+from app.topics import dead_letters
+
+log = logging.getLogger(__name__)
+
+# Enough of a bad payload to diagnose it; the full message stays in its source topic.
+MAX_PAYLOAD_KEPT = 64 * 1024
+
+
+async def send_dead_letter(agent: str, event: EventT, kind: str, reason: str) -> None:
+    msg = event.message
+    payload = msg.value or b""
+    body = {
+        "agent": agent,
+        "kind": kind,
+        "reason": reason,
+        "topic": msg.topic,
+        "partition": msg.partition,
+        "offset": msg.offset,
+        "timestamp_ms": int(msg.timestamp * 1000) if msg.timestamp else None,
+        "key": (msg.key or b"").decode("utf-8", "replace"),
+        "payload_bytes": len(payload),
+        "payload_b64": base64.b64encode(payload[:MAX_PAYLOAD_KEPT]).decode(),
+    }
+    metrics.dead_letters.labels(agent, kind).inc()
+    log.warning(
+        "dead letter from %s[%s]@%s (%s): %s", msg.topic, msg.partition, msg.offset, kind, reason
+    )
+    await dead_letters.send(key=msg.key, value=orjson.dumps(body))

@@ -1,0 +1,33 @@
+"""The one faust.App, configured from `app.settings`."""
+
+from __future__ import annotations
+
+import faust
+
+import app.codecs
+from app.settings import load_settings
+
+settings = load_settings()
+
+app = faust.App(
+    settings.app_id,
+    broker=settings.broker,
+    store=settings.store,
+    datadir=str(settings.data_dir),
+    processing_guarantee=settings.processing_guarantee,
+    topic_partitions=settings.partitions,
+    topic_replication_factor=1,
+    topic_allow_declare=True,
+    key_serializer="raw",
+    value_serializer="raw",
+    web_bind=settings.web_host,
+    web_host=settings.web_host,
+    web_port=settings.web_port,
+    broker_commit_interval=settings.commit_interval,
+    producer_max_request_size=settings.max_message_bytes + 65_536,
+    consumer_max_fetch_size=max(4 * 1024 * 1024, 2 * settings.max_message_bytes),
+    # Table writes are batched per message; a larger buffer lets a busy partition keep up.
+    stream_buffer_maxsize=4096,
+    autodiscover=False,
+    web_enabled=True,
+)

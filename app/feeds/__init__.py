@@ -1,0 +1,1 @@
+"""Sources: readers of market-data files and feeds."""

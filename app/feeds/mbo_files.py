@@ -1,0 +1,383 @@
+"""Streaming readers for MBO files: DBN (`.dbn`, `.dbn.zst`) and Databento-style CSV.
+
+Every reader yields numpy arrays of `models.mbo.MBO_DTYPE` in file order, holding at most
+one chunk in memory, and raises `InputError` naming the file and the position for anything
+that is not a whole, well-formed MBO file: a missing file, a truncated record or zstd frame,
+another schema, an unparsable CSV row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import BinaryIO
+
+import databento_dbn
+import numpy as np
+import zstandard
+
+from models.mbo import (
+    ACTION_CODES,
+    MBO_DTYPE,
+    MBO_LENGTH_WORDS,
+    MBO_RTYPE,
+    MBO_SIZE,
+    SIDE_CODES,
+    UNDEF_PRICE,
+    empty_records,
+)
+
+DEFAULT_CHUNK_RECORDS = 65_536
+_READ_BYTES = 1 << 20
+_DBN_MAGIC = b"DBN"
+
+
+class InputError(Exception):
+    """An input file that cannot be read as MBO; the message names the file and position."""
+
+    def __init__(self, path: Path | str, where: str, problem: str) -> None:
+        self.path = str(path)
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{path}: {where}: {problem}")
+
+
+@dataclass
+class MboFile:
+    """One input file. Iterate `chunks()` once; `bytes_read`/`size` give progress."""
+
+    path: Path
+    format: str
+    size: int
+    dataset: str = ""
+    symbols: dict[int, str] = field(default_factory=dict)
+    records_read: int = 0
+    records_skipped: int = 0  # non-MBO records in a mixed-schema DBN stream
+    bytes_read: int = 0
+    _stream: BinaryIO | None = None
+
+    def chunks(self, chunk_records: int = DEFAULT_CHUNK_RECORDS) -> Iterator[np.ndarray]:
+        if self.format == "csv":
+            yield from _csv_chunks(self, chunk_records)
+        else:
+            yield from _dbn_chunks(self, chunk_records)
+
+
+def open_mbo(path: str | Path) -> MboFile:
+    """Identify an MBO input file by name; raise InputError if it is missing or unsupported."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "open", "no such file")
+    if not p.is_file():
+        raise InputError(p, "open", "not a regular file")
+    name = p.name.lower()
+    if name.endswith(".dbn.zst"):
+        fmt = "dbn.zst"
+    elif name.endswith(".dbn"):
+        fmt = "dbn"
+    elif name.endswith(".csv"):
+        fmt = "csv"
+    else:
+        raise InputError(p, "open", "unsupported file type (expected .dbn, .dbn.zst or .csv)")
+    return MboFile(path=p, format=fmt, size=p.stat().st_size)
+
+
+def read_all(path: str | Path) -> np.ndarray:
+    """Whole file as one array; for tests and small files."""
+    parts = list(open_mbo(path).chunks())
+    return np.concatenate(parts) if parts else empty_records()
+
+
+# --- DBN -------------------------------------------------------------------------------------
+
+
+def _raw_bytes(f: MboFile, fh: BinaryIO) -> Iterator[bytes]:
+    """Decompressed bytes of the file, checking that every zstd frame is complete."""
+    if f.format == "dbn":
+        while block := fh.read(_READ_BYTES):
+            f.bytes_read += len(block)
+            yield block
+        return
+    dctx = zstandard.ZstdDecompressor()
+    dobj = dctx.decompressobj()
+    pending = b""
+    in_frame = False
+    while True:
+        if pending:
+            block, pending = pending, b""
+        else:
+            block = fh.read(_READ_BYTES)
+            f.bytes_read += len(block)
+        if not block:
+            break
+        in_frame = True
+        try:
+            out = dobj.decompress(block)
+        except zstandard.ZstdError as exc:
+            raise InputError(
+                f.path, f"compressed byte {f.bytes_read}", f"corrupt zstd data ({exc})"
+            ) from None
+        if out:
+            yield out
+        if dobj.eof:
+            # Concatenated frames: continue with whatever follows this one.
+            pending = dobj.unused_data
+            dobj = dctx.decompressobj()
+            in_frame = False
+    if in_frame:
+        raise _TruncatedFrame
+
+
+class _TruncatedFrame(Exception):
+    pass
+
+
+def _dbn_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
+    with open(f.path, "rb") as fh:
+        raw = _raw_bytes(f, fh)
+        buf = bytearray()
+        # Header: b"DBN" + version byte + u32 metadata length, then the metadata.
+        _fill(buf, raw, 8)
+        if len(buf) < 8 or buf[:3] != _DBN_MAGIC:
+            raise InputError(f.path, "byte 0", "not a DBN stream (missing 'DBN' header)")
+        (meta_len,) = struct.unpack_from("<I", buf, 4)
+        _fill(buf, raw, 8 + meta_len)
+        if len(buf) < 8 + meta_len:
+            raise InputError(f.path, "metadata", "truncated: file ends inside the DBN metadata")
+        try:
+            meta = databento_dbn.Metadata.decode(bytes(buf[: 8 + meta_len]))
+        except Exception as exc:
+            raise InputError(f.path, "metadata", f"unreadable DBN metadata ({exc})") from None
+        schema = str(meta.schema) if meta.schema is not None else None
+        if schema not in (None, "mbo"):
+            raise InputError(f.path, "metadata", f"schema is {schema}, expected mbo")
+        f.dataset = meta.dataset
+        f.symbols = _symbols_from_mappings(meta.mappings)
+        del buf[: 8 + meta_len]
+        offset = 8 + meta_len  # decompressed byte offset of buf[0], for error positions
+        target = chunk_records * MBO_SIZE
+        truncated_frame = False
+        try:
+            for block in raw:
+                buf += block
+                if len(buf) >= target:
+                    used, out = _carve(f, buf, offset)
+                    del buf[:used]
+                    offset += used
+                    if len(out):
+                        yield out
+        except _TruncatedFrame:
+            truncated_frame = True
+        # Whatever is whole is yielded before any error, so a caller can say what it used.
+        used, out = _carve(f, buf, offset)
+        if len(out):
+            yield out
+        if truncated_frame:
+            raise InputError(
+                f.path,
+                f"compressed byte {f.bytes_read} (after {f.records_read} whole records)",
+                "truncated: the zstd stream ends inside a frame",
+            )
+        if used != len(buf):
+            raise InputError(
+                f.path,
+                f"byte {offset + used} (record {f.records_read + f.records_skipped})",
+                f"truncated: {len(buf) - used} trailing bytes are not a whole record",
+            )
+
+
+def _fill(buf: bytearray, raw: Iterator[bytes], n: int) -> None:
+    while len(buf) < n:
+        block = next(raw, None)
+        if block is None:
+            return
+        buf += block
+
+
+def _carve(f: MboFile, buf: bytearray, offset: int) -> tuple[int, np.ndarray]:
+    """Whole records at the front of buf: (bytes used, MBO records among them)."""
+    n = len(buf) // MBO_SIZE
+    if n == 0:
+        return _carve_mixed(f, buf, offset)
+    arr = np.frombuffer(bytes(buf[: n * MBO_SIZE]), dtype=MBO_DTYPE)
+    if (arr["length"] == MBO_LENGTH_WORDS).all() and (arr["rtype"] == MBO_RTYPE).all():
+        f.records_read += n
+        return n * MBO_SIZE, arr
+    return _carve_mixed(f, buf, offset)
+
+
+def _carve_mixed(f: MboFile, buf: bytearray, offset: int) -> tuple[int, np.ndarray]:
+    """Slow path for streams that interleave other record types (or carry ts_out)."""
+    pos, keep = 0, []
+    while pos + 2 <= len(buf):
+        length = buf[pos] * 4
+        if length < 16:
+            raise InputError(
+                f.path, f"byte {offset + pos}", f"corrupt record header (length {length})"
+            )
+        if pos + length > len(buf):
+            break
+        if buf[pos + 1] == MBO_RTYPE and length >= MBO_SIZE:
+            rec = bytearray(buf[pos : pos + MBO_SIZE])
+            rec[0] = MBO_LENGTH_WORDS  # drop a trailing ts_out: the record is re-framed alone
+            keep.append(bytes(rec))
+            f.records_read += 1
+        else:
+            f.records_skipped += 1
+        pos += length
+    out = np.frombuffer(b"".join(keep), dtype=MBO_DTYPE) if keep else empty_records()
+    return pos, out
+
+
+def _symbols_from_mappings(mappings: dict) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for raw_symbol, intervals in (mappings or {}).items():
+        for interval in intervals:
+            sym = interval.get("symbol") if isinstance(interval, dict) else None
+            if sym and sym.isdigit():
+                out[int(sym)] = raw_symbol
+    return out
+
+
+# --- CSV -------------------------------------------------------------------------------------
+
+_CSV_REQUIRED = (
+    "ts_recv",
+    "ts_event",
+    "publisher_id",
+    "instrument_id",
+    "action",
+    "side",
+    "price",
+    "size",
+    "order_id",
+    "flags",
+    "sequence",
+)
+_CSV_OPTIONAL = ("channel_id", "ts_in_delta")
+
+
+class _CountingReader(io.RawIOBase):
+    """Counts the bytes csv pulls from the file, for progress."""
+
+    def __init__(self, fh: BinaryIO, f: MboFile) -> None:
+        self._fh, self._f = fh, f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        n = self._fh.readinto(b)
+        self._f.bytes_read += n or 0
+        return n or 0
+
+
+def _csv_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
+    with open(f.path, "rb") as fh:
+        text = io.TextIOWrapper(
+            io.BufferedReader(_CountingReader(fh, f)), encoding="utf-8", newline=""
+        )
+        reader = csv.reader(text)
+        header = next(reader, None)
+        if header is None:
+            raise InputError(f.path, "line 1", "empty file (expected a CSV header)")
+        cols = {name.strip(): i for i, name in enumerate(header)}
+        missing = [c for c in _CSV_REQUIRED if c not in cols]
+        if missing:
+            raise InputError(
+                f.path, "line 1", f"not MBO CSV: missing column(s) {', '.join(missing)}"
+            )
+        rtype_col = cols.get("rtype")
+        idx = {c: cols[c] for c in _CSV_REQUIRED}
+        opt = {c: cols[c] for c in _CSV_OPTIONAL if c in cols}
+        sym_col = cols.get("symbol")
+        width = len(header)
+        rows: list[tuple] = []
+        for row in reader:
+            line = reader.line_num
+            if not row:
+                continue
+            if len(row) < width:
+                raise InputError(
+                    f.path, f"line {line}", f"truncated row: {len(row)} of {width} fields"
+                )
+            try:
+                if rtype_col is not None and int(row[rtype_col]) != MBO_RTYPE:
+                    raise ValueError(f"rtype {row[rtype_col]} is not MBO (160)")
+                rec = _csv_record(row, idx, opt)
+            except (ValueError, IndexError) as exc:
+                raise InputError(f.path, f"line {line}", f"bad MBO row ({exc})") from None
+            rows.append(rec)
+            if sym_col is not None and row[sym_col]:
+                f.symbols.setdefault(rec[3], row[sym_col])
+            if len(rows) >= chunk_records:
+                f.records_read += len(rows)
+                yield np.array(rows, dtype=MBO_DTYPE)
+                rows = []
+        if rows:
+            f.records_read += len(rows)
+            yield np.array(rows, dtype=MBO_DTYPE)
+
+
+def _csv_record(row: list[str], idx: dict[str, int], opt: dict[str, int]) -> tuple:
+    action = row[idx["action"]]
+    side = row[idx["side"]]
+    if len(action) != 1 or ord(action) not in ACTION_CODES:
+        raise ValueError(f"unknown action {action!r}")
+    if len(side) != 1 or ord(side) not in SIDE_CODES:
+        raise ValueError(f"unknown side {side!r}")
+    return (
+        MBO_LENGTH_WORDS,
+        MBO_RTYPE,
+        int(row[idx["publisher_id"]]),
+        int(row[idx["instrument_id"]]),
+        parse_ts(row[idx["ts_event"]]),
+        int(row[idx["order_id"]]),
+        parse_price(row[idx["price"]]),
+        int(row[idx["size"]]),
+        int(row[idx["flags"]]),
+        int(row[opt["channel_id"]]) if "channel_id" in opt else 0,
+        ord(action),
+        ord(side),
+        parse_ts(row[idx["ts_recv"]]),
+        int(row[opt["ts_in_delta"]]) if "ts_in_delta" in opt else 0,
+        int(row[idx["sequence"]]),
+    )
+
+
+def parse_price(text: str) -> int:
+    """A Databento CSV price: decimal (pretty_px) or fixed-point integer; empty is UNDEF_PRICE."""
+    if not text:
+        return UNDEF_PRICE
+    if "." not in text:
+        return int(text)
+    neg = text.startswith("-")
+    whole, frac = text.lstrip("-").split(".", 1)
+    if len(frac) > 9 or not frac.isdigit() or not (whole.isdigit() or whole == ""):
+        raise ValueError(f"bad price {text!r}")
+    value = int(whole or "0") * 1_000_000_000 + int(frac.ljust(9, "0"))
+    return -value if neg else value
+
+
+def parse_ts(text: str) -> int:
+    """A Databento CSV timestamp: ISO 8601 UTC with up to 9 fractional digits, or integer ns."""
+    if text.isdigit():
+        return int(text)
+    if not text.endswith("Z") or len(text) < 20 or text[10] != "T":
+        raise ValueError(f"bad timestamp {text!r}")
+    seconds = _epoch_seconds(text[:19])
+    frac = text[20:-1] if text[19] == "." else ""
+    if len(frac) > 9 or (frac and not frac.isdigit()):
+        raise ValueError(f"bad timestamp {text!r}")
+    return seconds * 1_000_000_000 + int(frac.ljust(9, "0") or "0")
+
+
+@lru_cache(maxsize=4096)
+def _epoch_seconds(stamp: str) -> int:
+    return int(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())

@@ -1,0 +1,75 @@
+"""Every setting of tapestream, read once from the environment.
+
+README's "Configuration" table documents each of these; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+Guarantee = Literal["at_least_once", "exactly_once"]
+
+
+class Settings(BaseModel, frozen=True):
+    broker: str = Field("kafka://127.0.0.1:9092", description="KAFKA_BROKER")
+    app_id: str = Field("tapestream", description="TAPESTREAM_APP_ID")
+    topic_prefix: str = Field("", description="TAPESTREAM_TOPIC_PREFIX")
+    partitions: int = Field(4, ge=1, le=1024, description="TAPESTREAM_PARTITIONS")
+    store: str = Field("rocksdb://", description="TAPESTREAM_STORE")
+    data_dir: Path = Field(Path("var/state"), description="TAPESTREAM_DATA_DIR")
+    web_host: str = Field("127.0.0.1", description="TAPESTREAM_WEB_HOST")
+    web_port: int = Field(6066, ge=1, le=65535, description="TAPESTREAM_WEB_PORT")
+    processing_guarantee: Guarantee = Field(
+        "at_least_once", description="TAPESTREAM_PROCESSING_GUARANTEE"
+    )
+    batch_records: int = Field(1000, ge=1, le=1_000_000, description="TAPESTREAM_BATCH_RECORDS")
+    max_message_bytes: int = Field(
+        1_000_000, ge=4096, le=100_000_000, description="TAPESTREAM_MAX_MESSAGE_BYTES"
+    )
+    commit_interval: float = Field(1.0, gt=0, description="TAPESTREAM_COMMIT_INTERVAL")
+    log_level: str = Field("info", description="TAPESTREAM_LOG_LEVEL")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, v: str) -> str:
+        return v if "://" in v else f"kafka://{v}"
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, v: str) -> str:
+        if not (v.startswith("rocksdb://") or v.startswith("memory://")):
+            raise ValueError("must be rocksdb:// or memory://")
+        return v
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """host:port list for plain Kafka clients (replay, tests, consumers)."""
+        return ",".join(u.split("://", 1)[-1] for u in self.broker.split(";"))
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+class SettingsError(Exception):
+    pass
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    values = {}
+    for name, f in Settings.model_fields.items():
+        var = f.description
+        if var and var in env and env[var] != "":
+            values[name] = env[var]
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{Settings.model_fields[str(e['loc'][0])].description}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise SettingsError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,1 @@
+"""Records on topics and validated input models."""

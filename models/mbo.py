@@ -1,0 +1,123 @@
+"""The Databento MBO record as it travels on the raw topic: 56 little-endian bytes.
+
+Layout follows DBN (`MboMsg`), unchanged across DBN versions 1-3, so a raw-topic
+message is simply a run of these records and decodes with one `np.frombuffer`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+
+MBO_DTYPE: Final = np.dtype(
+    [
+        ("length", "u1"),  # record length in 4-byte words: 14 for MBO
+        ("rtype", "u1"),
+        ("publisher_id", "<u2"),
+        ("instrument_id", "<u4"),
+        ("ts_event", "<u8"),
+        ("order_id", "<u8"),
+        ("price", "<i8"),
+        ("size", "<u4"),
+        ("flags", "u1"),
+        ("channel_id", "u1"),
+        ("action", "u1"),  # ASCII code: A C M R T F N
+        ("side", "u1"),  # ASCII code: B A N
+        ("ts_recv", "<u8"),
+        ("ts_in_delta", "<i4"),
+        ("sequence", "<u4"),
+    ]
+)
+MBO_SIZE: Final = 56
+MBO_RTYPE: Final = 0xA0
+MBO_LENGTH_WORDS: Final = MBO_SIZE // 4
+assert MBO_DTYPE.itemsize == MBO_SIZE
+
+UNDEF_PRICE: Final = (1 << 63) - 1
+PRICE_SCALE: Final = 1_000_000_000
+
+# Record flags.
+F_LAST: Final = 128
+F_TOB: Final = 64
+F_SNAPSHOT: Final = 32
+F_MBP: Final = 16
+F_BAD_TS_RECV: Final = 8
+F_MAYBE_BAD_BOOK: Final = 4
+
+ACTIONS: Final = "ACMRTFN"
+SIDES: Final = "BAN"
+ACTION_CODES: Final = frozenset(ord(a) for a in ACTIONS)
+SIDE_CODES: Final = frozenset(ord(s) for s in SIDES)
+
+
+def decode_records(payload: bytes | bytearray | memoryview) -> np.ndarray:
+    """View a run of MBO records. Raises ValueError if it is not whole MBO records."""
+    if len(payload) % MBO_SIZE:
+        raise ValueError(f"payload of {len(payload)} bytes is not a whole number of MBO records")
+    records = np.frombuffer(payload, dtype=MBO_DTYPE)
+    bad = (records["rtype"] != MBO_RTYPE) | (records["length"] != MBO_LENGTH_WORDS)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"record {i} is not MBO (rtype=0x{int(records['rtype'][i]):02x}, "
+            f"length={int(records['length'][i])} words)"
+        )
+    return records
+
+
+def validate_fields(records: np.ndarray) -> str | None:
+    """Return why a run of MBO records is malformed, or None if every field is in range."""
+    bad_action = ~np.isin(records["action"], list(ACTION_CODES))
+    if bad_action.any():
+        i = int(np.flatnonzero(bad_action)[0])
+        return f"record {i} has unknown action {bytes([records['action'][i]])!r}"
+    bad_side = ~np.isin(records["side"], list(SIDE_CODES))
+    if bad_side.any():
+        i = int(np.flatnonzero(bad_side)[0])
+        return f"record {i} has unknown side {bytes([records['side'][i]])!r}"
+    return None
+
+
+def empty_records(n: int = 0) -> np.ndarray:
+    out = np.zeros(n, dtype=MBO_DTYPE)
+    out["length"] = MBO_LENGTH_WORDS
+    out["rtype"] = MBO_RTYPE
+    return out
+
+
+class MalformedMessage(ValueError):
+    """A raw-topic message that is not a run of MBO records of its key's instrument.
+
+    `kind` is a short fixed label (for metrics); the message says exactly what is wrong.
+    """
+
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind = kind
+        super().__init__(detail)
+
+
+def parse_message(key: bytes | None, payload: bytes | None) -> np.ndarray:
+    """Records of one raw-topic message, checked against its key; raises MalformedMessage."""
+    if not payload:
+        raise MalformedMessage("empty", "message has no payload")
+    try:
+        iid = int(key or b"")
+    except ValueError:
+        raise MalformedMessage("bad_key", f"key {key!r} is not an instrument id") from None
+    try:
+        records = decode_records(payload)
+    except ValueError as exc:
+        kind = "bad_length" if len(payload) % MBO_SIZE else "not_mbo"
+        raise MalformedMessage(kind, str(exc)) from None
+    problem = validate_fields(records)
+    if problem:
+        raise MalformedMessage("bad_field", problem)
+    wrong = records["instrument_id"] != iid
+    if wrong.any():
+        i = int(np.flatnonzero(wrong)[0])
+        raise MalformedMessage(
+            "key_mismatch",
+            f"record {i} is instrument {int(records['instrument_id'][i])}, key says {iid}",
+        )
+    return records

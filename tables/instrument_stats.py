@@ -1,0 +1,88 @@
+"""Per-instrument record and action counts: the state of the `instruments` agent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.mbo import ACTIONS
+
+
+@dataclass
+class InstrumentStats:
+    """Counts for one instrument, and the input position they include.
+
+    `position` is the last input position applied (the raw topic's offset on the live path, a
+    message counter in backfill). State and position are stored together, so a message
+    redelivered after a crash is recognised and not counted twice.
+    """
+
+    instrument_id: int
+    records: int = 0
+    messages: int = 0
+    actions: dict[str, int] = field(default_factory=dict)
+    publishers: list[int] = field(default_factory=list)
+    first_ts_recv: int | None = None
+    last_ts_recv: int | None = None
+    last_sequence: int | None = None
+    position: int = -1
+
+    def apply(self, records: np.ndarray, position: int) -> bool:
+        """Count a message's records; False (and no change) if position was already applied."""
+        if position <= self.position:
+            return False
+        self.position = position
+        if not len(records):
+            return True
+        self.messages += 1
+        self.records += len(records)
+        codes, counts = np.unique(records["action"], return_counts=True)
+        for code, n in zip(codes.tolist(), counts.tolist(), strict=True):
+            key = chr(code)
+            self.actions[key] = self.actions.get(key, 0) + n
+        for pub in np.unique(records["publisher_id"]).tolist():
+            if pub not in self.publishers:
+                self.publishers.append(pub)
+                self.publishers.sort()
+        ts = records["ts_recv"]
+        lo, hi = int(ts.min()), int(ts.max())
+        self.first_ts_recv = lo if self.first_ts_recv is None else min(self.first_ts_recv, lo)
+        self.last_ts_recv = hi if self.last_ts_recv is None else max(self.last_ts_recv, hi)
+        self.last_sequence = int(records["sequence"][-1])
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instrument_id": self.instrument_id,
+            "records": self.records,
+            "messages": self.messages,
+            "actions": {a: self.actions[a] for a in ACTIONS if a in self.actions},
+            "publishers": self.publishers,
+            "first_ts_recv": self.first_ts_recv,
+            "last_ts_recv": self.last_ts_recv,
+            "last_sequence": self.last_sequence,
+            "position": self.position,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InstrumentStats:
+        return cls(
+            instrument_id=d["instrument_id"],
+            records=d["records"],
+            messages=d["messages"],
+            actions=dict(d["actions"]),
+            publishers=list(d["publishers"]),
+            first_ts_recv=d["first_ts_recv"],
+            last_ts_recv=d["last_ts_recv"],
+            last_sequence=d["last_sequence"],
+            position=d["position"],
+        )
+
+    def public(self) -> dict[str, Any]:
+        """What the web view and backfill output show: everything but the input position,
+        which differs between the live path and backfill by design."""
+        d = self.to_dict()
+        del d["position"]
+        return d
