@@ -21,11 +21,11 @@ async def count_instruments(stream):  # type: ignore[no-untyped-def]
         except MalformedMessage as exc:
             await send_dead_letter(AGENT, event, exc.kind, str(exc))
             continue
-        key = event.key.decode()
+        key = event.key
         current = instrument_stats.get(key)
-        stats = InstrumentStats.from_dict(current) if current else InstrumentStats(int(key))
+        stats = InstrumentStats.from_bytes(current) if current else InstrumentStats(int(key))
         if stats.apply(records, event.message.offset):
-            instrument_stats[key] = stats.to_dict()
+            instrument_stats[key] = stats.to_bytes()
             metrics.records_processed.labels(AGENT).inc(len(records))
             metrics.messages_processed.labels(AGENT).inc()
         else:

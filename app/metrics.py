@@ -22,5 +22,5 @@ messages_duplicate = Counter(
 dead_letters = Counter(
     "tapestream_dead_letters",
     "input records or messages sent to the dead-letter topic",
-    ["agent", "reason"],
+    ["agent", "kind"],
 )

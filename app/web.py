@@ -27,7 +27,7 @@ setup_prometheus_sensors(app, pattern="/metrics")
 
 
 def _local_instruments() -> list[dict[str, Any]]:
-    return [InstrumentStats.from_dict(v).public() for _, v in instrument_stats.items() if v]
+    return [InstrumentStats.from_bytes(v).public() for _, v in instrument_stats.items() if v]
 
 
 def _peer_urls() -> list[str]:
@@ -80,13 +80,24 @@ class InstrumentView(View):
     async def get(self, request: Request, instrument_id: str) -> Response:
         if not instrument_id.isdigit():
             return self.json({"error": f"not an instrument id: {instrument_id!r}"}, status=400)
-        value = instrument_stats.get(instrument_id)
+        value = instrument_stats.get(instrument_id.encode())
         if value is None:
             return self.json({"error": f"unknown instrument {instrument_id}"}, status=404)
-        return self.json(InstrumentStats.from_dict(value).public())
+        return self.json(InstrumentStats.from_bytes(value).public())
 
 
 @app.page("/health")
 class HealthView(View):
+    """Liveness, and which partitions this worker owns (empty until it joined the group)."""
+
     async def get(self, request: Request) -> Response:
-        return self.json({"ok": True, "app": app.conf.id})
+        actives = sorted(f"{tp.topic}:{tp.partition}" for tp in app.assignor.assigned_actives())
+        return self.json(
+            {
+                "ok": True,
+                "app": app.conf.id,
+                "rebalancing": bool(app.rebalancing),
+                "active_partitions": actives,
+                "standby_partitions": len(app.assignor.assigned_standbys()),
+            }
+        )

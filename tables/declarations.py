@@ -3,17 +3,17 @@ beside this module; this is the only module under tables/ that knows about Faust
 
 from __future__ import annotations
 
-import faust
-
 from app.faust_app import app, settings
 
-# instrument id (ASCII) -> InstrumentStats.to_dict(). The raw key serializer makes the table's
-# key bytes equal the raw topic's, so web requests route to the worker that owns the key.
+# Keys and values are bytes, which Faust stores raw: keys are instrument ids in ASCII, byte for
+# byte the raw topic's keys, so a key's changelog partition (what web routing computes) is the
+# partition its events arrive on; values are JSON encoded by the state classes themselves.
+
+# instrument id -> InstrumentStats.to_bytes()
 instrument_stats = app.Table(
     "instrument-stats",
-    schema=faust.Schema(
-        key_type=str, value_type=bytes, key_serializer="raw", value_serializer="orjson"
-    ),
+    key_type=bytes,
+    value_type=bytes,
     partitions=settings.partitions,
     default=None,
     help="record and action counts per instrument",

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from models.mbo import ACTIONS
 
@@ -79,6 +80,13 @@ class InstrumentStats:
             last_sequence=d["last_sequence"],
             position=d["position"],
         )
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> InstrumentStats:
+        return cls.from_dict(orjson.loads(raw))
 
     def public(self) -> dict[str, Any]:
         """What the web view and backfill output show: everything but the input position,

@@ -166,8 +166,8 @@ def _dbn_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
         try:
             for block in raw:
                 buf += block
-                if len(buf) >= target:
-                    used, out = _carve(f, buf, offset)
+                while len(buf) >= target:
+                    used, out = _carve(f, buf, offset, target)
                     del buf[:used]
                     offset += used
                     if len(out):
@@ -175,20 +175,24 @@ def _dbn_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
         except _TruncatedFrame:
             truncated_frame = True
         # Whatever is whole is yielded before any error, so a caller can say what it used.
-        used, out = _carve(f, buf, offset)
-        if len(out):
-            yield out
+        used = -1
+        while used != 0:
+            used, out = _carve(f, buf, offset, target)
+            del buf[:used]
+            offset += used
+            if len(out):
+                yield out
         if truncated_frame:
             raise InputError(
                 f.path,
                 f"compressed byte {f.bytes_read} (after {f.records_read} whole records)",
                 "truncated: the zstd stream ends inside a frame",
             )
-        if used != len(buf):
+        if buf:
             raise InputError(
                 f.path,
-                f"byte {offset + used} (record {f.records_read + f.records_skipped})",
-                f"truncated: {len(buf) - used} trailing bytes are not a whole record",
+                f"byte {offset} (record {f.records_read + f.records_skipped})",
+                f"truncated: {len(buf)} trailing bytes are not a whole record",
             )
 
 
@@ -200,28 +204,29 @@ def _fill(buf: bytearray, raw: Iterator[bytes], n: int) -> None:
         buf += block
 
 
-def _carve(f: MboFile, buf: bytearray, offset: int) -> tuple[int, np.ndarray]:
-    """Whole records at the front of buf: (bytes used, MBO records among them)."""
-    n = len(buf) // MBO_SIZE
+def _carve(f: MboFile, buf: bytearray, offset: int, limit: int) -> tuple[int, np.ndarray]:
+    """Whole records in the first `limit` bytes of buf: (bytes used, MBO records among them)."""
+    n = min(len(buf), limit) // MBO_SIZE
     if n == 0:
-        return _carve_mixed(f, buf, offset)
+        return _carve_mixed(f, buf, offset, limit)
     arr = np.frombuffer(bytes(buf[: n * MBO_SIZE]), dtype=MBO_DTYPE)
     if (arr["length"] == MBO_LENGTH_WORDS).all() and (arr["rtype"] == MBO_RTYPE).all():
         f.records_read += n
         return n * MBO_SIZE, arr
-    return _carve_mixed(f, buf, offset)
+    return _carve_mixed(f, buf, offset, limit)
 
 
-def _carve_mixed(f: MboFile, buf: bytearray, offset: int) -> tuple[int, np.ndarray]:
+def _carve_mixed(f: MboFile, buf: bytearray, offset: int, limit: int) -> tuple[int, np.ndarray]:
     """Slow path for streams that interleave other record types (or carry ts_out)."""
     pos, keep = 0, []
-    while pos + 2 <= len(buf):
+    end = min(len(buf), max(limit, 255 * 4))
+    while pos + 2 <= end:
         length = buf[pos] * 4
         if length < 16:
             raise InputError(
                 f.path, f"byte {offset + pos}", f"corrupt record header (length {length})"
             )
-        if pos + length > len(buf):
+        if pos + length > end:
             break
         if buf[pos + 1] == MBO_RTYPE and length >= MBO_SIZE:
             rec = bytearray(buf[pos : pos + MBO_SIZE])

@@ -1,0 +1,227 @@
+"""Integration fixtures: the real local broker and real `faust -A app worker` processes.
+
+Each test gets its own app id, topic prefix, state directory and web port, so tests never see
+each other's topics or state. The broker is started once per session by deploy/local/kafka.sh
+(which does nothing when KAFKA_BROKER points at a running broker).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import requests
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+BOOTSTRAP = os.environ.get("KAFKA_BROKER", "127.0.0.1:9092").removeprefix("kafka://")
+
+
+@pytest.fixture(scope="session")
+def broker() -> str:
+    subprocess.run(["bash", str(ROOT / "deploy/local/kafka.sh"), "start"], check=True)
+    return BOOTSTRAP
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:  # the service may not be up yet
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})"
+    )
+
+
+@dataclass
+class Deployment:
+    """One isolated tapestream deployment: its environment, workers and CLI runs."""
+
+    base_env: dict[str, str]
+    tmp: Path
+    workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        return self.base_env["TAPESTREAM_TOPIC_PREFIX"]
+
+    @property
+    def app_id(self) -> str:
+        return self.base_env["TAPESTREAM_APP_ID"]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**self.base_env, **extra}
+
+    def cli(self, *args: str, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "faust", "-A", "app", *args],
+            cwd=ROOT,
+            env=self.env(**extra),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def worker(self, name: str = "w1", **extra: str) -> Worker:
+        port = free_port()
+        w = Worker(
+            name=name,
+            port=port,
+            env=self.env(
+                TAPESTREAM_WEB_PORT=str(port),
+                TAPESTREAM_DATA_DIR=str(self.tmp / f"state-{name}"),
+                **extra,
+            ),
+            log_path=self.tmp / f"{name}.log",
+        )
+        w.start()
+        self.workers.append(w)
+        return w
+
+
+@dataclass
+class Worker:
+    name: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it until it exits)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: self.alive() and self.get("/health"), 60, f"worker {self.name} web")
+
+    def alive(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"worker {self.name} exited; log:\n{self.log_tail()}")
+        return True
+
+    def get(self, path: str, **params: Any) -> Any:
+        r = requests.get(self.url + path, params=params, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def get_raw(self, path: str) -> requests.Response:
+        return requests.get(self.url + path, timeout=10)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+@pytest.fixture
+def deployment(broker: str, tmp_path: Path) -> Iterator[Deployment]:
+    tag = f"t{uuid.uuid4().hex[:10]}"
+    env = {
+        **os.environ,
+        "KAFKA_BROKER": f"kafka://{broker}",
+        "TAPESTREAM_APP_ID": tag,
+        "TAPESTREAM_TOPIC_PREFIX": f"{tag}.",
+        "TAPESTREAM_PARTITIONS": "4",
+        "TAPESTREAM_DATA_DIR": str(tmp_path / "state"),
+        "TAPESTREAM_COMMIT_INTERVAL": "0.5",
+        "PYTHONUNBUFFERED": "1",
+    }
+    d = Deployment(base_env=env, tmp=tmp_path)
+    yield d
+    for w in d.workers:
+        w.stop()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
+
+
+def consume_all(
+    bootstrap: str,
+    topic: str,
+    expect_messages: int | None = None,
+    timeout: float = 60,
+    isolation: str = "read_committed",
+) -> list[tuple[bytes, bytes, int, int]]:
+    """(key, value, partition, offset) of every message in a topic, by plain aiokafka."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> list[tuple[bytes, bytes, int, int]]:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            isolation_level=isolation,
+            group_id=None,
+        )
+        await consumer.start()
+        out: list[tuple[bytes, bytes, int, int]] = []
+        try:
+            deadline = time.monotonic() + timeout
+            idle_since = time.monotonic()
+            while time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=500)
+                got = [m for msgs in batch.values() for m in msgs]
+                out.extend((m.key, m.value, m.partition, m.offset) for m in got)
+                if got:
+                    idle_since = time.monotonic()
+                done = expect_messages is not None and len(out) >= expect_messages
+                if done or (expect_messages is None and time.monotonic() - idle_since > 3):
+                    break
+        finally:
+            await consumer.stop()
+        return out
+
+    return asyncio.run(run())

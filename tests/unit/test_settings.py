@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.settings import SettingsError, load_settings
+
+
+def test_defaults_bind_to_loopback() -> None:
+    s = load_settings({})
+    assert s.web_host == "127.0.0.1"
+    assert s.broker == "kafka://127.0.0.1:9092"
+    assert s.processing_guarantee == "at_least_once"
+    assert s.bootstrap_servers == "127.0.0.1:9092"
+
+
+def test_environment_overrides() -> None:
+    s = load_settings(
+        {
+            "KAFKA_BROKER": "redpanda:9092",
+            "TAPESTREAM_PARTITIONS": "12",
+            "TAPESTREAM_PROCESSING_GUARANTEE": "exactly_once",
+            "TAPESTREAM_DATA_DIR": "/data",
+            "TAPESTREAM_TOPIC_PREFIX": "t1.",
+        }
+    )
+    assert s.broker == "kafka://redpanda:9092" and s.bootstrap_servers == "redpanda:9092"
+    assert s.partitions == 12 and s.processing_guarantee == "exactly_once"
+    assert s.data_dir == Path("/data") and s.topic("mbo.raw") == "t1.mbo.raw"
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("TAPESTREAM_PARTITIONS", "zero"),
+        ("TAPESTREAM_PARTITIONS", "0"),
+        ("TAPESTREAM_PROCESSING_GUARANTEE", "maybe_once"),
+        ("TAPESTREAM_STORE", "redis://"),
+        ("TAPESTREAM_WEB_PORT", "70000"),
+    ],
+)
+def test_invalid_values_name_the_variable(var: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=var):
+        load_settings({var: value})
