@@ -9,7 +9,7 @@ import orjson
 from faust.types import EventT
 
 from app import metrics
-from app.topics import dead_letters
+from app.topics import dead_letters, ensure_declared
 
 log = logging.getLogger(__name__)
 
@@ -36,4 +36,5 @@ async def send_dead_letter(agent: str, event: EventT, kind: str, reason: str) ->
     log.warning(
         "dead letter from %s[%s]@%s (%s): %s", msg.topic, msg.partition, msg.offset, kind, reason
     )
+    await ensure_declared(dead_letters)
     await dead_letters.send(key=msg.key, value=orjson.dumps(body))

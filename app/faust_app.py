@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import faust
-
 import app.codecs
 from app.settings import load_settings
+from app.transport import App
 
 settings = load_settings()
 
-app = faust.App(
+app = App(
     settings.app_id,
     broker=settings.broker,
     store=settings.store,
@@ -24,6 +23,10 @@ app = faust.App(
     web_host=settings.web_host,
     web_port=settings.web_port,
     broker_commit_interval=settings.commit_interval,
+    # A worker killed without leaving the group holds its partitions until this expires;
+    # Faust's 60 s default would stall those instruments for a minute.
+    broker_session_timeout=settings.session_timeout,
+    broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
     producer_max_request_size=settings.max_message_bytes + 65_536,
     consumer_max_fetch_size=max(4 * 1024 * 1024, 2 * settings.max_message_bytes),
     # Table writes are batched per message; a larger buffer lets a busy partition keep up.

@@ -31,6 +31,7 @@ class Settings(BaseModel, frozen=True):
         1_000_000, ge=4096, le=100_000_000, description="TAPESTREAM_MAX_MESSAGE_BYTES"
     )
     commit_interval: float = Field(1.0, gt=0, description="TAPESTREAM_COMMIT_INTERVAL")
+    session_timeout: float = Field(10.0, ge=6, le=300, description="TAPESTREAM_SESSION_TIMEOUT")
     log_level: str = Field("info", description="TAPESTREAM_LOG_LEVEL")
 
     @field_validator("broker")

@@ -6,6 +6,8 @@ so one instrument's events are handled in order by one worker.
 
 from __future__ import annotations
 
+import faust
+
 from app.faust_app import app, settings
 
 # Raw Databento MBO: each value is one or more consecutive 56-byte MBO records of one
@@ -32,3 +34,21 @@ dead_letters = app.topic(
     partitions=settings.partitions,
     internal=True,  # tapestream owns it: the worker creates it with the configured partitions
 )
+
+# Topics agents only write. The worker declares the topics it consumes; these it declares at
+# start, and `ensure_declared` covers a send that comes before that task has run.
+OUTPUT_TOPICS = [dead_letters]
+_declared: set[str] = set()
+
+
+async def ensure_declared(topic: faust.TopicT) -> None:
+    name = topic.get_topic_name()
+    if name not in _declared:
+        await topic.maybe_declare()
+        _declared.add(name)
+
+
+@app.task
+async def declare_output_topics() -> None:
+    for topic in OUTPUT_TOPICS:
+        await ensure_declared(topic)

@@ -66,7 +66,9 @@ listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$run/data
 num.partitions=1
-auto.create.topics.enable=true
+# Topics are created by tapestream with the configured partition count, never implicitly
+# by a producer (that would give the broker default and break co-partitioning).
+auto.create.topics.enable=false
 # One node: every internal topic, the transaction log included, has one replica,
 # so transactions (processing_guarantee=exactly_once) work.
 offsets.topic.replication.factor=1

@@ -103,6 +103,16 @@ class Deployment:
         self.workers.append(w)
         return w
 
+    def wait_assigned(self, *workers: Worker, partitions: int = 4) -> None:
+        """Until the workers share all raw-topic partitions, each owning some."""
+        raw = f"{self.prefix}mbo.raw"
+
+        def ready() -> bool:
+            owned = [w.owned(raw) for w in workers]
+            return all(owned) and len(set().union(*owned)) == partitions
+
+        wait_for(ready, 90, f"{len(workers)} worker(s) to own the raw partitions")
+
 
 @dataclass
 class Worker:
@@ -137,8 +147,25 @@ class Worker:
         r.raise_for_status()
         return r.json()
 
+    def owned(self, topic: str) -> set[int]:
+        """Partitions of topic this worker owns, once it is out of a rebalance."""
+        h = self.get("/health")
+        if h["rebalancing"]:
+            return set()
+        return {
+            int(p.rsplit(":", 1)[1]) for p in h["active_partitions"] if p.rsplit(":", 1)[0] == topic
+        }
+
     def get_raw(self, path: str) -> requests.Response:
         return requests.get(self.url + path, timeout=10)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.env["TAPESTREAM_DATA_DIR"])
+
+    def restart(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "stop or kill it first"
+        self.start()
 
     def kill9(self) -> None:
         assert self.proc is not None

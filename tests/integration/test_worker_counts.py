@@ -77,19 +77,7 @@ def test_two_workers_split_partitions_and_route_reads(
     path, truth = generated
     w1 = deployment.worker("w1")
     w2 = deployment.worker("w2")
-    raw = f"{deployment.prefix}mbo.raw"
-
-    def owned(w: Worker) -> set[str]:
-        h = w.get("/health")
-        return (
-            set() if h["rebalancing"] else {p for p in h["active_partitions"] if p.startswith(raw)}
-        )
-
-    wait_for(
-        lambda: owned(w1) and owned(w2) and len(owned(w1) | owned(w2)) == 4,
-        90,
-        "both workers to own raw partitions",
-    )
+    deployment.wait_assigned(w1, w2)
     run = deployment.cli("replay", str(path), "--max", "--no-progress")
     assert run.returncode == 0, run.stderr
     _wait_total(w1, truth["records"], timeout=180)

@@ -1,0 +1,66 @@
+"""Malformed raw-topic messages go to the dead-letter topic with the reason, are counted in
+/metrics, and never stop the worker or disturb the good messages around them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from models.mbo import empty_records
+from tests.integration.conftest import Deployment, consume_all, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _records(iid: int, n: int) -> bytes:
+    r = empty_records(n)
+    r["instrument_id"] = iid
+    r["action"] = ord("A")
+    r["side"] = ord("B")
+    r["flags"][-1] = 128
+    return r.tobytes()
+
+
+def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    async def run() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await p.start()
+        try:
+            for key, value in messages:
+                await p.send_and_wait(topic, value, key=key)
+        finally:
+            await p.stop()
+
+    asyncio.run(run())
+
+
+def test_bad_messages_are_dead_lettered_and_counted(deployment: Deployment, broker: str) -> None:
+    w = deployment.worker()
+    deployment.wait_assigned(w)
+    raw = f"{deployment.prefix}mbo.raw"
+    _produce(
+        broker,
+        raw,
+        [
+            (b"5", _records(5, 3)),
+            (b"5", _records(5, 2)[:-7]),  # torn record
+            (b"5", _records(6, 2)),  # another instrument under this key
+            (b"bogus", _records(5, 1)),
+            (b"5", b""),
+            (b"5", _records(5, 2)),
+        ],
+    )
+    wait_for(lambda: w.alive() and w.get("/instruments/")["records"] == 5, 60, "good records")
+    letters = consume_all(broker, f"{deployment.prefix}dead.letters", expect_messages=4)
+    bodies = {b["kind"]: b for b in (orjson.loads(v) for _, v, _, _ in letters)}
+    assert sorted(bodies) == ["bad_key", "bad_length", "empty", "key_mismatch"]
+    assert all(b["topic"] == raw and b["agent"] == "instruments" for b in bodies.values())
+    assert "record 0 is instrument 6, key says 5" in bodies["key_mismatch"]["reason"]
+    assert bodies["bad_length"]["payload_bytes"] == 105
+    metrics = w.get_raw("/metrics").text
+    for kind in ("bad_length", "key_mismatch", "bad_key", "empty"):
+        assert f'tapestream_dead_letters_total{{agent="instruments",kind="{kind}"}} 1.0' in metrics
+    assert w.get("/instruments/5/")["messages"] == 2
