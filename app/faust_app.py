@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import app.codecs  # noqa: F401  (registers the orjson codec before any topic uses it)
+import app.codecs  # registers the orjson codec before any topic uses it
 from app.settings import load_settings
 from app.transport import App
 
