@@ -12,7 +12,8 @@ from app.faust_app import app, settings
 
 # Raw Databento MBO: each value is one or more consecutive 56-byte MBO records of one
 # instrument, normally ending at an F_LAST boundary (see app/feeds/batching.py).
-RAW_MBO = settings.topic("mbo.raw")
+RAW_MBO_BASE = "mbo.raw"
+RAW_MBO = settings.topic(RAW_MBO_BASE)
 # Input that could not be processed, with the reason (JSON; see app/dead_letters.py).
 DEAD_LETTERS = settings.topic("dead.letters")
 

@@ -31,7 +31,7 @@ from app.feeds.batching import Batch, Batcher
 from app.feeds.mbo_files import InputError, open_mbo
 from app.progress import Progress
 from app.settings import Settings
-from app.topics import RAW_MBO
+from app.topics import RAW_MBO_BASE
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,10 @@ async def replay_files(
     speed: float | None = None,
     limit: int | None = None,
     progress: bool = True,
-    topic: str = RAW_MBO,
+    topic: str | None = None,
 ) -> ReplaySummary:
+    """Replay files to `topic` (default: the raw MBO topic named by `settings`)."""
+    topic = topic or settings.topic(RAW_MBO_BASE)
     if speed is not None and speed <= 0:
         raise ReplayError("--speed must be positive")
     files = [open_mbo(p) for p in paths]  # every file must exist before anything is sent
