@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.mbo import F_LAST, F_SNAPSHOT
 from tables.order_book import ASK, BID, OrderBook
 
 T, F, C, R = (ord(x) for x in "TFCR")
@@ -36,10 +37,14 @@ class MbpRow:
 
 
 class MbpBuilder:
-    def __init__(self, depth: int = 10) -> None:
+    """`every_event=True` makes one row per event (at each F_LAST, snapshots excluded) instead:
+    the LOBSTER convention, one row per message."""
+
+    def __init__(self, depth: int = 10, every_event: bool = False) -> None:
         if not 1 <= depth <= 50:
             raise ValueError("depth must be between 1 and 50")
         self.depth = depth
+        self.every_event = every_event
         self.books: dict[tuple[int, int], OrderBook] = {}
         self._trade: dict[tuple[int, int], tuple[tuple, set[int]]] = {}
 
@@ -69,6 +74,11 @@ class MbpBuilder:
         (_, _, pub, iid, _, oid, price, size, flags, _, action, side, _, _, seq) = rec
         key = (pub, iid)
         book = self.book(pub, iid)
+        if self.every_event:
+            book.apply(action, side, price, size, oid, flags, seq)
+            if flags & F_LAST and not flags & F_SNAPSHOT:
+                yield self._row(rec, book)
+            return
         pending = self._trade.get(key)
         if pending is not None:
             _, filled = pending

@@ -87,12 +87,13 @@ def row_values(row: MbpRow, depth: int) -> list[str | int]:
 
 
 def write_mbp(paths: Iterable[str], depth: int, out: TextIO, progress: bool = True) -> int:
-    builder = MbpBuilder(depth)
+    files = [open_mbo(p) for p in paths]
+    # LOBSTER input makes one row per message, as its orderbook files do.
+    builder = MbpBuilder(depth, every_event=all(f.format == "lobster" for f in files))
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header(depth))
     rows = 0
-    for path in paths:
-        f = open_mbo(path)
+    for f in files:
         bar = Progress(f.path.name, f.size, enabled=progress)
         for chunk in f.chunks():
             for row in builder.add(chunk):

@@ -1,4 +1,5 @@
-"""Streaming readers for MBO files: DBN (`.dbn`, `.dbn.zst`) and Databento-style CSV.
+"""Streaming readers for MBO files: DBN (`.dbn`, `.dbn.zst`), Databento-style CSV, and
+LOBSTER message files (`app/feeds/lobster.py`).
 
 Every reader yields numpy arrays of `models.mbo.MBO_DTYPE` in file order, holding at most
 one chunk in memory, and raises `InputError` naming the file and the position for anything
@@ -65,6 +66,10 @@ class MboFile:
     def chunks(self, chunk_records: int = DEFAULT_CHUNK_RECORDS) -> Iterator[np.ndarray]:
         if self.format == "csv":
             yield from _csv_chunks(self, chunk_records)
+        elif self.format == "lobster":
+            from app.feeds.lobster import lobster_chunks
+
+            yield from lobster_chunks(self, chunk_records)
         else:
             yield from _dbn_chunks(self, chunk_records)
 
@@ -82,7 +87,9 @@ def open_mbo(path: str | Path) -> MboFile:
     elif name.endswith(".dbn"):
         fmt = "dbn"
     elif name.endswith(".csv"):
-        fmt = "csv"
+        from app.feeds.lobster import is_lobster
+
+        fmt = "lobster" if is_lobster(p) else "csv"
     else:
         raise InputError(p, "open", "unsupported file type (expected .dbn, .dbn.zst or .csv)")
     return MboFile(path=p, format=fmt, size=p.stat().st_size)
