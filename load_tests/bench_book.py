@@ -1,0 +1,145 @@
+"""The book engine against bare decoding, in one run, printed as JSON.
+
+    python -m load_tests.bench_book [--records 5000000] [--instruments 200]
+                                    [--orders-per-instrument 5000] [--runs 3]
+
+On one generated file (cached under var/bench/), each run measures bare DBN decoding (the floor
+any book pays) and decode-plus-book, checks every final book against the generator's ground
+truth, and the JSON gives events/s for both, their ratio, peak RSS, and the RSS the books hold
+per live order (RSS after building the books minus RSS before, over the live orders).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from app.feeds.mbo_files import open_mbo
+from load_tests.gen_mbo import GenConfig, truth_path, write
+from tables.order_book import ASK, BID, OrderBook
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize()
+
+
+def _decode(path: Path) -> int:
+    n = 0
+    for chunk in open_mbo(path).chunks():
+        n += len(chunk)
+    return n
+
+
+def _books(path: Path) -> tuple[int, dict[int, OrderBook]]:
+    books: dict[int, OrderBook] = {}
+    n = 0
+    for chunk in open_mbo(path).chunks():
+        n += len(chunk)
+        for rec in chunk.tolist():
+            (_, _, pub, iid, _, oid, px, sz, fl, _, act, side, _, _, seq) = rec
+            b = books.get(iid)
+            if b is None:
+                b = books[iid] = OrderBook(pub, iid)
+            b.apply(act, side, px, sz, oid, fl, seq)
+    return n, books
+
+
+def _correct(books: dict[int, OrderBook], truth: dict) -> bool:
+    for iid, t in truth["instruments"].items():
+        b = books.get(int(iid))
+        if b is None:
+            return False
+        if [list(x) for x in b.levels(BID, 1 << 30)] != t["bids"]:
+            return False
+        if [list(x) for x in b.levels(ASK, 1 << 30)] != t["asks"]:
+            return False
+        if len(b.orders) != t["orders"]:
+            return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", type=int, default=5_000_000)
+    ap.add_argument("--instruments", type=int, default=200)
+    ap.add_argument("--orders-per-instrument", type=int, default=5_000)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args(argv)
+
+    bench = ROOT / "var" / "bench"
+    bench.mkdir(parents=True, exist_ok=True)
+    path = bench / (
+        f"book-{args.records}-{args.instruments}-{args.orders_per_instrument}.mbo.dbn.zst"
+    )
+    if not path.exists():
+        write(
+            path,
+            GenConfig(
+                records=args.records,
+                instruments=args.instruments,
+                orders_per_instrument=args.orders_per_instrument,
+            ),
+        )
+    truth = orjson.loads(truth_path(path).read_bytes())
+
+    runs = []
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        n = _decode(path)
+        decode_s = time.perf_counter() - t0
+        gc.collect()
+        rss0 = _rss_bytes()
+        t0 = time.perf_counter()
+        n2, books = _books(path)
+        book_s = time.perf_counter() - t0
+        rss1 = _rss_bytes()
+        live = sum(len(b.orders) for b in books.values())
+        runs.append(
+            {
+                "decode_events_per_s": n / decode_s,
+                "book_events_per_s": n2 / book_s,
+                "book_vs_decode": (n2 / book_s) / (n / decode_s),
+                "live_orders": live,
+                "bytes_per_live_order": (rss1 - rss0) / max(1, live),
+                "correct": _correct(books, truth),
+            }
+        )
+        del books
+        gc.collect()
+
+    def med(k: str) -> float:
+        return statistics.median(r[k] for r in runs)
+
+    print(
+        orjson.dumps(
+            {
+                "engine": "tables.order_book.OrderBook (pure Python reference)",
+                "file": str(path.relative_to(ROOT)),
+                "events": truth["records"],
+                "runs": args.runs,
+                "decode_events_per_s": round(med("decode_events_per_s")),
+                "book_events_per_s": round(med("book_events_per_s")),
+                "book_vs_decode": round(med("book_vs_decode"), 4),
+                "live_orders": int(med("live_orders")),
+                "bytes_per_live_order": round(med("bytes_per_live_order")),
+                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "correct": all(r["correct"] for r in runs),
+            },
+            option=orjson.OPT_INDENT_2,
+        ).decode()
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
