@@ -30,6 +30,12 @@ class Settings(BaseModel, frozen=True):
     max_message_bytes: int = Field(
         1_000_000, ge=4096, le=100_000_000, description="TAPESTREAM_MAX_MESSAGE_BYTES"
     )
+    fetch_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=1024 * 1024 * 1024,
+        description="TAPESTREAM_FETCH_BYTES",
+    )
     commit_interval: float = Field(1.0, gt=0, description="TAPESTREAM_COMMIT_INTERVAL")
     session_timeout: float = Field(10.0, ge=6, le=300, description="TAPESTREAM_SESSION_TIMEOUT")
     log_level: str = Field("info", description="TAPESTREAM_LOG_LEVEL")
