@@ -187,7 +187,6 @@ def lobster_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
         reader = csv.reader(fh)
         for row in reader:
             line = reader.line_num
-            f.bytes_read = fh.buffer.tell() if hasattr(fh, "buffer") else f.bytes_read
             if not row:
                 continue
             if len(row) < 6:
@@ -204,6 +203,7 @@ def lobster_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
             except ValueError as exc:
                 raise InputError(f.path, f"line {line}", f"bad LOBSTER row ({exc})") from None
             if len(tr.rows) >= chunk_records:
+                f.bytes_read = fh.buffer.tell()  # progress, once a chunk
                 f.records_read += len(tr.rows)
                 yield np.array(tr.rows, dtype=MBO_DTYPE)
                 tr.rows = []
