@@ -2,11 +2,15 @@
 
     python -m load_tests.bench_book [--records 5000000] [--instruments 200]
                                     [--orders-per-instrument 5000] [--runs 3]
+                                    [--engine compiled|reference]
 
 On one generated file (cached under var/bench/), each run measures bare DBN decoding (the floor
 any book pays) and decode-plus-book, checks every final book against the generator's ground
 truth, and the JSON gives events/s for both, their ratio, peak RSS, and the RSS the books hold
 per live order (RSS after building the books minus RSS before, over the live orders).
+`compiled` is tables.book_engine.BookEngine (the default, what agents use); `reference` is the
+pure-Python tables.order_book.OrderBook it is tested against. The compiled kernels are warmed
+(loaded from numba's cache, or compiled) before timing.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import orjson
 
 from app.feeds.mbo_files import open_mbo
 from load_tests.gen_mbo import GenConfig, truth_path, write
+from tables.book_engine import BookEngine
 from tables.order_book import ASK, BID, OrderBook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +59,15 @@ def _books(path: Path) -> tuple[int, dict[int, OrderBook]]:
     return n, books
 
 
+def _engine(path: Path) -> tuple[int, BookEngine]:
+    engine = BookEngine()
+    n = 0
+    for chunk in open_mbo(path).chunks():
+        n += len(chunk)
+        engine.apply(chunk)
+    return n, engine
+
+
 def _correct(books: dict[int, OrderBook], truth: dict) -> bool:
     for iid, t in truth["instruments"].items():
         b = books.get(int(iid))
@@ -68,13 +82,39 @@ def _correct(books: dict[int, OrderBook], truth: dict) -> bool:
     return True
 
 
+def _engine_correct(engine: BookEngine, truth: dict) -> bool:
+    for iid, t in truth["instruments"].items():
+        b = next((i for i, k in enumerate(engine.book_keys) if k[1] == int(iid)), None)
+        if b is None:
+            return False
+        if [list(x) for x in engine.levels(b, BID, 1 << 30)] != t["bids"]:
+            return False
+        if [list(x) for x in engine.levels(b, ASK, 1 << 30)] != t["asks"]:
+            return False
+        if engine.order_count(b) != t["orders"]:
+            return False
+    return True
+
+
+def _warm_file() -> Path:
+    path = ROOT / "var" / "bench" / "warm.mbo.dbn.zst"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path, GenConfig(records=20_000, instruments=4, orders_per_instrument=100))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=5_000_000)
     ap.add_argument("--instruments", type=int, default=200)
     ap.add_argument("--orders-per-instrument", type=int, default=5_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--engine", choices=("compiled", "reference"), default="compiled")
     args = ap.parse_args(argv)
+    compiled = args.engine == "compiled"
+    if compiled:
+        BookEngine().apply(next(open_mbo(_warm_file()).chunks()))
 
     bench = ROOT / "var" / "bench"
     bench.mkdir(parents=True, exist_ok=True)
@@ -100,10 +140,18 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         rss0 = _rss_bytes()
         t0 = time.perf_counter()
-        n2, books = _books(path)
+        if compiled:
+            n2, engine = _engine(path)
+        else:
+            n2, books = _books(path)
         book_s = time.perf_counter() - t0
         rss1 = _rss_bytes()
-        live = sum(len(b.orders) for b in books.values())
+        if compiled:
+            live = engine.order_count()
+            correct = _engine_correct(engine, truth)
+        else:
+            live = sum(len(b.orders) for b in books.values())
+            correct = _correct(books, truth)
         runs.append(
             {
                 "decode_events_per_s": n / decode_s,
@@ -111,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
                 "book_vs_decode": (n2 / book_s) / (n / decode_s),
                 "live_orders": live,
                 "bytes_per_live_order": (rss1 - rss0) / max(1, live),
-                "correct": _correct(books, truth),
+                "correct": correct,
             }
         )
-        del books
+        engine = books = None  # type: ignore[assignment]
         gc.collect()
 
     def med(k: str) -> float:
@@ -123,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         orjson.dumps(
             {
-                "engine": "tables.order_book.OrderBook (pure Python reference)",
+                "engine": (
+                    "tables.book_engine.BookEngine (compiled)"
+                    if compiled
+                    else "tables.order_book.OrderBook (pure Python reference)"
+                ),
                 "file": str(path.relative_to(ROOT)),
                 "events": truth["records"],
                 "runs": args.runs,

@@ -11,6 +11,10 @@ implementation of Databento MBO semantics (../shared/design.md, "Order book sema
 - F_MAYBE_BAD_BOOK marks the book suspect until the next R; so does a sequence gap.
 - An order id the book does not know (C or M before any A, typical when a feed starts mid-day)
   is counted, never fatal; an M of an unknown order adds it, as the venue's state says it rests.
+- F_TOB records (venues that publish only their top of book) are not orders: an A or M replaces
+  every level on its side with one level of that price and size (none for UNDEF_PRICE), a C
+  empties the side. F_MBP records set the aggregate size of one price level (A/M) or remove it
+  (C). Both show in level sizes but not in order counts, as in Databento's own book example.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 
-from models.mbo import F_MAYBE_BAD_BOOK, UNDEF_PRICE
+from models.mbo import F_MAYBE_BAD_BOOK, F_MBP, F_TOB, UNDEF_PRICE
 
 BID, ASK = ord("B"), ord("A")
 A, C, M, R = (ord(x) for x in "ACMR")
@@ -26,7 +30,8 @@ A, C, M, R = (ord(x) for x in "ACMR")
 
 @dataclass(slots=True)
 class Level:
-    size: int = 0
+    size: int = 0  # resting orders' sizes plus `agg`
+    agg: int = 0  # size from F_TOB / F_MBP records, which are not orders
     # order id -> None, in queue priority (dicts keep insertion order)
     orders: dict[int, None] = field(default_factory=dict)
 
@@ -75,6 +80,17 @@ class OrderBook:
         if action == R:
             self.clear()
             return 0
+        if flags & (F_TOB | F_MBP) and action in (A, C, M):
+            if side not in (BID, ASK):
+                self.counters.bad_records += 1
+                return None
+            if flags & F_TOB:
+                self._clear_side(side)
+                if action != C and price != UNDEF_PRICE and size > 0:
+                    self._set_aggregate(side, price, size)
+            else:
+                self._set_aggregate(side, price, 0 if action == C else size)
+            return side
         if action == A:
             return self._add(side, price, size, order_id)
         if action == C:
@@ -89,6 +105,31 @@ class OrderBook:
             self._levels[s].clear()
             self._prices[s].clear()
         self.suspect = False
+
+    def _clear_side(self, side: int) -> None:
+        for lv in self._levels[side].values():
+            for oid in lv.orders:
+                del self.orders[oid]
+        self._levels[side].clear()
+        self._prices[side].clear()
+
+    def _set_aggregate(self, side: int, price: int, size: int) -> None:
+        levels = self._levels[side]
+        lv = levels.get(price)
+        if lv is None:
+            if size <= 0:
+                return
+            lv = levels[price] = Level()
+            insort(self._prices[side], price)
+        lv.size += size - lv.agg
+        lv.agg = size
+        self._drop_if_empty(side, price, lv)
+
+    def _drop_if_empty(self, side: int, price: int, lv: Level) -> None:
+        if not lv.orders and not lv.agg:
+            del self._levels[side][price]
+            prices = self._prices[side]
+            del prices[bisect_left(prices, price)]
 
     def _check_sequence(self, sequence: int) -> None:
         if not sequence:
@@ -131,6 +172,9 @@ class OrderBook:
         if order is None:
             self.counters.unknown_orders += 1
             return self._add(side, price, size, order_id)
+        if side not in (BID, ASK) or price == UNDEF_PRICE:
+            self.counters.bad_records += 1
+            return None
         old_side, old_price, old_size = order
         if size <= 0:
             self._remove(order_id)
@@ -159,10 +203,7 @@ class OrderBook:
         lv = levels[price]
         del lv.orders[order_id]
         lv.size -= size
-        if not lv.orders:
-            del levels[price]
-            prices = self._prices[side]
-            del prices[bisect_left(prices, price)]
+        self._drop_if_empty(side, price, lv)
 
     # -- reading --------------------------------------------------------------------------
     def best(self, side: int) -> tuple[int, int, int] | None:
