@@ -37,4 +37,7 @@ async def send_dead_letter(agent: str, event: EventT, kind: str, reason: str) ->
         "dead letter from %s[%s]@%s (%s): %s", msg.topic, msg.partition, msg.offset, kind, reason
     )
     await ensure_declared(dead_letters)
-    await dead_letters.send(key=msg.key, value=orjson.dumps(body))
+    # The source partition, given explicitly: under exactly_once Faust sends a message in the
+    # transaction of its partition only when the partition is known here, and it does not
+    # know the partitions of topics the worker does not consume.
+    await dead_letters.send(key=msg.key, value=orjson.dumps(body), partition=msg.partition)

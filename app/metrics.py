@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 records_processed = Counter(
     "tapestream_records_processed",
@@ -23,4 +23,18 @@ dead_letters = Counter(
     "tapestream_dead_letters",
     "input records or messages sent to the dead-letter topic",
     ["agent", "kind"],
+)
+checkpoint_writes = Counter(
+    "tapestream_checkpoint_writes",
+    "table keys written or deleted by book checkpoints",
+)
+checkpoint_seconds = Histogram(
+    "tapestream_checkpoint_seconds",
+    "time to compute and write one checkpoint (at each offset commit)",
+    buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2.0, 10.0),
+)
+book_load_seconds = Histogram(
+    "tapestream_book_load_seconds",
+    "time to restore one instrument's books from the table",
+    buckets=(0.001, 0.01, 0.1, 1.0, 10.0),
 )

@@ -7,8 +7,10 @@ so one instrument's events are handled in order by one worker.
 from __future__ import annotations
 
 import faust
+from aiokafka.partitioner import DefaultPartitioner
 
 from app.faust_app import app, settings
+from app.transport import output_sources
 
 # Raw Databento MBO: each value is one or more consecutive 56-byte MBO records of one
 # instrument, normally ending at an F_LAST boundary (see app/feeds/batching.py).
@@ -17,28 +19,42 @@ RAW_MBO = settings.topic(RAW_MBO_BASE)
 # Input that could not be processed, with the reason (JSON; see app/dead_letters.py).
 DEAD_LETTERS = settings.topic("dead.letters")
 
-raw_mbo = app.topic(
-    RAW_MBO,
-    key_type=bytes,
-    value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.partitions,
-    internal=True,  # tapestream owns it: the worker creates it with the configured partitions
-)
-dead_letters = app.topic(
-    DEAD_LETTERS,
-    key_type=bytes,
-    value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.partitions,
-    internal=True,  # tapestream owns it: the worker creates it with the configured partitions
-)
+
+def _topic(name: str, *, internal: bool = False) -> faust.TopicT:
+    """A topic of raw bytes keyed by instrument. `internal`: tapestream owns it, and the worker
+    creates it with the configured partitions."""
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+        internal=internal,
+    )
+
+
+def partition_of(key: bytes) -> int:
+    """The partition of an instrument key on every instrument topic: Kafka's default (murmur2)
+    partitioner, which replay's producer and Faust both use."""
+    parts = list(range(settings.partitions))
+    return int(DefaultPartitioner()(key, parts, parts))
+
+
+raw_mbo = _topic(RAW_MBO, internal=True)
+dead_letters = _topic(DEAD_LETTERS, internal=True)
+# What the books agent publishes: columnar JSON, one message per input message and instrument
+# (models/book_events.py describes the fields).
+book_deltas = _topic(settings.topic("book.deltas"))
+bbo = _topic(settings.topic("bbo"))
+trades = _topic(settings.topic("trades"))
+BOOK_TOPICS = {"book.deltas": book_deltas, "bbo": bbo, "trades": trades}
+for _out in (dead_letters, book_deltas, bbo, trades):
+    output_sources[_out.get_topic_name()] = RAW_MBO
 
 # Topics agents only write. The worker declares the topics it consumes; these it declares at
 # start, and `ensure_declared` covers a send that comes before that task has run.
-OUTPUT_TOPICS = [dead_letters]
+OUTPUT_TOPICS = [dead_letters, book_deltas, bbo, trades]
 _declared: set[str] = set()
 
 

@@ -11,12 +11,30 @@ belongs to, so state, outputs and offsets commit together.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from typing import Any
 
 import faust
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, TransportT
+
+# Agents that keep state in memory and checkpoint it register a guard here. Every offset
+# commit (periodic, on rebalance, on shutdown) runs inside all guards: a guard writes its
+# checkpoint and acks the events it covers on entry, and holds its agent still until the
+# commit is done, so the offsets committed are exactly those the checkpoint covers and, under
+# exactly_once, state, outputs and offsets share one transaction.
+CommitGuard = Callable[[], AbstractAsyncContextManager[Any]]
+commit_guards: list[CommitGuard] = []
+
+
+# Output topic -> the input topic whose partitions it mirrors (same key, partitioner and
+# partition count). Under exactly_once Faust picks a message's transaction from the partition
+# of its topic, but it knows partitions only of topics the worker consumes: a message to any
+# other topic was sent outside every transaction, visible at once and repeated after a crash.
+# A message to a registered output topic joins the transaction of the same input partition.
+output_sources: dict[str, str] = {}
 
 
 class FlushingTransactionManager(TransactionManager):
@@ -24,8 +42,44 @@ class FlushingTransactionManager(TransactionManager):
         await self.app.producer.flush()
         return await super().commit(offsets, start_new_transaction=start_new_transaction)
 
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> Any:
+        source = output_sources.get(topic)
+        if source is None:
+            return await super().send(topic, key, value, partition, timestamp, headers)
+        if partition is None:
+            raise ValueError(f"a message to {topic} needs its partition under exactly_once")
+        group = self.app.assignor.group_for_topic(source)
+        return await self.producer.send(
+            topic,
+            key,
+            value,
+            partition,
+            timestamp,
+            headers,
+            transactional_id=f"{self.app.conf.id}-{group}-{partition}",
+        )
+
+
+class CheckpointingConsumer(aiokafka_driver.Consumer):
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        async with AsyncExitStack() as stack:
+            for guard in commit_guards:
+                await stack.enter_async_context(guard())
+            return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+
 
 class Transport(aiokafka_driver.Transport):
+    Consumer = CheckpointingConsumer
     TransactionManager = FlushingTransactionManager
 
 

@@ -39,8 +39,8 @@ class _State(NamedTuple):
     PG: np.ndarray  # pages (n, 6) int32: book, number, live, fill, generation, dirty
     B: np.ndarray  # books (n, K.B_COLUMNS) int64
     PD: np.ndarray  # pending level changes of open events (n, 5): side, price, size0, count0, next
-    DL: np.ndarray  # published level rows (n, 6): rec, book, side, price, size, count
-    DB: np.ndarray  # published BBO rows (n, 7): rec, bid px, sz, ct, ask px, sz, ct
+    DL: np.ndarray  # published level rows (n, 7): rec, book, side, price, size, count, event
+    DB: np.ndarray  # published BBO rows (n, 8): rec, bid px, sz, ct, ask px, sz, ct, event
 
 
 _O32_FILL = (0, 0, 0, 0, 0, -1, -1, -1, -1, -1)
@@ -48,7 +48,7 @@ _L_FILL = (-1, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1)
 _PG_FILL = (-1, 0, 0, 0, 0, 0)
 
 
-def _book_row() -> np.ndarray:
+def fresh_book_row() -> np.ndarray:
     row = np.zeros(K.B_COLUMNS, np.int64)
     row[[K.B_BEST, K.B_BEST + 1, K.B_WORST, K.B_WORST + 1]] = -1
     row[[K.B_OPEN_PAGE, K.B_PEND_HEAD, K.B_PEND_TAIL]] = -1
@@ -74,8 +74,8 @@ def _order_views(rows: np.ndarray) -> dict[str, np.ndarray]:
     return {"O32": rows, "O64": rows.view(np.int64)}
 
 
-def _book_rows(old: np.ndarray, n: int) -> np.ndarray:
-    new = _rows(n, _book_row(), np.int64)
+def fresh_book_rows(old: np.ndarray, n: int) -> np.ndarray:
+    new = _rows(n, fresh_book_row(), np.int64)
     new[: len(old)] = old
     return new
 
@@ -93,7 +93,8 @@ class Published:
     record in the input, `side` is B, A, or R (the book was cleared: drop every level, then
     apply the rows that follow for the same event); size and count are the level's values after
     the event (0 and 0: the level is gone). BBO rows: the touch after the event, when it
-    changed (UNDEF_PRICE and 0 for an empty side)."""
+    changed (UNDEF_PRICE and 0 for an empty side). `event` numbers a book's events (its
+    F_LAST records) from 0, across restarts: the key consumers drop repeats by."""
 
     rec: np.ndarray
     book: np.ndarray
@@ -101,9 +102,11 @@ class Published:
     price: np.ndarray
     size: np.ndarray
     count: np.ndarray
+    event: np.ndarray
     bbo_rec: np.ndarray
     bbo_book: np.ndarray
     bbo: np.ndarray  # (n, 6): bid px, sz, ct, ask px, sz, ct
+    bbo_event: np.ndarray
 
 
 class BookEngine:
@@ -121,10 +124,10 @@ class BookEngine:
             L=_rows(levels, _L_FILL, np.int64),
             lh=np.zeros(_pow2_at_least(2 * levels), np.int32),
             PG=_rows(max(16, orders // 256), _PG_FILL, np.int32),
-            B=_rows(books, _book_row(), np.int64),
+            B=_rows(books, fresh_book_row(), np.int64),
             PD=np.zeros((0, 5), np.int64),
-            DL=np.zeros((0, 6), np.int64),
-            DB=np.zeros((0, 7), np.int64),
+            DL=np.zeros((0, 7), np.int64),
+            DB=np.zeros((0, 8), np.int64),
         )
         self._scratch(1024)
 
@@ -132,11 +135,11 @@ class BookEngine:
     def _scratch(self, n: int) -> None:
         self.S = self.S._replace(
             PD=np.zeros((n, 5), np.int64),
-            DL=np.zeros((n, 6), np.int64),
-            DB=np.zeros((n, 7), np.int64),
+            DL=np.zeros((n, 7), np.int64),
+            DB=np.zeros((n, 8), np.int64),
         )
 
-    def _reserve(self, orders: int, levels: int, pages: int) -> None:
+    def reserve(self, orders: int, levels: int, pages: int) -> None:
         S = self.S
         changes: dict[str, np.ndarray] = {}
         need_o = int(S.sc[K.SC_O_LIVE]) + orders
@@ -165,7 +168,7 @@ class BookEngine:
             b = self._keys[key] = len(self.book_keys)
             self.book_keys.append(key)
             if b >= len(self.S.B):
-                self.S = self.S._replace(B=_book_rows(self.S.B, 2 * len(self.S.B)))
+                self.S = self.S._replace(B=fresh_book_rows(self.S.B, 2 * len(self.S.B)))
             packed = (np.uint64(key[0]) << np.uint64(32)) | np.uint64(key[1])
             pos = int(np.searchsorted(self._key_lookup, packed))
             self._key_lookup = np.insert(self._key_lookup, pos, packed)
@@ -196,7 +199,7 @@ class BookEngine:
         if not n:
             return None
         books = self._books_of(records)
-        self._reserve(n, n, n)
+        self.reserve(n, n, n)
         scratch = 0
         if emit:
             # worst case of one call: two level changes per record, plus every level of a side
@@ -225,18 +228,21 @@ class BookEngine:
             return None
         if sc[K.SC_ACTIVE]:
             raise ValueError("records end inside an event (no F_LAST); use complete_events()")
-        rows = self.S.DL[: int(sc[K.SC_DN])].copy()
-        bbo = self.S.DB[: int(sc[K.SC_DNB])].copy()
+        # Column by column, each contiguous: consumers serialise them as arrays.
+        rows = np.ascontiguousarray(self.S.DL[: int(sc[K.SC_DN])].T)
+        bbo = self.S.DB[: int(sc[K.SC_DNB])]
         return Published(
-            rec=rows[:, 0],
-            book=rows[:, 1],
-            side=rows[:, 2],
-            price=rows[:, 3],
-            size=rows[:, 4],
-            count=rows[:, 5],
-            bbo_rec=bbo[:, 0],
+            rec=rows[0],
+            book=rows[1],
+            side=rows[2],
+            price=rows[3],
+            size=rows[4],
+            count=rows[5],
+            event=rows[6],
+            bbo_rec=bbo[:, 0].copy(),
             bbo_book=books[bbo[:, 0]],
-            bbo=bbo[:, 1:],
+            bbo=bbo[:, 1:7].copy(),
+            bbo_event=bbo[:, 7].copy(),
         )
 
     # -- reading --------------------------------------------------------------------------

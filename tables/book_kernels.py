@@ -610,6 +610,7 @@ def _flush_event(S, book, rec):  # type: ignore[no-untyped-def]
         DL[n, 3] = 0
         DL[n, 4] = 0
         DL[n, 5] = 0
+        DL[n, 6] = B[book, B_EVENT]
         n += 1
     stamp = -2 - B[book, B_EVENT]  # marks a level as emitted in this flush
     k = B[book, B_PEND_HEAD]
@@ -637,6 +638,7 @@ def _flush_event(S, book, rec):  # type: ignore[no-untyped-def]
             DL[n, 3] = price
             DL[n, 4] = size
             DL[n, 5] = count
+            DL[n, 6] = B[book, B_EVENT]
             n += 1
         k = PD[k, 4]
     sc[SC_DN] = n
@@ -671,6 +673,7 @@ def _flush_event(S, book, rec):  # type: ignore[no-untyped-def]
     if changed:
         m = sc[SC_DNB]
         DB[m, 0] = rec
+        DB[m, 7] = B[book, B_EVENT] - 1
         for c in range(6):
             DB[m, 1 + c] = B[book, B_BBO + c]
         sc[SC_DNB] = m + 1
@@ -722,8 +725,11 @@ def apply_records(S, books, action, side, price, size, order_id, flags, sequence
                 _cancel(S, book, oid, sz)
             else:
                 _modify(S, book, oid, side[i], px, sz)
-        if sc[SC_ON] and fl & F_LAST:
-            _flush_event(S, book, i)
+        if fl & F_LAST:
+            if sc[SC_ON]:
+                _flush_event(S, book, i)
+            else:
+                B[book, B_EVENT] += 1  # events are numbered whether or not they publish
     return 0
 
 
@@ -850,6 +856,12 @@ def load_orders(S, book, page_no, ids, prices, sizes, sides, prios):  # type: ig
         O64[s, 1] = prios[k]
         PG[pg, 5] = 0
     return len(pages)
+
+
+@njit(cache=True, _nrt=False)
+def set_aggregate(S, book, si, price, size):  # type: ignore[no-untyped-def]
+    """Restore an F_TOB/F_MBP aggregate level from a checkpoint."""
+    _set_aggregate(S, book, si, price, size)
 
 
 @njit(cache=True, _nrt=False)

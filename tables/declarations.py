@@ -3,18 +3,28 @@ beside this module; this is the only module under tables/ that knows about Faust
 
 from __future__ import annotations
 
+from typing import Any
+
 from app.faust_app import app, settings
 
 # Keys and values are bytes, which Faust stores raw: keys are instrument ids in ASCII, byte for
 # byte the raw topic's keys, so a key's changelog partition (what web routing computes) is the
 # partition its events arrive on; values are JSON encoded by the state classes themselves.
 
+
+def _bytes_table(name: str, help: str) -> Any:
+    return app.Table(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.partitions,
+        default=None,
+        help=help,
+    )
+
+
 # instrument id -> InstrumentStats.to_bytes()
-instrument_stats = app.Table(
-    "instrument-stats",
-    key_type=bytes,
-    value_type=bytes,
-    partitions=settings.partitions,
-    default=None,
-    help="record and action counts per instrument",
-)
+instrument_stats = _bytes_table("instrument-stats", "record and action counts per instrument")
+# Book checkpoints: the instrument's meta under its key, its pages under
+# "<iid>/<publisher>/<page>/<gen>" (tables/book_state.py).
+books = _bytes_table("books", "L3 order books: per-instrument meta and pages of orders")

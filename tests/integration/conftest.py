@@ -27,6 +27,17 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
+# Every kill -9 test runs under both guarantees, with the worker's local state kept and wiped.
+KILL_CASES = pytest.mark.parametrize(
+    ("guarantee", "keep_state"),
+    [
+        ("at_least_once", True),
+        ("at_least_once", False),
+        ("exactly_once", True),
+        ("exactly_once", False),
+    ],
+)
+
 BOOTSTRAP = os.environ.get("KAFKA_BROKER", "127.0.0.1:9092").removeprefix("kafka://")
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from load_tests.gen_mbo import GenConfig, write
 from tests.conftest import ROOT
-from tests.integration.conftest import Deployment, wait_for
+from tests.integration.conftest import KILL_CASES, Deployment, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -26,15 +26,7 @@ def paced_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return out, truth
 
 
-@pytest.mark.parametrize(
-    ("guarantee", "keep_state"),
-    [
-        ("at_least_once", True),
-        ("at_least_once", False),
-        ("exactly_once", True),
-        ("exactly_once", False),
-    ],
-)
+@KILL_CASES
 def test_kill9_mid_replay_then_restart_counts_exactly(
     deployment: Deployment, paced_file: tuple[Path, dict], guarantee: str, keep_state: bool
 ) -> None:

@@ -1,0 +1,335 @@
+"""Books as recoverable state: the engine's books of each instrument, checkpointed into a
+key-value table as pages, with the input position they cover. No Faust here; the books agent
+supplies the table's get and put.
+
+Keys (bytes; the instrument's key is its id in ASCII, the raw topic's key):
+- `<iid>`: the instrument's meta, JSON: input position applied, records held back (an event
+  whose F_LAST has not arrived), and per publisher the book's scalars and its page list.
+- `<iid>/<publisher>/<page>/<gen>`: one page of a book's orders, PAGE_DTYPE rows.
+
+A checkpoint writes the pages that changed, then the meta. A page is written under the other
+of its two generation keys and the meta names the generation to read, so a checkpoint cut
+short (the worker killed between writes, under at-least-once where nothing is transactional)
+leaves the previous checkpoint readable: the old meta still names the old page versions.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from models.mbo import MBO_DTYPE, UNDEF_PRICE
+from tables import book_kernels as K
+from tables.book_engine import (
+    COUNTER_NAMES,
+    BookEngine,
+    Published,
+    complete_events,
+    fresh_book_row,
+)
+from tables.order_book import ASK, BID
+
+PAGE_DTYPE = np.dtype(
+    [
+        ("order_id", "<u8"),
+        ("price", "<i8"),
+        ("prio", "<i8"),
+        ("size", "<u4"),
+        ("side", "u1"),
+        ("_pad", "V3"),
+    ]
+)
+
+Get = Callable[[bytes], bytes | None]
+Write = tuple[bytes, bytes | None]  # (key, value); None deletes
+
+
+def meta_key(instrument_id: int) -> bytes:
+    return str(instrument_id).encode()
+
+
+def page_key(instrument_id: int, publisher_id: int, page: int, gen: int) -> bytes:
+    return f"{instrument_id}/{publisher_id}/{page}/{gen}".encode()
+
+
+@dataclass
+class Instrument:
+    instrument_id: int
+    partition: int
+    position: int = -1
+    held: np.ndarray = field(default_factory=lambda: np.zeros(0, MBO_DTYPE))
+    dirty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one input message did: the records applied (complete events) and what the books
+    published for them."""
+
+    records: np.ndarray
+    published: Published | None
+
+
+class BookSet:
+    """The books of the instruments one worker owns, with their checkpoint state."""
+
+    def __init__(self, engine: BookEngine | None = None) -> None:
+        self.engine = engine or BookEngine()
+        self.instruments: dict[int, Instrument] = {}
+        self._books: dict[int, list[int]] = {}  # instrument -> engine book indices
+        self._publishers = np.zeros(0, np.int64)
+
+    # -- loading and evicting ---------------------------------------------------------------
+    def loaded(self, instrument_id: int) -> bool:
+        return instrument_id in self.instruments
+
+    def load(self, instrument_id: int, partition: int, get: Get) -> Instrument:
+        """Restore an instrument's books from its last checkpoint (nothing if it has none)."""
+        inst = Instrument(instrument_id, partition)
+        self.instruments[instrument_id] = inst
+        self._books[instrument_id] = []
+        raw = get(meta_key(instrument_id))
+        if raw is None:
+            return inst
+        meta = orjson.loads(raw)
+        inst.position = meta["position"]
+        if meta.get("held"):
+            inst.held = np.frombuffer(base64.b64decode(meta["held"]), MBO_DTYPE).copy()
+        for pub_s, book_meta in meta["books"].items():
+            self._load_book(instrument_id, int(pub_s), book_meta, get)
+        return inst
+
+    def _load_book(self, iid: int, pub: int, meta: dict[str, Any], get: Get) -> None:
+        engine = self.engine
+        b = engine.book_index(pub, iid)
+        self._books[iid].append(b)
+        pages = {int(p): g for p, g in meta["pages"].items()}
+        blobs, numbers = [], []
+        for page, gen in pages.items():
+            raw = get(page_key(iid, pub, page, gen))
+            if raw is None:
+                raise ValueError(f"instrument {iid}: checkpoint page {page}/{gen} is missing")
+            rows = np.frombuffer(raw, PAGE_DTYPE)
+            blobs.append(rows)
+            numbers.append(np.full(len(rows), page, np.int64))
+        orders = np.concatenate(blobs) if blobs else np.zeros(0, PAGE_DTYPE)
+        page_no = np.concatenate(numbers) if numbers else np.zeros(0, np.int64)
+        order = np.argsort(orders["prio"], kind="stable")
+        orders, page_no = orders[order], page_no[order]
+        engine.reserve(len(orders), len(orders), len(pages))
+        S = engine.S
+        S.sc[K.SC_ON] = 0
+        K.load_orders(
+            S,
+            b,
+            page_no,
+            orders["order_id"].astype(np.int64),
+            orders["price"].copy(),
+            orders["size"].astype(np.int64),
+            orders["side"].astype(np.int64),
+            orders["prio"].copy(),
+        )
+        for side, price, size in meta.get("aggregates", []):
+            engine.reserve(0, 1, 0)
+            K.set_aggregate(engine.S, b, side, price, size)
+        S = engine.S
+        row = S.B[b]
+        row[K.B_LAST_SEQ] = meta["last_sequence"]
+        row[K.B_SUSPECT] = int(meta["suspect"])
+        row[K.B_CNT : K.B_CNT + K.N_COUNTERS] = [meta["counters"][n] for n in COUNTER_NAMES]
+        row[K.B_NEXT_PAGE] = meta["next_page"]
+        row[K.B_EVENT] = meta["event"]
+        row[K.B_BBO : K.B_BBO + 6] = meta["bbo"]
+        row[K.B_DIRTY] = 0
+        if len(orders):
+            S.sc[K.SC_PRIO] = max(int(S.sc[K.SC_PRIO]), int(orders["prio"].max()))
+        mine = np.flatnonzero(S.PG[: S.sc[K.SC_P_HWM], 0] == b)
+        for pg in mine.tolist():
+            S.PG[pg, 4] = pages[int(S.PG[pg, 1])]
+            S.PG[pg, 5] = 0
+
+    def evict(self, partitions: Iterable[int]) -> list[int]:
+        """Forget the instruments of partitions this worker no longer owns; their next owner
+        loads them from the table."""
+        gone = set(partitions)
+        dropped = [i for i, inst in self.instruments.items() if inst.partition in gone]
+        for iid in dropped:
+            for b in self._books.pop(iid, []):
+                K.evict_book(self.engine.S, b)
+                self.engine.S.B[b] = fresh_book_row()
+            del self.instruments[iid]
+        return dropped
+
+    # -- applying -------------------------------------------------------------------------
+    def process(self, instrument_id: int, records: np.ndarray, position: int) -> Applied | None:
+        """Apply one input message at `position`; None if that position was already applied
+        (a message redelivered after a restart)."""
+        inst = self.instruments[instrument_id]
+        if position <= inst.position:
+            return None
+        if len(inst.held):
+            records = np.concatenate([inst.held, records])
+        cut = complete_events(records)
+        inst.held = records[cut:].copy()
+        applied = records[:cut]
+        published = self.engine.apply(applied, emit=True) if cut else None
+        inst.position = position
+        inst.dirty = True
+        books = self._books[instrument_id]
+        if cut:
+            for pub in np.unique(applied["publisher_id"]).tolist():
+                b = self.engine.book_index(pub, instrument_id)
+                if b not in books:
+                    books.append(b)
+        return Applied(applied, published)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def checkpoint(self) -> dict[int, list[Write]]:
+        """The table writes that bring every changed instrument's checkpoint up to date,
+        grouped by partition, each group in the order it must be written."""
+        engine = self.engine
+        S = engine.S
+        dirty_pages = np.flatnonzero(
+            (S.PG[: S.sc[K.SC_P_HWM], 0] >= 0) & (S.PG[: S.sc[K.SC_P_HWM], 5] != 0)
+        )
+        book_iid = {b: iid for iid, books in self._books.items() for b in books}
+        by_partition: dict[int, list[Write]] = {}
+        deletes: dict[int, list[bytes]] = {}
+        touched: set[int] = {i for i, inst in self.instruments.items() if inst.dirty}
+        if len(dirty_pages):
+            live = int(S.PG[dirty_pages, 2].sum())
+            out = np.zeros(live, PAGE_DTYPE)
+            out_page = np.zeros(live, np.int64)
+            ids = np.zeros(live, np.int64)
+            prices = np.zeros(live, np.int64)
+            sizes = np.zeros(live, np.int64)
+            sides = np.zeros(live, np.int64)
+            prios = np.zeros(live, np.int64)
+            n = K.export_dirty(S, out_page, ids, prices, sizes, sides, prios)
+            assert n == live
+            out["order_id"] = ids.view(np.uint64)
+            out["price"] = prices
+            out["size"] = sizes
+            out["side"] = sides
+            out["prio"] = prios
+            bounds = np.searchsorted(out_page, dirty_pages, side="left")
+            ends = np.searchsorted(out_page, dirty_pages, side="right")
+            for pg, lo, hi in zip(
+                dirty_pages.tolist(), bounds.tolist(), ends.tolist(), strict=True
+            ):
+                b = int(S.PG[pg, 0])
+                iid = book_iid[b]
+                pub = engine.book_keys[b][0]
+                inst = self.instruments[iid]
+                touched.add(iid)
+                page = int(S.PG[pg, 1])
+                if hi == lo:  # empty: the meta stops naming it, then its keys go
+                    deletes.setdefault(iid, []).extend(page_key(iid, pub, page, g) for g in (0, 1))
+                    K.free_page(S, pg)
+                    continue
+                gen = int(S.PG[pg, 4]) ^ 1
+                S.PG[pg, 4] = gen
+                S.PG[pg, 5] = 0
+                by_partition.setdefault(inst.partition, []).append(
+                    (page_key(iid, pub, page, gen), out[lo:hi].tobytes())
+                )
+        for iid in sorted(touched):
+            inst = self.instruments[iid]
+            writes = by_partition.setdefault(inst.partition, [])
+            writes.append((meta_key(iid), self._meta(inst)))
+            writes.extend((k, None) for k in deletes.get(iid, []))
+            inst.dirty = False
+            for b in self._books[iid]:
+                S.B[b, K.B_DIRTY] = 0
+        return by_partition
+
+    def _meta(self, inst: Instrument) -> bytes:
+        S = self.engine.S
+        hwm = int(S.sc[K.SC_P_HWM])
+        books: dict[str, Any] = {}
+        for b in self._books[inst.instrument_id]:
+            pub = self.engine.book_keys[b][0]
+            mine = np.flatnonzero(S.PG[:hwm, 0] == b)
+            row = S.B[b]
+            agg = np.flatnonzero(
+                (S.L[: S.sc[K.SC_L_HWM], 0] == b) & (S.L[: S.sc[K.SC_L_HWM], 4] != 0)
+            )
+            books[str(pub)] = {
+                "last_sequence": int(row[K.B_LAST_SEQ]),
+                "suspect": bool(row[K.B_SUSPECT]),
+                "counters": self.engine.counters(b),
+                "next_page": int(row[K.B_NEXT_PAGE]),
+                "event": int(row[K.B_EVENT]),
+                "bbo": row[K.B_BBO : K.B_BBO + 6].tolist(),
+                "pages": {str(int(S.PG[pg, 1])): int(S.PG[pg, 4]) for pg in mine.tolist()},
+                "aggregates": S.L[agg][:, [1, 2, 4]].tolist(),
+            }
+        meta = {
+            "instrument_id": inst.instrument_id,
+            "position": inst.position,
+            "held": base64.b64encode(inst.held.tobytes()).decode() if len(inst.held) else "",
+            "books": books,
+        }
+        return orjson.dumps(meta)
+
+    # -- reading --------------------------------------------------------------------------
+    def publisher_of(self) -> np.ndarray:
+        """Publisher id of each engine book index."""
+        keys = self.engine.book_keys
+        if len(self._publishers) != len(keys):
+            self._publishers = np.array([k[0] for k in keys], np.int64)
+        return self._publishers
+
+    def event_counts(self, instrument_id: int) -> dict[int, int]:
+        """Events (F_LAST records) applied so far, per publisher of the instrument."""
+        B = self.engine.S.B
+        return {
+            self.engine.book_keys[b][0]: int(B[b, K.B_EVENT]) for b in self._books[instrument_id]
+        }
+
+    def books_of(self, instrument_id: int) -> list[int]:
+        return list(self._books.get(instrument_id, []))
+
+    def view(self, instrument_id: int, depth: int) -> dict[str, Any]:
+        """An instrument's books as the web view shows them (state as of its last F_LAST)."""
+        engine = self.engine
+        inst = self.instruments[instrument_id]
+        books = []
+        for b in self._books[instrument_id]:
+            pub = engine.book_keys[b][0]
+            counters = engine.counters(b)
+            books.append(
+                {
+                    "publisher_id": pub,
+                    "bids": [list(x) for x in engine.levels(b, BID, depth)],
+                    "asks": [list(x) for x in engine.levels(b, ASK, depth)],
+                    "bid_levels": engine.level_count(b, BID),
+                    "ask_levels": engine.level_count(b, ASK),
+                    "orders": engine.order_count(b),
+                    "last_sequence": engine.last_sequence(b),
+                    "events": int(engine.S.B[b, K.B_EVENT]),
+                    "suspect": engine.suspect(b),
+                    "gaps": counters["gaps"],
+                    "counters": counters,
+                }
+            )
+        return {"instrument_id": instrument_id, "position": inst.position, "books": books}
+
+    def bbo(self, instrument_id: int) -> list[dict[str, Any]]:
+        out = []
+        for b in self._books.get(instrument_id, []):
+            bpx, bsz, bct, apx, asz, act = self.engine.bbo(b)
+            out.append(
+                {
+                    "publisher_id": self.engine.book_keys[b][0],
+                    "bid": None if bpx == UNDEF_PRICE else [bpx, bsz, bct],
+                    "ask": None if apx == UNDEF_PRICE else [apx, asz, act],
+                    "suspect": self.engine.suspect(b),
+                }
+            )
+        return out
