@@ -9,7 +9,7 @@ Stages, each over the same generated file:
   backfill   decode + batch + the instruments agent's logic, no broker
   replay     decode + batch + produce to the local broker (acks=all, idempotent)
   worker     replay + one real `faust -A app worker` counting everything; measured from the
-             start of the replay until the worker's web view shows every record
+             start of the replay until the instruments agent has applied every record
 The broker stages need the local broker (`make broker-start`) and are skipped with --no-broker.
 """
 
@@ -17,15 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
-import uuid
 from pathlib import Path
 
 import orjson
@@ -36,6 +30,7 @@ from app.feeds.batching import Batcher
 from app.feeds.mbo_files import open_mbo
 from app.settings import load_settings
 from load_tests.gen_mbo import GenConfig, write
+from load_tests.worker_proc import bench_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("decode", "batch", "backfill", "replay", "worker")
@@ -59,68 +54,14 @@ def _timed(fn, *args) -> tuple[float, int]:  # type: ignore[no-untyped-def]
     return time.perf_counter() - t0, n
 
 
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return orjson.loads(r.read())
-
-
 def _worker_run(path: Path, total: int, broker: str) -> dict:
-    tag = f"bench{uuid.uuid4().hex[:8]}"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "KAFKA_BROKER": broker,
-        "TAPESTREAM_APP_ID": tag,
-        "TAPESTREAM_TOPIC_PREFIX": f"{tag}.",
-        "TAPESTREAM_DATA_DIR": str(ROOT / "var" / "bench" / tag),
-        "TAPESTREAM_WEB_PORT": str(port),
-    }
-    log = open(ROOT / "var" / "bench" / f"{tag}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "warn"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                h = _get(f"{url}/health")
-                if not h["rebalancing"] and any(
-                    p.startswith(f"{tag}.mbo.raw") for p in h["active_partitions"]
-                ):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"worker did not become ready; see {log.name}")
-            time.sleep(0.3)
-        settings = load_settings(env)
-        t0 = time.perf_counter()
+    with bench_worker(broker) as w:
+        settings = load_settings(w.env)
+        t0 = time.monotonic()
         summary = asyncio.run(replay_files([str(path)], settings, progress=False))
-        t_replay = time.perf_counter() - t0
-        last_report = 0.0
-        while (done := _get(f"{url}/instruments/")["records"]) < total:
-            now = time.perf_counter()
-            if now - t0 > 300:
-                raise RuntimeError(f"worker counted {done:,} of {total:,} in 300 s; see {log.name}")
-            if now - last_report > 5:
-                print(f"worker: {done:,}/{total:,} records", file=sys.stderr)
-                last_report = now
-            time.sleep(0.05)
-        t_all = time.perf_counter() - t0
-        return {"replay_s": t_replay, "worker_s": t_all, "messages": summary.messages}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        t_replay = time.monotonic() - t0
+        done = w.wait_processed("instruments", total, limit_s=300)
+        return {"replay_s": t_replay, "worker_s": done - t0, "messages": summary.messages}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,15 +2,17 @@
 
 Records are cut into the same messages replay would send (`Batcher`) and handed to the same
 classes under tables/ the agents use, so the output equals the live path's. Each output topic
-is written as `DIR/<topic>.jsonl` and each table's final state as `DIR/<table>.table.jsonl`,
-one JSON object per line, sorted by key; files appear only when the whole run succeeded.
+is written as `DIR/<topic>.jsonl`, one row per line (a topic message's columns, unrolled: one
+line per level change, BBO change or trade), and each table's final state as
+`DIR/<table>.table.jsonl`, one JSON object per line, sorted by key; files appear only when the
+whole run succeeded.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,12 @@ from app.feeds.batching import Batch, Batcher
 from app.feeds.mbo_files import InputError, open_mbo
 from app.progress import Progress
 from app.settings import Settings
+from models import book_events
+from tables.book_state import BookSet
 from tables.instrument_stats import InstrumentStats
+
+# Levels per side in books.table.jsonl (the live view's default depth).
+BOOK_TABLE_DEPTH = 10
 
 
 @dataclass
@@ -34,7 +41,13 @@ class BackfillResult:
     messages: int = 0
     seconds: float = 0.0
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # topic -> its messages, columnar as on the topic (models/book_events.py); written one row
+    # per line
     topics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def topic_rows(self, topic: str) -> Iterator[dict[str, Any]]:
+        for message in self.topics[topic]:
+            yield from book_events.rows(message)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -43,7 +56,7 @@ class BackfillResult:
             "seconds": round(self.seconds, 3),
             "records_per_s": round(self.records / self.seconds) if self.seconds > 0 else None,
             "tables": {k: len(v) for k, v in self.tables.items()},
-            "topics": {k: len(v) for k, v in self.topics.items()},
+            "topics": {k: sum(len(m["event"]) for m in v) for k, v in self.topics.items()},
         }
 
 
@@ -65,6 +78,41 @@ class _InstrumentsStage:
         return [self.stats[k].public() for k in sorted(self.stats)]
 
 
+class _BooksStage:
+    """The books agent's logic: positions count messages per instrument; the checkpoint store
+    is a dict (nothing restarts here)."""
+
+    table = "books"
+
+    def __init__(self, depth: int = BOOK_TABLE_DEPTH) -> None:
+        self.books = BookSet()
+        self.depth = depth
+        self.positions: dict[int, int] = {}
+        self.topics: dict[str, list[dict[str, Any]]] = {
+            book_events.DELTAS: [],
+            book_events.BBO: [],
+            book_events.TRADES: [],
+        }
+
+    def on_batch(self, batch: Batch) -> None:
+        iid = batch.instrument_id
+        if not self.books.loaded(iid):
+            self.books.load(iid, 0, {}.get)
+        pos = self.positions[iid] = self.positions.get(iid, -1) + 1
+        applied = self.books.process(iid, batch.records, pos)
+        assert applied is not None
+        for base, message in book_events.messages(iid, applied, self.books).items():
+            self.topics[base].append(message)
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for iid in sorted(self.books.instruments):
+            view = self.books.view(iid, self.depth)
+            del view["position"]  # an offset live, a message count here
+            rows.append(view)
+        return rows
+
+
 def backfill_files(
     paths: Sequence[str],
     settings: Settings,
@@ -73,7 +121,7 @@ def backfill_files(
     progress: bool = True,
 ) -> BackfillResult:
     files = [open_mbo(p) for p in paths]
-    stages = [_InstrumentsStage()]
+    stages: list[Any] = [_InstrumentsStage(), _BooksStage()]
     result = BackfillResult()
     remaining = limit
     t0 = time.monotonic()
@@ -103,6 +151,7 @@ def backfill_files(
             break
     for stage in stages:
         result.tables[stage.table] = stage.table_rows()
+        result.topics.update(getattr(stage, "topics", {}))
     result.seconds = time.monotonic() - t0
     return result
 
@@ -110,7 +159,9 @@ def backfill_files(
 def write_outputs(result: BackfillResult, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    named = [(f"{t}.jsonl", rows) for t, rows in result.topics.items()]
+    named: list[tuple[str, Iterable[dict[str, Any]]]] = [
+        (f"{t}.jsonl", result.topic_rows(t)) for t in result.topics
+    ]
     named += [(f"{t}.table.jsonl", rows) for t, rows in result.tables.items()]
     for name, rows in named:
         path = out_dir / name

@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,8 +135,13 @@ async def replay_files(
     limit: int | None = None,
     progress: bool = True,
     topic: str | None = None,
+    on_pace_start: Callable[[float, int], None] | None = None,
 ) -> ReplaySummary:
-    """Replay files to `topic` (default: the raw MBO topic named by `settings`)."""
+    """Replay files to `topic` (default: the raw MBO topic named by `settings`).
+
+    `on_pace_start(t0_wall, t0_event)`: with `speed`, called once the pace clock starts: a
+    record with ts_recv T is due at t0_wall + (T - t0_event) / (speed * 1e9), monotonic time
+    (benchmarks measure latency from it)."""
     topic = topic or settings.topic(RAW_MBO_BASE)
     if speed is not None and speed <= 0:
         raise ReplayError("--speed must be positive")
@@ -154,7 +159,7 @@ async def replay_files(
     )
     await producer.start()
     sender = _Sender(producer, topic, summary)
-    clock = _PaceClock(speed) if speed is not None else None
+    clock = _PaceClock(speed, on_pace_start) if speed is not None else None
     remaining = limit
     t0 = time.monotonic()
     try:
@@ -228,8 +233,9 @@ def _earlier(summary: ReplaySummary) -> str:
 class _PaceClock:
     """Maps ts_recv to wall time at `speed` times the recorded pace."""
 
-    def __init__(self, speed: float) -> None:
+    def __init__(self, speed: float, on_start: Callable[[float, int], None] | None = None) -> None:
         self.speed = speed
+        self.on_start = on_start
         self.t0_event: int | None = None
         self.t0_wall = 0.0
         self.high = 0  # ts_recv may step back (F_BAD_TS_RECV): the clock never does
@@ -242,6 +248,8 @@ class _PaceClock:
         if self.t0_event is None:
             self.t0_event = int(ts[0])
             self.t0_wall = time.monotonic()
+            if self.on_start is not None:
+                self.on_start(self.t0_wall, self.t0_event)
         due = (ts - self.t0_event) / (self.speed * 1e9)
         ticks = np.floor(due / PACE_TICK_S).astype(np.int64)
         cuts = np.flatnonzero(np.diff(ticks)) + 1

@@ -15,8 +15,16 @@ import orjson
 import pytest
 
 from load_tests.gen_mbo import GenConfig, write
+from models import book_events
 from tests.conftest import ROOT
-from tests.integration.conftest import KILL_CASES, Deployment, Worker, consume_all, wait_for
+from tests.integration.conftest import (
+    KILL_CASES,
+    Deployment,
+    Worker,
+    consume_all,
+    read_jsonl,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 DEEP = 1000
@@ -135,7 +143,16 @@ def test_books_survive_kill9_and_deltas_reproduce_them(
         assert asks == t["asks"], iid
 
 
-def test_books_view_and_bad_requests(deployment: Deployment, book_file: tuple[Path, dict]) -> None:
+def _rows_by_instrument(rows: list[dict]) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["instrument_id"], []).append(r)
+    return out
+
+
+def test_books_views_backfill_and_bad_requests(
+    deployment: Deployment, book_file: tuple[Path, dict]
+) -> None:
     path, truth = book_file
     w = deployment.worker()
     replay = _replay(deployment, path, "--max")
@@ -160,3 +177,21 @@ def test_books_view_and_bad_requests(deployment: Deployment, book_file: tuple[Pa
     )
     n_trades = sum(len(orjson.loads(v)["event"]) for _, v, _, _ in trades)
     assert n_trades == sum(t["actions"].get("T", 0) for t in truth["instruments"].values())
+
+    # backfill, with no broker, publishes the same rows and ends with the same books
+    out = deployment.tmp / "backfill"
+    run = deployment.cli("backfill", str(path), "--out", str(out), "--no-progress")
+    assert run.returncode == 0, run.stderr
+    for iid in truth["instruments"]:
+        live = w.get(f"/books/{iid}/")
+        del live["position"]
+        assert live in read_jsonl(out / "books.table.jsonl")
+    broker = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
+    live_rows = [
+        row
+        for _, v, _, _ in consume_all(broker, f"{deployment.prefix}book.deltas", timeout=30)
+        for row in book_events.rows(orjson.loads(v))
+    ]
+    assert _rows_by_instrument(live_rows) == _rows_by_instrument(
+        read_jsonl(out / "book.deltas.jsonl")
+    )

@@ -54,13 +54,20 @@ def test_bad_messages_are_dead_lettered_and_counted(deployment: Deployment, brok
         ],
     )
     wait_for(lambda: w.alive() and w.get("/instruments/")["records"] == 5, 60, "good records")
-    letters = consume_all(broker, f"{deployment.prefix}dead.letters", expect_messages=4)
-    bodies = {b["kind"]: b for b in (orjson.loads(v) for _, v, _, _ in letters)}
-    assert sorted(bodies) == ["bad_key", "bad_length", "empty", "key_mismatch"]
-    assert all(b["topic"] == raw and b["agent"] == "instruments" for b in bodies.values())
-    assert "record 0 is instrument 6, key says 5" in bodies["key_mismatch"]["reason"]
-    assert bodies["bad_length"]["payload_bytes"] == 105
+    # Each agent that consumes the raw topic rejects them, each under its own name.
+    letters = consume_all(broker, f"{deployment.prefix}dead.letters", expect_messages=8)
+    found = [orjson.loads(v) for _, v, _, _ in letters]
+    kinds = ["bad_key", "bad_length", "empty", "key_mismatch"]
+    for agent in ("instruments", "books"):
+        bodies = {b["kind"]: b for b in found if b["agent"] == agent}
+        assert sorted(bodies) == kinds, agent
+        assert all(b["topic"] == raw for b in bodies.values())
+        assert "record 0 is instrument 6, key says 5" in bodies["key_mismatch"]["reason"]
+        assert bodies["bad_length"]["payload_bytes"] == 105
     metrics = w.get_raw("/metrics").text
-    for kind in ("bad_length", "key_mismatch", "bad_key", "empty"):
-        assert f'tapestream_dead_letters_total{{agent="instruments",kind="{kind}"}} 1.0' in metrics
+    for agent in ("instruments", "books"):
+        for kind in kinds:
+            assert f'tapestream_dead_letters_total{{agent="{agent}",kind="{kind}"}} 1.0' in metrics
     assert w.get("/instruments/5/")["messages"] == 2
+    book = w.get("/books/5/")["books"][0]
+    assert book["orders"] == 0 and book["counters"]["bad_records"] == 5  # A with size 0

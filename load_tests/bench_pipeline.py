@@ -1,0 +1,169 @@
+"""The books pipeline through the broker and one real worker, printed as JSON.
+
+    python -m load_tests.bench_pipeline [--records 2000000] [--instruments 100]
+        [--rate 50000] [--paced-seconds 20] [--runs 3]
+        [--guarantees at_least_once,exactly_once]
+
+For each processing guarantee, each run starts a fresh worker (its own topics and state) and:
+  throughput  replays a generated file at full speed (--max) and measures events/s from the
+              start of the replay until the books agent has applied every record;
+  latency     replays a second file paced at --rate events/s and, with a read_committed
+              consumer of book.deltas in the same process, measures for every published level
+              change the time from when its event was due to be sent (the replay's pace clock)
+              until the consumer had it; p50/p99/p999 over all rows after a 2 s warm-up.
+The worker runs every agent (books and instruments) as a deployment does. The broker must be
+running (`make broker-start`). Medians over runs are printed, with every run's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from app.commands.replay import replay_files
+from app.settings import load_settings
+from load_tests.gen_mbo import GenConfig, write
+from load_tests.worker_proc import BENCH_DIR, ROOT, BenchWorker, bench_worker
+
+WARMUP_S = 2.0
+
+
+def _file(records: int, instruments: int, rate: float) -> Path:
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    path = BENCH_DIR / f"pipe-{records}-{instruments}-{int(rate)}.mbo.dbn.zst"
+    if not path.exists():
+        cfg = GenConfig(records=records, instruments=instruments, events_per_second=rate)
+        write(path, cfg)
+    return path
+
+
+def _throughput(w: BenchWorker, path: Path, total: int) -> dict[str, float]:
+    settings = load_settings(w.env)
+    t0 = time.monotonic()
+    summary = asyncio.run(replay_files([str(path)], settings, progress=False))
+    replay_s = time.monotonic() - t0
+    done = w.wait_processed("books", total)
+    return {
+        "events_per_s": total / (done - t0),
+        "replay_events_per_s": total / replay_s,
+        "messages": summary.messages,
+    }
+
+
+async def _paced(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
+    settings = load_settings(w.env)
+    clock: dict[str, float] = {}
+
+    def started(t0_wall: float, t0_event: int) -> None:
+        clock["wall"], clock["event"] = t0_wall, float(t0_event)
+
+    consumer = AIOKafkaConsumer(
+        settings.topic("book.deltas"),
+        bootstrap_servers=settings.bootstrap_servers,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_wait_ms=5,
+    )
+    await consumer.start()
+    latencies: list[np.ndarray] = []
+    stop = asyncio.Event()
+
+    async def consume() -> None:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=50)
+            now = time.monotonic()
+            for msgs in batch.values():
+                for m in msgs:
+                    ts = np.asarray(orjson.loads(m.value)["ts_recv"], dtype=np.float64)
+                    if not len(ts) or not clock:
+                        continue
+                    due = clock["wall"] + (ts - clock["event"]) / 1e9
+                    keep = due - clock["wall"] >= WARMUP_S
+                    latencies.append(now - due[keep])
+
+    task = asyncio.create_task(consume())
+    try:
+        summary = await replay_files(
+            [str(path)], settings, speed=1.0, progress=False, on_pace_start=started
+        )
+        await asyncio.sleep(3.0)  # the last events' deltas
+    finally:
+        stop.set()
+        await task
+        await consumer.stop()
+    lat = np.concatenate(latencies) if latencies else np.zeros(0)
+    if not len(lat):
+        raise RuntimeError(f"no book deltas were read; see {w.log_path}")
+    return {
+        "rate_events_per_s": summary.records / summary.seconds,
+        "rows": float(len(lat)),
+        "p50_ms": float(np.percentile(lat, 50) * 1e3),
+        "p99_ms": float(np.percentile(lat, 99) * 1e3),
+        "p999_ms": float(np.percentile(lat, 99.9) * 1e3),
+        "max_ms": float(lat.max() * 1e3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", type=int, default=2_000_000)
+    ap.add_argument("--instruments", type=int, default=100)
+    ap.add_argument("--rate", type=float, default=50_000)
+    ap.add_argument("--paced-seconds", type=float, default=20)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--guarantees", default="at_least_once,exactly_once")
+    args = ap.parse_args(argv)
+
+    fast = _file(args.records, args.instruments, 20_000)
+    paced = _file(int(args.rate * args.paced_seconds), args.instruments, args.rate)
+    total = orjson.loads(fast.with_name(fast.name + ".truth.json").read_bytes())["records"]
+    broker = load_settings().broker
+    out: dict[str, dict] = {}
+    for guarantee in args.guarantees.split(","):
+        runs = []
+        for i in range(args.runs):
+            print(f"{guarantee}: run {i + 1}/{args.runs}", file=sys.stderr)
+            with bench_worker(broker, TAPESTREAM_PROCESSING_GUARANTEE=guarantee) as w:
+                r = {"throughput": _throughput(w, fast, total)}
+            with bench_worker(broker, TAPESTREAM_PROCESSING_GUARANTEE=guarantee) as w:
+                r["latency"] = asyncio.run(_paced(w, paced, args.rate))
+            runs.append(r)
+        out[guarantee] = {
+            "median": {
+                phase: {k: round(statistics.median(r[phase][k] for r in runs), 2) for k in keys}
+                for phase, keys in (
+                    ("throughput", runs[0]["throughput"]),
+                    ("latency", runs[0]["latency"]),
+                )
+            },
+            "runs": runs,
+        }
+    print(
+        orjson.dumps(
+            {
+                "throughput_file": str(fast.relative_to(ROOT)),
+                "throughput_events": total,
+                "paced_file": str(paced.relative_to(ROOT)),
+                "paced_rate": args.rate,
+                "instruments": args.instruments,
+                "runs": args.runs,
+                "results": out,
+            },
+            option=orjson.OPT_INDENT_2,
+        ).decode()
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""One real `faust -A app worker` for a benchmark: its own app id, topics, state and port, on
+the broker the settings name (start it with `make broker-start`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / "var" / "bench"
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return orjson.loads(r.read())
+
+
+@dataclass
+class BenchWorker:
+    tag: str
+    url: str
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen
+
+    def processed(self, agent: str) -> int:
+        """Records the agent has applied, from the worker's Prometheus metrics."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        m = re.search(
+            rf'^tapestream_records_processed_total{{agent="{agent}"}} (\S+)$', text, re.MULTILINE
+        )
+        return int(float(m.group(1))) if m else 0
+
+    def wait_processed(self, agent: str, total: int, limit_s: float = 600) -> float:
+        """Wait until the agent applied `total` records; returns the monotonic time it did."""
+        t0 = time.monotonic()
+        last = 0.0
+        while (done := self.processed(agent)) < total:
+            now = time.monotonic()
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited; see {self.log_path}")
+            if now - t0 > limit_s:
+                raise RuntimeError(f"{agent}: {done:,} of {total:,} in {limit_s} s; see log")
+            if now - last > 5:
+                print(f"{agent}: {done:,}/{total:,} records", file=sys.stderr)
+                last = now
+            time.sleep(0.02)
+        return time.monotonic()
+
+
+@contextmanager
+def bench_worker(broker: str, **extra_env: str) -> Iterator[BenchWorker]:
+    tag = f"bench{uuid.uuid4().hex[:8]}"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "KAFKA_BROKER": broker,
+        "TAPESTREAM_APP_ID": tag,
+        "TAPESTREAM_TOPIC_PREFIX": f"{tag}.",
+        "TAPESTREAM_DATA_DIR": str(BENCH_DIR / tag),
+        "TAPESTREAM_WEB_PORT": str(port),
+        **extra_env,
+    }
+    log_path = BENCH_DIR / f"{tag}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 (the child owns it until it exits)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "warn"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                h = get_json(f"{url}/health")
+                if not h["rebalancing"] and any(
+                    p.startswith(f"{tag}.mbo.raw") for p in h["active_partitions"]
+                ):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"worker did not become ready; see {log_path}")
+            time.sleep(0.3)
+        yield BenchWorker(tag, url, env, log_path, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
