@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.web import Request, Response, View
+from faust.web import exceptions as web_exceptions
 
 from agents.books import book_set, ensure_loaded, state_lock
 from app.faust_app import app
@@ -96,7 +97,15 @@ class InstrumentsView(View):
         return self.json(_with_errors(body, errors))
 
 
+def _recovering() -> bool:
+    """Whether tables are still being restored: books must not be loaded from a table that is
+    only partly there."""
+    return bool(app.in_recovery or app.rebalancing)
+
+
 async def _local_books() -> list[dict[str, Any]]:
+    if _recovering():
+        raise web_exceptions.ServiceUnavailable("tables are being restored; try again shortly")
     async with state_lock:
         # Books load when their next message arrives; a listing loads the rest from the table.
         for key in list(books_table.keys()):
@@ -129,6 +138,8 @@ class BookView(View):
             )
         iid = int(instrument_id)
         key = instrument_id.encode()
+        if not book_set.loaded(iid) and _recovering():
+            return self.json({"error": "tables are being restored; try again shortly"}, status=503)
         if not book_set.loaded(iid) and books_table.get(key) is None:
             return self.json({"error": f"no book for instrument {iid}"}, status=404)
         async with state_lock:

@@ -96,6 +96,17 @@ def _engine_correct(engine: BookEngine, truth: dict) -> bool:
     return True
 
 
+def bench_file(records: int, instruments: int, orders: int) -> tuple[Path, dict]:
+    """The generated benchmark file (cached under var/bench/) and its ground truth."""
+    bench = ROOT / "var" / "bench"
+    bench.mkdir(parents=True, exist_ok=True)
+    path = bench / f"book-{records}-{instruments}-{orders}.mbo.dbn.zst"
+    if not path.exists():
+        cfg = GenConfig(records=records, instruments=instruments, orders_per_instrument=orders)
+        write(path, cfg)
+    return path, orjson.loads(truth_path(path).read_bytes())
+
+
 def _warm_file() -> Path:
     path = ROOT / "var" / "bench" / "warm.mbo.dbn.zst"
     if not path.exists():
@@ -116,21 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if compiled:
         BookEngine().apply(next(open_mbo(_warm_file()).chunks()))
 
-    bench = ROOT / "var" / "bench"
-    bench.mkdir(parents=True, exist_ok=True)
-    path = bench / (
-        f"book-{args.records}-{args.instruments}-{args.orders_per_instrument}.mbo.dbn.zst"
-    )
-    if not path.exists():
-        write(
-            path,
-            GenConfig(
-                records=args.records,
-                instruments=args.instruments,
-                orders_per_instrument=args.orders_per_instrument,
-            ),
-        )
-    truth = orjson.loads(truth_path(path).read_bytes())
+    path, truth = bench_file(args.records, args.instruments, args.orders_per_instrument)
 
     runs = []
     for _ in range(args.runs):

@@ -94,7 +94,8 @@ def bench_worker(broker: str, **extra_env: str) -> Iterator[BenchWorker]:
             try:
                 h = get_json(f"{url}/health")
                 if not h["rebalancing"] and any(
-                    p.startswith(f"{tag}.mbo.raw") for p in h["active_partitions"]
+                    p.startswith(f"{env['TAPESTREAM_TOPIC_PREFIX']}mbo.raw")
+                    for p in h["active_partitions"]
                 ):
                     break
             except OSError:

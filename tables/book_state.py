@@ -333,3 +333,43 @@ class BookSet:
                 }
             )
         return out
+
+
+def warm_up() -> float:
+    """Compile (or load from numba's cache) every kernel with the argument types the agents,
+    backfill and views use; returns the seconds it took. The first compile after an install
+    takes a minute or two, which a worker should not spend on its first message."""
+    import time
+
+    from models.mbo import F_LAST, F_MBP, empty_records
+
+    t0 = time.perf_counter()
+    recs = empty_records(6)
+    recs["publisher_id"] = 1
+    recs["instrument_id"] = 7
+    recs["action"] = [ord(a) for a in "AAMCTA"]
+    recs["side"] = [ord(s) for s in "BAAABA"]
+    recs["price"] = [100, 101, 102, 102, 101, 99]
+    recs["size"] = [5, 5, 6, 2, 1, 3]
+    recs["order_id"] = [1, 2, 2, 2, 0, 0]
+    recs["flags"] = [F_LAST, F_LAST, F_LAST, F_LAST, 0, F_LAST | F_MBP]
+    recs["sequence"] = [1, 2, 3, 4, 5, 5]
+    store: dict[bytes, bytes | None] = {}
+    for frozen in (False, True):  # topic payloads arrive as read-only buffers
+        data = np.frombuffer(recs.tobytes(), MBO_DTYPE) if frozen else recs.copy()
+        books = BookSet()
+        books.load(7, 0, store.get)
+        books.process(7, data, 0)
+        for writes in books.checkpoint().values():
+            store.update(writes)
+        restored = BookSet()
+        restored.load(7, 0, store.get)
+        restored.view(7, 5)
+        restored.engine.queue_position(restored.books_of(7)[0], 1)
+        restored.evict([0])
+        books.engine.apply(data)
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    print(f"book kernels ready in {warm_up():.1f} s")

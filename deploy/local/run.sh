@@ -47,8 +47,10 @@ done
 
 cat <<MSG
 
-  tapestream is up. Web views (counts grow as the replay runs):
-    $url/instruments/          every instrument
+  tapestream is up. Web views (they change as the replay runs):
+    $url/books/                every instrument's best bid and offer
+    $url/books/1000/?depth=10  one instrument's top 10 levels a side
+    $url/instruments/          record and action counts per instrument
     $url/instruments/1000/     one instrument
     $url/metrics               Prometheus metrics
     $url/health                worker status
@@ -58,5 +60,5 @@ cat <<MSG
 MSG
 faust -A app replay "$SAMPLE" --speed "$SPEED"
 echo
-echo "replay finished; the worker keeps serving at $url/instruments/ until Ctrl-C"
+echo "replay finished; the worker keeps serving at $url/books/ until Ctrl-C"
 wait "$worker"
