@@ -115,12 +115,18 @@ def _warm_file() -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The benchmark file's options (bench_restart uses the same file)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=5_000_000)
     ap.add_argument("--instruments", type=int, default=200)
     ap.add_argument("--orders-per-instrument", type=int, default=5_000)
     ap.add_argument("--runs", type=int, default=3)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = arguments(__doc__)
     ap.add_argument("--engine", choices=("compiled", "reference"), default="compiled")
     args = ap.parse_args(argv)
     compiled = args.engine == "compiled"

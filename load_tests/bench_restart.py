@@ -23,7 +23,7 @@ import orjson
 
 from app.commands.replay import replay_files
 from app.settings import load_settings
-from load_tests.bench_book import bench_file
+from load_tests.bench_book import arguments, bench_file
 from load_tests.worker_proc import bench_worker, get_json
 
 
@@ -48,14 +48,7 @@ def _restart(broker: str, env: dict[str, str], wipe: bool, instruments: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--records", type=int, default=5_000_000)
-    ap.add_argument("--instruments", type=int, default=200)
-    ap.add_argument("--orders-per-instrument", type=int, default=5_000)
-    ap.add_argument("--runs", type=int, default=3)
-    args = ap.parse_args(argv)
+    args = arguments(__doc__).parse_args(argv)
     path, truth = bench_file(args.records, args.instruments, args.orders_per_instrument)
     live = sum(t["orders"] for t in truth["instruments"].values())
     broker = load_settings().broker
