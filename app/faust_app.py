@@ -34,6 +34,10 @@ app = App(
     consumer_max_fetch_size=max(settings.fetch_bytes, 2 * settings.max_message_bytes),
     # Table writes are batched per message; a larger buffer lets a busy partition keep up.
     stream_buffer_maxsize=4096,
+    # On stop and rebalance, do not wait for every fetched message to be acked: agents ack at
+    # their checkpoints, and a message fetched but never handed to an agent kept Faust waiting
+    # for good. What is not committed is simply processed again (and recognised as such).
+    stream_wait_empty=False,
     autodiscover=False,
     web_enabled=True,
 )

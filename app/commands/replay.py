@@ -35,7 +35,7 @@ from app.topics import RAW_MBO_BASE
 
 log = logging.getLogger(__name__)
 
-PACE_TICK_S = 0.005  # paced replay sends what came due in each 5 ms of replay time
+PACE_TICK_S = 0.02  # paced replay sends what came due in each 20 ms of replay time
 MAX_IN_FLIGHT = 512  # unacknowledged messages before replay waits for the broker
 
 
