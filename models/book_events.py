@@ -128,14 +128,15 @@ def encode(message: dict) -> bytes:
 
 def rows(message: dict) -> list[dict[str, Any]]:
     """One dict per row of a columnar message (decoded from JSON, or as `messages` made it)."""
-    decoded = orjson.loads(encode(message))
-    iid = decoded["instrument_id"]
-    cols = {k: v for k, v in decoded.items() if k != "instrument_id"}
-    n = len(cols["event"])
-    out = []
-    for i in range(n):
-        row: dict[str, Any] = {"instrument_id": iid}
-        for k, v in cols.items():
-            row[k] = v[i]  # strings (side) index to one character
-        out.append(row)
-    return out
+    iid = message["instrument_id"]
+    cols = {
+        k: v.tolist() if isinstance(v, np.ndarray) else v
+        for k, v in message.items()
+        if k != "instrument_id"
+    }
+    names = list(cols)
+    # a string column (side) indexes to one character per row
+    return [
+        {"instrument_id": iid, **dict(zip(names, values, strict=True))}
+        for values in zip(*cols.values(), strict=True)
+    ]

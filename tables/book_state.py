@@ -194,38 +194,22 @@ class BookSet:
         grouped by partition, each group in the order it must be written."""
         engine = self.engine
         S = engine.S
-        dirty_pages = np.flatnonzero(
-            (S.PG[: S.sc[K.SC_P_HWM], 0] >= 0) & (S.PG[: S.sc[K.SC_P_HWM], 5] != 0)
-        )
-        book_iid = {b: iid for iid, books in self._books.items() for b in books}
+        pages = S.PG[: S.sc[K.SC_P_HWM]]
+        dirty_pages = np.flatnonzero((pages[:, 0] >= 0) & (pages[:, 5] != 0))
         by_partition: dict[int, list[Write]] = {}
         deletes: dict[int, list[bytes]] = {}
         touched: set[int] = {i for i, inst in self.instruments.items() if inst.dirty}
         if len(dirty_pages):
-            live = int(S.PG[dirty_pages, 2].sum())
-            out = np.zeros(live, PAGE_DTYPE)
-            out_page = np.zeros(live, np.int64)
-            ids = np.zeros(live, np.int64)
-            prices = np.zeros(live, np.int64)
-            sizes = np.zeros(live, np.int64)
-            sides = np.zeros(live, np.int64)
-            prios = np.zeros(live, np.int64)
-            n = K.export_dirty(S, out_page, ids, prices, sizes, sides, prios)
-            assert n == live
-            out["order_id"] = ids.view(np.uint64)
-            out["price"] = prices
-            out["size"] = sizes
-            out["side"] = sides
-            out["prio"] = prios
+            out = np.zeros(int(pages[dirty_pages, 2].sum()), PAGE_DTYPE)
+            out_page = np.zeros(len(out), np.int64)
+            fields = [out[f] for f in ("order_id", "price", "size", "side", "prio")]
+            assert K.export_dirty(S, out_page, *fields) == len(out)
             bounds = np.searchsorted(out_page, dirty_pages, side="left")
             ends = np.searchsorted(out_page, dirty_pages, side="right")
             for pg, lo, hi in zip(
                 dirty_pages.tolist(), bounds.tolist(), ends.tolist(), strict=True
             ):
-                b = int(S.PG[pg, 0])
-                iid = book_iid[b]
-                pub = engine.book_keys[b][0]
-                inst = self.instruments[iid]
+                pub, iid = engine.book_keys[int(S.PG[pg, 0])]
                 touched.add(iid)
                 page = int(S.PG[pg, 1])
                 if hi == lo:  # empty: the meta stops naming it, then its keys go
@@ -235,30 +219,45 @@ class BookSet:
                 gen = int(S.PG[pg, 4]) ^ 1
                 S.PG[pg, 4] = gen
                 S.PG[pg, 5] = 0
-                by_partition.setdefault(inst.partition, []).append(
+                by_partition.setdefault(self.instruments[iid].partition, []).append(
                     (page_key(iid, pub, page, gen), out[lo:hi].tobytes())
                 )
-        for iid in sorted(touched):
-            inst = self.instruments[iid]
-            writes = by_partition.setdefault(inst.partition, [])
-            writes.append((meta_key(iid), self._meta(inst)))
-            writes.extend((k, None) for k in deletes.get(iid, []))
-            inst.dirty = False
-            for b in self._books[iid]:
-                S.B[b, K.B_DIRTY] = 0
+        if touched:
+            layout = self._layout()
+            for iid in sorted(touched):
+                inst = self.instruments[iid]
+                writes = by_partition.setdefault(inst.partition, [])
+                writes.append((meta_key(iid), self._meta(inst, layout)))
+                writes.extend((k, None) for k in deletes.get(iid, []))
+                inst.dirty = False
+                for b in self._books[iid]:
+                    S.B[b, K.B_DIRTY] = 0
         return by_partition
 
-    def _meta(self, inst: Instrument) -> bytes:
+    def _layout(self) -> dict[int, tuple[dict[str, int], list[list[int]]]]:
+        """Per book: its pages (number -> generation) and its aggregate levels (side, price,
+        size), from one pass over the engine's pages and levels."""
         S = self.engine.S
-        hwm = int(S.sc[K.SC_P_HWM])
+        out: dict[int, tuple[dict[str, int], list[list[int]]]] = {}
+        pages = S.PG[: S.sc[K.SC_P_HWM]]
+        for book, number, gen in pages[pages[:, 0] >= 0][:, [0, 1, 4]].tolist():
+            out.setdefault(book, ({}, []))[0][str(number)] = gen
+        levels = S.L[: S.sc[K.SC_L_HWM]]
+        for book, side, price, size in levels[(levels[:, 0] >= 0) & (levels[:, 4] != 0)][
+            :, [0, 1, 2, 4]
+        ].tolist():
+            out.setdefault(book, ({}, []))[1].append([side, price, size])
+        return out
+
+    def _meta(
+        self, inst: Instrument, layout: dict[int, tuple[dict[str, int], list[list[int]]]]
+    ) -> bytes:
+        S = self.engine.S
         books: dict[str, Any] = {}
         for b in self._books[inst.instrument_id]:
             pub = self.engine.book_keys[b][0]
-            mine = np.flatnonzero(S.PG[:hwm, 0] == b)
             row = S.B[b]
-            agg = np.flatnonzero(
-                (S.L[: S.sc[K.SC_L_HWM], 0] == b) & (S.L[: S.sc[K.SC_L_HWM], 4] != 0)
-            )
+            pages, aggregates = layout.get(b, ({}, []))
             books[str(pub)] = {
                 "last_sequence": int(row[K.B_LAST_SEQ]),
                 "suspect": bool(row[K.B_SUSPECT]),
@@ -266,8 +265,8 @@ class BookSet:
                 "next_page": int(row[K.B_NEXT_PAGE]),
                 "event": int(row[K.B_EVENT]),
                 "bbo": row[K.B_BBO : K.B_BBO + 6].tolist(),
-                "pages": {str(int(S.PG[pg, 1])): int(S.PG[pg, 4]) for pg in mine.tolist()},
-                "aggregates": S.L[agg][:, [1, 2, 4]].tolist(),
+                "pages": pages,
+                "aggregates": aggregates,
             }
         meta = {
             "instrument_id": inst.instrument_id,

@@ -8,6 +8,7 @@ each other's topics or state. The broker is started once per session by deploy/l
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,6 +98,44 @@ class Deployment:
             text=True,
             timeout=timeout,
         )
+
+    def replay(self, path: Path, *args: str) -> subprocess.Popen:
+        """`faust -A app replay PATH ARGS...` in the background."""
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "faust",
+                "-A",
+                "app",
+                "replay",
+                str(path),
+                "--no-progress",
+                *args,
+            ],
+            cwd=ROOT,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+    def kill9_mid_replay(
+        self, w: Worker, path: Path, progressed: Callable[[], bool], keep_state: bool
+    ) -> None:
+        """Replay PATH at its recorded pace; once `progressed()`, kill -9 the worker, wipe its
+        local state unless `keep_state`, restart it, and wait for the replay to finish."""
+        replay = self.replay(path, "--speed", "1")
+        try:
+            wait_for(lambda: w.alive() and progressed(), 60, "the replay under way")
+            w.kill9()
+            if not keep_state:
+                shutil.rmtree(w.state_dir, ignore_errors=True)
+            w.restart()
+            _, err = replay.communicate(timeout=120)
+            assert replay.returncode == 0, err
+        finally:
+            if replay.poll() is None:
+                replay.kill()
 
     def worker(self, name: str = "w1", **extra: str) -> Worker:
         port = free_port()

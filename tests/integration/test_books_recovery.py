@@ -6,9 +6,6 @@ already seen and are dropped by it, as the README tells consumers to)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -16,7 +13,6 @@ import pytest
 
 from load_tests.gen_mbo import GenConfig, write
 from models import book_events
-from tests.conftest import ROOT
 from tests.integration.conftest import (
     KILL_CASES,
     Deployment,
@@ -37,16 +33,6 @@ def book_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     # book spans several checkpoint pages.
     truth = write(out, GenConfig(records=160_000, instruments=12, orders_per_instrument=150))
     return out, truth
-
-
-def _replay(deployment: Deployment, path: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "faust", "-A", "app", "replay", str(path), "--no-progress", *args],
-        cwd=ROOT,
-        env=deployment.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
 
 
 def _books_done(w: Worker, truth: dict) -> bool:
@@ -91,23 +77,10 @@ def test_books_survive_kill9_and_deltas_reproduce_them(
 ) -> None:
     path, truth = book_file
     w = deployment.worker(TAPESTREAM_PROCESSING_GUARANTEE=guarantee)
-    replay = _replay(deployment, path, "--speed", "1")
-    try:
-        wait_for(
-            lambda: w.alive() and w.get("/instruments/")["records"] > truth["records"] // 4,
-            60,
-            "a quarter of the records applied",
-        )
-        w.kill9()
-        if not keep_state:
-            shutil.rmtree(w.state_dir, ignore_errors=True)
-        w.restart()
-        _, err = replay.communicate(timeout=120)
-        assert replay.returncode == 0, err
-        wait_for(lambda: w.alive() and _books_done(w, truth), 120, "every book up to date")
-    finally:
-        if replay.poll() is None:
-            replay.kill()
+    deployment.kill9_mid_replay(
+        w, path, lambda: w.get("/instruments/")["records"] > truth["records"] // 4, keep_state
+    )
+    wait_for(lambda: w.alive() and _books_done(w, truth), 120, "every book up to date")
 
     for iid, t in truth["instruments"].items():
         book = w.get(f"/books/{iid}/", depth=DEEP)["books"][0]
@@ -155,7 +128,7 @@ def test_books_views_backfill_and_bad_requests(
 ) -> None:
     path, truth = book_file
     w = deployment.worker()
-    replay = _replay(deployment, path, "--max")
+    replay = deployment.replay(path, "--max")
     _, err = replay.communicate(timeout=120)
     assert replay.returncode == 0, err
     wait_for(lambda: _books_done(w, truth), 60, "every book up to date")

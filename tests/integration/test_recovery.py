@@ -4,15 +4,11 @@ table is rebuilt from its changelog)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from load_tests.gen_mbo import GenConfig, write
-from tests.conftest import ROOT
 from tests.integration.conftest import KILL_CASES, Deployment, wait_for
 
 pytestmark = pytest.mark.integration
@@ -33,45 +29,14 @@ def test_kill9_mid_replay_then_restart_counts_exactly(
     path, truth = paced_file
     total = truth["records"]
     w = deployment.worker(TAPESTREAM_PROCESSING_GUARANTEE=guarantee)
-    replay = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "faust",
-            "-A",
-            "app",
-            "replay",
-            str(path),
-            "--speed",
-            "1",
-            "--no-progress",
-        ],
-        cwd=ROOT,
-        env=deployment.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    deployment.kill9_mid_replay(
+        w, path, lambda: w.get("/instruments/")["records"] > total // 5, keep_state
     )
-    try:
-        counted = wait_for(
-            lambda: w.alive() and w.get("/instruments/")["records"] > total // 5,
-            60,
-            "a fifth of the records counted",
-        )
-        assert counted
-        w.kill9()
-        if not keep_state:
-            shutil.rmtree(w.state_dir, ignore_errors=True)
-        w.restart()
-        _, err = replay.communicate(timeout=120)
-        assert replay.returncode == 0, err
-        wait_for(
-            lambda: w.alive() and w.get("/instruments/")["records"] == total,
-            120,
-            f"all {total} records counted after restart",
-        )
-    finally:
-        if replay.poll() is None:
-            replay.kill()
+    wait_for(
+        lambda: w.alive() and w.get("/instruments/")["records"] == total,
+        120,
+        f"all {total} records counted after restart",
+    )
     served = {d["instrument_id"]: d for d in w.get("/instruments/")["instruments"]}
     for iid, t in truth["instruments"].items():
         got = served[int(iid)]
