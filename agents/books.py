@@ -31,7 +31,7 @@ from app.topics import BOOK_TOPICS, RAW_MBO, ensure_declared, raw_mbo
 from app.transport import commit_guards
 from models import book_events
 from models.mbo import MalformedMessage, parse_message
-from tables.book_state import BookSet
+from tables.book_state import BookSet, warm_up
 from tables.declarations import books as books_table
 
 AGENT = "books"
@@ -54,6 +54,13 @@ def _as_event(event: EventT) -> Any:
         yield
     finally:
         _current_event.reset(token)
+
+
+@app.task
+async def _load_kernels() -> None:
+    # Loading the compiled kernels from numba's cache takes a second or two; a worker pays it
+    # while it starts, not on the first message of a partition.
+    log.info("books: kernels ready in %.1f s", warm_up())
 
 
 def ensure_loaded(instrument_id: int, partition: int) -> None:
@@ -93,30 +100,65 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
             metrics.messages_processed.labels(AGENT).inc()
 
 
+# One checkpoint at a time: a commit on rebalance may start while the periodic one flushes.
+checkpoint_lock = asyncio.Lock()
+
+
+def _take_checkpoint() -> dict[int, tuple[list[EventT], list[tuple[bytes, bytes | None]]]]:
+    """The events not yet covered, by partition, with the table writes that cover them;
+    called under `state_lock`, so the writes are exactly the state those events left."""
+    writes = book_set.checkpoint()
+    taken = {}
+    for partition, events in unacked.items():
+        if events:
+            taken[partition] = (list(events), writes.pop(partition, []))
+            events.clear()
+    if writes:
+        log.error("checkpoint writes for partitions without events: %s", sorted(writes))
+    return taken
+
+
+def _write_checkpoint(
+    taken: dict[int, tuple[list[EventT], list[tuple[bytes, bytes | None]]]],
+) -> None:
+    for events, writes in taken.values():
+        with _as_event(events[-1]):
+            for key, value in writes:
+                if value is None:
+                    del books_table[key]
+                else:
+                    books_table[key] = value
+                metrics.checkpoint_writes.inc()
+        for ev in events:
+            ev.ack()
+
+
 @asynccontextmanager
 async def checkpoint_at_commit() -> AsyncIterator[None]:
-    async with state_lock:
-        if any(unacked.values()):
-            # Outputs first: a checkpoint must never cover outputs that could still be lost.
+    async with checkpoint_lock:
+        if app.in_transaction:
+            # exactly_once: the agent stays still until the transaction commits, or outputs of
+            # events after the checkpoint would commit with it and repeat after a crash.
+            async with state_lock:
+                if any(unacked.values()):
+                    # Outputs first: a checkpoint never covers outputs that could be lost.
+                    await app.producer.flush()
+                    t0 = time.perf_counter()
+                    _write_checkpoint(_take_checkpoint())
+                    metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+                yield
+            return
+        # at_least_once: only taking the checkpoint stops the agent. Events applied while the
+        # outputs flush and the offsets commit stay unacked for the next checkpoint.
+        async with state_lock:
+            t0 = time.perf_counter()
+            taken = _take_checkpoint()
+            taken_s = time.perf_counter() - t0
+        if taken:
             await app.producer.flush()
             t0 = time.perf_counter()
-            writes = book_set.checkpoint()
-            for partition, events in unacked.items():
-                if not events:
-                    continue
-                with _as_event(events[-1]):
-                    for key, value in writes.pop(partition, []):
-                        if value is None:
-                            del books_table[key]
-                        else:
-                            books_table[key] = value
-                        metrics.checkpoint_writes.inc()
-                for ev in events:
-                    ev.ack()
-                events.clear()
-            if writes:
-                log.error("checkpoint writes for partitions without events: %s", sorted(writes))
-            metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+            _write_checkpoint(taken)
+            metrics.checkpoint_seconds.observe(taken_s + time.perf_counter() - t0)
         yield
 
 
@@ -128,7 +170,8 @@ async def _evict_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
     gone = {tp.partition for tp in revoked if tp.topic == RAW_MBO}
     if not gone:
         return
-    async with state_lock:
+    # After any checkpoint in flight has written: its writes belong to the partitions' owner.
+    async with checkpoint_lock, state_lock:
         for p in gone:
             unacked.pop(p, None)
         dropped = book_set.evict(gone)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import app.codecs  # registers the orjson codec before any topic uses it
 from app.settings import load_settings
-from app.transport import App
+from app.transport import App, Worker
 
 settings = load_settings()
 
@@ -38,6 +38,8 @@ app = App(
     # their checkpoints, and a message fetched but never handed to an agent kept Faust waiting
     # for good. What is not committed is simply processed again (and recognised as such).
     stream_wait_empty=False,
+    Worker=Worker,
     autodiscover=False,
     web_enabled=True,
 )
+app.fetch_wait_s = settings.fetch_wait

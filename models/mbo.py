@@ -49,6 +49,12 @@ ACTIONS: Final = "ACMRTFN"
 SIDES: Final = "BAN"
 ACTION_CODES: Final = frozenset(ord(a) for a in ACTIONS)
 SIDE_CODES: Final = frozenset(ord(s) for s in SIDES)
+# Indexed by a byte: is it a valid action / side? One gather checks a whole message, where
+# np.isin sorted on every call.
+_VALID_ACTION: Final = np.zeros(256, dtype=bool)
+_VALID_ACTION[list(ACTION_CODES)] = True
+_VALID_SIDE: Final = np.zeros(256, dtype=bool)
+_VALID_SIDE[list(SIDE_CODES)] = True
 
 
 def decode_records(payload: bytes | bytearray | memoryview) -> np.ndarray:
@@ -68,14 +74,12 @@ def decode_records(payload: bytes | bytearray | memoryview) -> np.ndarray:
 
 def validate_fields(records: np.ndarray) -> str | None:
     """Return why a run of MBO records is malformed, or None if every field is in range."""
-    bad_action = ~np.isin(records["action"], list(ACTION_CODES))
-    if bad_action.any():
-        i = int(np.flatnonzero(bad_action)[0])
-        return f"record {i} has unknown action {bytes([records['action'][i]])!r}"
-    bad_side = ~np.isin(records["side"], list(SIDE_CODES))
-    if bad_side.any():
-        i = int(np.flatnonzero(bad_side)[0])
-        return f"record {i} has unknown side {bytes([records['side'][i]])!r}"
+    for field, valid in (("action", _VALID_ACTION), ("side", _VALID_SIDE)):
+        codes = records[field]
+        ok = valid[codes]
+        if not ok.all():
+            i = int(np.argmin(ok))
+            return f"record {i} has unknown {field} {bytes([codes[i]])!r}"
     return None
 
 
