@@ -1,14 +1,16 @@
-"""Order books from the raw MBO topic: `book.deltas`, `bbo` and `trades` out, books kept as
-checkpointed table state (tables/book_state.py).
+"""Order books and instrument counts from the raw MBO topic: `book.deltas`, `bbo` and `trades`
+out, books (tables/book_state.py) and counts (tables/instrument_stats.py) kept as checkpointed
+table state. One agent reads the raw topic once for both: Faust's cost per message is what
+limits a worker, not the counting.
 
-Books live in memory (the compiled engine); the `books` table holds their checkpoint. Events
-are acknowledged only when a checkpoint covering them is written, and checkpoints are written
-at the commit boundary (`app.transport.commit_guards`), so committed offsets never run ahead
-of table state; a message redelivered after a restart is recognised by its offset, which the
-checkpoint stores, and skipped. Under exactly_once the checkpoint, the outputs and the offsets
-commit in one transaction; under at_least_once outputs are delivered before the checkpoint
-that covers them is written, so a crash can repeat outputs (consumers drop repeats by
-(publisher_id, event)) but never lose them.
+Books and counts live in memory; the `books` and `instrument-stats` tables hold their
+checkpoint. Events are acknowledged only when a checkpoint covering them is written, and
+checkpoints are written at the commit boundary (`app.transport.commit_guards`), so committed
+offsets never run ahead of table state; a message redelivered after a restart is recognised by
+its offset, which the checkpoint stores, and skipped. Under exactly_once the checkpoint, the
+outputs and the offsets commit in one transaction; under at_least_once outputs are delivered
+before the checkpoint that covers them is written, so a crash can repeat outputs (consumers
+drop repeats by (publisher_id, event)) but never lose them.
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ from models import book_events
 from models.mbo import MalformedMessage, parse_message
 from tables.book_state import BookSet, warm_up
 from tables.declarations import books as books_table
+from tables.declarations import instrument_stats as stats_table
+from tables.instrument_stats import StatsSet
 
 AGENT = "books"
 log = logging.getLogger(__name__)
 
 book_set = BookSet()
+stats_set = StatsSet()
 # Held while a message is applied and while a commit checkpoints: a commit never sees half a
 # message, and no message is applied between a checkpoint and the commit that follows it.
 state_lock = asyncio.Lock()
@@ -68,6 +73,8 @@ def ensure_loaded(instrument_id: int, partition: int) -> None:
         t0 = time.perf_counter()
         book_set.load(instrument_id, partition, books_table.get)
         metrics.book_load_seconds.observe(time.perf_counter() - t0)
+    if not stats_set.loaded(instrument_id):
+        stats_set.load(instrument_id, partition, stats_table.get)
 
 
 @app.agent(raw_mbo, name=AGENT)
@@ -89,6 +96,7 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
             if applied is None:
                 metrics.messages_duplicate.labels(AGENT).inc()
                 continue
+            stats_set.apply(iid, records, event.message.offset)
             for base, message in book_events.messages(iid, applied, book_set).items():
                 # Same key, partitioner and partition count as the input, so the same
                 # partition; explicit, or exactly_once would send outside the transaction
@@ -104,10 +112,17 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
 checkpoint_lock = asyncio.Lock()
 
 
-def _take_checkpoint() -> dict[int, tuple[list[EventT], list[tuple[bytes, bytes | None]]]]:
+Writes = list[tuple[Any, bytes, bytes | None]]  # (table, key, value or None to delete)
+Checkpoint = dict[int, tuple[list[EventT], Writes]]  # partition -> (events covered, writes)
+
+
+def _take_checkpoint() -> Checkpoint:
     """The events not yet covered, by partition, with the table writes that cover them;
     called under `state_lock`, so the writes are exactly the state those events left."""
-    writes = book_set.checkpoint()
+    writes: dict[int, Writes] = {}
+    for table, state in ((books_table, book_set), (stats_table, stats_set)):
+        for partition, rows in state.checkpoint().items():
+            writes.setdefault(partition, []).extend((table, k, v) for k, v in rows)
     taken = {}
     for partition, events in unacked.items():
         if events:
@@ -118,16 +133,14 @@ def _take_checkpoint() -> dict[int, tuple[list[EventT], list[tuple[bytes, bytes 
     return taken
 
 
-def _write_checkpoint(
-    taken: dict[int, tuple[list[EventT], list[tuple[bytes, bytes | None]]]],
-) -> None:
+def _write_checkpoint(taken: Checkpoint) -> None:
     for events, writes in taken.values():
         with _as_event(events[-1]):
-            for key, value in writes:
+            for table, key, value in writes:
                 if value is None:
-                    del books_table[key]
+                    del table[key]
                 else:
-                    books_table[key] = value
+                    table[key] = value
                 metrics.checkpoint_writes.inc()
         for ev in events:
             ev.ack()
@@ -175,5 +188,6 @@ async def _evict_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         for p in gone:
             unacked.pop(p, None)
         dropped = book_set.evict(gone)
+        stats_set.evict(gone)
     if dropped:
         log.info("books: released %d instruments of partitions %s", len(dropped), sorted(gone))

@@ -57,6 +57,11 @@ _VALID_SIDE: Final = np.zeros(256, dtype=bool)
 _VALID_SIDE[list(SIDE_CODES)] = True
 
 
+def instrument_key(instrument_id: int) -> bytes:
+    """The key of every instrument-partitioned topic and table: the id in ASCII decimal."""
+    return str(instrument_id).encode()
+
+
 def decode_records(payload: bytes | bytearray | memoryview) -> np.ndarray:
     """View a run of MBO records. Raises ValueError if it is not whole MBO records."""
     if len(payload) % MBO_SIZE:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.mbo import MBO_DTYPE, UNDEF_PRICE
+from models.mbo import MBO_DTYPE, UNDEF_PRICE, instrument_key
 from tables import book_kernels as K
 from tables.book_engine import (
     COUNTER_NAMES,
@@ -47,10 +47,6 @@ PAGE_DTYPE = np.dtype(
 
 Get = Callable[[bytes], bytes | None]
 Write = tuple[bytes, bytes | None]  # (key, value); None deletes
-
-
-def meta_key(instrument_id: int) -> bytes:
-    return str(instrument_id).encode()
 
 
 def page_key(instrument_id: int, publisher_id: int, page: int, gen: int) -> bytes:
@@ -93,7 +89,7 @@ class BookSet:
         inst = Instrument(instrument_id, partition)
         self.instruments[instrument_id] = inst
         self._books[instrument_id] = []
-        raw = get(meta_key(instrument_id))
+        raw = get(instrument_key(instrument_id))
         if raw is None:
             return inst
         meta = orjson.loads(raw)
@@ -227,7 +223,7 @@ class BookSet:
             for iid in sorted(touched):
                 inst = self.instruments[iid]
                 writes = by_partition.setdefault(inst.partition, [])
-                writes.append((meta_key(iid), self._meta(inst, layout)))
+                writes.append((instrument_key(iid), self._meta(inst, layout)))
                 writes.extend((k, None) for k in deletes.get(iid, []))
                 inst.dirty = False
                 for b in self._books[iid]:

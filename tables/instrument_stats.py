@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
 
-from models.mbo import ACTIONS
+from models.mbo import ACTIONS, instrument_key
 
 
 @dataclass
@@ -94,3 +95,49 @@ class InstrumentStats:
         d = self.to_dict()
         del d["position"]
         return d
+
+
+class StatsSet:
+    """The InstrumentStats of the instruments a worker owns, held in memory and written to
+    their table at checkpoints (with the books they are counted alongside)."""
+
+    def __init__(self) -> None:
+        self._stats: dict[int, InstrumentStats] = {}
+        self._partition: dict[int, int] = {}
+        self._dirty: set[int] = set()
+
+    def loaded(self, instrument_id: int) -> bool:
+        return instrument_id in self._stats
+
+    def load(
+        self, instrument_id: int, partition: int, get: Callable[[bytes], bytes | None]
+    ) -> None:
+        raw = get(instrument_key(instrument_id))
+        self._stats[instrument_id] = (
+            InstrumentStats.from_bytes(raw) if raw else InstrumentStats(instrument_id)
+        )
+        self._partition[instrument_id] = partition
+
+    def apply(self, instrument_id: int, records: np.ndarray, position: int) -> bool:
+        """Count a message (see InstrumentStats.apply); the instrument must be loaded."""
+        if not self._stats[instrument_id].apply(records, position):
+            return False
+        self._dirty.add(instrument_id)
+        return True
+
+    def checkpoint(self) -> dict[int, list[tuple[bytes, bytes]]]:
+        """Table writes for what changed since the last checkpoint, by partition."""
+        writes: dict[int, list[tuple[bytes, bytes]]] = {}
+        for iid in sorted(self._dirty):
+            writes.setdefault(self._partition[iid], []).append(
+                (instrument_key(iid), self._stats[iid].to_bytes())
+            )
+        self._dirty.clear()
+        return writes
+
+    def evict(self, partitions: set[int]) -> list[int]:
+        gone = [iid for iid, p in self._partition.items() if p in partitions]
+        for iid in gone:
+            del self._stats[iid], self._partition[iid]
+            self._dirty.discard(iid)
+        return gone

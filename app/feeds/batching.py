@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.mbo import F_LAST, MBO_SIZE
+from models.mbo import F_LAST, MBO_SIZE, instrument_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +29,6 @@ class Batch:
     @property
     def complete(self) -> bool:
         return bool(self.records["flags"][-1] & F_LAST)
-
-
-def instrument_key(instrument_id: int) -> bytes:
-    """The key of every instrument-partitioned topic: the id in ASCII decimal."""
-    return str(instrument_id).encode()
 
 
 class Batcher:
