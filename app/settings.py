@@ -26,7 +26,7 @@ class Settings(BaseModel, frozen=True):
     processing_guarantee: Guarantee = Field(
         "at_least_once", description="TAPESTREAM_PROCESSING_GUARANTEE"
     )
-    batch_records: int = Field(1000, ge=1, le=1_000_000, description="TAPESTREAM_BATCH_RECORDS")
+    batch_records: int = Field(4096, ge=1, le=1_000_000, description="TAPESTREAM_BATCH_RECORDS")
     max_message_bytes: int = Field(
         1_000_000, ge=4096, le=100_000_000, description="TAPESTREAM_MAX_MESSAGE_BYTES"
     )

@@ -6,7 +6,10 @@
 
 For each processing guarantee, each run starts a fresh worker (its own topics and state) and:
   throughput  replays a generated file at full speed (--max) and measures events/s from the
-              start of the replay until the books agent has applied every record;
+              start of the replay until the books agent has applied every record (the replay
+              shares the machine's two cores with the broker and the worker);
+  backlog     the same file, already in the topic when a fresh worker starts: events/s from
+              the first record the books agent applied to the last;
   latency     replays a second file paced at --rate records/s and, with a read_committed
               consumer of book.deltas in the same process, measures for every published level
               change the time from when its event was due to be sent (the replay's pace clock)
@@ -57,6 +60,21 @@ def _throughput(w: BenchWorker, path: Path, total: int) -> dict[str, float]:
         "replay_events_per_s": total / replay_s,
         "messages": summary.messages,
     }
+
+
+def _backlog(path: Path, total: int, broker: str, guarantee: str) -> dict[str, float]:
+    """The file is in the raw topic before the worker starts: events/s from the first record
+    applied to the last, with nothing else running but the broker."""
+
+    def fill(env: dict[str, str]) -> None:
+        asyncio.run(replay_files([str(path)], load_settings(env), progress=False))
+
+    with bench_worker(broker, fill, TAPESTREAM_PROCESSING_GUARANTEE=guarantee) as w:
+        while (first := w.processed("books")) == 0:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        done = w.wait_processed("books", total)
+    return {"events_per_s": (total - first) / (done - t0)}
 
 
 def _speed_for(path: Path, rate: float) -> float:
@@ -150,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{guarantee}: run {i + 1}/{args.runs}", file=sys.stderr)
             with bench_worker(broker, TAPESTREAM_PROCESSING_GUARANTEE=guarantee) as w:
                 r = {"throughput": _throughput(w, fast, total)}
+            r["backlog"] = _backlog(fast, total, broker, guarantee)
             with bench_worker(broker, TAPESTREAM_PROCESSING_GUARANTEE=guarantee) as w:
                 r["latency"] = asyncio.run(_paced(w, paced, args.rate))
             runs.append(r)
@@ -158,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 phase: {k: round(statistics.median(r[phase][k] for r in runs), 2) for k in keys}
                 for phase, keys in (
                     ("throughput", runs[0]["throughput"]),
+                    ("backlog", runs[0]["backlog"]),
                     ("latency", runs[0]["latency"]),
                 )
             },

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +65,11 @@ class BenchWorker:
 
 
 @contextmanager
-def bench_worker(broker: str, **extra_env: str) -> Iterator[BenchWorker]:
+def bench_worker(
+    broker: str, before_start: Callable[[dict[str, str]], None] | None = None, **extra_env: str
+) -> Iterator[BenchWorker]:
+    """A worker with its own app id, topics and state; `before_start(env)` runs first (to
+    fill its input topic, say)."""
     tag = f"bench{uuid.uuid4().hex[:8]}"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,6 +84,8 @@ def bench_worker(broker: str, **extra_env: str) -> Iterator[BenchWorker]:
         "TAPESTREAM_WEB_PORT": str(port),
         **extra_env,
     }
+    if before_start is not None:
+        before_start(env)
     log_path = BENCH_DIR / f"{tag}.log"
     log = open(log_path, "wb")  # noqa: SIM115 (the child owns it until it exits)
     proc = subprocess.Popen(

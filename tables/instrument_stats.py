@@ -40,14 +40,13 @@ class InstrumentStats:
             return True
         self.messages += 1
         self.records += len(records)
-        codes, counts = np.unique(records["action"], return_counts=True)
-        for code, n in zip(codes.tolist(), counts.tolist(), strict=True):
+        counts = np.bincount(records["action"], minlength=256)
+        for code in np.flatnonzero(counts).tolist():
             key = chr(code)
-            self.actions[key] = self.actions.get(key, 0) + n
-        for pub in np.unique(records["publisher_id"]).tolist():
-            if pub not in self.publishers:
-                self.publishers.append(pub)
-                self.publishers.sort()
+            self.actions[key] = self.actions.get(key, 0) + int(counts[code])
+        pubs = records["publisher_id"]
+        if not (pubs == pubs[0]).all() or int(pubs[0]) not in self.publishers:
+            self.publishers = sorted(set(self.publishers) | set(np.unique(pubs).tolist()))
         ts = records["ts_recv"]
         lo, hi = int(ts.min()), int(ts.max())
         self.first_ts_recv = lo if self.first_ts_recv is None else min(self.first_ts_recv, lo)

@@ -250,6 +250,9 @@ def deployment(broker: str, tmp_path: Path) -> Iterator[Deployment]:
         "TAPESTREAM_PARTITIONS": "4",
         "TAPESTREAM_DATA_DIR": str(tmp_path / "state"),
         "TAPESTREAM_COMMIT_INTERVAL": "0.5",
+        # Smaller messages than the default: more message and checkpoint boundaries for a
+        # kill or a rebalance to fall between.
+        "TAPESTREAM_BATCH_RECORDS": "1000",
         "PYTHONUNBUFFERED": "1",
     }
     d = Deployment(base_env=env, tmp=tmp_path)

@@ -66,8 +66,7 @@ def test_counts_through_a_real_worker_equal_the_file(
 
     metrics = w.get_raw("/metrics").text
     assert (
-        f'tapestream_records_processed_total{{agent="books"}} {float(truth["records"])}'
-        in metrics
+        f'tapestream_records_processed_total{{agent="books"}} {float(truth["records"])}' in metrics
     )
 
 
