@@ -11,6 +11,7 @@ belongs to, so state, outputs and offsets commit together.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -106,6 +107,18 @@ class Worker(faust.Worker):
 
     def _setup_spinner_handler(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        freeze_heap()
+
+
+def freeze_heap() -> None:
+    """Exempt everything alive now (modules, Faust's services, compiled kernels: about a
+    million objects) from the garbage collector. A full collection walked them all and
+    stopped the worker for 70-150 ms, the largest delays in bench_pipeline's latency."""
+    gc.collect()
+    gc.freeze()
 
 
 class App(faust.App):

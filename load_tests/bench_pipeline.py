@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaConsumer
 from app.commands.replay import ensure_topic, replay_files
 from app.feeds.mbo_files import open_mbo
 from app.settings import load_settings
+from app.transport import freeze_heap
 from load_tests.gen_mbo import GenConfig, write
 from load_tests.worker_proc import BENCH_DIR, ROOT, BenchWorker, bench_worker
 
@@ -121,6 +122,7 @@ async def _paced(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
                     latencies.append(now - due[keep])
 
     speed = _speed_for(path, rate)
+    freeze_heap()  # this process is the consumer being timed; a full GC here is not latency
     task = asyncio.create_task(consume())
     try:
         summary = await replay_files(
