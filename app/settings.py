@@ -39,7 +39,6 @@ class Settings(BaseModel, frozen=True):
     fetch_wait: float = Field(0.02, gt=0, le=5, description="TAPESTREAM_FETCH_WAIT")
     commit_interval: float = Field(1.0, gt=0, description="TAPESTREAM_COMMIT_INTERVAL")
     session_timeout: float = Field(10.0, ge=6, le=300, description="TAPESTREAM_SESSION_TIMEOUT")
-    log_level: str = Field("info", description="TAPESTREAM_LOG_LEVEL")
 
     @field_validator("broker")
     @classmethod

@@ -13,7 +13,8 @@ For each processing guarantee, each run starts a fresh worker (its own topics an
   latency     replays a second file paced at --rate records/s and, with a read_committed
               consumer of book.deltas in the same process, measures for every published level
               change the time from when its event was due to be sent (the replay's pace clock)
-              until the consumer had it; p50/p99/p999 over all rows after a 2 s warm-up.
+              until the consumer had it; p50/p99/p999 over all rows after a 2 s warm-up
+              (sent_*: until the worker sent it, by the message's broker timestamp).
 The worker runs every agent (books and instruments) as a deployment does. The broker must be
 running (`make broker-start`). Medians over runs are printed, with every run's figures.
 """
@@ -106,6 +107,10 @@ async def _paced(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
     )
     await consumer.start()
     latencies: list[np.ndarray] = []
+    # When the worker sent each row's message (its broker timestamp, wall clock ms): how much
+    # of the latency is the worker's, and how much the broker's and this reader's.
+    send_lags: list[np.ndarray] = []
+    wall_minus_mono = time.time() - time.monotonic()
     stop = asyncio.Event()
 
     async def consume() -> None:
@@ -120,6 +125,8 @@ async def _paced(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
                     due = clock["wall"] + (ts - clock["event"]) / (speed * 1e9)
                     keep = due - clock["wall"] >= WARMUP_S
                     latencies.append(now - due[keep])
+                    sent = m.timestamp / 1e3 - wall_minus_mono
+                    send_lags.append(sent - due[keep])
 
     speed = _speed_for(path, rate)
     freeze_heap()  # this process is the consumer being timed; a full GC here is not latency
@@ -136,6 +143,7 @@ async def _paced(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
     lat = np.concatenate(latencies) if latencies else np.zeros(0)
     if not len(lat):
         raise RuntimeError(f"no book deltas were read; see {w.log_path}")
+    sent = np.concatenate(send_lags)
     return {
         "rate_events_per_s": summary.records / summary.seconds,
         "rows": float(len(lat)),
@@ -143,6 +151,8 @@ async def _paced(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
         "p99_ms": float(np.percentile(lat, 99) * 1e3),
         "p999_ms": float(np.percentile(lat, 99.9) * 1e3),
         "max_ms": float(lat.max() * 1e3),
+        "sent_p50_ms": float(np.percentile(sent, 50) * 1e3),
+        "sent_p99_ms": float(np.percentile(sent, 99) * 1e3),
     }
 
 
