@@ -38,12 +38,36 @@ class Settings(BaseModel, frozen=True):
     )
     fetch_wait: float = Field(0.02, gt=0, le=5, description="TAPESTREAM_FETCH_WAIT")
     commit_interval: float = Field(1.0, gt=0, description="TAPESTREAM_COMMIT_INTERVAL")
+    bar_intervals: str = Field("1m,5m,15m", description="TAPESTREAM_BAR_INTERVALS")
+    allowed_lateness: float = Field(2.0, ge=0, le=3600, description="TAPESTREAM_ALLOWED_LATENESS")
     session_timeout: float = Field(10.0, ge=6, le=300, description="TAPESTREAM_SESSION_TIMEOUT")
 
     @field_validator("broker")
     @classmethod
     def _broker_url(cls, v: str) -> str:
         return v if "://" in v else f"kafka://{v}"
+
+    @field_validator("bar_intervals")
+    @classmethod
+    def _intervals(cls, v: str) -> str:
+        from tables.bars import parse_interval
+
+        names = [x.strip() for x in v.split(",") if x.strip()]
+        if not names:
+            raise ValueError("needs at least one interval, as in 1m,5m,15m")
+        for name in names:
+            parse_interval(name)
+        return ",".join(names)
+
+    @property
+    def bar_intervals_ns(self) -> list[int]:
+        from tables.bars import parse_interval
+
+        return [parse_interval(x) for x in self.bar_intervals.split(",")]
+
+    @property
+    def lateness_ns(self) -> int:
+        return round(self.allowed_lateness * 1e9)
 
     @field_validator("store")
     @classmethod

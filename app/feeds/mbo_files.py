@@ -1,7 +1,8 @@
 """Streaming readers for MBO files: DBN (`.dbn`, `.dbn.zst`), Databento-style CSV, and
 LOBSTER message files (`app/feeds/lobster.py`).
 
-Every reader yields numpy arrays of `models.mbo.MBO_DTYPE` in file order, holding at most
+Every reader yields numpy arrays of `models.mbo.MBO_DTYPE` in file order (`open_trades`: of
+`models.trades.TRADE_DTYPE`, from trades files or the T records of MBO files), holding at most
 one chunk in memory, and raises `InputError` naming the file and the position for anything
 that is not a whole, well-formed MBO file: a missing file, a truncated record or zstd frame,
 another schema, an unparsable CSV row.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -33,6 +34,14 @@ from models.mbo import (
     UNDEF_PRICE,
     empty_records,
 )
+from models.trades import (
+    TRADE_DTYPE,
+    TRADE_LENGTH_WORDS,
+    TRADE_RTYPE,
+    TRADE_SIZE,
+    empty_trades,
+    trades_from_mbo,
+)
 
 DEFAULT_CHUNK_RECORDS = 65_536
 _READ_BYTES = 1 << 20
@@ -49,6 +58,24 @@ class InputError(Exception):
         super().__init__(f"{path}: {where}: {problem}")
 
 
+@dataclass(frozen=True)
+class RecordKind:
+    """A DBN record type a reader keeps: its schema name, layout and header."""
+
+    schema: str
+    dtype: np.dtype
+    rtype: int
+    size: int
+    length_words: int
+    empty: Callable[[int], np.ndarray]
+
+
+MBO = RecordKind("mbo", MBO_DTYPE, MBO_RTYPE, MBO_SIZE, MBO_LENGTH_WORDS, empty_records)
+TRADES = RecordKind(
+    "trades", TRADE_DTYPE, TRADE_RTYPE, TRADE_SIZE, TRADE_LENGTH_WORDS, empty_trades
+)
+
+
 @dataclass
 class MboFile:
     """One input file. Iterate `chunks()` once; `bytes_read`/`size` give progress."""
@@ -61,6 +88,7 @@ class MboFile:
     records_read: int = 0
     records_skipped: int = 0  # non-MBO records in a mixed-schema DBN stream
     bytes_read: int = 0
+    kind: RecordKind = MBO
     _stream: BinaryIO | None = None
 
     def chunks(self, chunk_records: int = DEFAULT_CHUNK_RECORDS) -> Iterator[np.ndarray]:
@@ -93,6 +121,50 @@ def open_mbo(path: str | Path) -> MboFile:
     else:
         raise InputError(p, "open", "unsupported file type (expected .dbn, .dbn.zst or .csv)")
     return MboFile(path=p, format=fmt, size=p.stat().st_size)
+
+
+class TradesFile:
+    """Trades from a trades-schema DBN file, or the T records of any MBO input."""
+
+    def __init__(self, path: str | Path) -> None:
+        p = Path(path)
+        self._file = open_mbo(p)
+        if self._file.format in ("dbn", "dbn.zst") and _dbn_schema(p) == "trades":
+            self._file.kind = TRADES
+
+    def __getattr__(self, name: str) -> object:  # path, size, bytes_read, symbols, ...
+        return getattr(self._file, name)
+
+    def chunks(self, chunk_records: int = DEFAULT_CHUNK_RECORDS) -> Iterator[np.ndarray]:
+        for chunk in self._file.chunks(chunk_records):
+            yield chunk if chunk.dtype == TRADE_DTYPE else trades_from_mbo(chunk)
+
+
+def open_trades(path: str | Path) -> TradesFile:
+    """Open a trades or MBO input for its trades; raise InputError as `open_mbo` does."""
+    return TradesFile(path)
+
+
+def _dbn_schema(path: Path) -> str | None:
+    """The schema a DBN file's metadata names (None for a mixed stream)."""
+    with open(path, "rb") as fh:
+        f = MboFile(
+            path=path,
+            format="dbn.zst" if path.name.lower().endswith(".zst") else "dbn",
+            size=path.stat().st_size,
+        )
+        buf = bytearray()
+        raw = _raw_bytes(f, fh)
+        try:
+            _fill(buf, raw, 8)
+            if len(buf) < 8 or buf[:3] != _DBN_MAGIC:
+                return None
+            (meta_len,) = struct.unpack_from("<I", buf, 4)
+            _fill(buf, raw, 8 + meta_len)
+            meta = databento_dbn.Metadata.decode(bytes(buf[: 8 + meta_len]))
+        except Exception:
+            return None  # the real read reports what is wrong, with its position
+    return str(meta.schema) if meta.schema is not None else None
 
 
 def read_all(path: str | Path) -> np.ndarray:
@@ -162,13 +234,13 @@ def _dbn_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
         except Exception as exc:
             raise InputError(f.path, "metadata", f"unreadable DBN metadata ({exc})") from None
         schema = str(meta.schema) if meta.schema is not None else None
-        if schema not in (None, "mbo"):
-            raise InputError(f.path, "metadata", f"schema is {schema}, expected mbo")
+        if schema not in (None, f.kind.schema):
+            raise InputError(f.path, "metadata", f"schema is {schema}, expected {f.kind.schema}")
         f.dataset = meta.dataset
         f.symbols = _symbols_from_mappings(meta.mappings)
         del buf[: 8 + meta_len]
         offset = 8 + meta_len  # decompressed byte offset of buf[0], for error positions
-        target = chunk_records * MBO_SIZE
+        target = chunk_records * f.kind.size
         truncated_frame = False
         try:
             for block in raw:
@@ -212,19 +284,21 @@ def _fill(buf: bytearray, raw: Iterator[bytes], n: int) -> None:
 
 
 def _carve(f: MboFile, buf: bytearray, offset: int, limit: int) -> tuple[int, np.ndarray]:
-    """Whole records in the first `limit` bytes of buf: (bytes used, MBO records among them)."""
-    n = min(len(buf), limit) // MBO_SIZE
+    """Whole records in the first `limit` bytes of buf: (bytes used, records of f.kind)."""
+    k = f.kind
+    n = min(len(buf), limit) // k.size
     if n == 0:
         return _carve_mixed(f, buf, offset, limit)
-    arr = np.frombuffer(bytes(buf[: n * MBO_SIZE]), dtype=MBO_DTYPE)
-    if (arr["length"] == MBO_LENGTH_WORDS).all() and (arr["rtype"] == MBO_RTYPE).all():
+    arr = np.frombuffer(bytes(buf[: n * k.size]), dtype=k.dtype)
+    if (arr["length"] == k.length_words).all() and (arr["rtype"] == k.rtype).all():
         f.records_read += n
-        return n * MBO_SIZE, arr
+        return n * k.size, arr
     return _carve_mixed(f, buf, offset, limit)
 
 
 def _carve_mixed(f: MboFile, buf: bytearray, offset: int, limit: int) -> tuple[int, np.ndarray]:
     """Slow path for streams that interleave other record types (or carry ts_out)."""
+    k = f.kind
     pos, keep = 0, []
     end = min(len(buf), max(limit, 255 * 4))
     while pos + 2 <= end:
@@ -235,15 +309,15 @@ def _carve_mixed(f: MboFile, buf: bytearray, offset: int, limit: int) -> tuple[i
             )
         if pos + length > end:
             break
-        if buf[pos + 1] == MBO_RTYPE and length >= MBO_SIZE:
-            rec = bytearray(buf[pos : pos + MBO_SIZE])
-            rec[0] = MBO_LENGTH_WORDS  # drop a trailing ts_out: the record is re-framed alone
+        if buf[pos + 1] == k.rtype and length >= k.size:
+            rec = bytearray(buf[pos : pos + k.size])
+            rec[0] = k.length_words  # drop a trailing ts_out: the record is re-framed alone
             keep.append(bytes(rec))
             f.records_read += 1
         else:
             f.records_skipped += 1
         pos += length
-    out = np.frombuffer(b"".join(keep), dtype=MBO_DTYPE) if keep else empty_records()
+    out = np.frombuffer(b"".join(keep), dtype=k.dtype) if keep else k.empty(0)
     return pos, out
 
 

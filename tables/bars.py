@@ -1,0 +1,379 @@
+"""Bars on event time: tumbling windows per instrument, closed by a watermark, never by the
+wall clock. No Faust here; the bars agent, `ohlcv` and backfill all drive this class.
+
+One `BarEngine` serves one input partition (or one whole file in backfill). Its watermark is
+the latest trade time it has seen (`ts_event`) minus the allowed lateness. A window is emitted
+once, final, when the watermark reaches its end; a trade whose window has already been emitted
+is late: it is returned to the caller (the `late` side output) and counted, never silently
+dropped. Because the watermark belongs to the partition, an idle instrument's window still
+closes when the other instruments of its partition move time on.
+
+Every field is exact integer arithmetic except the two averages computed from exact sums at
+emission, so the same trades give the same bars whatever the batches they arrive in.
+"""
+
+from __future__ import annotations
+
+import heapq
+import operator
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+
+from models.trades import TRADE_DTYPE
+
+SIDE_BUY: Final = ord("B")
+SIDE_SELL: Final = ord("A")
+NS: Final = {
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+    "d": 86_400_000_000_000,
+}
+
+
+def parse_interval(text: str) -> int:
+    """'1m' -> nanoseconds. Accepts <n>s, <n>m, <n>h, <n>d; raises ValueError otherwise."""
+    m = re.fullmatch(r"([1-9][0-9]*)([smhd])", text.strip())
+    if not m:
+        raise ValueError(f"bad interval {text!r}: expected a number and s, m, h or d, as in 1m")
+    return int(m.group(1)) * NS[m.group(2)]
+
+
+def interval_name(ns: int) -> str:
+    for unit in ("d", "h", "m", "s"):
+        if ns % NS[unit] == 0:
+            return f"{ns // NS[unit]}{unit}"
+    raise ValueError(f"interval of {ns} ns is not a whole number of seconds")
+
+
+@dataclass(slots=True)
+class _Acc:
+    """An open window's running totals; every sum an exact int."""
+
+    open_ts: int
+    open_px: int
+    high: int
+    low: int
+    close_ts: int
+    close_px: int
+    volume: int = 0
+    trades: int = 0
+    buy_volume: int = 0
+    sell_volume: int = 0
+    pv: int = 0  # sum of price * size
+    twap_area: int = 0  # sum of price * ns it stood, up to the instrument's clock
+    twap_from: int = 0  # where the window's time-weighting starts
+
+    def to_list(self) -> list[int]:
+        return [getattr(self, f) for f in _ACC_FIELDS]
+
+
+_ACC_FIELDS: Final = tuple(_Acc.__slots__)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    instrument_id: int
+    publisher_id: int  # of the instrument's first trade
+    interval_ns: int
+    start: int  # ts_event of the window start, ns
+    open: int  # prices in 1e-9 units, as in DBN
+    high: int
+    low: int
+    close: int
+    volume: int
+    trades: int
+    buy_volume: int  # aggressor side B
+    sell_volume: int  # aggressor side A (side N counts in neither)
+    vwap: float
+    twap: float
+
+    @property
+    def end(self) -> int:
+        return self.start + self.interval_ns
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "instrument_id": self.instrument_id,
+            "publisher_id": self.publisher_id,
+            "interval": interval_name(self.interval_ns),
+            "start": self.start,
+            "open": self.open,
+            "high": self.high,
+            "low": self.low,
+            "close": self.close,
+            "volume": self.volume,
+            "trades": self.trades,
+            "buy_volume": self.buy_volume,
+            "sell_volume": self.sell_volume,
+            "vwap": self.vwap,
+            "twap": self.twap,
+        }
+
+
+@dataclass
+class _Track:
+    """One instrument's price over time for one interval, from the trades that interval took
+    (a trade too late for a window changes nothing about it, its TWAP included)."""
+
+    last_px: int | None = None  # the price standing now
+    clock: int = 0  # latest ts_event taken: a trade stamped earlier takes effect here
+    first_t: int | None = None  # when a price first stood: time-weighting starts there
+
+
+@dataclass
+class _Instrument:
+    open: dict[int, dict[int, _Acc]] = field(default_factory=dict)  # interval -> start -> acc
+    tracks: dict[int, _Track] = field(default_factory=dict)  # interval -> price track
+    publisher_id: int = 0
+
+
+@dataclass
+class Added:
+    late: np.ndarray  # trades whose window had been emitted, per interval
+    late_intervals: np.ndarray  # the interval each late row was late for
+
+
+class BarEngine:
+    def __init__(self, intervals_ns: list[int], lateness_ns: int) -> None:
+        if not intervals_ns or any(i <= 0 for i in intervals_ns):
+            raise ValueError("intervals must be positive")
+        if lateness_ns < 0:
+            raise ValueError("lateness must not be negative")
+        self.intervals = sorted(set(intervals_ns))
+        self.lateness = lateness_ns
+        self.max_ts: int | None = None
+        self.late_count = 0
+        self._instruments: dict[int, _Instrument] = {}
+        self._ends: list[tuple[int, int, int]] = []  # heap of (window end, interval, instrument)
+
+    @property
+    def watermark(self) -> int | None:
+        return None if self.max_ts is None else self.max_ts - self.lateness
+
+    def add(self, instrument_id: int, trades: np.ndarray) -> Added:
+        """Take one instrument's trades in arrival order; return those that came too late."""
+        assert trades.dtype == TRADE_DTYPE
+        if not len(trades):
+            return Added(trades[:0], np.zeros(0, np.int64))
+        wm_before = self._watermarks(trades["ts_event"].astype(np.int64))
+        got = self._add(instrument_id, trades, wm_before)
+        self._advance(trades)
+        return got
+
+    def add_stream(self, trades: np.ndarray) -> Added:
+        """Trades of any instruments in arrival order (a file's chunk): the same as adding
+        them one at a time."""
+        assert trades.dtype == TRADE_DTYPE
+        if not len(trades):
+            return Added(trades[:0], np.zeros(0, np.int64))
+        wm_before = self._watermarks(trades["ts_event"].astype(np.int64))
+        iids = trades["instrument_id"]
+        late, late_iv = [], []
+        for iid in np.unique(iids).tolist():
+            mine = iids == iid
+            got = self._add(iid, trades[mine], wm_before[mine])
+            late.append(got.late)
+            late_iv.append(got.late_intervals)
+        self._advance(trades)
+        return Added(np.concatenate(late), np.concatenate(late_iv))
+
+    def _watermarks(self, ts: np.ndarray) -> np.ndarray:
+        """The watermark each trade meets: everything before it in the stream counts."""
+        before = np.empty_like(ts)
+        before[0] = self.max_ts if self.max_ts is not None else np.iinfo(np.int64).min // 2
+        np.maximum(np.maximum.accumulate(ts)[:-1], before[0], out=before[1:])
+        return before - self.lateness
+
+    def _advance(self, trades: np.ndarray) -> None:
+        top = int(trades["ts_event"].max())
+        self.max_ts = top if self.max_ts is None else max(self.max_ts, top)
+
+    def _add(self, instrument_id: int, trades: np.ndarray, wm_before: np.ndarray) -> Added:
+        ts = trades["ts_event"].astype(np.int64)
+        inst = self._instruments.get(instrument_id)
+        if inst is None:
+            inst = self._instruments[instrument_id] = _Instrument()
+            inst.publisher_id = int(trades["publisher_id"][0])
+        late_rows: list[np.ndarray] = []
+        late_iv: list[np.ndarray] = []
+        px = trades["price"].astype(np.int64)
+        size = trades["size"].astype(np.int64)
+        side = trades["side"]
+        for iv in self.intervals:
+            starts = ts - ts % iv
+            ok = starts + iv > wm_before
+            if ok.all():
+                self._take(instrument_id, inst, iv, starts, ts, px, size, side)
+                continue
+            late_rows.append(np.flatnonzero(~ok))
+            late_iv.append(np.full(len(late_rows[-1]), iv, np.int64))
+            if ok.any():
+                self._take(instrument_id, inst, iv, starts[ok], ts[ok], px[ok], size[ok], side[ok])
+        if not late_rows:
+            return Added(trades[:0], np.zeros(0, np.int64))
+        idx = np.concatenate(late_rows)
+        self.late_count += len(idx)
+        return Added(trades[idx], np.concatenate(late_iv))
+
+    def _take(
+        self,
+        iid: int,
+        inst: _Instrument,
+        iv: int,
+        starts: np.ndarray,
+        ts: np.ndarray,
+        px: np.ndarray,
+        size: np.ndarray,
+        side: np.ndarray,
+    ) -> None:
+        """Fold trades (all on time for `iv`) into the interval's windows."""
+        windows = inst.open.setdefault(iv, {})
+        track = inst.tracks.get(iv)
+        if track is None:
+            track = inst.tracks[iv] = _Track()
+        # The interval's own clock: a trade stamped earlier than one already taken takes
+        # effect at that later time, so time never runs backwards for the TWAP.
+        eff = np.maximum.accumulate(np.maximum(ts, track.clock))
+        if track.first_t is None:
+            track.first_t = int(eff[0])
+        order = np.argsort(starts, kind="stable")
+        cuts = np.flatnonzero(np.diff(starts[order])) + 1
+        for group in np.split(order, cuts):
+            self._fold(iid, iv, windows, track, int(starts[group[0]]), group, ts, px, size, side)
+        # The price standing before each trade stood from the previous effective time to
+        # this one's.
+        seg_a = np.empty_like(eff)
+        seg_a[0] = track.clock
+        seg_a[1:] = eff[:-1]
+        seg_p = np.empty_like(px)
+        seg_p[1:] = px[:-1]
+        seg_b = eff
+        if track.last_px is None:
+            seg_a, seg_b, seg_p = seg_a[1:], seg_b[1:], seg_p[1:]
+        else:
+            seg_p[0] = track.last_px
+        keep = seg_b > seg_a
+        if keep.any():
+            self._credit(windows, iv, seg_a[keep], seg_b[keep], seg_p[keep])
+        track.last_px = int(px[-1])
+        track.clock = int(eff[-1])
+
+    @staticmethod
+    def _credit(
+        windows: dict[int, _Acc], iv: int, a: np.ndarray, b: np.ndarray, p: np.ndarray
+    ) -> None:
+        """Credit price * time of segments [a, b) to the open windows they fall in."""
+        wa = a - a % iv
+        inside = wa == (b - 1) - (b - 1) % iv
+        if inside.any():
+            ws, d, pi = wa[inside], (b - a)[inside], p[inside]
+            order = np.argsort(ws, kind="stable")
+            ws, d, pi = ws[order], d[order], pi[order]
+            cuts = np.flatnonzero(np.diff(ws)) + 1
+            for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(ws)].tolist(), strict=True):
+                acc = windows.get(int(ws[lo]))
+                if acc is not None:
+                    acc.twap_area += sum(map(operator.mul, pi[lo:hi].tolist(), d[lo:hi].tolist()))
+        for k in np.flatnonzero(~inside).tolist():  # a segment across window edges: rare
+            t0, t1, price = int(a[k]), int(b[k]), int(p[k])
+            for start, acc in windows.items():
+                overlap = min(t1, start + iv) - max(t0, start)
+                if overlap > 0:
+                    acc.twap_area += price * overlap
+
+    def _fold(
+        self,
+        iid: int,
+        iv: int,
+        windows: dict[int, _Acc],
+        track: _Track,
+        start: int,
+        group: np.ndarray,
+        ts: np.ndarray,
+        px: np.ndarray,
+        size: np.ndarray,
+        side: np.ndarray,
+    ) -> None:
+        g_ts, g_px, g_sz, g_side = ts[group], px[group], size[group], side[group]
+        first = int(np.argmin(g_ts))  # first arrival among the earliest
+        last = len(g_ts) - 1 - int(np.argmax(g_ts[::-1]))  # last arrival among the latest
+        acc = windows.get(start)
+        if acc is None:
+            # Time-weighting covers the window from its start, or from the instrument's first
+            # trade ever if that came later.
+            assert track.first_t is not None
+            t_from = max(start, track.first_t)
+            acc = windows[start] = _Acc(
+                open_ts=int(g_ts[first]),
+                open_px=int(g_px[first]),
+                high=int(g_px.max()),
+                low=int(g_px.min()),
+                close_ts=int(g_ts[last]),
+                close_px=int(g_px[last]),
+                twap_from=t_from,
+            )
+            heapq.heappush(self._ends, (start + iv, iv, iid))
+        else:
+            if int(g_ts[first]) < acc.open_ts:
+                acc.open_ts, acc.open_px = int(g_ts[first]), int(g_px[first])
+            if int(g_ts[last]) >= acc.close_ts:
+                acc.close_ts, acc.close_px = int(g_ts[last]), int(g_px[last])
+            acc.high = max(acc.high, int(g_px.max()))
+            acc.low = min(acc.low, int(g_px.min()))
+        sizes = g_sz.tolist()
+        acc.volume += sum(sizes)
+        acc.trades += len(sizes)
+        acc.buy_volume += int(g_sz[g_side == SIDE_BUY].sum())
+        acc.sell_volume += int(g_sz[g_side == SIDE_SELL].sum())
+        acc.pv += sum(map(operator.mul, g_px.tolist(), sizes))
+
+    def close(self) -> list[Bar]:
+        """Bars whose window the watermark has passed, by (end, interval, instrument_id)."""
+        wm = self.watermark
+        out: list[Bar] = []
+        while self._ends and wm is not None and self._ends[0][0] <= wm:
+            end, iv, iid = heapq.heappop(self._ends)
+            inst = self._instruments[iid]
+            acc = inst.open[iv].pop(end - iv)
+            out.append(self._finish(iid, iv, end - iv, acc, inst))
+        return out
+
+    def flush(self) -> list[Bar]:
+        """Every open window, as at the end of a finite input (backfill, `ohlcv`)."""
+        out: list[Bar] = []
+        while self._ends:
+            end, iv, iid = heapq.heappop(self._ends)
+            inst = self._instruments[iid]
+            out.append(self._finish(iid, iv, end - iv, inst.open[iv].pop(end - iv), inst))
+        return out
+
+    def _finish(self, iid: int, iv: int, start: int, acc: _Acc, inst: _Instrument) -> Bar:
+        end = start + iv
+        area = acc.twap_area
+        track = inst.tracks[iv]
+        if track.clock < end and track.last_px is not None:
+            # Time is credited up to the track's clock; the price standing there stood until
+            # the window's end.
+            area += track.last_px * (end - max(track.clock, acc.twap_from))
+        covered = end - acc.twap_from
+        twap = area / covered if covered > 0 else float(acc.close_px)
+        return Bar(
+            instrument_id=iid,
+            publisher_id=inst.publisher_id,
+            interval_ns=iv,
+            start=start,
+            open=acc.open_px,
+            high=acc.high,
+            low=acc.low,
+            close=acc.close_px,
+            volume=acc.volume,
+            trades=acc.trades,
+            buy_volume=acc.buy_volume,
+            sell_volume=acc.sell_volume,
+            vwap=acc.pv / acc.volume if acc.volume else float(acc.close_px),
+            twap=twap,
+        )

@@ -1,0 +1,296 @@
+"""Bars on event time (tables/bars.py): Databento's own bars on real CME data, a one-trade-at-
+a-time reference on generated streams, batch invariance, lateness and idle instruments."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+from pathlib import Path
+
+import databento_dbn
+import numpy as np
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.commands.mbp import fmt_price, fmt_ts
+from app.commands.ohlcv import write_ohlcv
+from app.feeds.mbo_files import open_trades
+from models.mbo import empty_records
+from models.trades import empty_trades, trades_from_mbo
+from tables.bars import Bar, BarEngine, interval_name, parse_interval
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "glbx-mdp3"
+TRADES = DATA / "futures-2024-07-01T23-58_2024-07-02T00-02.trades.dbn.zst"
+OHLCV = DATA / "futures-2024-07-01T23-40_2024-07-02T00-10.ohlcv-1m.dbn.zst"
+MIN = 60_000_000_000
+SEC = 1_000_000_000
+
+
+def _dbn(path: Path) -> tuple[databento_dbn.Metadata, list]:
+    raw = zstandard.ZstdDecompressor().stream_reader(path.open("rb")).read()
+    dec = databento_dbn.DBNDecoder()
+    dec.write(raw)
+    records = dec.decode()
+    return records[0], records[1:]
+
+
+def test_ohlcv_equals_databento_bars_for_every_minute_the_trades_cover() -> None:
+    meta, _ = _dbn(TRADES)
+    _, bars = _dbn(OHLCV)
+    out = io.StringIO()
+    summary = write_ohlcv([str(TRADES)], MIN, 2 * SEC, out, progress=False)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert summary == {"rows": len(rows), "trades": 120, "late": 0}
+    covered = [b for b in bars if b.ts_event >= meta.start and b.ts_event + MIN <= meta.end]
+    covered = [b for b in covered if b.instrument_id == 118]  # the trades file is ESU4 only
+    assert len(covered) == 4
+    assert len(rows) == len(covered)
+    by_start = {r["ts_event"]: r for r in rows}
+    for b in covered:
+        r = by_start[fmt_ts(b.ts_event)]
+        assert r["rtype"] == "33" and r["publisher_id"] == str(b.publisher_id)
+        assert r["instrument_id"] == "118" and r["symbol"] == "ESU4"
+        for name in ("open", "high", "low", "close"):
+            assert r[name] == fmt_price(getattr(b, name)), name
+        assert int(r["volume"]) == b.volume
+
+
+def test_trades_of_an_mbo_file_make_the_same_bars_as_the_same_trades_file() -> None:
+    # The trades reader takes MBO T records as trades-schema records, field for field.
+    trades = np.concatenate(list(open_trades(TRADES).chunks()))
+    mbo = empty_records(len(trades) + 1)
+    mbo[0]["action"] = ord("A")  # not a trade: left out
+    for name in (
+        "publisher_id",
+        "instrument_id",
+        "ts_event",
+        "price",
+        "size",
+        "side",
+        "flags",
+        "ts_recv",
+        "ts_in_delta",
+        "sequence",
+    ):
+        mbo[name][1:] = trades[name]
+    mbo["action"][1:] = ord("T")
+    again = trades_from_mbo(mbo)
+    assert (again == trades).all()
+    a, b = BarEngine([MIN], 0), BarEngine([MIN], 0)
+    a.add_stream(trades)
+    b.add_stream(again)
+    assert a.flush() == b.flush()
+
+
+# --- a reference, one trade at a time -------------------------------------------------------
+
+
+def reference(stream: list[tuple], intervals: list[int], lateness: int) -> tuple[list, list]:
+    """(bars, late) by the definition, trade by trade: (iid, ts, price, size, side) each."""
+    max_ts = None
+    wins: dict[tuple[int, int, int], dict] = {}
+    tracks: dict[tuple[int, int], dict] = {}
+    bars, late = [], []
+
+    def close(wm: int) -> None:
+        for key in sorted(k for k in wins if k[2] + k[1] <= wm):
+            iid, iv, start = key
+            w = wins.pop(key)
+            tr = tracks[(iid, iv)]
+            end = start + iv
+            area = w["area"]
+            if tr["clock"] < end:
+                area += tr["px"] * (end - max(tr["clock"], w["from"]))
+            bars.append(
+                (
+                    iid,
+                    iv,
+                    start,
+                    w["o"],
+                    w["h"],
+                    w["l"],
+                    w["c"],
+                    w["v"],
+                    w["n"],
+                    w["b"],
+                    w["s"],
+                    w["pv"] / w["v"],
+                    area / (end - w["from"]),
+                )
+            )
+
+    for iid, ts, px, sz, side in stream:
+        wm = None if max_ts is None else max_ts - lateness
+        for iv in intervals:
+            start = ts - ts % iv
+            if wm is not None and start + iv <= wm:
+                late.append((iv, iid, ts))
+                continue
+            tr = tracks.setdefault((iid, iv), {"px": None, "clock": 0, "first": None})
+            eff = max(ts, tr["clock"])
+            if tr["first"] is None:
+                tr["first"] = eff
+            w = wins.get((iid, iv, start))
+            if w is None:
+                w = wins[(iid, iv, start)] = {
+                    "o": px,
+                    "ot": ts,
+                    "h": px,
+                    "l": px,
+                    "c": px,
+                    "ct": ts,
+                    "v": 0,
+                    "n": 0,
+                    "b": 0,
+                    "s": 0,
+                    "pv": 0,
+                    "area": 0,
+                    "from": max(start, tr["first"]),
+                }
+            if ts < w["ot"]:
+                w["o"], w["ot"] = px, ts
+            if ts >= w["ct"]:
+                w["c"], w["ct"] = px, ts
+            w["h"], w["l"] = max(w["h"], px), min(w["l"], px)
+            w["v"] += sz
+            w["n"] += 1
+            w["b"] += sz if side == ord("B") else 0
+            w["s"] += sz if side == ord("A") else 0
+            w["pv"] += px * sz
+            if tr["px"] is not None and eff > tr["clock"]:
+                for (wi, wiv, ws), other in wins.items():
+                    if wi == iid and wiv == iv:
+                        ov = min(eff, ws + iv) - max(tr["clock"], ws)
+                        if ov > 0:
+                            other["area"] += tr["px"] * ov
+            tr["px"], tr["clock"] = px, eff
+        max_ts = ts if max_ts is None else max(max_ts, ts)
+        close(max_ts - lateness)
+    wins_left = sorted(wins, key=lambda k: (k[2] + k[1], k[1], k[0]))
+    close_all = max(k[2] + k[1] for k in wins_left) if wins_left else 0
+    close(close_all)
+    return bars, late
+
+
+def _as_tuple(b: Bar) -> tuple:
+    return (
+        b.instrument_id,
+        b.interval_ns,
+        b.start,
+        b.open,
+        b.high,
+        b.low,
+        b.close,
+        b.volume,
+        b.trades,
+        b.buy_volume,
+        b.sell_volume,
+        b.vwap,
+        b.twap,
+    )
+
+
+def _trades(stream: list[tuple]) -> np.ndarray:
+    t = empty_trades(len(stream))
+    if stream:
+        iid, ts, px, sz, side = zip(*stream, strict=True)
+        t["instrument_id"], t["ts_event"], t["price"], t["size"], t["side"] = iid, ts, px, sz, side
+        t["publisher_id"] = 1
+    return t
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[tuple]:
+    n = draw(st.integers(1, 120))
+    t = 10 * SEC
+    out = []
+    for _ in range(n):
+        t += draw(st.integers(0, 20 * SEC))
+        skew = draw(st.sampled_from([0, 0, 0, 1, 3, 8])) * SEC  # some arrive out of order
+        out.append(
+            (
+                draw(st.sampled_from([1, 2, 3])),
+                t - skew,
+                draw(st.integers(100, 110)) * 250_000_000,
+                draw(st.integers(1, 50)),
+                draw(st.sampled_from([ord("B"), ord("A"), ord("N")])),
+            )
+        )
+    return out
+
+
+def _run(stream: list[tuple], cuts: list[int], per_instrument: bool) -> tuple[list, int]:
+    e = BarEngine([MIN, 5 * MIN], 2 * SEC)
+    trades = _trades(stream)
+    bars: list[Bar] = []
+    bounds = sorted({0, len(stream), *[c % (len(stream) + 1) for c in cuts]})
+    for lo, hi in itertools.pairwise(bounds):
+        piece = trades[lo:hi]
+        if per_instrument:  # as the agent sees them: runs of one instrument
+            run_cuts = np.flatnonzero(np.diff(piece["instrument_id"])) + 1
+            for run in np.split(piece, run_cuts):
+                e.add(int(run["instrument_id"][0]), run)
+        else:
+            e.add_stream(piece)
+        bars += e.close()
+    return [_as_tuple(b) for b in bars + e.flush()], e.late_count
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams(), st.lists(st.integers(0, 200), max_size=6), st.booleans())
+def test_bars_equal_the_reference_in_any_batches(
+    stream: list[tuple], cuts: list[int], per_instrument: bool
+) -> None:
+    want, late = reference(stream, [MIN, 5 * MIN], 2 * SEC)
+    got, late_count = _run(stream, cuts, per_instrument)
+    assert sorted(got) == sorted(want)
+    assert late_count == len(late)
+
+
+def test_a_trade_within_the_lateness_lands_in_its_window_one_beyond_is_late() -> None:
+    e = BarEngine([MIN], 5 * SEC)
+    e.add(1, _trades([(1, 10 * SEC, 100, 1, ord("B")), (1, 63 * SEC, 101, 1, ord("B"))]))
+    got = e.add(1, _trades([(1, 59 * SEC, 99, 2, ord("A"))]))  # 4 s late: still in
+    assert len(got.late) == 0
+    e.add(1, _trades([(1, 70 * SEC, 102, 1, ord("B"))]))  # watermark 65 s: 0-60 s closes
+    (first,) = e.close()
+    assert (first.start, first.volume, first.low, first.close) == (0, 3, 99, 99)
+    got = e.add(1, _trades([(1, 58 * SEC, 50, 7, ord("A"))]))
+    assert len(got.late) == 1 and got.late_intervals.tolist() == [MIN]
+    assert e.late_count == 1
+    (second,) = e.flush()
+    assert second.start == MIN and second.volume == 2 and second.low == 101
+
+
+def test_an_idle_instrument_closes_when_its_partition_moves_on() -> None:
+    e = BarEngine([MIN], 0)
+    e.add(7, _trades([(7, 5 * SEC, 100, 1, ord("B"))]))
+    e.add(8, _trades([(8, 30 * SEC, 200, 1, ord("B"))]))
+    assert e.close() == []
+    e.add(8, _trades([(8, 61 * SEC, 200, 1, ord("B"))]))
+    closed = e.close()
+    assert [(b.instrument_id, b.start) for b in closed] == [(7, 0), (8, 0)]
+
+
+def test_empty_windows_make_no_bar_and_twap_carries_the_standing_price() -> None:
+    e = BarEngine([MIN], 0)
+    e.add(1, _trades([(1, 30 * SEC, 100, 1, ord("B"))]))
+    e.add(1, _trades([(1, 200 * SEC, 110, 1, ord("B"))]))  # 1-3 min are empty
+    bars = e.flush()
+    assert [b.start for b in bars] == [0, 3 * MIN]
+    assert bars[0].twap == 100.0  # from its first trade to the end of the minute
+    # 3:00-3:20 at the price standing since 0:30, then 110 for 40 s
+    assert bars[1].twap == (100 * 20 + 110 * 40) / 60
+
+
+def test_intervals_parse_and_print() -> None:
+    assert parse_interval("1m") == MIN and parse_interval("15m") == 15 * MIN
+    assert interval_name(parse_interval("2h")) == "2h"
+    for bad in ("", "0m", "1x", "m", "1.5m"):
+        try:
+            parse_interval(bad)
+        except ValueError:
+            continue
+        raise AssertionError(bad)
