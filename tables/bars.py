@@ -34,6 +34,35 @@ NS: Final = {
 }
 
 
+_SAFE: Final = 1 << 62
+
+
+def exact_dot(values: np.ndarray, weights: np.ndarray) -> int:
+    """sum(values * weights) as an exact int, in int64 when that provably cannot overflow.
+
+    Values are prices (up to 2**63) and weights sizes or nanoseconds: their products overflow
+    int64, but the spread of prices within one batch is small. So the sum is taken as
+    base * sum(weights) + sum((values - base) * weights), the second in numpy (split in two
+    limbs if need be) when its bound fits, else in Python ints (exact at any size, slower).
+    """
+    if not len(values):
+        return 0
+    base = int(values.min())
+    spread = int(values.max()) - base
+    total_w = int(weights.sum())  # sizes or durations within one batch: far below 2**63
+    if spread == 0:
+        return base * total_w
+    if spread * total_w < _SAFE:
+        return base * total_w + int(np.dot(values - base, weights))
+    if total_w < _SAFE >> 20 and ((spread >> 20) + 1) * total_w < _SAFE:
+        # Two limbs: each dot product stays under 2**62.
+        q = values - base
+        hi = int(np.dot(q >> 20, weights))
+        lo = int(np.dot(q & 0xFFFFF, weights))
+        return base * total_w + (hi << 20) + lo
+    return sum(map(operator.mul, values.tolist(), weights.tolist()))
+
+
 def parse_interval(text: str) -> int:
     """'1m' -> nanoseconds. Accepts <n>s, <n>m, <n>h, <n>d; raises ValueError otherwise."""
     m = re.fullmatch(r"([1-9][0-9]*)([smhd])", text.strip())
@@ -72,6 +101,41 @@ class _Acc:
 
 
 _ACC_FIELDS: Final = tuple(_Acc.__slots__)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """What some trades of one window add to it."""
+
+    open_ts: int
+    open_px: int
+    high: int
+    low: int
+    close_ts: int
+    close_px: int
+    volume: int
+    trades: int
+    buy_volume: int
+    sell_volume: int
+    pv: int
+
+    @classmethod
+    def of(cls, ts: np.ndarray, px: np.ndarray, size: np.ndarray, side: np.ndarray) -> _Part:
+        first = int(np.argmin(ts))  # first arrival among the earliest
+        last = len(ts) - 1 - int(np.argmax(ts[::-1]))  # last arrival among the latest
+        return cls(
+            open_ts=int(ts[first]),
+            open_px=int(px[first]),
+            high=int(px.max()),
+            low=int(px.min()),
+            close_ts=int(ts[last]),
+            close_px=int(px[last]),
+            volume=int(size.sum()),
+            trades=len(size),
+            buy_volume=int(size[side == SIDE_BUY].sum()),
+            sell_volume=int(size[side == SIDE_SELL].sum()),
+            pv=exact_dot(px, size),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,11 +267,12 @@ class BarEngine:
         px = trades["price"].astype(np.int64)
         size = trades["size"].astype(np.int64)
         side = trades["side"]
+        whole = None
         for iv in self.intervals:
             starts = ts - ts % iv
             ok = starts + iv > wm_before
             if ok.all():
-                self._take(instrument_id, inst, iv, starts, ts, px, size, side)
+                whole = self._take(instrument_id, inst, iv, starts, ts, px, size, side, whole)
                 continue
             late_rows.append(np.flatnonzero(~ok))
             late_iv.append(np.full(len(late_rows[-1]), iv, np.int64))
@@ -229,8 +294,10 @@ class BarEngine:
         px: np.ndarray,
         size: np.ndarray,
         side: np.ndarray,
-    ) -> None:
-        """Fold trades (all on time for `iv`) into the interval's windows."""
+        whole: _Part | None = None,
+    ) -> _Part | None:
+        """Fold trades (all on time for `iv`) into the interval's windows. `whole` is what
+        all of them add to one window, if another interval has worked it out already."""
         windows = inst.open.setdefault(iv, {})
         track = inst.tracks.get(iv)
         if track is None:
@@ -240,10 +307,17 @@ class BarEngine:
         eff = np.maximum.accumulate(np.maximum(ts, track.clock))
         if track.first_t is None:
             track.first_t = int(eff[0])
-        order = np.argsort(starts, kind="stable")
-        cuts = np.flatnonzero(np.diff(starts[order])) + 1
-        for group in np.split(order, cuts):
-            self._fold(iid, iv, windows, track, int(starts[group[0]]), group, ts, px, size, side)
+        first = int(starts[0])
+        if first == int(starts[-1]) and (starts == first).all():  # one window: the usual case
+            if whole is None:
+                whole = _Part.of(ts, px, size, side)
+            self._fold(iid, iv, windows, track, first, whole)
+        else:
+            order = np.argsort(starts, kind="stable")
+            cuts = np.flatnonzero(np.diff(starts[order])) + 1
+            for g in np.split(order, cuts):
+                part = _Part.of(ts[g], px[g], size[g], side[g])
+                self._fold(iid, iv, windows, track, int(starts[g[0]]), part)
         # The price standing before each trade stood from the previous effective time to
         # this one's.
         seg_a = np.empty_like(eff)
@@ -261,6 +335,7 @@ class BarEngine:
             self._credit(windows, iv, seg_a[keep], seg_b[keep], seg_p[keep])
         track.last_px = int(px[-1])
         track.clock = int(eff[-1])
+        return whole
 
     @staticmethod
     def _credit(
@@ -268,16 +343,23 @@ class BarEngine:
     ) -> None:
         """Credit price * time of segments [a, b) to the open windows they fall in."""
         wa = a - a % iv
-        inside = wa == (b - 1) - (b - 1) % iv
+        last = b - 1
+        inside = wa == last - last % iv
+        w0 = int(wa[0])
+        if w0 == int(wa[-1]) and inside.all():  # all in one window: the usual case
+            acc = windows.get(w0)
+            if acc is not None:
+                acc.twap_area += exact_dot(p, b - a)
+            return
         if inside.any():
             ws, d, pi = wa[inside], (b - a)[inside], p[inside]
             order = np.argsort(ws, kind="stable")
             ws, d, pi = ws[order], d[order], pi[order]
-            cuts = np.flatnonzero(np.diff(ws)) + 1
-            for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(ws)].tolist(), strict=True):
+            cuts = (np.flatnonzero(np.diff(ws)) + 1).tolist()
+            for lo, hi in zip([0, *cuts], [*cuts, len(ws)], strict=True):
                 acc = windows.get(int(ws[lo]))
                 if acc is not None:
-                    acc.twap_area += sum(map(operator.mul, pi[lo:hi].tolist(), d[lo:hi].tolist()))
+                    acc.twap_area += exact_dot(pi[lo:hi], d[lo:hi])
         for k in np.flatnonzero(~inside).tolist():  # a segment across window edges: rare
             t0, t1, price = int(a[k]), int(b[k]), int(p[k])
             for start, acc in windows.items():
@@ -292,44 +374,35 @@ class BarEngine:
         windows: dict[int, _Acc],
         track: _Track,
         start: int,
-        group: np.ndarray,
-        ts: np.ndarray,
-        px: np.ndarray,
-        size: np.ndarray,
-        side: np.ndarray,
+        part: _Part,
     ) -> None:
-        g_ts, g_px, g_sz, g_side = ts[group], px[group], size[group], side[group]
-        first = int(np.argmin(g_ts))  # first arrival among the earliest
-        last = len(g_ts) - 1 - int(np.argmax(g_ts[::-1]))  # last arrival among the latest
         acc = windows.get(start)
         if acc is None:
             # Time-weighting covers the window from its start, or from the instrument's first
             # trade ever if that came later.
             assert track.first_t is not None
-            t_from = max(start, track.first_t)
             acc = windows[start] = _Acc(
-                open_ts=int(g_ts[first]),
-                open_px=int(g_px[first]),
-                high=int(g_px.max()),
-                low=int(g_px.min()),
-                close_ts=int(g_ts[last]),
-                close_px=int(g_px[last]),
-                twap_from=t_from,
+                open_ts=part.open_ts,
+                open_px=part.open_px,
+                high=part.high,
+                low=part.low,
+                close_ts=part.close_ts,
+                close_px=part.close_px,
+                twap_from=max(start, track.first_t),
             )
             heapq.heappush(self._ends, (start + iv, iv, iid))
         else:
-            if int(g_ts[first]) < acc.open_ts:
-                acc.open_ts, acc.open_px = int(g_ts[first]), int(g_px[first])
-            if int(g_ts[last]) >= acc.close_ts:
-                acc.close_ts, acc.close_px = int(g_ts[last]), int(g_px[last])
-            acc.high = max(acc.high, int(g_px.max()))
-            acc.low = min(acc.low, int(g_px.min()))
-        sizes = g_sz.tolist()
-        acc.volume += sum(sizes)
-        acc.trades += len(sizes)
-        acc.buy_volume += int(g_sz[g_side == SIDE_BUY].sum())
-        acc.sell_volume += int(g_sz[g_side == SIDE_SELL].sum())
-        acc.pv += sum(map(operator.mul, g_px.tolist(), sizes))
+            if part.open_ts < acc.open_ts:
+                acc.open_ts, acc.open_px = part.open_ts, part.open_px
+            if part.close_ts >= acc.close_ts:
+                acc.close_ts, acc.close_px = part.close_ts, part.close_px
+            acc.high = max(acc.high, part.high)
+            acc.low = min(acc.low, part.low)
+        acc.volume += part.volume
+        acc.trades += part.trades
+        acc.buy_volume += part.buy_volume
+        acc.sell_volume += part.sell_volume
+        acc.pv += part.pv
 
     def close(self) -> list[Bar]:
         """Bars whose window the watermark has passed, by (end, interval, instrument_id)."""
