@@ -7,7 +7,8 @@ Trades arrive as the agent sees them: runs of one instrument of about --batch tr
 time slices as a replay does (1 s of trades a slice), 1% of them up to 0.5 s out of order: all
 within the 2 s lateness, so "late" must print 0.
 Prints trades/s with one interval (1m), with the default three (1m, 5m, 15m), and with those
-and the indicators updated on every closed bar, each the median of --runs, with the bars made, so a change that speeds it up by doing less shows.
+and the indicators updated on every closed bar, each the median of --runs, with the bars
+made, so a change that speeds it up by doing less shows.
 """
 
 from __future__ import annotations
@@ -83,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         ("1m,5m,15m", ["1m", "5m", "15m"], False),
         ("1m,5m,15m+indicators", ["1m", "5m", "15m"], True),
     ):
-        runs = [
-            run(messages, [parse_interval(i) for i in ivs], with_ind) for _ in range(args.runs)
-        ]
+        runs = [run(messages, [parse_interval(i) for i in ivs], with_ind) for _ in range(args.runs)]
         out[name] = {
             "trades_per_s": round(n / statistics.median(r[0] for r in runs)),
             "bars": runs[0][1],
