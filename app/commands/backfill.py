@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 import orjson
 from faust.cli import argument, option
 
@@ -28,7 +29,11 @@ from app.feeds.mbo_files import InputError, open_mbo
 from app.progress import Progress
 from app.settings import Settings
 from models import book_events
+from models.bar_events import INDICATORS, LATE_TRADES, bars_topic, indicator_row, late_rows
+from models.trades import trades_from_mbo
+from tables.bars import BarEngine, interval_name
 from tables.book_state import BookSet
+from tables.indicators import Indicators
 from tables.instrument_stats import InstrumentStats
 
 # Levels per side in books.table.jsonl (the live view's default depth).
@@ -44,6 +49,8 @@ class BackfillResult:
     # topic -> its messages, columnar as on the topic (models/book_events.py); written one row
     # per line
     topics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # topic -> its rows, for topics whose messages are one row each (bars, indicators)
+    row_topics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def topic_rows(self, topic: str) -> Iterator[dict[str, Any]]:
         for message in self.topics[topic]:
@@ -56,7 +63,10 @@ class BackfillResult:
             "seconds": round(self.seconds, 3),
             "records_per_s": round(self.records / self.seconds) if self.seconds > 0 else None,
             "tables": {k: len(v) for k, v in self.tables.items()},
-            "topics": {k: sum(len(m["event"]) for m in v) for k, v in self.topics.items()},
+            "topics": {
+                **{k: sum(len(m["event"]) for m in v) for k, v in self.topics.items()},
+                **{k: len(v) for k, v in self.row_topics.items()},
+            },
         }
 
 
@@ -113,6 +123,40 @@ class _BooksStage:
         return rows
 
 
+class _BarsStage:
+    """Bars and indicators from the T records, in file order: one watermark over the whole
+    input, as one partition sees it when instruments arrive in time order. Like a live
+    watermark, it emits only the windows it has closed: the last windows stay open."""
+
+    table = "indicators"
+
+    def __init__(self, settings: Settings) -> None:
+        self.engine = BarEngine(settings.bar_intervals_ns, settings.lateness_ns)
+        self.indicators: dict[tuple[int, int], Indicators] = {}
+        self.topics: dict[str, list[dict[str, Any]]] = {
+            **{bars_topic(iv): [] for iv in self.engine.intervals},
+            INDICATORS: [],
+            LATE_TRADES: [],
+        }
+
+    def on_records(self, records: np.ndarray) -> None:
+        trades = trades_from_mbo(records)
+        if not len(trades):
+            return
+        self.topics[LATE_TRADES] += late_rows(self.engine.add_stream(trades))
+        for bar in self.engine.close():
+            self.topics[bars_topic(bar.interval_ns)].append(bar.as_dict())
+            key = (bar.instrument_id, bar.interval_ns)
+            ind = self.indicators.setdefault(key, Indicators())
+            self.topics[INDICATORS].append(indicator_row(bar, ind.add(bar.close)))
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        return [
+            {"instrument_id": iid, "interval": interval_name(iv), "bars": ind.count, **ind.values}
+            for (iid, iv), ind in sorted(self.indicators.items())
+        ]
+
+
 def backfill_files(
     paths: Sequence[str],
     settings: Settings,
@@ -121,7 +165,9 @@ def backfill_files(
     progress: bool = True,
 ) -> BackfillResult:
     files = [open_mbo(p) for p in paths]
-    stages: list[Any] = [_InstrumentsStage(), _BooksStage()]
+    books = _BooksStage()
+    bars = _BarsStage(settings)
+    stages: list[Any] = [_InstrumentsStage(), books]
     result = BackfillResult()
     remaining = limit
     t0 = time.monotonic()
@@ -140,6 +186,7 @@ def backfill_files(
             if remaining is not None:
                 chunk = chunk[:remaining]
                 remaining -= len(chunk)
+            bars.on_records(chunk)
             feed(batcher.add(chunk))
             bar.update(f.bytes_read, result.records)
             if remaining == 0:
@@ -152,6 +199,8 @@ def backfill_files(
     for stage in stages:
         result.tables[stage.table] = stage.table_rows()
         result.topics.update(getattr(stage, "topics", {}))
+    result.tables[bars.table] = bars.table_rows()
+    result.row_topics.update(bars.topics)
     result.seconds = time.monotonic() - t0
     return result
 
@@ -162,6 +211,7 @@ def write_outputs(result: BackfillResult, out_dir: Path) -> list[Path]:
     named: list[tuple[str, Iterable[dict[str, Any]]]] = [
         (f"{t}.jsonl", result.topic_rows(t)) for t in result.topics
     ]
+    named += [(f"{t}.jsonl", rows) for t, rows in result.row_topics.items()]
     named += [(f"{t}.table.jsonl", rows) for t, rows in result.tables.items()]
     for name, rows in named:
         path = out_dir / name

@@ -294,3 +294,65 @@ def test_intervals_parse_and_print() -> None:
         except ValueError:
             continue
         raise AssertionError(bad)
+
+
+def test_backfill_bars_and_indicators_equal_the_reference_over_the_files_trades(
+    tmp_path: Path,
+) -> None:
+    from app.commands.backfill import backfill_files
+    from app.settings import load_settings
+    from load_tests.gen_mbo import GenConfig, write
+    from tables.indicators import Indicators
+
+    path = tmp_path / "g.mbo.dbn.zst"
+    write(path, GenConfig(records=150_000, instruments=6, events_per_second=100, seed=3))
+    settings = load_settings({"TAPESTREAM_BAR_INTERVALS": "1m,5m"})
+    result = backfill_files([str(path)], settings, progress=False)
+    mbo = np.concatenate(list(open_trades(path).chunks()))
+    stream = [
+        (
+            int(t["instrument_id"]),
+            int(t["ts_event"]),
+            int(t["price"]),
+            int(t["size"]),
+            int(t["side"]),
+        )
+        for t in mbo
+    ]
+    want, late = reference(stream, [MIN, 5 * MIN], 2 * SEC)
+    watermark = max(s[1] for s in stream) - 2 * SEC
+    want = [b for b in want if b[2] + b[1] <= watermark]  # what a watermark has closed
+    got = [
+        (
+            r["instrument_id"],
+            parse_interval(r["interval"]),
+            r["start"],
+            r["open"],
+            r["high"],
+            r["low"],
+            r["close"],
+            r["volume"],
+            r["trades"],
+            r["buy_volume"],
+            r["sell_volume"],
+            r["vwap"],
+            r["twap"],
+        )
+        for name in ("bars.1m", "bars.5m")
+        for r in result.row_topics[name]
+    ]
+    assert len(got) > 100 and sorted(got) == sorted(want)
+    assert len(result.row_topics["trades.late"]) == len(late)
+    # indicators: one row per bar, each the indicators after that bar's close
+    ind: dict[tuple[int, str], Indicators] = {}
+    rows = result.row_topics["indicators"]
+    assert len(rows) == len(got)
+    closes = {
+        (r["instrument_id"], r["interval"], r["start"]): r["close"]
+        for name in ("bars.1m", "bars.5m")
+        for r in result.row_topics[name]
+    }
+    for r in rows:
+        key = (r["instrument_id"], r["interval"])
+        values = ind.setdefault(key, Indicators()).add(closes[(*key, r["start"])])
+        assert {k: r[k] for k in values} == values
