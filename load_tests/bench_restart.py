@@ -24,7 +24,7 @@ import orjson
 from app.commands.replay import replay_files
 from app.settings import load_settings
 from load_tests.bench_book import arguments, bench_file
-from load_tests.worker_proc import bench_worker, get_json
+from load_tests.worker_proc import bench_worker, delete_deployment, get_json
 
 
 def _restart(broker: str, env: dict[str, str], wipe: bool, instruments: int) -> float:
@@ -34,7 +34,7 @@ def _restart(broker: str, env: dict[str, str], wipe: bool, instruments: int) -> 
         k: env[k] for k in ("TAPESTREAM_APP_ID", "TAPESTREAM_TOPIC_PREFIX", "TAPESTREAM_DATA_DIR")
     }
     t0 = time.monotonic()
-    with bench_worker(broker, **keep) as w:
+    with bench_worker(broker, keep=True, **keep) as w:
         while True:
             try:
                 body = get_json(f"{w.url}/books/")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     path, truth = bench_file(args.records, args.instruments, args.orders_per_instrument)
     live = sum(t["orders"] for t in truth["instruments"].values())
     broker = load_settings().broker
-    with bench_worker(broker) as w:
+    with bench_worker(broker, keep=True) as w:
         env = dict(w.env)
         asyncio.run(replay_files([str(path)], load_settings(env), progress=False))
         w.wait_processed("books", truth["records"], limit_s=900)
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ("kept", "wiped"):
             results[mode].append(_restart(broker, env, mode == "wiped", args.instruments))
     du = subprocess.run(["du", "-sb", env["TAPESTREAM_DATA_DIR"]], capture_output=True, text=True)
+    delete_deployment(env)
     print(
         orjson.dumps(
             {

@@ -3,8 +3,10 @@ the broker the settings name (start it with `make broker-start`)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+
+from app.commands.replay import delete_topics
+from app.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "var" / "bench"
@@ -66,10 +71,14 @@ class BenchWorker:
 
 @contextmanager
 def bench_worker(
-    broker: str, before_start: Callable[[dict[str, str]], None] | None = None, **extra_env: str
+    broker: str,
+    before_start: Callable[[dict[str, str]], None] | None = None,
+    keep: bool = False,
+    **extra_env: str,
 ) -> Iterator[BenchWorker]:
     """A worker with its own app id, topics and state; `before_start(env)` runs first (to
-    fill its input topic, say)."""
+    fill its input topic, say). Its topics and state are deleted when it stops, unless
+    `keep` (another worker will carry on with them: call `delete_deployment` after)."""
     tag = f"bench{uuid.uuid4().hex[:8]}"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -119,3 +128,13 @@ def bench_worker(
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+        if not keep:
+            delete_deployment(env)
+
+
+def delete_deployment(env: dict[str, str]) -> None:
+    """A run leaves hundreds of MB in the broker: its topics and local state go with it."""
+    settings = load_settings(env)
+    prefixes = [settings.topic_prefix or f"{settings.app_id}.", f"{settings.app_id}-"]
+    asyncio.run(delete_topics(settings.bootstrap_servers, prefixes))
+    shutil.rmtree(settings.data_dir, ignore_errors=True)

@@ -99,6 +99,20 @@ async def ensure_topic(settings: Settings, name: str, partitions: int) -> int:
         await admin.close()
 
 
+async def delete_topics(bootstrap: str, prefixes: Sequence[str]) -> list[str]:
+    """Delete every topic whose name starts with one of `prefixes` (a benchmark's or a test's
+    own topics and changelogs); return the names deleted."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(tuple(prefixes))]
+        if names:
+            await admin.delete_topics(names)
+        return names
+    finally:
+        await admin.close()
+
+
 class _Sender:
     """Sends batches, keeps a bounded number in flight, and counts what was acknowledged."""
 

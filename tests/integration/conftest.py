@@ -7,6 +7,7 @@ each other's topics or state. The broker is started once per session by deploy/l
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -259,6 +260,10 @@ def deployment(broker: str, tmp_path: Path) -> Iterator[Deployment]:
     yield d
     for w in d.workers:
         w.stop()
+    # Each test's topics hold up to hundreds of MB; a broker kept across runs would fill up.
+    from app.commands.replay import delete_topics
+
+    asyncio.run(delete_topics(broker, [f"{tag}.", f"{tag}-"]))
 
 
 def read_jsonl(path: Path) -> list[dict]:
