@@ -96,15 +96,6 @@ def test_books_survive_kill9_and_deltas_reproduce_them(
         timeout=60,
     )
     books, rows, repeats = _apply_deltas(deltas)
-    import sys as _s
-
-    _s.path.insert(0, "/tmp")
-    import dbg_patch
-
-    rep = dbg_patch.analyze(deltas)
-    Path("/tmp/dbg.txt").write_text(
-        repr(rep[:20]) + "\n" + str(len(rep)) + "\n" + w.log_path.read_text()[-20000:]
-    )
     assert rows > 10_000
     if guarantee == "exactly_once":
         assert repeats == 0
