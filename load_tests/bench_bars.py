@@ -28,38 +28,44 @@ from tables.indicators import Indicators
 SEC = 1_000_000_000
 
 
-def generate(n: int, instruments: int, batch: int, seed: int = 7) -> list[tuple[int, np.ndarray]]:
+Message = tuple[int, np.ndarray, int]  # instrument, its trades, the source's watermark bound
+
+
+def generate(n: int, instruments: int, batch: int, seed: int = 7) -> list[Message]:
     rng = np.random.default_rng(seed)
     t = empty_trades(n)
     ts = 1_700_000_000 * SEC + np.cumsum(rng.exponential(2e5, n).astype(np.int64))  # ~5k/s
-    ts -= (rng.random(n) < 0.01) * rng.integers(0, SEC // 2, n)  # 1% up to 0.5 s late
-    t["ts_event"] = ts
+    t["ts_recv"] = ts
+    # 1% stamped up to 0.5 s before they arrive: out of order, within the lateness
+    t["ts_event"] = ts - (rng.random(n) < 0.01) * rng.integers(0, SEC // 2, n)
     t["instrument_id"] = rng.integers(1, instruments + 1, n)
     t["price"] = (1000 + np.cumsum(rng.integers(-1, 2, n))) * 250_000_000
     t["size"] = rng.integers(1, 20, n)
     t["side"] = rng.choice(np.array([ord("B"), ord("A")], np.uint8), n)
     t["publisher_id"] = 1
     # Messages as a replay cuts them: each instrument's trades of one slice of time (about
-    # `batch` trades a message), in time order; a skew between instruments larger than the
-    # lateness would make trades late that are not.
+    # `batch` trades a message), each stamped with what replay knows: nothing still to come
+    # was received before the slice's first trade.
     per_slice = batch * instruments
     out = []
     for lo in range(0, n, per_slice):
         part = t[lo : lo + per_slice]
+        bound = int(part["ts_recv"][0])
         for iid in np.unique(part["instrument_id"]).tolist():
-            out.append((iid, part[part["instrument_id"] == iid]))
+            out.append((iid, part[part["instrument_id"] == iid], bound))
     return out
 
 
 def run(
-    messages: list[tuple[int, np.ndarray]], intervals: list[int], indicators: bool = False
+    messages: list[Message], intervals: list[int], indicators: bool = False
 ) -> tuple[float, int, int]:
     e = BarEngine(intervals, 2 * SEC)
     ind: dict[tuple[int, int], Indicators] = {}
     bars = 0
     t0 = time.perf_counter()
-    for iid, trades in messages:
+    for iid, trades, bound in messages:
         e.add(iid, trades)
+        e.advance(bound)
         closed = e.close()
         bars += len(closed)
         if indicators:
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args(argv)
     messages = generate(args.trades, args.instruments, args.batch)
-    n = sum(len(m) for _, m in messages)
+    n = sum(len(m) for _, m, _ in messages)
     out: dict[str, dict] = {}
     for name, ivs, with_ind in (
         ("1m", ["1m"], False),

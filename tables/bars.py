@@ -1,12 +1,20 @@
 """Bars on event time: tumbling windows per instrument, closed by a watermark, never by the
 wall clock. No Faust here; the bars agent, `ohlcv` and backfill all drive this class.
 
+A trade belongs to the window of its `ts_event`. Lateness is measured on when it was received
+(`ts_recv`): a trade is late when its window ended more than the allowed lateness before it
+arrived (`end <= ts_recv - lateness`). That is a property of the record alone, so which trades are
+late, and so every bar, is the same at any replay pace, batch size or partition count.
+
 One `BarEngine` serves one input partition (or one whole file in backfill). Its watermark is
-the latest trade time it has seen (`ts_event`) minus the allowed lateness. A window is emitted
-once, final, when the watermark reaches its end; a trade whose window has already been emitted
-is late: it is returned to the caller (the `late` side output) and counted, never silently
-dropped. Because the watermark belongs to the partition, an idle instrument's window still
-closes when the other instruments of its partition move time on.
+`advance`d by the caller to a bound on what is still to come ("everything still to arrive was
+received at or after T"), less the lateness; a window is emitted once, final, by `close` when the
+watermark reaches its end. Live, the bound comes from the source (replay stamps it on every
+message, see app/feeds/watermarks.py); reading a file in order, it is the last ts_recv read.
+Because the watermark belongs to the partition, an idle instrument's window still closes when
+time moves on. A late trade is returned to the caller (the `late` side output) and counted, never
+silently dropped; so is a trade for a window already emitted, which only input out of ts_recv
+order can produce.
 
 Every field is exact integer arithmetic except the two averages computed from exact sums at
 emission, so the same trades give the same bars whatever the batches they arrive in.
@@ -209,54 +217,51 @@ class BarEngine:
             raise ValueError("lateness must not be negative")
         self.intervals = sorted(set(intervals_ns))
         self.lateness = lateness_ns
-        self.max_ts: int | None = None
+        # Windows ending at or before this are closed (emitted, or emitted at the next close).
+        self.watermark: int | None = None
         self.late_count = 0
         self._instruments: dict[int, _Instrument] = {}
         self._ends: list[tuple[int, int, int]] = []  # heap of (window end, interval, instrument)
 
-    @property
-    def watermark(self) -> int | None:
-        return None if self.max_ts is None else self.max_ts - self.lateness
+    def advance(self, received_through: int) -> None:
+        """Every trade still to come was received at or after `received_through` (ts_recv, ns):
+        the watermark moves to that less the lateness, and never back."""
+        wm = received_through - self.lateness
+        if self.watermark is None or wm > self.watermark:
+            self.watermark = wm
 
     def add(self, instrument_id: int, trades: np.ndarray) -> Added:
         """Take one instrument's trades in arrival order; return those that came too late."""
         assert trades.dtype == TRADE_DTYPE
         if not len(trades):
             return Added(trades[:0], np.zeros(0, np.int64))
-        wm_before = self._watermarks(trades["ts_event"].astype(np.int64))
-        got = self._add(instrument_id, trades, wm_before)
-        self._advance(trades)
-        return got
+        return self._add(instrument_id, trades, self._thresholds(trades))
 
     def add_stream(self, trades: np.ndarray) -> Added:
         """Trades of any instruments in arrival order (a file's chunk): the same as adding
-        them one at a time."""
+        each instrument's trades with `add`."""
         assert trades.dtype == TRADE_DTYPE
         if not len(trades):
             return Added(trades[:0], np.zeros(0, np.int64))
-        wm_before = self._watermarks(trades["ts_event"].astype(np.int64))
+        thresholds = self._thresholds(trades)
         iids = trades["instrument_id"]
         late, late_iv = [], []
         for iid in np.unique(iids).tolist():
             mine = iids == iid
-            got = self._add(iid, trades[mine], wm_before[mine])
+            got = self._add(iid, trades[mine], thresholds[mine])
             late.append(got.late)
             late_iv.append(got.late_intervals)
-        self._advance(trades)
         return Added(np.concatenate(late), np.concatenate(late_iv))
 
-    def _watermarks(self, ts: np.ndarray) -> np.ndarray:
-        """The watermark each trade meets: everything before it in the stream counts."""
-        before = np.empty_like(ts)
-        before[0] = self.max_ts if self.max_ts is not None else np.iinfo(np.int64).min // 2
-        np.maximum(np.maximum.accumulate(ts)[:-1], before[0], out=before[1:])
-        return before - self.lateness
+    def _thresholds(self, trades: np.ndarray) -> np.ndarray:
+        """Per trade, the window end it must beat: its arrival less the lateness, and the
+        watermark (a window it has passed is closed)."""
+        limit = trades["ts_recv"].astype(np.int64) - self.lateness
+        if self.watermark is not None:
+            np.maximum(limit, self.watermark, out=limit)
+        return limit
 
-    def _advance(self, trades: np.ndarray) -> None:
-        top = int(trades["ts_event"].max())
-        self.max_ts = top if self.max_ts is None else max(self.max_ts, top)
-
-    def _add(self, instrument_id: int, trades: np.ndarray, wm_before: np.ndarray) -> Added:
+    def _add(self, instrument_id: int, trades: np.ndarray, thresholds: np.ndarray) -> Added:
         ts = trades["ts_event"].astype(np.int64)
         inst = self._instruments.get(instrument_id)
         if inst is None:
@@ -270,7 +275,7 @@ class BarEngine:
         whole = None
         for iv in self.intervals:
             starts = ts - ts % iv
-            ok = starts + iv > wm_before
+            ok = starts + iv > thresholds
             if ok.all():
                 whole = self._take(instrument_id, inst, iv, starts, ts, px, size, side, whole)
                 continue
@@ -403,6 +408,35 @@ class BarEngine:
         acc.buy_volume += part.buy_volume
         acc.sell_volume += part.sell_volume
         acc.pv += part.pv
+
+    def instruments(self) -> list[int]:
+        return list(self._instruments)
+
+    def export(self, instrument_id: int) -> dict[str, Any]:
+        """An instrument's open windows and price tracks, as plain JSON-able values (sums can
+        exceed 64 bits: encode with the standard json module)."""
+        inst = self._instruments[instrument_id]
+        return {
+            "publisher_id": inst.publisher_id,
+            "open": [
+                [iv, start, *acc.to_list()]
+                for iv, wins in inst.open.items()
+                for start, acc in wins.items()
+            ],
+            "tracks": [[iv, t.last_px, t.clock, t.first_t] for iv, t in inst.tracks.items()],
+        }
+
+    def restore(self, instrument_id: int, state: dict[str, Any]) -> None:
+        """Take back what `export` gave (intervals no longer configured are left out)."""
+        inst = _Instrument(publisher_id=state["publisher_id"])
+        for iv, start, *values in state["open"]:
+            if iv in self.intervals:
+                inst.open.setdefault(iv, {})[start] = _Acc(*values)
+                heapq.heappush(self._ends, (start + iv, iv, instrument_id))
+        for iv, last_px, clock, first_t in state["tracks"]:
+            if iv in self.intervals:
+                inst.tracks[iv] = _Track(last_px, clock, first_t)
+        self._instruments[instrument_id] = inst
 
     def close(self) -> list[Bar]:
         """Bars whose window the watermark has passed, by (end, interval, instrument_id)."""

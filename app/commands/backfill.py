@@ -125,8 +125,9 @@ class _BooksStage:
 
 class _BarsStage:
     """Bars and indicators from the T records, in file order: one watermark over the whole
-    input, as one partition sees it when instruments arrive in time order. Like a live
-    watermark, it emits only the windows it has closed: the last windows stay open."""
+    input, moved to the last ts_recv read, which is where a live partition's watermark ends up
+    after a replay of the same files. Like a live watermark, it emits only the windows it has
+    closed: the last windows stay open."""
 
     table = "indicators"
 
@@ -140,10 +141,11 @@ class _BarsStage:
         }
 
     def on_records(self, records: np.ndarray) -> None:
-        trades = trades_from_mbo(records)
-        if not len(trades):
+        if not len(records):
             return
+        trades = trades_from_mbo(records)
         self.topics[LATE_TRADES] += late_rows(self.engine.add_stream(trades))
+        self.engine.advance(int(records["ts_recv"].max()))
         for bar in self.engine.close():
             self.topics[bars_topic(bar.interval_ns)].append(bar.as_dict())
             key = (bar.instrument_id, bar.interval_ns)

@@ -74,6 +74,8 @@ def write_ohlcv(
             symbols.update(f.symbols)
             trades += len(chunk)
             engine.add_stream(chunk)
+            if len(chunk):  # a file is in ts_recv order: nothing still to come arrived earlier
+                engine.advance(int(chunk["ts_recv"].max()))
             for b in engine.close():
                 writer.writerow(row_values(b, symbols))
                 rows += 1

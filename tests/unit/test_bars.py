@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
 from pathlib import Path
 
 import databento_dbn
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from app.commands.mbp import fmt_price, fmt_ts
 from app.commands.ohlcv import write_ohlcv
-from app.feeds.mbo_files import open_trades
+from app.feeds.mbo_files import open_mbo, open_trades
 from models.mbo import empty_records
 from models.trades import empty_trades, trades_from_mbo
 from tables.bars import Bar, BarEngine, interval_name, parse_interval
@@ -88,8 +89,8 @@ def test_trades_of_an_mbo_file_make_the_same_bars_as_the_same_trades_file() -> N
 
 
 def reference(stream: list[tuple], intervals: list[int], lateness: int) -> tuple[list, list]:
-    """(bars, late) by the definition, trade by trade: (iid, ts, price, size, side) each."""
-    max_ts = None
+    """(bars, late) by the definition, trade by trade: (iid, ts_event, price, size, side,
+    ts_recv) each, in ts_recv order."""
     wins: dict[tuple[int, int, int], dict] = {}
     tracks: dict[tuple[int, int], dict] = {}
     bars, late = [], []
@@ -121,11 +122,10 @@ def reference(stream: list[tuple], intervals: list[int], lateness: int) -> tuple
                 )
             )
 
-    for iid, ts, px, sz, side in stream:
-        wm = None if max_ts is None else max_ts - lateness
+    for iid, ts, px, sz, side, recv in stream:
         for iv in intervals:
             start = ts - ts % iv
-            if wm is not None and start + iv <= wm:
+            if start + iv <= recv - lateness:
                 late.append((iv, iid, ts))
                 continue
             tr = tracks.setdefault((iid, iv), {"px": None, "clock": 0, "first": None})
@@ -166,8 +166,7 @@ def reference(stream: list[tuple], intervals: list[int], lateness: int) -> tuple
                         if ov > 0:
                             other["area"] += tr["px"] * ov
             tr["px"], tr["clock"] = px, eff
-        max_ts = ts if max_ts is None else max(max_ts, ts)
-        close(max_ts - lateness)
+        close(recv - lateness)
     wins_left = sorted(wins, key=lambda k: (k[2] + k[1], k[1], k[0]))
     close_all = max(k[2] + k[1] for k in wins_left) if wins_left else 0
     close(close_all)
@@ -193,10 +192,13 @@ def _as_tuple(b: Bar) -> tuple:
 
 
 def _trades(stream: list[tuple]) -> np.ndarray:
+    """(iid, ts_event, price, size, side[, ts_recv]) each; ts_recv is ts_event if left out."""
     t = empty_trades(len(stream))
     if stream:
-        iid, ts, px, sz, side = zip(*stream, strict=True)
+        rows = [(*r, r[1]) if len(r) == 5 else r for r in stream]
+        iid, ts, px, sz, side, recv = zip(*rows, strict=True)
         t["instrument_id"], t["ts_event"], t["price"], t["size"], t["side"] = iid, ts, px, sz, side
+        t["ts_recv"] = recv
         t["publisher_id"] = 1
     return t
 
@@ -216,6 +218,7 @@ def streams(draw: st.DrawFn) -> list[tuple]:
                 draw(st.integers(100, 110)) * 250_000_000,
                 draw(st.integers(1, 50)),
                 draw(st.sampled_from([ord("B"), ord("A"), ord("N")])),
+                t,
             )
         )
     return out
@@ -234,6 +237,8 @@ def _run(stream: list[tuple], cuts: list[int], per_instrument: bool) -> tuple[li
                 e.add(int(run["instrument_id"][0]), run)
         else:
             e.add_stream(piece)
+        if len(piece):
+            e.advance(int(piece["ts_recv"].max()))
         bars += e.close()
     return [_as_tuple(b) for b in bars + e.flush()], e.late_count
 
@@ -252,26 +257,72 @@ def test_bars_equal_the_reference_in_any_batches(
 def test_a_trade_within_the_lateness_lands_in_its_window_one_beyond_is_late() -> None:
     e = BarEngine([MIN], 5 * SEC)
     e.add(1, _trades([(1, 10 * SEC, 100, 1, ord("B")), (1, 63 * SEC, 101, 1, ord("B"))]))
-    got = e.add(1, _trades([(1, 59 * SEC, 99, 2, ord("A"))]))  # 4 s late: still in
+    e.advance(63 * SEC)
+    # stamped 0:59, received 1:04: its minute ended 4 s before it came, within the 5 s
+    got = e.add(1, _trades([(1, 59 * SEC, 99, 2, ord("A"), 64 * SEC)]))
     assert len(got.late) == 0
-    e.add(1, _trades([(1, 70 * SEC, 102, 1, ord("B"))]))  # watermark 65 s: 0-60 s closes
+    e.add(1, _trades([(1, 70 * SEC, 102, 1, ord("B"))]))
+    assert e.close() == []  # the source has not said 1:05 has passed
+    e.advance(70 * SEC)  # watermark 1:05: 0:00-1:00 closes
     (first,) = e.close()
     assert (first.start, first.volume, first.low, first.close) == (0, 3, 99, 99)
-    got = e.add(1, _trades([(1, 58 * SEC, 50, 7, ord("A"))]))
+    got = e.add(1, _trades([(1, 58 * SEC, 50, 7, ord("A"), 71 * SEC)]))
     assert len(got.late) == 1 and got.late_intervals.tolist() == [MIN]
     assert e.late_count == 1
     (second,) = e.flush()
     assert second.start == MIN and second.volume == 2 and second.low == 101
 
 
+def test_lateness_is_the_records_own_whatever_the_watermark() -> None:
+    # Received 6 s after its minute ended: late with a 5 s lateness even while the watermark
+    # lags (as a slow source's does), so a slow source and a fast one agree.
+    e = BarEngine([MIN], 5 * SEC)
+    got = e.add(1, _trades([(1, 59 * SEC, 99, 2, ord("A"), 66 * SEC)]))
+    assert len(got.late) == 1 and e.watermark is None
+    # A trade received out of order, after the watermark closed its window, is late too.
+    e.advance(70 * SEC)
+    got = e.add(1, _trades([(1, 59 * SEC, 99, 2, ord("A"), 61 * SEC)]))
+    assert len(got.late) == 1 and e.late_count == 2
+
+
 def test_an_idle_instrument_closes_when_its_partition_moves_on() -> None:
     e = BarEngine([MIN], 0)
     e.add(7, _trades([(7, 5 * SEC, 100, 1, ord("B"))]))
     e.add(8, _trades([(8, 30 * SEC, 200, 1, ord("B"))]))
+    e.advance(30 * SEC)
     assert e.close() == []
     e.add(8, _trades([(8, 61 * SEC, 200, 1, ord("B"))]))
+    e.advance(61 * SEC)
     closed = e.close()
     assert [(b.instrument_id, b.start) for b in closed] == [(7, 0), (8, 0)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(streams(), st.integers(0, 200))
+def test_exported_state_restores_to_the_same_bars(stream: list[tuple], cut: int) -> None:
+    # What a checkpoint keeps: every instrument's export and the watermark.
+    trades = _trades(stream)
+    cut %= len(stream) + 1
+    whole = BarEngine([MIN, 5 * MIN], 2 * SEC)
+    first = BarEngine([MIN, 5 * MIN], 2 * SEC)
+    got: list[Bar] = []
+    want: list[Bar] = []
+    for e, out, part in ((whole, want, trades[:cut]), (first, got, trades[:cut])):
+        e.add_stream(part)
+        if len(part):
+            e.advance(int(part["ts_recv"].max()))
+        out += e.close()
+    again = BarEngine([MIN, 5 * MIN], 2 * SEC)
+    for iid in first.instruments():
+        again.restore(iid, json.loads(json.dumps(first.export(iid))))
+    again.watermark = first.watermark
+    for e, out in ((whole, want), (again, got)):
+        rest = trades[cut:]
+        e.add_stream(rest)
+        if len(rest):
+            e.advance(int(rest["ts_recv"].max()))
+        out += e.close() + e.flush()
+    assert got == want
 
 
 def test_empty_windows_make_no_bar_and_twap_carries_the_standing_price() -> None:
@@ -316,12 +367,14 @@ def test_backfill_bars_and_indicators_equal_the_reference_over_the_files_trades(
             int(t["price"]),
             int(t["size"]),
             int(t["side"]),
+            int(t["ts_recv"]),
         )
         for t in mbo
     ]
     want, late = reference(stream, [MIN, 5 * MIN], 2 * SEC)
-    watermark = max(s[1] for s in stream) - 2 * SEC
-    want = [b for b in want if b[2] + b[1] <= watermark]  # what a watermark has closed
+    # The watermark ends at the last record's arrival, trade or not, less the lateness.
+    last_recv = max(int(c["ts_recv"].max()) for c in open_mbo(path).chunks())
+    want = [b for b in want if b[2] + b[1] <= last_recv - 2 * SEC]
     got = [
         (
             r["instrument_id"],
