@@ -4,34 +4,32 @@ table state. One agent reads the raw topic once for both: Faust's cost per messa
 limits a worker, not the counting.
 
 Books and counts live in memory; the `books` and `instrument-stats` tables hold their
-checkpoint. Events are acknowledged only when a checkpoint covering them is written, and
-checkpoints are written at the commit boundary (`app.transport.commit_guards`), so committed
-offsets never run ahead of table state; a message redelivered after a restart is recognised by
-its offset, which the checkpoint stores, and skipped. Under exactly_once the checkpoint, the
-outputs and the offsets commit in one transaction; under at_least_once outputs are delivered
-before the checkpoint that covers them is written, so a crash can repeat outputs (consumers
-drop repeats by (publisher_id, event)) but never lose them.
+checkpoint, written at the commit boundary (app/checkpoints.py says how, and why nothing is lost
+or repeated). A message redelivered after a restart is recognised by its offset, which the
+checkpoint stores, and skipped. Under at_least_once outputs can repeat after a crash: consumers
+drop repeats by (publisher_id, event).
+
+Source watermarks (app/feeds/watermarks.py) pass through to `trades`: each trades message
+carries its raw message's bound and raw offset, and a marker, or a bound that moved on while no
+trade was sent, is passed on as a marker of its own, so the bars agent's windows close on time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-import weakref
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-from faust.streams import _current_event
-from faust.types import TP, EventT
+from faust.types import TP
 
 from app import metrics
+from app.checkpoints import Checkpointer
 from app.dead_letters import send_dead_letter
 from app.faust_app import app
+from app.feeds.watermarks import SOURCE_OFFSET_HEADER, WM_HEADER, encode_ns, header
 from app.topics import BOOK_TOPICS, RAW_MBO, ensure_declared, raw_mbo
-from app.transport import commit_guards
 from models import book_events
+from models.book_events import TRADES
 from models.mbo import MalformedMessage, parse_message
 from tables.book_state import BookSet, warm_up
 from tables.declarations import books as books_table
@@ -43,22 +41,12 @@ log = logging.getLogger(__name__)
 
 book_set = BookSet()
 stats_set = StatsSet()
-# Held while a message is applied and while a commit checkpoints: a commit never sees half a
-# message, and no message is applied between a checkpoint and the commit that follows it.
-state_lock = asyncio.Lock()
-# Events applied but not yet covered by a checkpoint, by partition (acked at the checkpoint).
-unacked: dict[int, list[EventT]] = {}
-
-
-@contextmanager
-def _as_event(event: EventT) -> Any:
-    """Table writes go to the changelog partition of the current event; a checkpoint runs
-    outside any event, so it writes as the last event of the partition it covers."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
+checkpoints = Checkpointer(app, AGENT, [(books_table, book_set), (stats_table, stats_set)])
+# Per partition, the source's bound (ts_recv ns) and the last one passed on to `trades`.
+source_bound: dict[int, int] = {}
+passed_on: dict[int, int] = {}
+# A bound that moves while no trade is sent is passed on once it has moved this far.
+PASS_ON_STEP_NS = 100_000_000
 
 
 @app.task
@@ -82,9 +70,16 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
     for topic in BOOK_TOPICS.values():
         await ensure_declared(topic)
     async for event in stream.noack().events():
-        async with state_lock:
+        async with checkpoints.state_lock:
             partition = event.message.partition
-            unacked.setdefault(partition, []).append(event)
+            offset = event.message.offset
+            checkpoints.hold(event)
+            bound = header(event.message.headers, WM_HEADER)
+            if bound is not None and bound > source_bound.get(partition, bound - 1):
+                source_bound[partition] = bound
+            if not event.value and event.key is None and bound is not None:
+                _pass_on(partition, offset, 0)  # a marker
+                continue
             try:
                 records = parse_message(event.key, event.value)
             except MalformedMessage as exc:
@@ -92,102 +87,56 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
                 continue
             iid = int(event.key)
             ensure_loaded(iid, partition)
-            applied = book_set.process(iid, records, event.message.offset)
+            applied = book_set.process(iid, records, offset)
             if applied is None:
                 metrics.messages_duplicate.labels(AGENT).inc()
                 continue
-            stats_set.apply(iid, records, event.message.offset)
-            for base, message in book_events.messages(iid, applied, book_set).items():
+            stats_set.apply(iid, records, offset)
+            out = book_events.messages(iid, applied, book_set)
+            for base, message in out.items():
                 # Same key, partitioner and partition count as the input, so the same
                 # partition; explicit, or exactly_once would send outside the transaction
                 # (app/dead_letters.py says why).
                 BOOK_TOPICS[base].send_soon(
-                    key=event.key, value=book_events.encode(message), partition=partition
+                    key=event.key,
+                    value=book_events.encode(message),
+                    partition=partition,
+                    headers=_trade_headers(partition, offset) if base == TRADES else None,
                 )
+            if TRADES not in out:
+                _pass_on(partition, offset, PASS_ON_STEP_NS)
             metrics.records_processed.labels(AGENT).inc(len(records))
             metrics.messages_processed.labels(AGENT).inc()
 
 
-# One checkpoint at a time: a commit on rebalance may start while the periodic one flushes.
-checkpoint_lock = asyncio.Lock()
+def _trade_headers(partition: int, offset: int) -> list[tuple[str, bytes]]:
+    headers = [(SOURCE_OFFSET_HEADER, encode_ns(offset))]
+    bound = source_bound.get(partition)
+    if bound is not None:
+        headers.append((WM_HEADER, encode_ns(bound)))
+        passed_on[partition] = bound
+    return headers
 
 
-Writes = list[tuple[Any, bytes, bytes | None]]  # (table, key, value or None to delete)
-Checkpoint = dict[int, tuple[list[EventT], Writes]]  # partition -> (events covered, writes)
-
-
-def _take_checkpoint() -> Checkpoint:
-    """The events not yet covered, by partition, with the table writes that cover them;
-    called under `state_lock`, so the writes are exactly the state those events left."""
-    writes: dict[int, Writes] = {}
-    for table, state in ((books_table, book_set), (stats_table, stats_set)):
-        for partition, rows in state.checkpoint().items():
-            writes.setdefault(partition, []).extend((table, k, v) for k, v in rows)
-    taken = {}
-    for partition, events in unacked.items():
-        if events:
-            taken[partition] = (list(events), writes.pop(partition, []))
-            events.clear()
-    if writes:
-        log.error("checkpoint writes for partitions without events: %s", sorted(writes))
-    return taken
-
-
-def _write_checkpoint(taken: Checkpoint) -> None:
-    for events, writes in taken.values():
-        with _as_event(events[-1]):
-            for table, key, value in writes:
-                if value is None:
-                    del table[key]
-                else:
-                    table[key] = value
-                metrics.checkpoint_writes.inc()
-        for ev in events:
-            ev.ack()
-
-
-@asynccontextmanager
-async def checkpoint_at_commit() -> AsyncIterator[None]:
-    async with checkpoint_lock:
-        if app.in_transaction:
-            # exactly_once: the agent stays still until the transaction commits, or outputs of
-            # events after the checkpoint would commit with it and repeat after a crash.
-            async with state_lock:
-                if any(unacked.values()):
-                    # Outputs first: a checkpoint never covers outputs that could be lost.
-                    await app.producer.flush()
-                    t0 = time.perf_counter()
-                    _write_checkpoint(_take_checkpoint())
-                    metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
-                yield
-            return
-        # at_least_once: only taking the checkpoint stops the agent. Events applied while the
-        # outputs flush and the offsets commit stay unacked for the next checkpoint.
-        async with state_lock:
-            t0 = time.perf_counter()
-            taken = _take_checkpoint()
-            taken_s = time.perf_counter() - t0
-        if taken:
-            await app.producer.flush()
-            t0 = time.perf_counter()
-            _write_checkpoint(taken)
-            metrics.checkpoint_seconds.observe(taken_s + time.perf_counter() - t0)
-        yield
-
-
-commit_guards.append(checkpoint_at_commit)
+def _pass_on(partition: int, offset: int, step: int) -> None:
+    """A marker on `trades` if the partition's bound moved more than `step` past the last one
+    passed on."""
+    bound = source_bound.get(partition)
+    if bound is None or bound - passed_on.get(partition, bound - step - 1) <= step:
+        return
+    BOOK_TOPICS[TRADES].send_soon(
+        key=None, value=b"", partition=partition, headers=_trade_headers(partition, offset)
+    )
 
 
 @app.on_partitions_revoked.connect
 async def _evict_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
     gone = {tp.partition for tp in revoked if tp.topic == RAW_MBO}
-    if not gone:
-        return
-    # After any checkpoint in flight has written: its writes belong to the partitions' owner.
-    async with checkpoint_lock, state_lock:
-        for p in gone:
-            unacked.pop(p, None)
-        dropped = book_set.evict(gone)
-        stats_set.evict(gone)
-    if dropped:
-        log.info("books: released %d instruments of partitions %s", len(dropped), sorted(gone))
+    if gone:
+        await checkpoints.evict(gone, _forget_bounds)
+        log.info("books: released partitions %s", sorted(gone))
+
+
+def _forget_bounds(partition: int) -> None:
+    source_bound.pop(partition, None)
+    passed_on.pop(partition, None)

@@ -1,10 +1,12 @@
 """`faust -A app replay INPUT... [--speed X | --max] [--limit N]`: files to the raw MBO topic.
 
-Messages are cut by `app.feeds.batching.Batcher` and keyed by instrument. `--speed 1` sends each
-event when its `ts_recv` comes due (the recorded pace; 2 is twice as fast), `--max` (the default)
-as fast as the broker takes them. Produced idempotently with acks=all, so a retried send never
-duplicates or reorders a message. A file that turns out to be truncated or malformed stops the
-replay after its whole events are delivered, and the error says exactly what was sent.
+Messages are cut by `app.feeds.batching.Batcher` and keyed by instrument, and carry the
+source watermark (`app.feeds.watermarks`); partitions with nothing to send get markers.
+`--speed 1` sends each event when its `ts_recv` comes due (the recorded pace; 2 is twice as
+fast), `--max` (the default) as fast as the broker takes them. Produced idempotently with
+acks=all, so a retried send never duplicates or reorders a message. A file that turns out to be
+truncated or malformed stops the replay after its whole events are delivered, and the error says
+exactly what was sent.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from app.commands import exit_with
 from app.faust_app import app
 from app.feeds.batching import Batch, Batcher
 from app.feeds.mbo_files import InputError, open_mbo
+from app.feeds.watermarks import SourceWatermarks
 from app.progress import Progress
 from app.settings import Settings
 from app.topics import RAW_MBO_BASE
@@ -37,6 +40,9 @@ log = logging.getLogger(__name__)
 
 PACE_TICK_S = 0.02  # paced replay sends what came due in each 20 ms of replay time
 MAX_IN_FLIGHT = 512  # unacknowledged messages before replay waits for the broker
+# An idle partition hears that time moved on once it has moved this far (event time), so
+# markers stay few next to data messages; the end of a replay always tells every partition.
+MARKER_STEP_NS = 100_000_000
 
 
 class ReplayError(Exception):
@@ -116,26 +122,61 @@ async def delete_topics(bootstrap: str, prefixes: Sequence[str]) -> list[str]:
 class _Sender:
     """Sends batches, keeps a bounded number in flight, and counts what was acknowledged."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, summary: ReplaySummary) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, topic: str, summary: ReplaySummary, partitions: int
+    ) -> None:
         self.producer = producer
         self.topic = topic
         self.summary = summary
-        self.in_flight: deque[tuple[asyncio.Future, int, FileSummary]] = deque()
+        self.wm = SourceWatermarks(partitions)
+        self.in_flight: deque[tuple[asyncio.Future, int, FileSummary | None]] = deque()
 
-    async def send(self, batches: Iterable[Batch], fs: FileSummary) -> None:
+    async def step(
+        self, batcher: Batcher, records: np.ndarray, fs: FileSummary, *, flush: bool = False
+    ) -> None:
+        """Hand records (in ts_recv order) to the batcher and send what it cuts, each message
+        stamped with its partition's bound; `flush`: every whole event pending goes too."""
+        if len(records):
+            self.wm.read(int(records["ts_recv"][0]))
+        bounds = self.wm.bounds(batcher)  # before the batcher takes them: a lower bound
+        await self.send(batcher.add(records), fs, bounds)
+        if flush:
+            await self.send(batcher.flush_complete(), fs, bounds)
+        if len(records):
+            self.wm.read(int(records["ts_recv"].max()))
+        await self.mark(self.wm.bounds(batcher), MARKER_STEP_NS)
+
+    async def send(
+        self, batches: Iterable[Batch], fs: FileSummary, bounds: dict[int, int] | None = None
+    ) -> None:
         for b in batches:
-            fut = await self.producer.send(self.topic, b.records.tobytes(), key=b.key)
+            p = self.wm.partition_of(b.instrument_id)
+            headers = self.wm.stamp(p, bounds[p]) if bounds else None
+            fut = await self.producer.send(
+                self.topic, b.records.tobytes(), key=b.key, partition=p, headers=headers
+            )
             self.in_flight.append((fut, len(b.records), fs))
             self.summary.instruments.add(b.instrument_id)
             if len(self.in_flight) >= MAX_IN_FLIGHT:
                 await self._settle(MAX_IN_FLIGHT // 2)
 
+    async def mark(self, bounds: dict[int, int], step: int = 0) -> None:
+        """Markers (no key, no records, the bound in a header) to partitions behind by more
+        than `step`."""
+        for p, bound in self.wm.behind(bounds).items():
+            if bound - self.wm.told.get(p, bound - step - 1) > step:
+                fut = await self.producer.send(
+                    self.topic, b"", partition=p, headers=self.wm.stamp(p, bound)
+                )
+                self.in_flight.append((fut, 0, None))
+
     async def _settle(self, keep: int) -> None:
         while len(self.in_flight) > keep:
             fut, n, fs = self.in_flight.popleft()
             await fut  # raises the broker's error; nothing after it is counted as sent
-            fs.records += n
-            fs.messages += 1
+            if fs is not None:  # None: a watermark marker
+                fs.records += n
+                fs.messages += 1
 
     async def drain(self) -> None:
         await self._settle(0)
@@ -161,7 +202,7 @@ async def replay_files(
         raise ReplayError("--speed must be positive")
     files = [open_mbo(p) for p in paths]  # every file must exist before anything is sent
     summary = ReplaySummary(topic=topic)
-    await ensure_topic(settings, topic, settings.partitions)
+    partitions = await ensure_topic(settings, topic, settings.partitions)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         acks="all",
@@ -172,7 +213,7 @@ async def replay_files(
         request_timeout_ms=30_000,
     )
     await producer.start()
-    sender = _Sender(producer, topic, summary)
+    sender = _Sender(producer, topic, summary, partitions)
     clock = _PaceClock(speed, on_pace_start) if speed is not None else None
     remaining = limit
     t0 = time.monotonic()
@@ -188,12 +229,11 @@ async def replay_files(
                         chunk = chunk[:remaining]
                         remaining -= len(chunk)
                     if clock is None:
-                        await sender.send(batcher.add(chunk), fs)
+                        await sender.step(batcher, chunk, fs)
                     else:
                         for piece in clock.slices(chunk):
                             await clock.wait(piece)
-                            await sender.send(batcher.add(piece), fs)
-                            await sender.send(batcher.flush_complete(), fs)
+                            await sender.step(batcher, piece, fs, flush=True)
                     bar.update(f.bytes_read, fs.records + _pending(sender, fs))
                     if remaining == 0:
                         break
@@ -208,12 +248,15 @@ async def replay_files(
                     f"{fs.unsent_records:,} records of an unfinished event were not sent"
                     + _earlier(summary)
                 ) from None
-            await sender.send(batcher.flush_all(), fs)
+            await sender.send(batcher.flush_all(), fs, sender.wm.bounds(batcher))
             await sender.drain()
             bar.update(f.bytes_read, fs.records, force=True)
             bar.close()
             if remaining == 0:
                 break
+        # Everything is sent: every partition hears the last arrival read.
+        await sender.mark(sender.wm.bounds(Batcher()))
+        await sender.drain()
     except ReplayError:
         raise
     except Exception as exc:

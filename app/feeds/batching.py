@@ -45,6 +45,13 @@ class Batcher:
     def pending_records(self) -> int:
         return sum(self._pending_n.values())
 
+    def pending_first_recv(self) -> Iterator[tuple[int, int]]:
+        """(instrument, ts_recv of its first pending record) for each instrument with records
+        pending."""
+        for iid, parts in self._pending.items():
+            if parts:
+                yield iid, int(parts[0]["ts_recv"][0])
+
     def add(self, records: np.ndarray) -> Iterator[Batch]:
         """Take records in stream order; yield the messages that are full."""
         if not len(records):

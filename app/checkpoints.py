@@ -1,0 +1,136 @@
+"""Checkpoint-at-commit for an agent whose state lives in memory and whose table holds the
+checkpoint (the books and bars agents).
+
+The agent applies events under `state_lock` without acknowledging them (`unacked`). At every
+commit (`app.transport.commit_guards`) the states' changes since the last checkpoint are written
+to their tables, as the last event of each partition they cover, and only then are those events
+acknowledged: committed offsets never run ahead of table state. Under exactly_once the agent
+stays still from the checkpoint until the transaction commits, or outputs of events after the
+checkpoint would commit with it and repeat after a crash; under at_least_once only taking the
+checkpoint stops it, and outputs are flushed before the checkpoint that covers them is written,
+so a crash can repeat outputs but never lose them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Protocol
+
+from faust.streams import _current_event
+from faust.types import EventT
+
+from app import metrics
+from app.transport import commit_guards
+
+log = logging.getLogger(__name__)
+
+Rows = list[tuple[bytes, bytes | None]]  # (key, value or None to delete)
+
+
+class CheckpointedState(Protocol):
+    def checkpoint(self) -> dict[int, Rows]: ...
+
+    def evict(self, partitions: set[int]) -> Any: ...
+
+
+Writes = list[tuple[Any, bytes, bytes | None]]  # (table, key, value or None to delete)
+Checkpoint = dict[int, tuple[list[EventT], Writes]]  # partition -> (events covered, writes)
+
+
+@contextmanager
+def as_event(event: EventT) -> Iterator[None]:
+    """Table writes go to the changelog partition of the current event; a checkpoint runs
+    outside any event, so it writes as the last event of the partition it covers."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class Checkpointer:
+    def __init__(self, app: Any, name: str, states: list[tuple[Any, CheckpointedState]]) -> None:
+        self.app = app
+        self.name = name
+        self.states = states  # (table, state) pairs
+        # Held while a message is applied and while a checkpoint is taken: a checkpoint never
+        # sees half a message.
+        self.state_lock = asyncio.Lock()
+        # One checkpoint at a time: a commit on rebalance may start while the periodic one
+        # flushes.
+        self.checkpoint_lock = asyncio.Lock()
+        self.unacked: dict[int, list[EventT]] = {}
+        commit_guards.append(self.at_commit)
+
+    def hold(self, event: EventT) -> None:
+        """The event is applied (or dropped): acknowledge it with the next checkpoint."""
+        self.unacked.setdefault(event.message.partition, []).append(event)
+
+    def _take(self) -> Checkpoint:
+        writes: dict[int, Writes] = {}
+        for table, state in self.states:
+            for partition, rows in state.checkpoint().items():
+                writes.setdefault(partition, []).extend((table, k, v) for k, v in rows)
+        taken = {}
+        for partition, events in self.unacked.items():
+            if events:
+                taken[partition] = (list(events), writes.pop(partition, []))
+                events.clear()
+        if writes:
+            log.error(
+                "%s: checkpoint writes for partitions without events: %s", self.name, sorted(writes)
+            )
+        return taken
+
+    @staticmethod
+    def _write(taken: Checkpoint) -> None:
+        for events, writes in taken.values():
+            with as_event(events[-1]):
+                for table, key, value in writes:
+                    if value is None:
+                        del table[key]
+                    else:
+                        table[key] = value
+                    metrics.checkpoint_writes.inc()
+            for ev in events:
+                ev.ack()
+
+    @asynccontextmanager
+    async def at_commit(self) -> AsyncIterator[None]:
+        async with self.checkpoint_lock:
+            if self.app.in_transaction:
+                async with self.state_lock:
+                    if any(self.unacked.values()):
+                        # Outputs first: a checkpoint never covers outputs that could be lost.
+                        await self.app.producer.flush()
+                        t0 = time.perf_counter()
+                        self._write(self._take())
+                        metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+                    yield
+                return
+            async with self.state_lock:
+                t0 = time.perf_counter()
+                taken = self._take()
+                taken_s = time.perf_counter() - t0
+            if taken:
+                await self.app.producer.flush()
+                t0 = time.perf_counter()
+                self._write(taken)
+                metrics.checkpoint_seconds.observe(taken_s + time.perf_counter() - t0)
+            yield
+
+    async def evict(self, partitions: set[int], also: Callable[[int], None] | None = None) -> None:
+        """Forget partitions this worker no longer owns, after any checkpoint in flight has
+        written (its writes belong to the partitions' owner)."""
+        async with self.checkpoint_lock, self.state_lock:
+            for p in partitions:
+                self.unacked.pop(p, None)
+                if also is not None:
+                    also(p)
+            for _, state in self.states:
+                state.evict(partitions)

@@ -1,0 +1,95 @@
+"""Source watermarks: what a replay knows about time, told to each partition.
+
+A partition's consumer cannot tell from the data when an event-time window is complete: the
+batcher holds a quiet instrument's records until enough gather, so a busy instrument's messages
+run ahead of them. The source can tell. Every raw message carries a `wm` header, a bound in
+ts_recv nanoseconds: nothing the partition will receive after this message was received before
+it. A partition with nothing to send gets a marker instead (no key, empty value, the header
+only), and when a replay ends every partition gets one at the last ts_recv read, so the same
+windows are closed live as by backfill over the same files.
+
+The books agent passes the bound on to the `trades` topic, where the bars agent moves its
+watermark by it (tables/bars.py says why lateness never depends on it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiokafka.partitioner import DefaultPartitioner
+
+from app.feeds.batching import Batcher
+from models.mbo import instrument_key
+
+WM_HEADER = "wm"
+# The raw offset a derived message came from: under at-least-once a restarted books agent can
+# send a message again, and the bars agent drops what it has seen by this.
+SOURCE_OFFSET_HEADER = "src-offset"
+
+
+def encode_ns(ns: int) -> bytes:
+    return ns.to_bytes(8, "big", signed=True)
+
+
+def decode_ns(raw: bytes) -> int:
+    if len(raw) != 8:
+        raise ValueError(f"a time header holds 8 bytes, not {len(raw)}")
+    return int.from_bytes(raw, "big", signed=True)
+
+
+def header(headers: object, name: str) -> int | None:
+    """A time or offset header of a consumed message (aiokafka gives (name, bytes) pairs)."""
+    for k, v in headers or ():  # type: ignore[attr-defined]
+        if k == name and v is not None:
+            return decode_ns(v)
+    return None
+
+
+def partitioner(partitions: int) -> Callable[[int], int]:
+    """instrument id -> partition, as the producer's default (murmur2) partitioner puts it."""
+    parts = list(range(partitions))
+    choose = DefaultPartitioner()
+    cache: dict[int, int] = {}
+
+    def of(instrument_id: int) -> int:
+        p = cache.get(instrument_id)
+        if p is None:
+            p = cache[instrument_id] = int(choose(instrument_key(instrument_id), parts, parts))
+        return p
+
+    return of
+
+
+class SourceWatermarks:
+    """Per partition, the lowest ts_recv the partition can still receive."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.partition_of = partitioner(partitions)
+        self.read_through: int | None = None  # the latest ts_recv read (records come in order)
+        self.told: dict[int, int] = {}  # partition -> the last bound sent to it
+
+    def read(self, ts_recv: int) -> None:
+        """The next record to be handed to the batcher was received at `ts_recv`."""
+        if self.read_through is None or ts_recv > self.read_through:
+            self.read_through = ts_recv
+
+    def bounds(self, batcher: Batcher) -> dict[int, int]:
+        """Before the batcher takes more records: what is still pending there, or not yet read,
+        was received no earlier than this, per partition."""
+        if self.read_through is None:
+            return {}
+        out = dict.fromkeys(range(self.partitions), self.read_through)
+        for iid, first in batcher.pending_first_recv():
+            p = self.partition_of(iid)
+            if first < out[p]:
+                out[p] = first
+        return out
+
+    def stamp(self, partition: int, bound: int) -> list[tuple[str, bytes]]:
+        self.told[partition] = max(bound, self.told.get(partition, bound))
+        return [(WM_HEADER, encode_ns(bound))]
+
+    def behind(self, bounds: dict[int, int]) -> dict[int, int]:
+        """Partitions whose bound moved past what they were last told: they get a marker."""
+        return {p: b for p, b in bounds.items() if b > self.told.get(p, b - 1)}
