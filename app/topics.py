@@ -11,6 +11,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from app.faust_app import app, settings
 from app.transport import output_sources
+from models.bar_events import INDICATORS, LATE_TRADES, bars_topic
 
 # Raw Databento MBO: each value is one or more consecutive 56-byte MBO records of one
 # instrument, normally ending at an F_LAST boundary (see app/feeds/batching.py).
@@ -51,10 +52,18 @@ trades = _topic(settings.topic("trades"))
 BOOK_TOPICS = {"book.deltas": book_deltas, "bbo": bbo, "trades": trades}
 for _out in (dead_letters, book_deltas, bbo, trades):
     output_sources[_out.get_topic_name()] = RAW_MBO
+# What the bars agent publishes from `trades`: JSON, one message per bar, indicator update or
+# late trade (models/bar_events.py describes them).
+BAR_TOPICS = {
+    name: _topic(settings.topic(name))
+    for name in [*(bars_topic(iv) for iv in settings.bar_intervals_ns), INDICATORS, LATE_TRADES]
+}
+for _out in BAR_TOPICS.values():
+    output_sources[_out.get_topic_name()] = trades.get_topic_name()
 
 # Topics agents only write. The worker declares the topics it consumes; these it declares at
 # start, and `ensure_declared` covers a send that comes before that task has run.
-OUTPUT_TOPICS = [dead_letters, book_deltas, bbo, trades]
+OUTPUT_TOPICS = [dead_letters, book_deltas, bbo, trades, *BAR_TOPICS.values()]
 _declared: set[str] = set()
 
 

@@ -4,6 +4,8 @@ GET /instruments/                 every instrument with its counts (gathered fro
 GET /instruments/{instrument_id}/ one instrument, answered by the worker that owns it
 GET /books/                       every instrument's books with their BBO (from all workers)
 GET /books/{instrument_id}/?depth=N  top N levels of each of the instrument's books (owner)
+GET /bars/{instrument_id}/?interval=1m&limit=N  its latest N closed bars, oldest first (owner)
+GET /indicators/{instrument_id}/?interval=1m    its indicators after its latest bar (owner)
 GET /metrics                      Prometheus metrics (Faust's and tapestream's)
 GET /health                       200 once the worker is up
 """
@@ -11,6 +13,7 @@ GET /health                       200 once the worker is up
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -19,9 +22,14 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.web import Request, Response, View
 from faust.web import exceptions as web_exceptions
 
-from agents.books import book_set, ensure_loaded, state_lock
+from agents.bars import bar_set
+from agents.books import book_set, checkpoints, ensure_loaded
 from app.faust_app import app
 from app.topics import partition_of
+from models.mbo import instrument_key
+from tables.bar_state import bars_key
+from tables.bars import interval_name, parse_interval
+from tables.declarations import bars as bars_table
 from tables.declarations import books as books_table
 from tables.declarations import instrument_stats
 from tables.instrument_stats import InstrumentStats
@@ -106,7 +114,7 @@ def _recovering() -> bool:
 async def _local_books() -> list[dict[str, Any]]:
     if _recovering():
         raise web_exceptions.ServiceUnavailable("tables are being restored; try again shortly")
-    async with state_lock:
+    async with checkpoints.state_lock:
         # Books load when their next message arrives; a listing loads the rest from the table.
         for key in list(books_table.keys()):
             if b"/" not in key:
@@ -142,12 +150,75 @@ class BookView(View):
             return self.json({"error": "tables are being restored; try again shortly"}, status=503)
         if not book_set.loaded(iid) and books_table.get(key) is None:
             return self.json({"error": f"no book for instrument {iid}"}, status=404)
-        async with state_lock:
+        async with checkpoints.state_lock:
             ensure_loaded(iid, partition_of(key))
             view = book_set.view(iid, int(raw_depth))
         if not view["books"]:
             return self.json({"error": f"no book for instrument {iid}"}, status=404)
         return self.json(view)
+
+
+class _BadRequest(ValueError):
+    pass
+
+
+def _bar_query(request: Request, instrument_id: str) -> tuple[int, int]:
+    """(instrument, interval) of a bars or indicators request; _BadRequest says what is wrong."""
+    if not instrument_id.isdigit():
+        raise _BadRequest(f"not an instrument id: {instrument_id!r}")
+    configured = bar_set.intervals
+    raw = request.query.get("interval", interval_name(configured[0]))
+    try:
+        iv = parse_interval(raw)
+    except ValueError as exc:
+        raise _BadRequest(str(exc)) from None
+    if iv not in configured:
+        names = ", ".join(interval_name(i) for i in configured)
+        raise _BadRequest(f"interval {raw} is not built here; these are: {names}")
+    return int(instrument_id), iv
+
+
+class _BarView(View):
+    """One instrument and interval, answered by the worker that owns the instrument: from
+    memory once its partition has had trades here, else from the table's checkpoint."""
+
+    @app.table_route(table=bars_table, match_info="instrument_id")
+    async def get(self, request: Request, instrument_id: str) -> Response:
+        try:
+            iid, iv = _bar_query(request, instrument_id)
+            body = self.answer(request, iid, iv)
+        except _BadRequest as exc:
+            return self.json({"error": str(exc)}, status=400)
+        if body is None:
+            return self.json({"error": f"no {interval_name(iv)} bars for {iid}"}, status=404)
+        return self.json({"instrument_id": iid, "interval": interval_name(iv), **body})
+
+    def answer(self, request: Request, iid: int, iv: int) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+
+@app.page("/bars/{instrument_id}/")
+class BarsView(_BarView):
+    def answer(self, request: Request, iid: int, iv: int) -> dict[str, Any] | None:
+        raw = request.query.get("limit", "100")
+        if not raw.isdigit() or not 1 <= int(raw) <= bar_set.keep:
+            raise _BadRequest(f"limit must be an integer from 1 to {bar_set.keep}, not {raw!r}")
+        bars = bar_set.recent(iid, iv, int(raw))
+        if bars is None:
+            saved = bars_table.get(bars_key(iid, iv))
+            bars = json.loads(saved)[-int(raw) :] if saved is not None else None
+        return {"count": len(bars), "bars": bars} if bars else None
+
+
+@app.page("/indicators/{instrument_id}/")
+class IndicatorsView(_BarView):
+    def answer(self, request: Request, iid: int, iv: int) -> dict[str, Any] | None:
+        values = bar_set.indicator_values(iid, iv)
+        if values is None:
+            saved = bars_table.get(instrument_key(iid))
+            ind = json.loads(saved)["indicators"].get(interval_name(iv)) if saved else None
+            values = {"bars": ind["count"], **ind["values"]} if ind else None
+        return values
 
 
 @app.page("/instruments/{instrument_id}/")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Final
 
 import numpy as np
+import orjson
 
 from models.mbo import MBO_DTYPE
 
@@ -62,3 +63,43 @@ def trades_from_mbo(records: np.ndarray) -> np.ndarray:
     ):
         out[name] = t[name]
     return out
+
+
+_MESSAGE_COLUMNS: Final = ("publisher_id", "sequence", "ts_event", "ts_recv", "price", "size")
+
+
+def trades_from_message(key: bytes | None, value: bytes) -> tuple[int, np.ndarray]:
+    """(instrument_id, trades) of a `trades` topic message (models/book_events.py); ValueError
+    saying what is wrong with one that is not."""
+    try:
+        msg = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ValueError("a trades message is a JSON object")
+    iid = msg.get("instrument_id")
+    if not isinstance(iid, int) or isinstance(iid, bool) or not 0 <= iid < 1 << 32:
+        raise ValueError(f"instrument_id must be a 32-bit unsigned integer, not {iid!r}")
+    if key is not None and key != str(iid).encode():
+        raise ValueError(f"key {key!r} is not the message's instrument {iid}")
+    side = msg.get("side")
+    if not isinstance(side, str) or not side.isascii():
+        raise ValueError("side must be a string of B, A or N, one per trade")
+    n = len(side)
+    out = empty_trades(n)
+    out["instrument_id"] = iid
+    for name in _MESSAGE_COLUMNS:
+        col = msg.get(name)
+        if not isinstance(col, list) or len(col) != n:
+            raise ValueError(f"{name} must be a list of {n} integers, one per trade")
+        if not all(type(v) is int for v in col):
+            raise ValueError(f"{name} holds a value that is not an integer")
+        try:
+            out[name] = np.array(col, dtype=out.dtype[name])
+        except OverflowError:
+            raise ValueError(f"{name} holds an integer out of range for {name}") from None
+    codes = np.frombuffer(side.encode("ascii"), np.uint8)
+    if not np.isin(codes, np.array([ord("B"), ord("A"), ord("N")], np.uint8)).all():
+        raise ValueError("side must be B, A or N for every trade")
+    out["side"] = codes
+    return iid, out

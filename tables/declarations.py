@@ -28,3 +28,5 @@ instrument_stats = _bytes_table("instrument-stats", "record and action counts pe
 # Book checkpoints: the instrument's meta under its key, its pages under
 # "<iid>/<publisher>/<page>/<gen>" (tables/book_state.py).
 books = _bytes_table("books", "L3 order books: per-instrument meta and pages of orders")
+# Bars, indicators and recent bars per partition (tables/bar_state.py gives the keys).
+bars = _bytes_table("bars", "open bar windows, indicator state and recent bars per instrument")

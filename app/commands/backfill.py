@@ -29,11 +29,10 @@ from app.feeds.mbo_files import InputError, open_mbo
 from app.progress import Progress
 from app.settings import Settings
 from models import book_events
-from models.bar_events import INDICATORS, LATE_TRADES, bars_topic, indicator_row, late_rows
+from models.bar_events import INDICATORS, LATE_TRADES, bars_topic
 from models.trades import trades_from_mbo
-from tables.bars import BarEngine, interval_name
+from tables.bar_state import BarStage
 from tables.book_state import BookSet
-from tables.indicators import Indicators
 from tables.instrument_stats import InstrumentStats
 
 # Levels per side in books.table.jsonl (the live view's default depth).
@@ -132,10 +131,9 @@ class _BarsStage:
     table = "indicators"
 
     def __init__(self, settings: Settings) -> None:
-        self.engine = BarEngine(settings.bar_intervals_ns, settings.lateness_ns)
-        self.indicators: dict[tuple[int, int], Indicators] = {}
+        self.stage = BarStage(settings.bar_intervals_ns, settings.lateness_ns)
         self.topics: dict[str, list[dict[str, Any]]] = {
-            **{bars_topic(iv): [] for iv in self.engine.intervals},
+            **{bars_topic(iv): [] for iv in self.stage.engine.intervals},
             INDICATORS: [],
             LATE_TRADES: [],
         }
@@ -143,20 +141,13 @@ class _BarsStage:
     def on_records(self, records: np.ndarray) -> None:
         if not len(records):
             return
-        trades = trades_from_mbo(records)
-        self.topics[LATE_TRADES] += late_rows(self.engine.add_stream(trades))
-        self.engine.advance(int(records["ts_recv"].max()))
-        for bar in self.engine.close():
-            self.topics[bars_topic(bar.interval_ns)].append(bar.as_dict())
-            key = (bar.instrument_id, bar.interval_ns)
-            ind = self.indicators.setdefault(key, Indicators())
-            self.topics[INDICATORS].append(indicator_row(bar, ind.add(bar.close)))
+        rows = self.stage.add(trades_from_mbo(records))
+        rows += self.stage.advance(int(records["ts_recv"].max()))
+        for topic, row in rows:
+            self.topics[topic].append(row)
 
     def table_rows(self) -> list[dict[str, Any]]:
-        return [
-            {"instrument_id": iid, "interval": interval_name(iv), "bars": ind.count, **ind.values}
-            for (iid, iv), ind in sorted(self.indicators.items())
-        ]
+        return self.stage.indicator_rows()
 
 
 def backfill_files(

@@ -121,11 +121,17 @@ class Deployment:
         )
 
     def kill9_mid_replay(
-        self, w: Worker, path: Path, progressed: Callable[[], bool], keep_state: bool
+        self,
+        w: Worker,
+        path: Path,
+        progressed: Callable[[], bool],
+        keep_state: bool,
+        speed: str = "1",
     ) -> None:
-        """Replay PATH at its recorded pace; once `progressed()`, kill -9 the worker, wipe its
-        local state unless `keep_state`, restart it, and wait for the replay to finish."""
-        replay = self.replay(path, "--speed", "1")
+        """Replay PATH at `speed` times its recorded pace; once `progressed()`, kill -9 the
+        worker, wipe its local state unless `keep_state`, restart it, and wait for the replay
+        to finish."""
+        replay = self.replay(path, "--speed", speed)
         try:
             wait_for(lambda: w.alive() and progressed(), 60, "the replay under way")
             w.kill9()

@@ -1,0 +1,84 @@
+"""Bars and indicators from the `trades` topic: `bars.<interval>`, `indicators` and `trades.late`
+out, windows, indicator state and recent bars kept as checkpointed table state
+(tables/bar_state.py, app/checkpoints.py).
+
+Windows close on the source watermark each trades message carries (app/feeds/watermarks.py),
+never on the wall clock or on the data's own times, which batching reorders across instruments.
+Lateness is each trade's own (tables/bars.py), so the bars are the same, record for record, at
+any replay pace, batch size or partition count, and the same as backfill's.
+
+Under at-least-once the books agent can send a trades message again after a restart; each
+carries its raw offset, and what this partition has already applied is dropped. A restart of
+this agent can repeat bars: drop repeats by (instrument_id, interval, start).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from faust.types import TP
+
+from app import metrics
+from app.checkpoints import Checkpointer
+from app.dead_letters import send_dead_letter
+from app.faust_app import app, settings
+from app.feeds.watermarks import SOURCE_OFFSET_HEADER, WM_HEADER, header
+from app.topics import BAR_TOPICS, ensure_declared, trades
+from models.trades import trades_from_message
+from tables.bar_state import BarSet
+from tables.declarations import bars as bars_table
+
+AGENT = "bars"
+log = logging.getLogger(__name__)
+
+bar_set = BarSet(settings.bar_intervals_ns, settings.lateness_ns)
+checkpoints = Checkpointer(app, AGENT, [(bars_table, bar_set)])
+TRADES = trades.get_topic_name()
+
+
+@app.agent(trades, name=AGENT)
+async def make_bars(stream):  # type: ignore[no-untyped-def]
+    for topic in BAR_TOPICS.values():
+        await ensure_declared(topic)
+    async for event in stream.noack().events():
+        async with checkpoints.state_lock:
+            checkpoints.hold(event)
+            msg = event.message
+            try:
+                source = header(msg.headers, SOURCE_OFFSET_HEADER)
+                bound = header(msg.headers, WM_HEADER)
+                batch = trades_from_message(event.key, event.value) if event.value else None
+            except ValueError as exc:
+                await send_dead_letter(AGENT, event, "malformed", str(exc))
+                continue
+            if not bar_set.loaded(msg.partition):
+                bar_set.load(msg.partition, bars_table.get)
+            # Without a source offset (a producer other than the books agent) the topic's own
+            # offset orders messages.
+            offset = source if source is not None else msg.offset
+            if bar_set.seen(msg.partition, offset):
+                metrics.messages_duplicate.labels(AGENT).inc()
+                continue
+            rows = []
+            if batch is not None:
+                iid, records = batch
+                rows += bar_set.add(msg.partition, offset, iid, records)
+                metrics.records_processed.labels(AGENT).inc(len(records))
+            if bound is not None:
+                rows += bar_set.advance(msg.partition, offset, bound)
+            for topic, row in rows:
+                BAR_TOPICS[topic].send_soon(
+                    key=str(row["instrument_id"]).encode(),
+                    value=orjson.dumps(row),
+                    partition=msg.partition,
+                )
+            metrics.messages_processed.labels(AGENT).inc()
+
+
+@app.on_partitions_revoked.connect
+async def _evict_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+    gone = {tp.partition for tp in revoked if tp.topic == TRADES}
+    if gone:
+        await checkpoints.evict(gone)

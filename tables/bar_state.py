@@ -1,0 +1,208 @@
+"""Bars, indicators and recent bars per partition, as checkpointed state. No Faust here: the bars
+agent drives `BarSet` and writes what `checkpoint()` returns to its table; backfill drives one
+`BarStage` over a whole file.
+
+Table keys (bytes; values JSON, with the standard json module because window sums can exceed 64
+bits):
+  b"<iid>"              the instrument's open windows, price tracks and indicator state
+  b"<iid>/bars/<iv>"    its last `keep` bars of interval <iv> (what the /bars/ view serves)
+  b"~partition/<p>"     the partition's watermark, late count, last input offset, instruments
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.bar_events import INDICATORS, LATE_TRADES, bars_topic, indicator_row, late_rows
+from models.mbo import instrument_key
+from tables.bars import BarEngine, interval_name, parse_interval
+from tables.indicators import Indicators
+
+Row = tuple[str, dict[str, Any]]  # (topic base name, row)
+
+
+class BarStage:
+    """Bars with their indicators: trades in, rows for `bars.<iv>`, `indicators` and
+    `trades.late` out."""
+
+    def __init__(self, intervals_ns: list[int], lateness_ns: int) -> None:
+        self.engine = BarEngine(intervals_ns, lateness_ns)
+        self.indicators: dict[tuple[int, int], Indicators] = {}
+
+    def add(self, trades: np.ndarray, instrument_id: int | None = None) -> list[Row]:
+        """Trades in arrival order, of one instrument or (None) of any; the late ones out."""
+        if instrument_id is None:
+            added = self.engine.add_stream(trades)
+        else:
+            added = self.engine.add(instrument_id, trades)
+        return [(LATE_TRADES, r) for r in late_rows(added)]
+
+    def advance(self, received_through: int) -> list[Row]:
+        """Move the watermark; every bar it closes, each followed by its indicators."""
+        self.engine.advance(received_through)
+        out: list[Row] = []
+        for bar in self.engine.close():
+            key = (bar.instrument_id, bar.interval_ns)
+            ind = self.indicators.get(key)
+            if ind is None:
+                ind = self.indicators[key] = Indicators()
+            out.append((bars_topic(bar.interval_ns), bar.as_dict()))
+            out.append((INDICATORS, indicator_row(bar, ind.add(bar.close))))
+        return out
+
+    def indicator_rows(self) -> list[dict[str, Any]]:
+        return [
+            {"instrument_id": iid, "interval": interval_name(iv), "bars": ind.count, **ind.values}
+            for (iid, iv), ind in sorted(self.indicators.items())
+        ]
+
+
+def partition_key(partition: int) -> bytes:
+    return f"~partition/{partition}".encode()
+
+
+def bars_key(instrument_id: int, interval_ns: int) -> bytes:
+    return instrument_key(instrument_id) + f"/bars/{interval_name(interval_ns)}".encode()
+
+
+@dataclass
+class BarPartition:
+    stage: BarStage
+    keep: int
+    offset: int = -1  # the last input offset applied
+    recent: dict[tuple[int, int], deque[dict[str, Any]]] = field(default_factory=dict)
+    dirty: set[int] = field(default_factory=set)
+    dirty_bars: set[tuple[int, int]] = field(default_factory=set)
+    changed: bool = False
+
+    def instruments(self) -> set[int]:
+        return set(self.stage.engine.instruments()) | {iid for iid, _ in self.stage.indicators}
+
+
+class BarSet:
+    """Every partition's `BarStage`, with what a checkpoint must write since the last one."""
+
+    def __init__(self, intervals_ns: list[int], lateness_ns: int, keep: int = 500) -> None:
+        self.intervals = sorted(set(intervals_ns))
+        self.lateness = lateness_ns
+        self.keep = keep
+        self.partitions: dict[int, BarPartition] = {}
+
+    def loaded(self, partition: int) -> bool:
+        return partition in self.partitions
+
+    def load(self, partition: int, get: Callable[[bytes], bytes | None]) -> BarPartition:
+        """The partition's state from its checkpoint (`get` reads the table), or a fresh one."""
+        part = BarPartition(BarStage(self.intervals, self.lateness), self.keep)
+        raw = get(partition_key(partition))
+        if raw is not None:
+            meta = json.loads(raw)
+            engine = part.stage.engine
+            engine.watermark = meta["watermark"]
+            engine.late_count = meta["late"]
+            part.offset = meta["offset"]
+            for iid in meta["instruments"]:
+                state = get(instrument_key(iid))
+                if state is None:
+                    continue
+                saved = json.loads(state)
+                if saved["engine"] is not None:
+                    engine.restore(iid, saved["engine"])
+                for iv_name, ind in saved["indicators"].items():
+                    iv = parse_interval(iv_name)
+                    if iv in self.intervals:
+                        part.stage.indicators[(iid, iv)] = Indicators.from_dict(ind)
+                for iv in self.intervals:
+                    bars = get(bars_key(iid, iv))
+                    if bars is not None:
+                        part.recent[(iid, iv)] = deque(json.loads(bars), maxlen=self.keep)
+        self.partitions[partition] = part
+        return part
+
+    def seen(self, partition: int, offset: int) -> bool:
+        return offset <= self.partitions[partition].offset
+
+    def add(self, partition: int, offset: int, instrument_id: int, trades: np.ndarray) -> list[Row]:
+        part = self.partitions[partition]
+        part.offset = max(part.offset, offset)
+        part.changed = True
+        part.dirty.add(instrument_id)
+        return part.stage.add(trades, instrument_id)
+
+    def advance(self, partition: int, offset: int, received_through: int) -> list[Row]:
+        part = self.partitions[partition]
+        part.offset = max(part.offset, offset)
+        part.changed = True
+        rows = part.stage.advance(received_through)
+        for topic, row in rows:
+            if topic == INDICATORS:
+                continue
+            key = (row["instrument_id"], parse_interval(row["interval"]))
+            recent = part.recent.get(key)
+            if recent is None:
+                recent = part.recent[key] = deque(maxlen=self.keep)
+            recent.append(row)
+            part.dirty.add(key[0])
+            part.dirty_bars.add(key)
+        return rows
+
+    def recent(self, instrument_id: int, interval_ns: int, limit: int) -> list[dict] | None:
+        """The latest bars held in memory, oldest first; None when the instrument's partition
+        is not loaded here."""
+        for part in self.partitions.values():
+            got = part.recent.get((instrument_id, interval_ns))
+            if got is not None:
+                return list(got)[-limit:]
+        return None
+
+    def indicator_values(self, instrument_id: int, interval_ns: int) -> dict[str, Any] | None:
+        for part in self.partitions.values():
+            ind = part.stage.indicators.get((instrument_id, interval_ns))
+            if ind is not None:
+                return {"bars": ind.count, **ind.values}
+        return None
+
+    def checkpoint(self) -> dict[int, list[tuple[bytes, bytes | None]]]:
+        """What changed since the last checkpoint, by partition, as (key, value) writes."""
+        out: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        for p, part in self.partitions.items():
+            if not part.changed:
+                continue
+            engine = part.stage.engine
+            rows: list[tuple[bytes, bytes | None]] = []
+            for iid in sorted(part.dirty):
+                state = {
+                    "engine": engine.export(iid) if iid in engine.instruments() else None,
+                    "indicators": {
+                        interval_name(iv): ind.to_dict()
+                        for (i, iv), ind in part.stage.indicators.items()
+                        if i == iid
+                    },
+                }
+                rows.append((instrument_key(iid), json.dumps(state).encode()))
+            for iid, iv in sorted(part.dirty_bars):
+                rows.append((bars_key(iid, iv), json.dumps(list(part.recent[(iid, iv)])).encode()))
+            meta = {
+                "watermark": engine.watermark,
+                "late": engine.late_count,
+                "offset": part.offset,
+                "instruments": sorted(part.instruments()),
+            }
+            rows.append((partition_key(p), json.dumps(meta).encode()))
+            out[p] = rows
+            part.dirty.clear()
+            part.dirty_bars.clear()
+            part.changed = False
+        return out
+
+    def evict(self, partitions: set[int]) -> list[int]:
+        gone = [p for p in partitions if p in self.partitions]
+        for p in gone:
+            del self.partitions[p]
+        return gone
