@@ -1,0 +1,122 @@
+"""Baselines: what a window usually looks like at this time of day, per instrument, over the
+last N sessions (see "Institutional flow detection" in ../shared/design.md). No Faust here.
+
+A window's session is the trading day it falls in, counted from a configurable session start
+(time of day, UTC; per venue, since CME's day starts at 17:00 Chicago and Nasdaq's at midnight);
+its bucket is its offset within the session, in windows. Per (instrument, bucket), the baseline
+keeps the values of log volume, TFI and OFI from the last `sessions` sessions, at most one per
+session, and reports their mean, standard deviation (population, floored so a quiet history
+cannot make every small move extreme) and count. `update` comes after the window is scored, and
+`stats` excludes the window's own session, so a window never sees itself in its baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+DAY_NS: Final = 86_400_000_000_000
+METRICS: Final = ("log_volume", "tfi", "ofi")
+# Floors of the standard deviation, per metric: log volume in natural-log units (0.25: about
+# ±28% volume), TFI in [-1, 1], OFI in contracts.
+DEFAULT_STD_FLOORS: Final = {"log_volume": 0.25, "tfi": 0.05, "ofi": 1.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    mean: float
+    std: float  # floored
+    n: int
+
+    def z(self, value: float) -> float:
+        return (value - self.mean) / self.std
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "n": self.n}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClock:
+    """Where a window falls: (session number, bucket) from its start time."""
+
+    interval_ns: int
+    session_start_ns: int = 0  # time of day, UTC, at which a session starts
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.session_start_ns < DAY_NS:
+            raise ValueError("a session start is a time of day")
+        if self.interval_ns <= 0 or DAY_NS % self.interval_ns:
+            raise ValueError("the pressure interval must divide a day")
+
+    def place(self, ts: int) -> tuple[int, int]:
+        shifted = ts - self.session_start_ns
+        return shifted // DAY_NS, (shifted % DAY_NS) // self.interval_ns
+
+
+@dataclass
+class _History:
+    # (session, {metric: value}) of the most recent sessions, oldest first
+    rows: deque[tuple[int, dict[str, float]]] = field(default_factory=deque)
+
+
+class Baselines:
+    def __init__(
+        self,
+        sessions: int = 20,
+        std_floors: dict[str, float] | None = None,
+    ) -> None:
+        if sessions < 1:
+            raise ValueError("a baseline needs at least one session")
+        self.sessions = sessions
+        self.floors = {**DEFAULT_STD_FLOORS, **(std_floors or {})}
+        self._h: dict[tuple[int, int], _History] = {}
+
+    def stats(self, instrument_id: int, bucket: int, session: int) -> dict[str, Stat] | None:
+        """Mean, floored std and count of each metric over the sessions before `session`;
+        None with no history."""
+        h = self._h.get((instrument_id, bucket))
+        if h is None:
+            return None
+        rows = [v for s, v in h.rows if s < session][-self.sessions :]
+        if not rows:
+            return None
+        out = {}
+        for m in METRICS:
+            xs = [r[m] for r in rows]
+            mean = math.fsum(xs) / len(xs)
+            var = math.fsum((x - mean) ** 2 for x in xs) / len(xs)
+            out[m] = Stat(mean, max(math.sqrt(var), self.floors[m]), len(xs))
+        return out
+
+    def update(
+        self, instrument_id: int, bucket: int, session: int, values: dict[str, float]
+    ) -> bool:
+        """Record a scored window's values; False if this session was already recorded (a
+        window seen again after a restart), which changes nothing."""
+        h = self._h.setdefault((instrument_id, bucket), _History())
+        if any(s == session for s, _ in h.rows):
+            return False
+        h.rows.append((session, {m: float(values[m]) for m in METRICS}))
+        # Sessions may arrive out of order (a backfill of older files): keep them sorted and
+        # keep one more than needed, since `stats` leaves the scored session out.
+        if len(h.rows) > 1 and h.rows[-2][0] > session:
+            h.rows = deque(sorted(h.rows, key=lambda r: r[0]))
+        while len(h.rows) > self.sessions + 1:
+            h.rows.popleft()
+        return True
+
+    def keys(self) -> list[tuple[int, int]]:
+        return list(self._h)
+
+    def export(self, instrument_id: int, bucket: int) -> list[list[Any]]:
+        return [[s, v] for s, v in self._h[(instrument_id, bucket)].rows]
+
+    def restore(self, instrument_id: int, bucket: int, rows: list[list[Any]]) -> None:
+        self._h[(instrument_id, bucket)] = _History(deque((int(s), dict(v)) for s, v in rows))
+
+
+def window_values(volume: int, tfi: float, ofi: int) -> dict[str, float]:
+    """The metrics a window contributes to its baseline."""
+    return {"log_volume": math.log1p(volume), "tfi": tfi, "ofi": float(ofi)}
