@@ -63,7 +63,7 @@ async def make_bars(stream):  # type: ignore[no-untyped-def]
                 continue
             rows = []
             if batch is not None:
-                iid, records = batch
+                iid, records, _ = batch
                 rows += bar_set.add(msg.partition, offset, iid, records)
                 metrics.records_processed.labels(AGENT).inc(len(records))
             if bound is not None:

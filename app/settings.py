@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
+
+if TYPE_CHECKING:
+    from tables.ifd import IfdConfig
 
 Guarantee = Literal["at_least_once", "exactly_once"]
 
@@ -41,6 +44,15 @@ class Settings(BaseModel, frozen=True):
     bar_intervals: str = Field("1m,5m,15m", description="TAPESTREAM_BAR_INTERVALS")
     allowed_lateness: float = Field(2.0, ge=0, le=3600, description="TAPESTREAM_ALLOWED_LATENESS")
     session_timeout: float = Field(10.0, ge=6, le=300, description="TAPESTREAM_SESSION_TIMEOUT")
+    pressure_interval: str = Field("5m", description="TAPESTREAM_PRESSURE_INTERVAL")
+    large_trade_size: int = Field(50, ge=1, description="TAPESTREAM_LARGE_TRADE_SIZE")
+    session_start: str = Field("00:00", description="TAPESTREAM_SESSION_START")
+    baseline_sessions: int = Field(20, ge=1, le=400, description="TAPESTREAM_BASELINE_SESSIONS")
+    signal_z_volume: float = Field(2.0, gt=0, description="TAPESTREAM_SIGNAL_Z_VOLUME")
+    signal_z_flow: float = Field(2.0, gt=0, description="TAPESTREAM_SIGNAL_Z_FLOW")
+    signal_volume_floor: int = Field(100, ge=0, description="TAPESTREAM_SIGNAL_VOLUME_FLOOR")
+    signal_min_sessions: int = Field(5, ge=1, description="TAPESTREAM_SIGNAL_MIN_SESSIONS")
+    signal_cooldown: float = Field(900.0, ge=0, description="TAPESTREAM_SIGNAL_COOLDOWN")
 
     @field_validator("broker")
     @classmethod
@@ -68,6 +80,46 @@ class Settings(BaseModel, frozen=True):
     @property
     def lateness_ns(self) -> int:
         return round(self.allowed_lateness * 1e9)
+
+    @field_validator("pressure_interval")
+    @classmethod
+    def _pressure_interval(cls, v: str) -> str:
+        from tables.bars import parse_interval
+
+        if 86_400_000_000_000 % parse_interval(v):
+            raise ValueError("must divide a day, as 1m, 5m or 15m do")
+        return v.strip()
+
+    @field_validator("session_start")
+    @classmethod
+    def _session_start(cls, v: str) -> str:
+        import re
+
+        m = re.fullmatch(r"([01][0-9]|2[0-3]):([0-5][0-9])", v.strip())
+        if not m:
+            raise ValueError("must be a UTC time of day as HH:MM, as in 22:00")
+        return v.strip()
+
+    def ifd_config(self) -> IfdConfig:
+        from tables.bars import parse_interval
+        from tables.ifd import IfdConfig
+        from tables.signals import SignalConfig
+
+        hh, mm = (int(x) for x in self.session_start.split(":"))
+        return IfdConfig(
+            interval_ns=parse_interval(self.pressure_interval),
+            lateness_ns=self.lateness_ns,
+            large_size=self.large_trade_size,
+            session_start_ns=(hh * 60 + mm) * 60_000_000_000,
+            sessions=self.baseline_sessions,
+            signal=SignalConfig(
+                z_volume=self.signal_z_volume,
+                z_flow=self.signal_z_flow,
+                volume_floor=self.signal_volume_floor,
+                min_sessions=self.signal_min_sessions,
+                cooldown_ns=round(self.signal_cooldown * 1e9),
+            ),
+        )
 
     @field_validator("store")
     @classmethod

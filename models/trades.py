@@ -68,9 +68,21 @@ def trades_from_mbo(records: np.ndarray) -> np.ndarray:
 _MESSAGE_COLUMNS: Final = ("publisher_id", "sequence", "ts_event", "ts_recv", "price", "size")
 
 
-def trades_from_message(key: bytes | None, value: bytes) -> tuple[int, np.ndarray]:
-    """(instrument_id, trades) of a `trades` topic message (models/book_events.py); ValueError
-    saying what is wrong with one that is not."""
+def trades_from_columns(message: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(trades, their book event numbers) of a trades message as the books agent builds it
+    (models/book_events.py), before or after JSON."""
+    side = message["side"]
+    out = empty_trades(len(side))
+    out["instrument_id"] = message["instrument_id"]
+    for name in _MESSAGE_COLUMNS:
+        out[name] = message[name]
+    out["side"] = np.frombuffer(side.encode("ascii"), np.uint8)
+    return out, np.asarray(message["event"], np.int64)
+
+
+def trades_from_message(key: bytes | None, value: bytes) -> tuple[int, np.ndarray, np.ndarray]:
+    """(instrument_id, trades, their book event numbers) of a `trades` topic message
+    (models/book_events.py); ValueError saying what is wrong with one that is not."""
     try:
         msg = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -86,20 +98,17 @@ def trades_from_message(key: bytes | None, value: bytes) -> tuple[int, np.ndarra
     if not isinstance(side, str) or not side.isascii():
         raise ValueError("side must be a string of B, A or N, one per trade")
     n = len(side)
-    out = empty_trades(n)
-    out["instrument_id"] = iid
-    for name in _MESSAGE_COLUMNS:
+    for name in (*_MESSAGE_COLUMNS, "event"):
         col = msg.get(name)
         if not isinstance(col, list) or len(col) != n:
             raise ValueError(f"{name} must be a list of {n} integers, one per trade")
         if not all(type(v) is int for v in col):
             raise ValueError(f"{name} holds a value that is not an integer")
         try:
-            out[name] = np.array(col, dtype=out.dtype[name])
+            np.array(col, dtype=np.int64 if name in ("price", "event") else TRADE_DTYPE[name])
         except OverflowError:
             raise ValueError(f"{name} holds an integer out of range for {name}") from None
-    codes = np.frombuffer(side.encode("ascii"), np.uint8)
-    if not np.isin(codes, np.array([ord("B"), ord("A"), ord("N")], np.uint8)).all():
+    if side.strip("BAN"):
         raise ValueError("side must be B, A or N for every trade")
-    out["side"] = codes
-    return iid, out
+    trades, events = trades_from_columns(msg)
+    return iid, trades, events

@@ -14,7 +14,8 @@ mid, or with a side of the book empty, to the tick rule (a price above the last 
 price: buy; below: sell; the first trade of an instrument: unclassified, counted in neither).
 
 OFI, Cont, Kukanov & Stoikov (2014), over consecutive top-of-book states n-1, n:
-    e_n = [Pb_n >= Pb_n-1] qb_n - [Pb_n <= Pb_n-1] qb_n-1 - [Pa_n <= Pa_n-1] qa_n + [Pa_n >= Pa_n-1] qa_n-1
+    e_n = [Pb_n >= Pb_n-1] qb_n - [Pb_n <= Pb_n-1] qb_n-1
+        - [Pa_n <= Pa_n-1] qa_n + [Pa_n >= Pa_n-1] qa_n-1
 in contracts (shares). A side that is empty in either state contributes nothing to that step.
 """
 

@@ -62,6 +62,7 @@ class ReplaySummary:
     topic: str
     files: list[FileSummary] = field(default_factory=list)
     instruments: set[int] = field(default_factory=set)
+    markers: int = 0  # watermark markers sent (header only; not counted as messages)
     seconds: float = 0.0
 
     @property
@@ -79,6 +80,7 @@ class ReplaySummary:
             "records": self.records,
             "messages": self.messages,
             "instruments": len(self.instruments),
+            "markers": self.markers,
             "seconds": round(self.seconds, 3),
             "records_per_s": round(self.records / self.seconds) if self.seconds > 0 else None,
         }
@@ -169,6 +171,7 @@ class _Sender:
                     self.topic, b"", partition=p, headers=self.wm.stamp(p, bound)
                 )
                 self.in_flight.append((fut, 0, None))
+                self.summary.markers += 1
 
     async def _settle(self, keep: int) -> None:
         while len(self.in_flight) > keep:

@@ -30,7 +30,14 @@ def test_replay_real_file(deployment: Deployment, broker: str, path: Path) -> No
     assert run.returncode == 0, run.stderr
     summary = orjson.loads(run.stdout.strip().splitlines()[-1])
     assert summary["records"] == len(want)
-    msgs = consume_all(broker, f"{deployment.prefix}mbo.raw", expect_messages=summary["messages"])
+    total = summary["messages"] + summary["markers"]
+    msgs = consume_all(broker, f"{deployment.prefix}mbo.raw", expect_messages=total)
+    assert len(msgs) == total
+    # Watermark markers (no key, no records): at least the last one of every partition.
+    markers = [m for m in msgs if m[0] is None]
+    assert all(m[1] == b"" for m in markers)
+    assert {m[2] for m in markers} == set(range(4))
+    msgs = [m for m in msgs if m[0] is not None]
     assert len(msgs) == summary["messages"]
     by_instrument: dict[int, list[np.ndarray]] = {}
     # one instrument lives on one partition, so partition order is its order
