@@ -72,3 +72,18 @@ class IfdStage:
             if scored.signal is not None:
                 out.append((SIGNALS, scored.signal))
         return out
+
+    def baseline_rows(self) -> list[dict[str, Any]]:
+        """Each (instrument, bucket)'s baseline as the next session would see it."""
+        rows = []
+        for iid, bucket in sorted(self.signals.baselines.keys()):
+            stats = self.signals.baselines.stats(iid, bucket, 1 << 62)
+            if stats is not None:
+                rows.append(
+                    {
+                        "instrument_id": iid,
+                        "bucket": bucket,
+                        **{m: st.as_dict() for m, st in stats.items()},
+                    }
+                )
+        return rows

@@ -26,13 +26,15 @@ from app.commands import exit_with
 from app.faust_app import app
 from app.feeds.batching import Batch, Batcher
 from app.feeds.mbo_files import InputError, open_mbo
+from app.feeds.watermarks import SourceWatermarks
 from app.progress import Progress
 from app.settings import Settings
 from models import book_events
 from models.bar_events import INDICATORS, LATE_TRADES, bars_topic
-from models.trades import trades_from_mbo
+from models.trades import empty_trades, trades_from_columns, trades_from_mbo
 from tables.bar_state import BarStage
 from tables.book_state import BookSet
+from tables.ifd import PRESSURE, SIGNALS, IfdStage
 from tables.instrument_stats import InstrumentStats
 
 # Levels per side in books.table.jsonl (the live view's default depth).
@@ -103,15 +105,17 @@ class _BooksStage:
             book_events.TRADES: [],
         }
 
-    def on_batch(self, batch: Batch) -> None:
+    def on_batch(self, batch: Batch) -> dict[str, dict]:
         iid = batch.instrument_id
         if not self.books.loaded(iid):
             self.books.load(iid, 0, {}.get)
         pos = self.positions[iid] = self.positions.get(iid, -1) + 1
         applied = self.books.process(iid, batch.records, pos)
         assert applied is not None
-        for base, message in book_events.messages(iid, applied, self.books).items():
+        out = book_events.messages(iid, applied, self.books)
+        for base, message in out.items():
             self.topics[base].append(message)
+        return out
 
     def table_rows(self) -> list[dict[str, Any]]:
         rows = []
@@ -150,6 +154,36 @@ class _BarsStage:
         return self.stage.indicator_rows()
 
 
+class _IfdStage:
+    """Pressure and signals from what the books publish for each message, windows closed by
+    the same source bound replay stamps on messages (app/feeds/watermarks.py), so that a
+    batch the batcher still holds is never late."""
+
+    table = "baselines"
+
+    def __init__(self, settings: Settings) -> None:
+        self.stage = IfdStage(settings.ifd_config())
+        self.topics: dict[str, list[dict[str, Any]]] = {PRESSURE: [], SIGNALS: []}
+
+    def on_messages(self, iid: int, messages: dict[str, dict]) -> None:
+        trades_msg, bbo = messages.get(book_events.TRADES), messages.get(book_events.BBO)
+        if trades_msg is None and bbo is None:
+            return
+        if trades_msg is not None:
+            trades, events = trades_from_columns(trades_msg)
+        else:
+            trades, events = empty_trades(), np.zeros(0, np.int64)
+        self.stage.add(iid, trades, events, bbo)
+
+    def advance(self, bound: int | None) -> None:
+        if bound is not None:
+            for topic, row in self.stage.advance(bound):
+                self.topics[topic].append(row)
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        return self.stage.baseline_rows()
+
+
 def backfill_files(
     paths: Sequence[str],
     settings: Settings,
@@ -160,8 +194,11 @@ def backfill_files(
     files = [open_mbo(p) for p in paths]
     books = _BooksStage()
     bars = _BarsStage(settings)
-    stages: list[Any] = [_InstrumentsStage(), books]
+    ifd = _IfdStage(settings)
+    instruments = _InstrumentsStage()
+    stages: list[Any] = [instruments, books]
     result = BackfillResult()
+    source = SourceWatermarks(1)
     remaining = limit
     t0 = time.monotonic()
 
@@ -169,8 +206,8 @@ def backfill_files(
         for b in batches:
             result.messages += 1
             result.records += len(b.records)
-            for stage in stages:
-                stage.on_batch(b)
+            instruments.on_batch(b)
+            ifd.on_messages(b.instrument_id, books.on_batch(b))
 
     for f in files:
         bar = Progress(f.path.name, f.size, enabled=progress)
@@ -181,10 +218,14 @@ def backfill_files(
                 remaining -= len(chunk)
             bars.on_records(chunk)
             feed(batcher.add(chunk))
+            if len(chunk):
+                source.read(int(chunk["ts_recv"].max()))
+            ifd.advance(source.bounds(batcher).get(0))
             bar.update(f.bytes_read, result.records)
             if remaining == 0:
                 break
         feed(batcher.flush_all())
+        ifd.advance(source.read_through)
         bar.update(f.bytes_read, result.records, force=True)
         bar.close()
         if remaining == 0:
@@ -194,6 +235,8 @@ def backfill_files(
         result.topics.update(getattr(stage, "topics", {}))
     result.tables[bars.table] = bars.table_rows()
     result.row_topics.update(bars.topics)
+    result.tables[ifd.table] = ifd.table_rows()
+    result.row_topics.update(ifd.topics)
     result.seconds = time.monotonic() - t0
     return result
 

@@ -248,3 +248,73 @@ def test_pressure_lateness_and_large_trades() -> None:
     late = _trades([(T0 + 3, 100, 1, ord("B"))])
     late["ts_recv"] = T0 + WINDOW + 3_000_000_000
     assert p.add(1, FlowState().flow(late, np.arange(1), None)) == 1
+
+
+def test_quote_rule_on_real_itch_trades_agrees_with_databento_books() -> None:
+    """ARL (Nasdaq ITCH): 35 of its 46 trades have side N. Each is classified against the mid
+    of the book before its event; Databento's own MBP-10 rows (the expected file) give that
+    book independently."""
+    import csv
+    from decimal import Decimal
+
+    from app.feeds.batching import Batcher
+    from app.feeds.mbo_files import read_all
+    from models import book_events
+    from models.trades import trades_from_columns
+    from tables.book_state import BookSet
+    from tests.conftest import ARL_MBO_CSV, ARL_MBP10_CSV, require
+
+    records = read_all(require(ARL_MBO_CSV))
+    books, flows = BookSet(), FlowState()
+    signs: list[int] = []
+    sides: list[int] = []
+    for pos, batch in enumerate([*Batcher(1).add(records), *Batcher(1).flush_all()]):
+        iid = batch.instrument_id
+        if not books.loaded(iid):
+            books.load(iid, 0, {}.get)
+        applied = books.process(iid, batch.records, pos)
+        out = book_events.messages(iid, applied, books)
+        if "trades" in out or "bbo" in out:
+            t, ev = trades_from_columns(out["trades"]) if "trades" in out else (_trades([]), [])
+            f = flows.flow(t, np.asarray(ev, np.int64), out.get("bbo"))
+            signs += f.sign.tolist()
+            sides += t["side"].tolist()
+    assert len(signs) == 46
+    with open(require(ARL_MBP10_CSV)) as fh:
+        rows = [r for r in csv.DictReader(fh) if r["action"] == "T"]
+    last_px = None
+    last_dir = 0
+    checked = 0
+    for row, sign, side in zip(rows, signs, sides, strict=True):
+        px = Decimal(row["price"])
+        if last_px is not None and px != last_px:
+            last_dir = 1 if px > last_px else -1
+        last_px = px
+        if side != ord("N"):
+            assert sign == (BUY if side == ord("B") else SELL)
+            continue
+        bid, ask = row["bid_px_00"], row["ask_px_00"]
+        want = last_dir
+        if bid and ask:
+            rel = 2 * px - Decimal(bid) - Decimal(ask)
+            want = (rel > 0) - (rel < 0) or last_dir
+        assert sign == want, row[""]
+        checked += 1
+    assert checked == 35
+
+
+def test_backfill_pressure_and_signals_do_not_depend_on_batch_size(tmp_path) -> None:
+    from app.commands.backfill import backfill_files
+    from app.settings import load_settings
+    from load_tests.gen_mbo import GenConfig, write
+
+    path = tmp_path / "g.mbo.dbn.zst"
+    write(path, GenConfig(records=120_000, instruments=5, events_per_second=100, seed=11))
+    got = []
+    for batch in ("300", "4096"):
+        s = load_settings({"TAPESTREAM_BATCH_RECORDS": batch, "TAPESTREAM_PRESSURE_INTERVAL": "1m"})
+        r = backfill_files([str(path)], s, progress=False)
+        got.append((r.row_topics["pressure"], r.row_topics["signals"], r.tables["baselines"]))
+    assert len(got[0][0]) > 30
+    for a, b in zip(got[0], got[1], strict=True):
+        assert sorted(a, key=repr) == sorted(b, key=repr)
