@@ -107,7 +107,8 @@ class Baselines:
             h.rows.popleft()
         return True
 
-    def keys(self) -> list[tuple[int, int]]:
+    def buckets(self) -> list[tuple[int, int]]:
+        """Every (instrument, bucket) with history."""
         return list(self._h)
 
     def export(self, instrument_id: int, bucket: int) -> list[list[Any]]:

@@ -76,7 +76,7 @@ class IfdStage:
     def baseline_rows(self) -> list[dict[str, Any]]:
         """Each (instrument, bucket)'s baseline as the next session would see it."""
         rows = []
-        for iid, bucket in sorted(self.signals.baselines.keys()):
+        for iid, bucket in sorted(self.signals.baselines.buckets()):
             stats = self.signals.baselines.stats(iid, bucket, 1 << 62)
             if stats is not None:
                 rows.append(

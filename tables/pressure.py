@@ -56,6 +56,14 @@ class FlowState:
     last_px: int | None = None  # the last trade price
     last_dir: int = 0  # the direction of the last price change (the tick rule's answer)
 
+    def export(self) -> list[Any]:
+        return [list(self.bbo) if self.bbo is not None else None, self.last_px, self.last_dir]
+
+    @classmethod
+    def restore(cls, state: list[Any]) -> FlowState:
+        bbo, last_px, last_dir = state
+        return cls(tuple(bbo) if bbo is not None else None, last_px, last_dir)  # type: ignore[arg-type]
+
     def flow(
         self, trades: np.ndarray, trade_events: np.ndarray, bbo: dict[str, Any] | None
     ) -> Flow:
@@ -278,6 +286,17 @@ class PressureEngine:
                 acc.ofi += int(e[m].sum())
                 acc.ofi_steps += int(m.sum())
         return self.late_count - late_before
+
+    def export(self, instrument_id: int) -> list[list[Any]]:
+        """The instrument's open windows, as JSON-able rows (sums can pass 64 bits)."""
+        return [
+            [start, *acc.to_list()] for (i, start), acc in self._open.items() if i == instrument_id
+        ]
+
+    def restore(self, instrument_id: int, rows: list[list[Any]]) -> None:
+        for start, *values in rows:
+            self._open[(instrument_id, start)] = _Acc(*values)
+            heapq.heappush(self._ends, (start + self.interval_ns, instrument_id))
 
     def close(self) -> list[PressureWindow]:
         out = []

@@ -318,3 +318,38 @@ def test_backfill_pressure_and_signals_do_not_depend_on_batch_size(tmp_path) -> 
     assert len(got[0][0]) > 30
     for a, b in zip(got[0], got[1], strict=True):
         assert sorted(a, key=repr) == sorted(b, key=repr)
+
+
+def test_ifd_state_restored_from_a_checkpoint_goes_on_as_if_never_stopped() -> None:
+    from tables.ifd_state import IfdSet
+
+    windows = scenario(PLANTS)
+    cfg = IfdConfig()
+
+    def feed(ifd: IfdSet, part: list) -> list:
+        out = []
+        for rows in part:
+            for iid in INSTRUMENTS:
+                mine = [r[1:] for r in rows if r[0] == iid]
+                t = _trades(mine)
+                t["instrument_id"] = iid
+                ifd.add(0, iid, t, np.arange(len(t)), None)
+            out += ifd.advance(0, rows[-1][1])
+        return out
+
+    whole = IfdSet(cfg)
+    whole.load(0, {}.get)
+    want = feed(whole, windows)
+    cut = len(windows) * 2 // 3
+    first = IfdSet(cfg)
+    first.load(0, {}.get)
+    got = feed(first, windows[:cut])
+    store: dict[bytes, bytes] = {}
+    for _ in range(2):  # the second checkpoint writes nothing new
+        for rows in first.checkpoint().values():
+            store.update((k, v) for k, v in rows if v is not None)
+    again = IfdSet(cfg)
+    again.load(0, store.get)
+    got += feed(again, windows[cut:])
+    assert got == want
+    assert again.recent_signals(11) == whole.recent_signals(11)
