@@ -1,7 +1,9 @@
-"""Order books and instrument counts from the raw MBO topic: `book.deltas`, `bbo` and `trades`
-out, books (tables/book_state.py) and counts (tables/instrument_stats.py) kept as checkpointed
-table state. One agent reads the raw topic once for both: Faust's cost per message is what
-limits a worker, not the counting.
+"""Order books, instrument counts and institutional flow from the raw MBO topic: `book.deltas`,
+`bbo`, `trades`, `pressure` and `signals` out; books (tables/book_state.py), counts
+(tables/instrument_stats.py) and IFD state (tables/ifd_state.py) kept as checkpointed table
+state. One agent reads the raw topic once for all three: Faust's cost per message is what limits
+a worker, not the counting; and IFD needs each trade with the top of book it met, in the book's
+own order, which no agent reading `trades` and `bbo` separately could be sure of.
 
 Books and counts live in memory; the `books` and `instrument-stats` tables hold their
 checkpoint, written at the commit boundary (app/checkpoints.py says how, and why nothing is lost
@@ -20,20 +22,25 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
+import orjson
 from faust.types import TP
 
 from app import metrics
 from app.checkpoints import Checkpointer
 from app.dead_letters import send_dead_letter
-from app.faust_app import app
+from app.faust_app import app, settings
 from app.feeds.watermarks import SOURCE_OFFSET_HEADER, WM_HEADER, encode_ns, header
-from app.topics import BOOK_TOPICS, RAW_MBO, ensure_declared, raw_mbo
+from app.topics import BOOK_TOPICS, IFD_TOPICS, RAW_MBO, ensure_declared, raw_mbo
 from models import book_events
-from models.book_events import TRADES
+from models.book_events import BBO, TRADES
 from models.mbo import MalformedMessage, parse_message
+from models.trades import empty_trades, trades_from_columns
 from tables.book_state import BookSet, warm_up
 from tables.declarations import books as books_table
+from tables.declarations import ifd as ifd_table
 from tables.declarations import instrument_stats as stats_table
+from tables.ifd_state import IfdSet
 from tables.instrument_stats import StatsSet
 
 AGENT = "books"
@@ -41,7 +48,10 @@ log = logging.getLogger(__name__)
 
 book_set = BookSet()
 stats_set = StatsSet()
-checkpoints = Checkpointer(app, AGENT, [(books_table, book_set), (stats_table, stats_set)])
+ifd_set = IfdSet(settings.ifd_config())
+checkpoints = Checkpointer(
+    app, AGENT, [(books_table, book_set), (stats_table, stats_set), (ifd_table, ifd_set)]
+)
 # Per partition, the source's bound (ts_recv ns) and the last one passed on to `trades`.
 source_bound: dict[int, int] = {}
 passed_on: dict[int, int] = {}
@@ -67,7 +77,7 @@ def ensure_loaded(instrument_id: int, partition: int) -> None:
 
 @app.agent(raw_mbo, name=AGENT)
 async def maintain_books(stream):  # type: ignore[no-untyped-def]
-    for topic in BOOK_TOPICS.values():
+    for topic in (*BOOK_TOPICS.values(), *IFD_TOPICS.values()):
         await ensure_declared(topic)
     async for event in stream.noack().events():
         async with checkpoints.state_lock:
@@ -77,8 +87,11 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
             bound = header(event.message.headers, WM_HEADER)
             if bound is not None and bound > source_bound.get(partition, bound - 1):
                 source_bound[partition] = bound
+            if not ifd_set.loaded(partition):
+                ifd_set.load(partition, ifd_table.get)
             if not event.value and event.key is None and bound is not None:
                 _pass_on(partition, offset, 0)  # a marker
+                _advance_ifd(partition, bound)
                 continue
             try:
                 records = parse_message(event.key, event.value)
@@ -105,8 +118,23 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
                 )
             if TRADES not in out:
                 _pass_on(partition, offset, PASS_ON_STEP_NS)
+            if TRADES in out or BBO in out:
+                if TRADES in out:
+                    trades, events = trades_from_columns(out[TRADES])
+                else:
+                    trades, events = empty_trades(), np.zeros(0, np.int64)
+                ifd_set.add(partition, iid, trades, events, out.get(BBO))
+            if bound is not None:
+                _advance_ifd(partition, bound)
             metrics.records_processed.labels(AGENT).inc(len(records))
             metrics.messages_processed.labels(AGENT).inc()
+
+
+def _advance_ifd(partition: int, bound: int) -> None:
+    for topic, row in ifd_set.advance(partition, bound):
+        IFD_TOPICS[topic].send_soon(
+            key=str(row["instrument_id"]).encode(), value=orjson.dumps(row), partition=partition
+        )
 
 
 def _trade_headers(partition: int, offset: int) -> list[tuple[str, bytes]]:

@@ -12,6 +12,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from app.faust_app import app, settings
 from app.transport import output_sources
 from models.bar_events import INDICATORS, LATE_TRADES, bars_topic
+from tables.ifd import PRESSURE, SIGNALS
 
 # Raw Databento MBO: each value is one or more consecutive 56-byte MBO records of one
 # instrument, normally ending at an F_LAST boundary (see app/feeds/batching.py).
@@ -60,10 +61,15 @@ BAR_TOPICS = {
 }
 for _out in BAR_TOPICS.values():
     output_sources[_out.get_topic_name()] = trades.get_topic_name()
+# What the books agent publishes for institutional flow detection: JSON, one message per closed
+# pressure window or signal (README, "Institutional flow detection", describes them).
+IFD_TOPICS = {name: _topic(settings.topic(name)) for name in (PRESSURE, SIGNALS)}
+for _out in IFD_TOPICS.values():
+    output_sources[_out.get_topic_name()] = RAW_MBO
 
 # Topics agents only write. The worker declares the topics it consumes; these it declares at
 # start, and `ensure_declared` covers a send that comes before that task has run.
-OUTPUT_TOPICS = [dead_letters, book_deltas, bbo, trades, *BAR_TOPICS.values()]
+OUTPUT_TOPICS = [dead_letters, book_deltas, bbo, trades, *BAR_TOPICS.values(), *IFD_TOPICS.values()]
 _declared: set[str] = set()
 
 

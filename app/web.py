@@ -6,6 +6,7 @@ GET /books/                       every instrument's books with their BBO (from 
 GET /books/{instrument_id}/?depth=N  top N levels of each of the instrument's books (owner)
 GET /bars/{instrument_id}/?interval=1m&limit=N  its latest N closed bars, oldest first (owner)
 GET /indicators/{instrument_id}/?interval=1m    its indicators after its latest bar (owner)
+GET /signals/?instrument_id=&limit=N  the latest N signals, newest first (from all workers)
 GET /metrics                      Prometheus metrics (Faust's and tapestream's)
 GET /health                       200 once the worker is up
 """
@@ -23,7 +24,7 @@ from faust.web import Request, Response, View
 from faust.web import exceptions as web_exceptions
 
 from agents.bars import bar_set
-from agents.books import book_set, checkpoints, ensure_loaded
+from agents.books import book_set, checkpoints, ensure_loaded, ifd_set
 from app.faust_app import app
 from app.topics import partition_of
 from models.mbo import instrument_key
@@ -31,6 +32,7 @@ from tables.bar_state import bars_key
 from tables.bars import interval_name, parse_interval
 from tables.declarations import bars as bars_table
 from tables.declarations import books as books_table
+from tables.declarations import ifd as ifd_table
 from tables.declarations import instrument_stats
 from tables.instrument_stats import InstrumentStats
 
@@ -53,9 +55,9 @@ def _peer_urls() -> list[str]:
 
 
 async def _fetch_peer(
-    session: aiohttp.ClientSession, url: str, path: str, field: str
+    session: aiohttp.ClientSession, url: str, path: str, field: str, params: dict[str, str]
 ) -> list[dict[str, Any]]:
-    async with session.get(f"{url}{path}", params={"scope": "local"}) as resp:
+    async with session.get(f"{url}{path}", params={**params, "scope": "local"}) as resp:
         resp.raise_for_status()
         body = await resp.json()
         return list(body[field])
@@ -73,8 +75,9 @@ async def _gather(
         peers = _peer_urls()
         if peers:
             async with aiohttp.ClientSession(timeout=PEER_TIMEOUT) as session:
+                params = {k: v for k, v in request.query.items() if k != "scope"}
                 results = await asyncio.gather(
-                    *(_fetch_peer(session, u, path, field) for u in peers),
+                    *(_fetch_peer(session, u, path, field, params) for u in peers),
                     return_exceptions=True,
                 )
             for url, res in zip(peers, results, strict=True):
@@ -219,6 +222,39 @@ class IndicatorsView(_BarView):
             ind = json.loads(saved)["indicators"].get(interval_name(iv)) if saved else None
             values = {"bars": ind["count"], **ind["values"]} if ind else None
         return values
+
+
+@app.page("/signals/")
+class SignalsView(View):
+    """Signals from every worker: each keeps its instruments' latest, in memory once the
+    partition has had a message here, else as last checkpointed."""
+
+    async def get(self, request: Request) -> Response:
+        raw_iid = request.query.get("instrument_id", "")
+        if raw_iid and not raw_iid.isdigit():
+            return self.json({"error": f"not an instrument id: {raw_iid!r}"}, status=400)
+        raw_limit = request.query.get("limit", "100")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= ifd_set.keep:
+            error = f"limit must be an integer from 1 to {ifd_set.keep}, not {raw_limit!r}"
+            return self.json({"error": error}, status=400)
+        iid = int(raw_iid) if raw_iid else None
+        items, errors = await _gather(request, "/signals/", "signals", _local_signals(iid))
+        items.sort(key=lambda s: (s["start"], s["instrument_id"], s["direction"]), reverse=True)
+        items = items[: int(raw_limit)]
+        return self.json(_with_errors({"signals": items, "count": len(items)}, errors))
+
+
+def _local_signals(iid: int | None) -> list[dict[str, Any]]:
+    out = ifd_set.recent_signals(iid)
+    for key, value in list(ifd_table.items()):
+        if not key.endswith(b"/signals") or value is None:
+            continue
+        owner = int(key.split(b"/", 1)[0])
+        if (iid is None or owner == iid) and not ifd_set.loaded(
+            partition_of(key[: key.index(b"/")])
+        ):
+            out.extend(json.loads(value))
+    return out
 
 
 @app.page("/instruments/{instrument_id}/")

@@ -30,3 +30,5 @@ instrument_stats = _bytes_table("instrument-stats", "record and action counts pe
 books = _bytes_table("books", "L3 order books: per-instrument meta and pages of orders")
 # Bars, indicators and recent bars per partition (tables/bar_state.py gives the keys).
 bars = _bytes_table("bars", "open bar windows, indicator state and recent bars per instrument")
+# Institutional flow detection per partition (tables/ifd_state.py gives the keys).
+ifd = _bytes_table("ifd", "pressure windows, baselines, cooldowns and recent signals")

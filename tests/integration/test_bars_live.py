@@ -33,18 +33,19 @@ def bars_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 
 
 def _key(topic: str, row: dict[str, Any]) -> tuple:
-    return (topic, row["instrument_id"], row["interval"], row["start"])
+    """What identifies a derived row: a repeat under at-least-once has the same key."""
+    return (topic, row["instrument_id"], row["interval"], row["start"], row.get("direction", ""))
 
 
-def _live_rows(d: Deployment, want: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    """Every row of the bars and indicators topics (read_committed), repeats dropped once
-    they are checked to be identical; waits until as many as backfill made have arrived."""
+def live_rows(d: Deployment, want: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Every row of the topics `want` names (read_committed), repeats dropped once they are
+    checked to be identical; waits until as many as backfill made have arrived."""
     bootstrap = d.base_env["KAFKA_BROKER"].removeprefix("kafka://")
     expected = sum(len(v) for v in want.values())
     deadline = time.monotonic() + 180
     while True:
         seen: dict[tuple, dict] = {}
-        for topic in TOPICS:
+        for topic in want:
             for _, value, _, _ in consume_all(bootstrap, f"{d.prefix}{topic}", timeout=30):
                 row = orjson.loads(value)
                 k = _key(topic, row)
@@ -52,21 +53,29 @@ def _live_rows(d: Deployment, want: dict[str, list[dict]]) -> dict[str, list[dic
         if len(seen) >= expected or time.monotonic() > deadline:
             break
         time.sleep(2)
-    out: dict[str, list[dict]] = {t: [] for t in TOPICS}
+    out: dict[str, list[dict]] = {t: [] for t in want}
     for (topic, *_), row in sorted(seen.items(), key=lambda kv: kv[0]):
         out[topic].append(row)
     return out
 
 
-def _assert_same(got: dict[str, list[dict]], want: dict[str, list[dict]]) -> None:
-    for topic in TOPICS:
+def assert_same(got: dict[str, list[dict]], want: dict[str, list[dict]]) -> None:
+    for topic in want:
         w = sorted(want[topic], key=lambda r: _key(topic, r))
         assert len(got[topic]) == len(w), topic
         for g, e in zip(got[topic], w, strict=True):
             assert g == e, topic
 
 
-def _start(d: Deployment, partitions: str, batch: str, **extra: str) -> Worker:
+def replay_all(d: Deployment, w: Worker, path: Path, pace: list[str]) -> None:
+    """Once the worker is up, replay the whole file at `pace` and wait for it to finish."""
+    wait_for(w.alive, 30, "the worker up")
+    replay = d.replay(path, *pace)
+    _, err = replay.communicate(timeout=240)
+    assert replay.returncode == 0, err
+
+
+def start(d: Deployment, partitions: str, batch: str, **extra: str) -> Worker:
     d.base_env["TAPESTREAM_PARTITIONS"] = partitions
     d.base_env["TAPESTREAM_BATCH_RECORDS"] = batch
     return d.worker(**extra)
@@ -84,12 +93,9 @@ def test_live_bars_equal_backfill_at_any_pace_batch_and_partition_count(
     pace: list[str],
 ) -> None:
     path, want = bars_file
-    w = _start(deployment, partitions, batch)
-    wait_for(w.alive, 30, "the worker up")
-    replay = deployment.replay(path, *pace)
-    _, err = replay.communicate(timeout=180)
-    assert replay.returncode == 0, err
-    _assert_same(_live_rows(deployment, want), want)
+    w = start(deployment, partitions, batch)
+    replay_all(deployment, w, path, pace)
+    assert_same(live_rows(deployment, want), want)
 
     # The views serve the same bars, newest last, from the worker that owns the instrument.
     last = [r for r in want["bars.1m"] if r["instrument_id"] == want["bars.1m"][0]["instrument_id"]]
@@ -116,11 +122,11 @@ def test_a_kill9_mid_replay_changes_no_bar(
     deployment: Deployment, bars_file: tuple[Path, dict[str, list[dict]]], guarantee: str
 ) -> None:
     path, want = bars_file
-    w = _start(deployment, "4", "1000", TAPESTREAM_PROCESSING_GUARANTEE=guarantee)
+    w = start(deployment, "4", "1000", TAPESTREAM_PROCESSING_GUARANTEE=guarantee)
 
     def some_bars() -> bool:
         iid = want["bars.1m"][0]["instrument_id"]
         return w.get_raw(f"/bars/{iid}/?interval=1m").status_code == 200
 
     deployment.kill9_mid_replay(w, path, some_bars, keep_state=False, speed="100")
-    _assert_same(_live_rows(deployment, want), want)
+    assert_same(live_rows(deployment, want), want)

@@ -1,0 +1,74 @@
+"""Live pressure windows and signals through the broker and real workers equal backfill's,
+record for record, at full speed and at a pace, with different batch sizes and partition
+counts, and across a kill -9 of the worker; plus the /signals/ view."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.commands.backfill import backfill_files
+from app.settings import load_settings
+from load_tests.gen_mbo import GenConfig, write
+from tests.integration.conftest import Deployment
+from tests.integration.test_bars_live import assert_same, live_rows, replay_all, start
+
+# Three days of generated trading, so windows have baselines from earlier sessions; one session
+# of history is enough to score, and any volume counts, so that signals fire.
+IFD_ENV = {
+    "TAPESTREAM_PRESSURE_INTERVAL": "15m",
+    "TAPESTREAM_SIGNAL_MIN_SESSIONS": "1",
+    "TAPESTREAM_SIGNAL_VOLUME_FLOOR": "1",
+}
+TOPICS = ("pressure", "signals")
+
+
+@pytest.fixture(scope="module")
+def ifd_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[dict]]]:
+    path = tmp_path_factory.mktemp("gen") / "ifd.mbo.dbn.zst"
+    write(path, GenConfig(records=100_000, instruments=6, events_per_second=0.4, seed=4))
+    result = backfill_files([str(path)], load_settings(IFD_ENV), progress=False)
+    want = {t: result.row_topics[t] for t in TOPICS}
+    assert len(want["pressure"]) > 1000 and len(want["signals"]) > 20
+    return path, want
+
+
+@pytest.mark.parametrize(
+    ("partitions", "batch", "pace"),
+    [("4", "1000", ["--max"]), ("2", "300", ["--speed", "20000"])],
+)
+def test_live_pressure_and_signals_equal_backfill(
+    deployment: Deployment,
+    ifd_file: tuple[Path, dict[str, list[dict]]],
+    partitions: str,
+    batch: str,
+    pace: list[str],
+) -> None:
+    path, want = ifd_file
+    deployment.base_env.update(IFD_ENV)
+    w = start(deployment, partitions, batch)
+    replay_all(deployment, w, path, pace)
+    assert_same(live_rows(deployment, want), want)
+
+    order = lambda s: (s["start"], s["instrument_id"], s["direction"])  # noqa: E731
+    newest = sorted(want["signals"], key=order, reverse=True)
+    view = w.get("/signals/", limit=5)
+    assert [s["id"] for s in view["signals"]] == [s["id"] for s in newest[:5]]
+    iid = newest[0]["instrument_id"]
+    mine = w.get("/signals/", instrument_id=iid, limit=200)["signals"]
+    assert mine == [s for s in newest if s["instrument_id"] == iid]
+    assert w.get_raw("/signals/?instrument_id=x").status_code == 400
+    assert w.get_raw("/signals/?limit=0").status_code == 400
+
+
+def test_a_kill9_mid_replay_changes_no_signal(
+    deployment: Deployment, ifd_file: tuple[Path, dict[str, list[dict]]]
+) -> None:
+    path, want = ifd_file
+    deployment.base_env.update(IFD_ENV)
+    w = start(deployment, "4", "1000", TAPESTREAM_PROCESSING_GUARANTEE="exactly_once")
+    deployment.kill9_mid_replay(
+        w, path, lambda: w.get("/signals/")["count"] > 5, keep_state=False, speed="20000"
+    )
+    assert_same(live_rows(deployment, want), want)
