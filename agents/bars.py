@@ -1,5 +1,6 @@
-"""Bars and indicators from the `trades` topic: `bars.<interval>`, `indicators` and `trades.late`
-out, windows, indicator state and recent bars kept as checkpointed table state
+"""Bars, indicators and patterns from the `trades` topic: `bars.<interval>`, `indicators`,
+`signals` (patterns: tables/patterns.py) and `trades.late` out; windows, indicator and pattern
+state and recent bars kept as checkpointed table state
 (tables/bar_state.py, app/checkpoints.py).
 
 Windows close on the source watermark each trades message carries (app/feeds/watermarks.py),
@@ -25,22 +26,26 @@ from app.checkpoints import Checkpointer
 from app.dead_letters import send_dead_letter
 from app.faust_app import app, settings
 from app.feeds.watermarks import SOURCE_OFFSET_HEADER, WM_HEADER, header
-from app.topics import BAR_TOPICS, ensure_declared, trades
+from app.topics import BAR_TOPICS, IFD_TOPICS, ensure_declared, trades
 from models.trades import trades_from_message
 from tables.bar_state import BarSet
 from tables.declarations import bars as bars_table
+from tables.ifd import SIGNALS
 
 AGENT = "bars"
 log = logging.getLogger(__name__)
 
-bar_set = BarSet(settings.bar_intervals_ns, settings.lateness_ns)
+bar_set = BarSet(
+    settings.bar_intervals_ns, settings.lateness_ns, patterns=settings.pattern_config()
+)
 checkpoints = Checkpointer(app, AGENT, [(bars_table, bar_set)])
 TRADES = trades.get_topic_name()
+OUT_TOPICS = {**BAR_TOPICS, SIGNALS: IFD_TOPICS[SIGNALS]}  # patterns are signals too
 
 
 @app.agent(trades, name=AGENT)
 async def make_bars(stream):  # type: ignore[no-untyped-def]
-    for topic in BAR_TOPICS.values():
+    for topic in OUT_TOPICS.values():
         await ensure_declared(topic)
     async for event in stream.noack().events():
         async with checkpoints.state_lock:
@@ -69,7 +74,7 @@ async def make_bars(stream):  # type: ignore[no-untyped-def]
             if bound is not None:
                 rows += bar_set.advance(msg.partition, offset, bound)
             for topic, row in rows:
-                BAR_TOPICS[topic].send_soon(
+                OUT_TOPICS[topic].send_soon(
                     key=str(row["instrument_id"]).encode(),
                     value=orjson.dumps(row),
                     partition=msg.partition,

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 if TYPE_CHECKING:
     from tables.ifd import IfdConfig
+    from tables.patterns import PatternConfig
 
 Guarantee = Literal["at_least_once", "exactly_once"]
 
@@ -53,6 +54,12 @@ class Settings(BaseModel, frozen=True):
     signal_volume_floor: int = Field(100, ge=0, description="TAPESTREAM_SIGNAL_VOLUME_FLOOR")
     signal_min_sessions: int = Field(5, ge=1, description="TAPESTREAM_SIGNAL_MIN_SESSIONS")
     signal_cooldown: float = Field(900.0, ge=0, description="TAPESTREAM_SIGNAL_COOLDOWN")
+    pattern_lookback: int = Field(20, ge=1, le=1000, description="TAPESTREAM_PATTERN_LOOKBACK")
+    pattern_volume_factor: float = Field(3.0, gt=0, description="TAPESTREAM_PATTERN_VOLUME_FACTOR")
+    pattern_price_pct: float = Field(5.0, gt=0, description="TAPESTREAM_PATTERN_PRICE_PCT")
+    pattern_breakout_pct: float = Field(0.1, ge=0, description="TAPESTREAM_PATTERN_BREAKOUT_PCT")
+    pattern_rsi_high: float = Field(70.0, gt=0, lt=100, description="TAPESTREAM_PATTERN_RSI_HIGH")
+    pattern_rsi_low: float = Field(30.0, gt=0, lt=100, description="TAPESTREAM_PATTERN_RSI_LOW")
 
     @field_validator("broker")
     @classmethod
@@ -119,6 +126,18 @@ class Settings(BaseModel, frozen=True):
                 min_sessions=self.signal_min_sessions,
                 cooldown_ns=round(self.signal_cooldown * 1e9),
             ),
+        )
+
+    def pattern_config(self) -> PatternConfig:
+        from tables.patterns import PatternConfig
+
+        return PatternConfig(
+            lookback=self.pattern_lookback,
+            volume_factor=self.pattern_volume_factor,
+            price_pct=self.pattern_price_pct,
+            breakout_pct=self.pattern_breakout_pct,
+            rsi_high=self.pattern_rsi_high,
+            rsi_low=self.pattern_rsi_low,
         )
 
     @field_validator("store")

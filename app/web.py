@@ -39,6 +39,7 @@ from tables.instrument_stats import InstrumentStats
 log = logging.getLogger(__name__)
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=5)
 MAX_DEPTH = 1000
+MAX_SIGNALS = 1000
 
 setup_prometheus_sensors(app, pattern="/metrics")
 
@@ -234,26 +235,33 @@ class SignalsView(View):
         if raw_iid and not raw_iid.isdigit():
             return self.json({"error": f"not an instrument id: {raw_iid!r}"}, status=400)
         raw_limit = request.query.get("limit", "100")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= ifd_set.keep:
-            error = f"limit must be an integer from 1 to {ifd_set.keep}, not {raw_limit!r}"
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_SIGNALS:
+            error = f"limit must be an integer from 1 to {MAX_SIGNALS}, not {raw_limit!r}"
             return self.json({"error": error}, status=400)
         iid = int(raw_iid) if raw_iid else None
         items, errors = await _gather(request, "/signals/", "signals", _local_signals(iid))
-        items.sort(key=lambda s: (s["start"], s["instrument_id"], s["direction"]), reverse=True)
+        items.sort(
+            key=lambda s: (s["start"], s["instrument_id"], s["kind"], s["direction"]), reverse=True
+        )
         items = items[: int(raw_limit)]
         return self.json(_with_errors({"signals": items, "count": len(items)}, errors))
 
 
 def _local_signals(iid: int | None) -> list[dict[str, Any]]:
-    out = ifd_set.recent_signals(iid)
-    for key, value in list(ifd_table.items()):
-        if not key.endswith(b"/signals") or value is None:
-            continue
-        owner = int(key.split(b"/", 1)[0])
-        if (iid is None or owner == iid) and not ifd_set.loaded(
-            partition_of(key[: key.index(b"/")])
-        ):
-            out.extend(json.loads(value))
+    """Flow signals (kept by the books agent) and patterns (by the bars agent): from memory for
+    partitions loaded here, from their tables' checkpoints for the rest."""
+    out: list[dict[str, Any]] = []
+    for state, table, suffix in (
+        (ifd_set, ifd_table, b"/signals"),
+        (bar_set, bars_table, b"/patterns"),
+    ):
+        out += state.recent_signals(iid)
+        for key, value in list(table.items()):
+            if not key.endswith(suffix) or value is None:
+                continue
+            owner = key[: key.index(b"/")]
+            if (iid is None or int(owner) == iid) and not state.loaded(partition_of(owner)):
+                out.extend(json.loads(value))
     return out
 
 

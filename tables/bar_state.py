@@ -4,8 +4,9 @@ agent drives `BarSet` and writes what `checkpoint()` returns to its table; backf
 
 Table keys (bytes; values JSON, with the standard json module because window sums can exceed 64
 bits):
-  b"<iid>"              the instrument's open windows, price tracks and indicator state
+  b"<iid>"              the instrument's open windows, price tracks, indicator and pattern state
   b"<iid>/bars/<iv>"    its last `keep` bars of interval <iv> (what the /bars/ view serves)
+  b"<iid>/patterns"     its last `keep` pattern signals (served by /signals/)
   b"~partition/<p>"     the partition's watermark, late count, last input offset, instruments
 """
 
@@ -22,18 +23,24 @@ import numpy as np
 from models.bar_events import INDICATORS, LATE_TRADES, bars_topic, indicator_row, late_rows
 from models.mbo import instrument_key
 from tables.bars import BarEngine, interval_name, parse_interval
+from tables.ifd import SIGNALS
 from tables.indicators import Indicators
+from tables.patterns import PatternConfig, Patterns
 
 Row = tuple[str, dict[str, Any]]  # (topic base name, row)
 
 
 class BarStage:
-    """Bars with their indicators: trades in, rows for `bars.<iv>`, `indicators` and
-    `trades.late` out."""
+    """Bars with their indicators and patterns: trades in, rows for `bars.<iv>`, `indicators`,
+    `signals` (patterns) and `trades.late` out."""
 
-    def __init__(self, intervals_ns: list[int], lateness_ns: int) -> None:
+    def __init__(
+        self, intervals_ns: list[int], lateness_ns: int, patterns: PatternConfig | None = None
+    ) -> None:
         self.engine = BarEngine(intervals_ns, lateness_ns)
         self.indicators: dict[tuple[int, int], Indicators] = {}
+        self.pattern_config = patterns or PatternConfig()
+        self.patterns: dict[tuple[int, int], Patterns] = {}
 
     def add(self, trades: np.ndarray, instrument_id: int | None = None) -> list[Row]:
         """Trades in arrival order, of one instrument or (None) of any; the late ones out."""
@@ -52,8 +59,13 @@ class BarStage:
             ind = self.indicators.get(key)
             if ind is None:
                 ind = self.indicators[key] = Indicators()
+            values = ind.add(bar.close)
             out.append((bars_topic(bar.interval_ns), bar.as_dict()))
-            out.append((INDICATORS, indicator_row(bar, ind.add(bar.close))))
+            out.append((INDICATORS, indicator_row(bar, values)))
+            pat = self.patterns.get(key)
+            if pat is None:
+                pat = self.patterns[key] = Patterns(self.pattern_config)
+            out += [(SIGNALS, s) for s in pat.add(bar, values)]
         return out
 
     def indicator_rows(self) -> list[dict[str, Any]]:
@@ -67,6 +79,10 @@ def partition_key(partition: int) -> bytes:
     return f"~partition/{partition}".encode()
 
 
+def patterns_key(instrument_id: int) -> bytes:
+    return instrument_key(instrument_id) + b"/patterns"
+
+
 def bars_key(instrument_id: int, interval_ns: int) -> bytes:
     return instrument_key(instrument_id) + f"/bars/{interval_name(interval_ns)}".encode()
 
@@ -77,8 +93,10 @@ class BarPartition:
     keep: int
     offset: int = -1  # the last input offset applied
     recent: dict[tuple[int, int], deque[dict[str, Any]]] = field(default_factory=dict)
+    signals: dict[int, deque[dict[str, Any]]] = field(default_factory=dict)
     dirty: set[int] = field(default_factory=set)
     dirty_bars: set[tuple[int, int]] = field(default_factory=set)
+    dirty_signals: set[int] = field(default_factory=set)
     changed: bool = False
 
     def instruments(self) -> set[int]:
@@ -88,10 +106,17 @@ class BarPartition:
 class BarSet:
     """Every partition's `BarStage`, with what a checkpoint must write since the last one."""
 
-    def __init__(self, intervals_ns: list[int], lateness_ns: int, keep: int = 500) -> None:
+    def __init__(
+        self,
+        intervals_ns: list[int],
+        lateness_ns: int,
+        keep: int = 500,
+        patterns: PatternConfig | None = None,
+    ) -> None:
         self.intervals = sorted(set(intervals_ns))
         self.lateness = lateness_ns
         self.keep = keep
+        self.pattern_config = patterns or PatternConfig()
         self.partitions: dict[int, BarPartition] = {}
 
     def loaded(self, partition: int) -> bool:
@@ -99,7 +124,7 @@ class BarSet:
 
     def load(self, partition: int, get: Callable[[bytes], bytes | None]) -> BarPartition:
         """The partition's state from its checkpoint (`get` reads the table), or a fresh one."""
-        part = BarPartition(BarStage(self.intervals, self.lateness), self.keep)
+        part = BarPartition(BarStage(self.intervals, self.lateness, self.pattern_config), self.keep)
         raw = get(partition_key(partition))
         if raw is not None:
             meta = json.loads(raw)
@@ -118,6 +143,15 @@ class BarSet:
                     iv = parse_interval(iv_name)
                     if iv in self.intervals:
                         part.stage.indicators[(iid, iv)] = Indicators.from_dict(ind)
+                for iv_name, pat in saved["patterns"].items():
+                    iv = parse_interval(iv_name)
+                    if iv in self.intervals:
+                        part.stage.patterns[(iid, iv)] = Patterns.from_dict(
+                            pat, self.pattern_config
+                        )
+                sigs = get(patterns_key(iid))
+                if sigs is not None:
+                    part.signals[iid] = deque(json.loads(sigs), maxlen=self.keep)
                 for iv in self.intervals:
                     bars = get(bars_key(iid, iv))
                     if bars is not None:
@@ -143,6 +177,13 @@ class BarSet:
         for topic, row in rows:
             if topic == INDICATORS:
                 continue
+            if topic == SIGNALS:
+                got = part.signals.get(row["instrument_id"])
+                if got is None:
+                    got = part.signals[row["instrument_id"]] = deque(maxlen=self.keep)
+                got.append(row)
+                part.dirty_signals.add(row["instrument_id"])
+                continue
             key = (row["instrument_id"], parse_interval(row["interval"]))
             recent = part.recent.get(key)
             if recent is None:
@@ -160,6 +201,15 @@ class BarSet:
             if got is not None:
                 return list(got)[-limit:]
         return None
+
+    def recent_signals(self, instrument_id: int | None) -> list[dict[str, Any]]:
+        return [
+            s
+            for part in self.partitions.values()
+            for iid, sigs in part.signals.items()
+            if instrument_id is None or iid == instrument_id
+            for s in sigs
+        ]
 
     def indicator_values(self, instrument_id: int, interval_ns: int) -> dict[str, Any] | None:
         for part in self.partitions.values():
@@ -184,10 +234,17 @@ class BarSet:
                         for (i, iv), ind in part.stage.indicators.items()
                         if i == iid
                     },
+                    "patterns": {
+                        interval_name(iv): pat.to_dict()
+                        for (i, iv), pat in part.stage.patterns.items()
+                        if i == iid
+                    },
                 }
                 rows.append((instrument_key(iid), json.dumps(state).encode()))
             for iid, iv in sorted(part.dirty_bars):
                 rows.append((bars_key(iid, iv), json.dumps(list(part.recent[(iid, iv)])).encode()))
+            for iid in sorted(part.dirty_signals):
+                rows.append((patterns_key(iid), json.dumps(list(part.signals[iid])).encode()))
             meta = {
                 "watermark": engine.watermark,
                 "late": engine.late_count,
@@ -198,6 +255,7 @@ class BarSet:
             out[p] = rows
             part.dirty.clear()
             part.dirty_bars.clear()
+            part.dirty_signals.clear()
             part.changed = False
         return out
 

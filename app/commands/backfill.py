@@ -135,11 +135,14 @@ class _BarsStage:
     table = "indicators"
 
     def __init__(self, settings: Settings) -> None:
-        self.stage = BarStage(settings.bar_intervals_ns, settings.lateness_ns)
+        self.stage = BarStage(
+            settings.bar_intervals_ns, settings.lateness_ns, settings.pattern_config()
+        )
         self.topics: dict[str, list[dict[str, Any]]] = {
             **{bars_topic(iv): [] for iv in self.stage.engine.intervals},
             INDICATORS: [],
             LATE_TRADES: [],
+            SIGNALS: [],
         }
 
     def on_records(self, records: np.ndarray) -> None:
@@ -236,7 +239,8 @@ def backfill_files(
     result.tables[bars.table] = bars.table_rows()
     result.row_topics.update(bars.topics)
     result.tables[ifd.table] = ifd.table_rows()
-    result.row_topics.update(ifd.topics)
+    for topic, rows in ifd.topics.items():  # signals: patterns from bars, then flow signals
+        result.row_topics.setdefault(topic, []).extend(rows)
     result.seconds = time.monotonic() - t0
     return result
 

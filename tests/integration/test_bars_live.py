@@ -16,7 +16,7 @@ from app.settings import load_settings
 from load_tests.gen_mbo import GenConfig, write
 from tests.integration.conftest import Deployment, Worker, consume_all, wait_for
 
-TOPICS = ("bars.1m", "bars.5m", "bars.15m", "indicators")
+TOPICS = ("bars.1m", "bars.5m", "bars.15m", "indicators", "signals")  # signals: patterns
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def bars_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 
 def _key(topic: str, row: dict[str, Any]) -> tuple:
     """What identifies a derived row: a repeat under at-least-once has the same key."""
-    return (topic, row["instrument_id"], row["interval"], row["start"], row.get("direction", ""))
+    start, direction = row["start"], row.get("direction", "")
+    return (topic, row["instrument_id"], row["interval"], start, row.get("kind", ""), direction)
 
 
 def live_rows(d: Deployment, want: dict[str, list[dict]]) -> dict[str, list[dict]]:
