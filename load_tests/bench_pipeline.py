@@ -12,10 +12,13 @@ For each processing guarantee, each run starts a fresh worker (its own topics an
               the first record the books agent applied to the last;
   latency     replays a second file paced at --rate records/s and, with a read_committed
               consumer of book.deltas in the same process, measures for every published level
-              change the time from when its event was due to be sent (the replay's pace clock)
-              until the consumer had it; p50/p99/p999 over all rows after a 2 s warm-up
-              (sent_*: until the worker sent it, by the message's broker timestamp).
-The worker runs every agent (books and instruments) as a deployment does. The broker must be
+              change the time from when replay sent its event until the consumer had it;
+              p50/p99/p999 over all rows after a 2 s warm-up (sent_*: until the worker sent
+              it, by the message's broker timestamp). Replay sends, at the start of each 20 ms
+              tick of its pace clock, what falls due within the tick; the start of the tick is
+              taken as the send time, which can only overstate a latency.
+The worker runs every agent (books with counts and flow detection, bars with indicators and
+patterns) as a deployment does. The broker must be
 running (`make broker-start`). Medians over runs are printed, with every run's figures.
 """
 
@@ -32,7 +35,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from app.commands.replay import ensure_topic, replay_files
+from app.commands.replay import PACE_TICK_S, ensure_topic, replay_files
 from app.feeds.mbo_files import open_mbo
 from app.settings import load_settings
 from app.transport import freeze_heap
@@ -122,7 +125,8 @@ async def _paced(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
                     ts = np.asarray(orjson.loads(m.value)["ts_recv"], dtype=np.float64)
                     if not len(ts) or not clock:
                         continue
-                    due = clock["wall"] + (ts - clock["event"]) / (speed * 1e9)
+                    due_s = (ts - clock["event"]) / (speed * 1e9)
+                    due = clock["wall"] + np.floor(due_s / PACE_TICK_S) * PACE_TICK_S
                     keep = due - clock["wall"] >= WARMUP_S
                     latencies.append(now - due[keep])
                     sent = m.timestamp / 1e3 - wall_minus_mono
