@@ -7,7 +7,9 @@
 On one generated file (cached under var/bench/), each run measures bare DBN decoding (the floor
 any book pays) and decode-plus-book, checks every final book against the generator's ground
 truth, and the JSON gives events/s for both, their ratio, peak RSS, and the RSS the books hold
-per live order (RSS after building the books minus RSS before, over the live orders).
+per live order (RSS after building the books minus RSS before, over the live orders, from the
+first run: later runs reuse what the allocator kept) and the bytes of the engine's arrays per
+live order.
 `compiled` is tables.book_engine.BookEngine (the default, what agents use); `reference` is the
 pure-Python tables.order_book.OrderBook it is tested against. The compiled kernels are warmed
 (loaded from numba's cache, or compiled) before timing.
@@ -23,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 from app.feeds.mbo_files import open_mbo
@@ -31,6 +34,16 @@ from tables.book_engine import BookEngine
 from tables.order_book import ASK, BID, OrderBook
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _array_bytes(engine: BookEngine) -> int:
+    """Bytes of the engine's state arrays (each buffer once: some arrays are views of one)."""
+    seen: dict[int, int] = {}
+    for a in engine.S:
+        if isinstance(a, np.ndarray):
+            base = a if a.base is None else a.base
+            seen[id(base)] = base.nbytes
+    return sum(seen.values())
 
 
 def _rss_bytes() -> int:
@@ -152,9 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         if compiled:
             live = engine.order_count()
             correct = _engine_correct(engine, truth)
+            held = _array_bytes(engine)
         else:
             live = sum(len(b.orders) for b in books.values())
             correct = _correct(books, truth)
+            held = 0
         runs.append(
             {
                 "decode_events_per_s": n / decode_s,
@@ -162,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 "book_vs_decode": (n2 / book_s) / (n / decode_s),
                 "live_orders": live,
                 "bytes_per_live_order": (rss1 - rss0) / max(1, live),
+                "array_bytes_per_live_order": held / max(1, live),
                 "correct": correct,
             }
         )
@@ -186,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
                 "book_events_per_s": round(med("book_events_per_s")),
                 "book_vs_decode": round(med("book_vs_decode"), 4),
                 "live_orders": int(med("live_orders")),
-                "bytes_per_live_order": round(med("bytes_per_live_order")),
+                # RSS from the first run only: later runs in this process reuse memory the
+                # allocator kept from the one before, and their RSS deltas say little.
+                "bytes_per_live_order": round(runs[0]["bytes_per_live_order"]),
+                "array_bytes_per_live_order": round(med("array_bytes_per_live_order")),
                 "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                 "correct": all(r["correct"] for r in runs),
             },
