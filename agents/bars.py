@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from faust.types import TP
 
+from agents.control import caught_up, control
 from app import metrics
 from app.checkpoints import Checkpointer
 from app.dead_letters import send_dead_letter
@@ -39,6 +40,8 @@ bar_set = BarSet(
     settings.bar_intervals_ns, settings.lateness_ns, patterns=settings.pattern_config()
 )
 checkpoints = Checkpointer(app, AGENT, [(bars_table, bar_set)])
+bar_set.set_pattern_config(control.current.patterns)
+control.on_change(lambda config: bar_set.set_pattern_config(config.patterns))
 TRADES = trades.get_topic_name()
 OUT_TOPICS = {**BAR_TOPICS, SIGNALS: IFD_TOPICS[SIGNALS]}  # patterns are signals too
 
@@ -47,6 +50,7 @@ OUT_TOPICS = {**BAR_TOPICS, SIGNALS: IFD_TOPICS[SIGNALS]}  # patterns are signal
 async def make_bars(stream):  # type: ignore[no-untyped-def]
     for topic in OUT_TOPICS.values():
         await ensure_declared(topic)
+    await caught_up()
     async for event in stream.noack().events():
         async with checkpoints.state_lock:
             checkpoints.hold(event)
@@ -74,6 +78,8 @@ async def make_bars(stream):  # type: ignore[no-untyped-def]
             if bound is not None:
                 rows += bar_set.advance(msg.partition, offset, bound)
             for topic, row in rows:
+                if topic == SIGNALS and not control.current.publishes(row["instrument_id"]):
+                    continue
                 OUT_TOPICS[topic].send_soon(
                     key=str(row["instrument_id"]).encode(),
                     value=orjson.dumps(row),

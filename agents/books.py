@@ -26,6 +26,7 @@ import numpy as np
 import orjson
 from faust.types import TP
 
+from agents.control import caught_up, control
 from app import metrics
 from app.checkpoints import Checkpointer
 from app.dead_letters import send_dead_letter
@@ -40,6 +41,7 @@ from tables.book_state import BookSet, warm_up
 from tables.declarations import books as books_table
 from tables.declarations import ifd as ifd_table
 from tables.declarations import instrument_stats as stats_table
+from tables.ifd import SIGNALS
 from tables.ifd_state import IfdSet
 from tables.instrument_stats import StatsSet
 
@@ -52,6 +54,8 @@ ifd_set = IfdSet(settings.ifd_config())
 checkpoints = Checkpointer(
     app, AGENT, [(books_table, book_set), (stats_table, stats_set), (ifd_table, ifd_set)]
 )
+ifd_set.set_signal_config(control.current.signal)
+control.on_change(lambda config: ifd_set.set_signal_config(config.signal))
 # Per partition, the source's bound (ts_recv ns) and the last one passed on to `trades`.
 source_bound: dict[int, int] = {}
 passed_on: dict[int, int] = {}
@@ -79,6 +83,7 @@ def ensure_loaded(instrument_id: int, partition: int) -> None:
 async def maintain_books(stream):  # type: ignore[no-untyped-def]
     for topic in (*BOOK_TOPICS.values(), *IFD_TOPICS.values()):
         await ensure_declared(topic)
+    await caught_up()
     async for event in stream.noack().events():
         async with checkpoints.state_lock:
             partition = event.message.partition
@@ -132,6 +137,8 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
 
 def _advance_ifd(partition: int, bound: int) -> None:
     for topic, row in ifd_set.advance(partition, bound):
+        if topic == SIGNALS and not control.current.publishes(row["instrument_id"]):
+            continue
         IFD_TOPICS[topic].send_soon(
             key=str(row["instrument_id"]).encode(), value=orjson.dumps(row), partition=partition
         )

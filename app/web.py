@@ -7,6 +7,7 @@ GET /books/{instrument_id}/?depth=N  top N levels of each of the instrument's bo
 GET /bars/{instrument_id}/?interval=1m&limit=N  its latest N closed bars, oldest first (owner)
 GET /indicators/{instrument_id}/?interval=1m    its indicators after its latest bar (owner)
 GET /signals/?instrument_id=&limit=N  the latest N signals, newest first (from all workers)
+GET /config/                      the runtime settings this worker applies (control topic)
 GET /metrics                      Prometheus metrics (Faust's and tapestream's)
 GET /health                       200 once the worker is up
 """
@@ -25,6 +26,7 @@ from faust.web import exceptions as web_exceptions
 
 from agents.bars import bar_set
 from agents.books import book_set, checkpoints, ensure_loaded, ifd_set
+from agents.control import control
 from app.faust_app import app
 from app.topics import partition_of
 from models.mbo import instrument_key
@@ -275,6 +277,21 @@ class InstrumentView(View):
         if value is None:
             return self.json({"error": f"unknown instrument {instrument_id}"}, status=404)
         return self.json(InstrumentStats.from_bytes(value).public())
+
+
+@app.page("/config/")
+class ConfigView(View):
+    async def get(self, request: Request) -> Response:
+        values = control.current.values()
+        return self.json(
+            {
+                "caught_up": control.caught_up.is_set(),
+                "settings": {
+                    k: {"value": v, "from": "control" if k in control.changed_keys else "env"}
+                    for k, v in values.items()
+                },
+            }
+        )
 
 
 @app.page("/health")

@@ -122,6 +122,14 @@ class BarSet:
     def loaded(self, partition: int) -> bool:
         return partition in self.partitions
 
+    def set_pattern_config(self, config: PatternConfig) -> None:
+        """New pattern thresholds for bars closed from now on (runtime configuration)."""
+        self.pattern_config = config
+        for part in self.partitions.values():
+            part.stage.pattern_config = config
+            for pat in part.stage.patterns.values():
+                pat.config = config
+
     def load(self, partition: int, get: Callable[[bytes], bytes | None]) -> BarPartition:
         """The partition's state from its checkpoint (`get` reads the table), or a fresh one."""
         part = BarPartition(BarStage(self.intervals, self.lateness, self.pattern_config), self.keep)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from models.mbo import instrument_key
 from tables.bar_state import partition_key
 from tables.ifd import PRESSURE, SIGNALS, IfdConfig, IfdStage
 from tables.pressure import FlowState
+from tables.signals import SignalConfig
 
 Row = tuple[str, dict[str, Any]]
 
@@ -55,6 +56,12 @@ class IfdSet:
 
     def loaded(self, partition: int) -> bool:
         return partition in self.partitions
+
+    def set_signal_config(self, signal: SignalConfig) -> None:
+        """New thresholds for windows scored from now on (runtime configuration)."""
+        self.config = replace(self.config, signal=signal)
+        for part in self.partitions.values():
+            part.stage.signals.config = signal
 
     def load(self, partition: int, get: Callable[[bytes], bytes | None]) -> IfdPartition:
         part = IfdPartition(IfdStage(self.config), self.keep)

@@ -1,0 +1,132 @@
+"""Runtime configuration through the compacted `control` topic (keys in tables/runtime_config.py).
+
+`faust -A app config set KEY VALUE` checks the value and writes it, keyed by KEY, to `control`;
+every worker follows the topic from its start with a consumer of its own (no group) and applies
+each change to the running agents, logging the old and the new value. The topic, compacted, is
+the table: its latest record per key is the setting, and a worker that starts reads them all
+before its agents publish anything that depends on them. A Faust GlobalTable would give the
+same replicated table, but faust-streaming's does not reliably reach every worker of a group
+(faust-streaming/faust#283), and these settings must.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from app.settings import Settings
+from tables.runtime_config import RuntimeConfig, parse
+
+log = logging.getLogger(__name__)
+CONTROL = "control"
+
+
+class Control:
+    """The running configuration, and who to tell when it changes."""
+
+    def __init__(self, initial: RuntimeConfig, *, announce: bool = True) -> None:
+        self.announce = announce  # log each change (a worker does; `config show` does not)
+        self.current = initial
+        self.initial = initial
+        self.changed_keys: dict[str, str] = {}  # key -> the text it was set to
+        self._listeners: list[Callable[[RuntimeConfig], None]] = []
+        self.caught_up = asyncio.Event()
+
+    def on_change(self, listener: Callable[[RuntimeConfig], None]) -> None:
+        self._listeners.append(listener)
+
+    def apply(self, key: str, text: str) -> bool:
+        """Take one record of the topic; False (and an error logged) if it cannot apply."""
+        try:
+            new = self.current.with_value(key, parse(key, text))
+        except ValueError as exc:
+            log.error("control: %s=%r not applied: %s", key, text, exc)
+            return False
+        old = self.current.values()[key]
+        self.current = new
+        self.changed_keys[key] = text
+        if self.announce and new.values()[key] != old:
+            log.warning("control: %s changed from %r to %r", key, old, new.values()[key])
+        for listener in self._listeners:
+            listener(new)
+        return True
+
+
+async def ensure_control_topic(settings: Settings) -> str:
+    name = settings.topic(CONTROL)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        if name not in await admin.list_topics():
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            name,
+                            num_partitions=1,
+                            replication_factor=1,
+                            topic_configs={"cleanup.policy": "compact"},
+                        )
+                    ]
+                )
+    finally:
+        await admin.close()
+    return name
+
+
+async def publish(settings: Settings, key: str, text: str) -> None:
+    parse(key, text)  # refuse a bad value before anything is written
+    name = await ensure_control_topic(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        body = {"value": text, "set_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        await producer.send_and_wait(name, orjson.dumps(body), key=key.encode())
+    finally:
+        await producer.stop()
+
+
+async def follow(
+    settings: Settings,
+    apply: Callable[[str, str], Any],
+    *,
+    caught_up: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Apply every record of the control topic from its start, then each new one; set
+    `caught_up` once the records there at the start are applied; end when `stop` is set."""
+    name = await ensure_control_topic(settings)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(name, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        while stop is None or not stop.is_set():
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            for m in batch.get(tp, []):
+                try:
+                    text = orjson.loads(m.value)["value"]
+                    key = m.key.decode()
+                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                    log.error("control: record at offset %d is not a setting: %r", m.offset, exc)
+                    continue
+                apply(key, str(text))
+            # Past the records that were there at the start (some may have been compacted
+            # away, so count by position, not by records seen).
+            if caught_up is not None and await consumer.position(tp) >= end:
+                caught_up.set()
+    finally:
+        await consumer.stop()
