@@ -36,8 +36,13 @@ class PatternConfig:
     def __post_init__(self) -> None:
         if self.lookback < 1 or self.volume_factor <= 0 or self.price_pct <= 0:
             raise ValueError("pattern lookback and thresholds must be positive")
-        if self.breakout_pct < 0 or not 0 < self.rsi_low < self.rsi_high < 100:
-            raise ValueError("breakout margin must not be negative; 0 < RSI low < high < 100")
+        if self.breakout_pct < 0:
+            raise ValueError("the breakout margin must not be negative")
+        if not 0 < self.rsi_low < self.rsi_high < 100:
+            raise ValueError(
+                f"RSI lines must satisfy 0 < low < high < 100 (low {self.rsi_low}, "
+                f"high {self.rsi_high})"
+            )
 
 
 def pattern_id(kind: str, instrument_id: int, interval_ns: int, start: int) -> str:
