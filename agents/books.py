@@ -44,6 +44,7 @@ from tables.declarations import instrument_stats as stats_table
 from tables.ifd import SIGNALS
 from tables.ifd_state import IfdSet
 from tables.instrument_stats import StatsSet
+from tables.patterns import LagWatch
 
 AGENT = "books"
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ checkpoints = Checkpointer(
     app, AGENT, [(books_table, book_set), (stats_table, stats_set), (ifd_table, ifd_set)]
 )
 ifd_set.set_signal_config(control.current.signal)
+lag_watch = LagWatch(settings.lag_limit)
 control.on_change(lambda config: ifd_set.set_signal_config(config.signal))
 # Per partition, the source's bound (ts_recv ns) and the last one passed on to `trades`.
 source_bound: dict[int, int] = {}
@@ -110,6 +112,7 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
                 metrics.messages_duplicate.labels(AGENT).inc()
                 continue
             stats_set.apply(iid, records, offset)
+            _watch_lag(partition, iid, event.message.timestamp)
             out = book_events.messages(iid, applied, book_set)
             for base, message in out.items():
                 # Same key, partitioner and partition count as the input, so the same
@@ -133,6 +136,19 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
                 _advance_ifd(partition, bound)
             metrics.records_processed.labels(AGENT).inc(len(records))
             metrics.messages_processed.labels(AGENT).inc()
+
+
+def _watch_lag(partition: int, iid: int, produced_s: float | None) -> None:
+    if not produced_s:
+        return
+    now = time.time()
+    metrics.processing_lag.labels(AGENT).set(now - produced_s)
+    signal = lag_watch.observe(partition, iid, produced_s, now)
+    if signal is not None:
+        log.warning("books: partition %d is %.1f s behind its input", partition, signal["lag_s"])
+        IFD_TOPICS[SIGNALS].send_soon(
+            key=str(iid).encode(), value=orjson.dumps(signal), partition=partition
+        )
 
 
 def _advance_ifd(partition: int, bound: int) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 records_processed = Counter(
     "tapestream_records_processed",
@@ -37,4 +37,9 @@ book_load_seconds = Histogram(
     "tapestream_book_load_seconds",
     "time to restore one instrument's books from the table",
     buckets=(0.001, 0.01, 0.1, 1.0, 10.0),
+)
+processing_lag = Gauge(
+    "tapestream_processing_lag_seconds",
+    "wall-clock time from a message's broker timestamp until the agent applied it (latest)",
+    ["agent"],
 )

@@ -54,6 +54,7 @@ class Settings(BaseModel, frozen=True):
     signal_volume_floor: int = Field(100, ge=0, description="TAPESTREAM_SIGNAL_VOLUME_FLOOR")
     signal_min_sessions: int = Field(5, ge=1, description="TAPESTREAM_SIGNAL_MIN_SESSIONS")
     signal_cooldown: float = Field(900.0, ge=0, description="TAPESTREAM_SIGNAL_COOLDOWN")
+    lag_limit: float = Field(5.0, ge=0, description="TAPESTREAM_LAG_LIMIT")
     pattern_lookback: int = Field(20, ge=1, le=1000, description="TAPESTREAM_PATTERN_LOOKBACK")
     pattern_volume_factor: float = Field(3.0, gt=0, description="TAPESTREAM_PATTERN_VOLUME_FACTOR")
     pattern_price_pct: float = Field(5.0, gt=0, description="TAPESTREAM_PATTERN_PRICE_PCT")

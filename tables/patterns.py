@@ -157,3 +157,37 @@ class Patterns:
         p._count = d["count"]
         p._rsi = d["rsi"]
         return p
+
+
+class LagWatch:
+    """The processing-lag pattern: how long after a message was produced (its broker timestamp)
+    an agent applied it, per partition. Over `limit_s` it fires a `processing_lag` signal, at
+    most once every `every_s` per partition. Wall-clock time by nature, so unlike every other
+    signal it is not reproducible by a replay or by backfill, which never emits it."""
+
+    def __init__(self, limit_s: float, every_s: float = 60.0) -> None:
+        self.limit_s = limit_s
+        self.every_s = every_s
+        self._last: dict[int, float] = {}
+
+    def observe(
+        self, partition: int, instrument_id: int, produced_s: float, now_s: float
+    ) -> dict[str, Any] | None:
+        lag = now_s - produced_s
+        if self.limit_s <= 0 or lag <= self.limit_s:
+            return None
+        last = self._last.get(partition)
+        if last is not None and now_s - last < self.every_s:
+            return None
+        self._last[partition] = now_s
+        at_ns = round(now_s * 1e9)
+        return {
+            "id": hashlib.sha256(f"processing_lag:{partition}:{at_ns}".encode()).hexdigest()[:24],
+            "kind": "processing_lag",
+            "direction": "",
+            "instrument_id": instrument_id,
+            "partition": partition,
+            "start": at_ns,
+            "lag_s": lag,
+            "limit_s": self.limit_s,
+        }

@@ -98,3 +98,16 @@ def test_a_volume_spike_carries_what_it_was_computed_from() -> None:
         10.0,
     )
     assert len(s["id"]) == 24 and s["interval"] == "1m" and s["start"] == 3 * MIN
+
+
+def test_processing_lag_fires_over_the_limit_at_most_once_a_minute_per_partition() -> None:
+    from tables.patterns import LagWatch
+
+    w = LagWatch(limit_s=5.0, every_s=60.0)
+    assert w.observe(0, 7, produced_s=100.0, now_s=104.0) is None
+    s = w.observe(0, 7, produced_s=100.0, now_s=106.0)
+    assert s is not None and s["kind"] == "processing_lag" and s["lag_s"] == 6.0
+    assert w.observe(0, 7, produced_s=110.0, now_s=130.0) is None  # within the minute
+    assert w.observe(1, 8, produced_s=110.0, now_s=130.0) is not None  # another partition
+    assert w.observe(0, 7, produced_s=150.0, now_s=170.0) is not None
+    assert LagWatch(limit_s=0).observe(0, 7, produced_s=0.0, now_s=1e9) is None  # off
