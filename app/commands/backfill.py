@@ -52,6 +52,8 @@ class BackfillResult:
     topics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # topic -> its rows, for topics whose messages are one row each (bars, indicators)
     row_topics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # the flow detection state at the end (what `faust -A app baselines` loads)
+    ifd: IfdStage | None = None
 
     def topic_rows(self, topic: str) -> Iterator[dict[str, Any]]:
         for message in self.topics[topic]:
@@ -239,6 +241,7 @@ def backfill_files(
     result.tables[bars.table] = bars.table_rows()
     result.row_topics.update(bars.topics)
     result.tables[ifd.table] = ifd.table_rows()
+    result.ifd = ifd.stage
     for topic, rows in ifd.topics.items():  # signals: patterns from bars, then flow signals
         result.row_topics.setdefault(topic, []).extend(rows)
     result.seconds = time.monotonic() - t0

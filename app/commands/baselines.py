@@ -1,0 +1,153 @@
+"""`faust -A app baselines INPUT... [--out FILE] [--load] [--force]`: flow-detection baselines
+from historical files with no broker, and (`--load`) into the `ifd` table through its changelog
+topic, so a fresh deployment scores its first windows against history.
+
+The files run through the same logic as backfill (books, then pressure windows scored and
+recorded). `--load` writes, per instrument, each baseline bucket under the key the workers read
+(`tables/ifd_state.py`), an instrument entry naming its buckets, and each partition's list of
+instruments, to the partition of the changelog that holds the instrument: a worker that starts
+with no local state restores them as it restores any table. Only into a deployment whose `ifd`
+changelog is empty (`--force` to add to one that is not: it overwrites the instruments' open
+windows and cooldowns), since a running deployment's own state is newer than any file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from faust.cli import argument, option
+
+from app.commands import exit_with
+from app.commands.backfill import backfill_files
+from app.commands.replay import ensure_topic
+from app.faust_app import app
+from app.feeds.mbo_files import InputError
+from app.feeds.watermarks import partitioner
+from app.settings import Settings
+from models.mbo import instrument_key
+from tables.bar_state import partition_key
+from tables.ifd import IfdStage
+from tables.ifd_state import baseline_key
+
+
+def table_rows(stage: IfdStage, partitions: int) -> dict[int, list[tuple[bytes, bytes]]]:
+    """What the workers would have written for these baselines, by changelog partition."""
+    baselines = stage.signals.baselines
+    of = partitioner(partitions)
+    buckets: dict[int, list[int]] = {}
+    for iid, bucket in baselines.buckets():
+        buckets.setdefault(iid, []).append(bucket)
+    out: dict[int, list[tuple[bytes, bytes]]] = {}
+    for iid, mine in sorted(buckets.items()):
+        rows = out.setdefault(of(iid), [])
+        for bucket in sorted(mine):
+            rows.append(
+                (baseline_key(iid, bucket), json.dumps(baselines.export(iid, bucket)).encode())
+            )
+        state = {"flow": [None, None, 0], "windows": [], "cooldown": {}, "buckets": sorted(mine)}
+        rows.append((instrument_key(iid), json.dumps(state).encode()))
+    for p, rows in out.items():
+        iids = sorted(iid for iid in buckets if of(iid) == p)
+        meta = {"watermark": None, "late": 0, "instruments": iids}
+        rows.append((partition_key(p), json.dumps(meta).encode()))
+    return out
+
+
+async def load(settings: Settings, rows: dict[int, list[tuple[bytes, bytes]]], force: bool) -> int:
+    topic = f"{settings.app_id}-ifd-changelog"
+    partitions = await ensure_topic(settings, topic, settings.partitions)
+    if partitions != settings.partitions:
+        raise ValueError(
+            f"{topic} has {partitions} partitions, the deployment {settings.partitions}"
+        )
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.beginning_offsets(tps)
+    finally:
+        await consumer.stop()
+    held = sum(ends[tp] - starts[tp] for tp in tps)
+    if held and not force:
+        raise ValueError(
+            f"{topic} already holds {held:,} records: this deployment has state of its own "
+            "(--force to write over its instruments' entries anyway)"
+        )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    written = 0
+    try:
+        for p, part_rows in rows.items():
+            for key, value in part_rows:
+                await producer.send(topic, value, key=key, partition=p)
+                written += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return written
+
+
+def build(paths: Sequence[str], settings: Settings, progress: bool) -> IfdStage:
+    result = backfill_files(paths, settings, progress=progress)
+    assert result.ifd is not None
+    return result.ifd
+
+
+@app.command(
+    argument("inputs", nargs=-1, required=True),
+    option("--out", "out_path", default=None, help="Write the baselines as JSON lines here."),
+    option(
+        "--load",
+        "load_into_table",
+        is_flag=True,
+        default=False,
+        help="Load them into the ifd table.",
+    ),
+    option("--force", is_flag=True, default=False, help="Load even if the table has state."),
+    option("--no-progress", is_flag=True, default=False, help="No progress bar."),
+)
+async def baselines(
+    self: object,
+    inputs: tuple[str, ...],
+    out_path: str | None,
+    load_into_table: bool,
+    force: bool,
+    no_progress: bool,
+) -> None:
+    """Flow-detection baselines from historical MBO files (no broker), optionally loaded."""
+    from app.faust_app import settings
+
+    try:
+        stage = await asyncio.to_thread(build, inputs, settings, not no_progress)
+    except InputError as exc:
+        exit_with(str(exc))
+    table = stage.baseline_rows()
+    if out_path:
+        Path(out_path).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in table))
+    summary = {
+        "instruments": len({r["instrument_id"] for r in table}),
+        "buckets": len(table),
+        "sessions": max((r["log_volume"]["n"] for r in table), default=0),
+    }
+    if load_into_table:
+        try:
+            summary["loaded_records"] = await load(
+                settings, table_rows(stage, settings.partitions), force
+            )
+        except ValueError as exc:
+            exit_with(str(exc))
+    print(orjson.dumps(summary).decode())
+    print(
+        f"baselines: {summary['buckets']:,} buckets of {summary['instruments']} instruments"
+        + (" loaded into the ifd table" if load_into_table else ""),
+        file=sys.stderr,
+    )

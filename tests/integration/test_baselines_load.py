@@ -1,0 +1,70 @@
+"""`faust -A app baselines --load`: baselines built from history with no broker, loaded into a
+fresh deployment's table, score the first live windows exactly as that history says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from app.commands.backfill import backfill_files
+from app.settings import load_settings
+from load_tests.gen_mbo import GenConfig, write
+from tables.baselines import window_values
+from tests.integration.conftest import Deployment, consume_all, wait_for
+from tests.integration.test_bars_live import replay_all, start
+from tests.integration.test_ifd_live import IFD_ENV
+
+DAY = 86_400_000_000_000
+T0 = 1_700_000_000_000_000_000
+
+
+def test_loaded_baselines_score_the_first_live_windows(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    history, later = tmp_path / "history.mbo.dbn.zst", tmp_path / "later.mbo.dbn.zst"
+    write(history, GenConfig(records=60_000, instruments=4, events_per_second=0.4, seed=21))
+    write(
+        later,
+        GenConfig(
+            records=15_000, instruments=4, events_per_second=0.4, seed=22, start_ns=T0 + 3 * DAY
+        ),
+    )
+    settings = load_settings(IFD_ENV)
+    past = backfill_files([str(history)], settings, progress=False).ifd
+    assert past is not None
+    fresh = backfill_files([str(later)], settings, progress=False).row_topics["pressure"]
+
+    deployment.base_env.update(IFD_ENV)
+    out = tmp_path / "baselines.jsonl"
+    run = deployment.cli("baselines", str(history), "--load", "--out", str(out), "--no-progress")
+    assert run.returncode == 0, run.stderr
+    summary = orjson.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["instruments"] == 4 and summary["loaded_records"] > summary["buckets"]
+    assert len(out.read_bytes().splitlines()) == summary["buckets"]
+    again = deployment.cli("baselines", str(history), "--load", "--no-progress")
+    assert again.returncode == 1 and "already holds" in again.stderr
+
+    w = start(deployment, "4", "1000")
+    replay_all(deployment, w, later, ["--max"])
+    bootstrap = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
+
+    def live() -> list[dict]:
+        rows = consume_all(bootstrap, f"{deployment.prefix}pressure", timeout=20)
+        return [orjson.loads(v) for _, v, _, _ in rows]
+
+    got = wait_for(lambda: (r := live()) and len(r) >= len(fresh) and r, 120, "pressure rows")
+    assert len(got) == len(fresh)
+    scored = 0
+    for row in got:
+        stats = past.signals.baselines.stats(row["instrument_id"], row["bucket"], row["session"])
+        if stats is None:
+            assert "z_vol" not in row
+            continue
+        values = window_values(row["volume"], row["tfi"], row["ofi"])
+        assert row["baseline_sessions"] == stats["log_volume"].n
+        assert row["z_vol"] == pytest.approx(stats["log_volume"].z(values["log_volume"]), rel=1e-12)
+        assert row["z_flow"] == pytest.approx(stats["tfi"].z(values["tfi"]), rel=1e-12, abs=1e-12)
+        scored += 1
+    assert scored > 20
