@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from faust.types import TP
 
-from agents.control import caught_up, control
+from agents.control import control
 from app import metrics
 from app.checkpoints import Checkpointer
 from app.dead_letters import send_dead_letter
@@ -50,7 +50,6 @@ OUT_TOPICS = {**BAR_TOPICS, SIGNALS: IFD_TOPICS[SIGNALS]}  # patterns are signal
 async def make_bars(stream):  # type: ignore[no-untyped-def]
     for topic in OUT_TOPICS.values():
         await ensure_declared(topic)
-    await caught_up()
     async for event in stream.noack().events():
         async with checkpoints.state_lock:
             checkpoints.hold(event)

@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 from faust.types import TP
 
-from agents.control import caught_up, control
+from agents.control import control
 from app import metrics
 from app.checkpoints import Checkpointer
 from app.dead_letters import send_dead_letter
@@ -85,7 +85,6 @@ def ensure_loaded(instrument_id: int, partition: int) -> None:
 async def maintain_books(stream):  # type: ignore[no-untyped-def]
     for topic in (*BOOK_TOPICS.values(), *IFD_TOPICS.values()):
         await ensure_declared(topic)
-    await caught_up()
     async for event in stream.noack().events():
         async with checkpoints.state_lock:
             partition = event.message.partition

@@ -3,8 +3,9 @@
 `faust -A app config set KEY VALUE` checks the value and writes it, keyed by KEY, to `control`;
 every worker follows the topic from its start with a consumer of its own (no group) and applies
 each change to the running agents, logging the old and the new value. The topic, compacted, is
-the table: its latest record per key is the setting, and a worker that starts reads them all
-before its agents publish anything that depends on them. A Faust GlobalTable would give the
+the table: its latest record per key is the setting. A worker that starts reads the settings
+there within about a second; windows it closes before then use the environment's values
+(`/config/` shows `caught_up`). A Faust GlobalTable would give the
 same replicated table, but faust-streaming's does not reliably reach every worker of a group
 (faust-streaming/faust#283), and these settings must.
 """
