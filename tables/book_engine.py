@@ -33,6 +33,10 @@ def _return_freed_arrays_to_the_os() -> None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+        # Fixing the mmap threshold also freezes the trim threshold at 128 KiB, and the heap
+        # would then be handed back and faulted in again around every large message; 64 MiB
+        # is where glibc's own adjustment would have taken it.
+        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):  # not glibc: nothing to do
         pass
 
