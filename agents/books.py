@@ -22,7 +22,6 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
 import orjson
 from faust.types import TP
 
@@ -34,9 +33,8 @@ from app.faust_app import app, settings
 from app.feeds.watermarks import SOURCE_OFFSET_HEADER, WM_HEADER, encode_ns, header
 from app.topics import BOOK_TOPICS, IFD_TOPICS, RAW_MBO, ensure_declared, raw_mbo
 from models import book_events
-from models.book_events import BBO, TRADES
+from models.book_events import TRADES
 from models.mbo import MalformedMessage, parse_message
-from models.trades import empty_trades, trades_from_columns
 from tables.book_state import BookSet, warm_up
 from tables.declarations import books as books_table
 from tables.declarations import ifd as ifd_table
@@ -125,12 +123,7 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
                 )
             if TRADES not in out:
                 _pass_on(partition, offset, PASS_ON_STEP_NS)
-            if TRADES in out or BBO in out:
-                if TRADES in out:
-                    trades, events = trades_from_columns(out[TRADES])
-                else:
-                    trades, events = empty_trades(), np.zeros(0, np.int64)
-                ifd_set.add(partition, iid, trades, events, out.get(BBO))
+            ifd_set.add_book_output(partition, iid, out)
             if bound is not None:
                 _advance_ifd(partition, bound)
             metrics.records_processed.labels(AGENT).inc(len(records))

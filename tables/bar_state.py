@@ -16,7 +16,7 @@ import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -103,7 +103,26 @@ class BarPartition:
         return set(self.stage.engine.instruments()) | {iid for iid, _ in self.stage.indicators}
 
 
-class BarSet:
+P = TypeVar("P")
+
+
+class PartitionedState(Generic[P]):
+    """State kept per input partition: loaded when the partition's first message comes,
+    dropped when the partition goes to another worker."""
+
+    partitions: dict[int, P]
+
+    def loaded(self, partition: int) -> bool:
+        return partition in self.partitions
+
+    def evict(self, partitions: set[int]) -> list[int]:
+        gone = [p for p in partitions if p in self.partitions]
+        for p in gone:
+            del self.partitions[p]
+        return gone
+
+
+class BarSet(PartitionedState[BarPartition]):
     """Every partition's `BarStage`, with what a checkpoint must write since the last one."""
 
     def __init__(
@@ -118,9 +137,6 @@ class BarSet:
         self.keep = keep
         self.pattern_config = patterns or PatternConfig()
         self.partitions: dict[int, BarPartition] = {}
-
-    def loaded(self, partition: int) -> bool:
-        return partition in self.partitions
 
     def set_pattern_config(self, config: PatternConfig) -> None:
         """New pattern thresholds for bars closed from now on (runtime configuration)."""
@@ -233,10 +249,11 @@ class BarSet:
             if not part.changed:
                 continue
             engine = part.stage.engine
+            with_windows = set(engine.instruments())
             rows: list[tuple[bytes, bytes | None]] = []
             for iid in sorted(part.dirty):
                 state = {
-                    "engine": engine.export(iid) if iid in engine.instruments() else None,
+                    "engine": engine.export(iid) if iid in with_windows else None,
                     "indicators": {
                         interval_name(iv): ind.to_dict()
                         for (i, iv), ind in part.stage.indicators.items()
@@ -266,9 +283,3 @@ class BarSet:
             part.dirty_signals.clear()
             part.changed = False
         return out
-
-    def evict(self, partitions: set[int]) -> list[int]:
-        gone = [p for p in partitions if p in self.partitions]
-        for p in gone:
-            del self.partitions[p]
-        return gone

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from models.book_events import BBO, TRADES
+from models.trades import empty_trades, trades_from_columns
 from tables.baselines import Baselines, SessionClock
 from tables.pressure import FlowState, PressureEngine
 from tables.signals import SignalConfig, SignalEngine
@@ -51,6 +53,19 @@ class IfdStage:
         if state is None:
             state = self.flows[instrument_id] = FlowState()
         return self.pressure.add(instrument_id, state.flow(trades, trade_events, bbo))
+
+    def add_book_output(self, instrument_id: int, messages: dict[str, dict]) -> bool:
+        """What the books published for one message (models/book_events.py, by topic); False
+        when it holds neither trades nor a top-of-book change."""
+        trades_msg, bbo = messages.get(TRADES), messages.get(BBO)
+        if trades_msg is None and bbo is None:
+            return False
+        if trades_msg is not None:
+            trades, events = trades_from_columns(trades_msg)
+        else:
+            trades, events = empty_trades(), np.zeros(0, np.int64)
+        self.add(instrument_id, trades, events, bbo)
+        return True
 
     def advance(self, received_through: int) -> list[tuple[str, dict[str, Any]]]:
         """Move the watermark; each window it closes, scored, and any signal it fires."""

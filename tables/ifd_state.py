@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from models.mbo import instrument_key
-from tables.bar_state import partition_key
+from tables.bar_state import PartitionedState, partition_key
 from tables.ifd import PRESSURE, SIGNALS, IfdConfig, IfdStage
 from tables.pressure import FlowState
 from tables.signals import SignalConfig
@@ -48,14 +48,11 @@ class IfdPartition:
     changed: bool = False
 
 
-class IfdSet:
+class IfdSet(PartitionedState["IfdPartition"]):
     def __init__(self, config: IfdConfig, keep: int = 200) -> None:
         self.config = config
         self.keep = keep
         self.partitions: dict[int, IfdPartition] = {}
-
-    def loaded(self, partition: int) -> bool:
-        return partition in self.partitions
 
     def set_signal_config(self, signal: SignalConfig) -> None:
         """New thresholds for windows scored from now on (runtime configuration)."""
@@ -101,6 +98,15 @@ class IfdSet:
         part.stage.add(instrument_id, trades, events, bbo)
         part.dirty.add(instrument_id)
         part.changed = True
+
+    def add_book_output(
+        self, partition: int, instrument_id: int, messages: dict[str, dict]
+    ) -> None:
+        """What the books published for one message of this partition (IfdStage says more)."""
+        part = self.partitions[partition]
+        if part.stage.add_book_output(instrument_id, messages):
+            part.dirty.add(instrument_id)
+            part.changed = True
 
     def advance(self, partition: int, received_through: int) -> list[Row]:
         part = self.partitions[partition]
@@ -167,9 +173,3 @@ class IfdSet:
             part.dirty_signals.clear()
             part.changed = False
         return out
-
-    def evict(self, partitions: set[int]) -> list[int]:
-        gone = [p for p in partitions if p in self.partitions]
-        for p in gone:
-            del self.partitions[p]
-        return gone

@@ -31,7 +31,7 @@ from app.progress import Progress
 from app.settings import Settings
 from models import book_events
 from models.bar_events import INDICATORS, LATE_TRADES, bars_topic
-from models.trades import empty_trades, trades_from_columns, trades_from_mbo
+from models.trades import trades_from_mbo
 from tables.bar_state import BarStage
 from tables.book_state import BookSet
 from tables.ifd import PRESSURE, SIGNALS, IfdStage
@@ -171,14 +171,7 @@ class _IfdStage:
         self.topics: dict[str, list[dict[str, Any]]] = {PRESSURE: [], SIGNALS: []}
 
     def on_messages(self, iid: int, messages: dict[str, dict]) -> None:
-        trades_msg, bbo = messages.get(book_events.TRADES), messages.get(book_events.BBO)
-        if trades_msg is None and bbo is None:
-            return
-        if trades_msg is not None:
-            trades, events = trades_from_columns(trades_msg)
-        else:
-            trades, events = empty_trades(), np.zeros(0, np.int64)
-        self.stage.add(iid, trades, events, bbo)
+        self.stage.add_book_output(iid, messages)
 
     def advance(self, bound: int | None) -> None:
         if bound is not None:
