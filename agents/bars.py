@@ -25,12 +25,15 @@ from agents.control import control
 from app import metrics
 from app.checkpoints import Checkpointer
 from app.dead_letters import send_dead_letter
+from app.delta_parts import PartSender
 from app.faust_app import app, settings
 from app.feeds.watermarks import SOURCE_OFFSET_HEADER, WM_HEADER, header
 from app.topics import BAR_TOPICS, IFD_TOPICS, ensure_declared, trades
+from models.bar_events import LATE_TRADES
 from models.trades import trades_from_message
 from tables.bar_state import BarSet
 from tables.declarations import bars as bars_table
+from tables.deltas import BARS, item_parts
 from tables.ifd import SIGNALS
 
 AGENT = "bars"
@@ -44,6 +47,7 @@ bar_set.set_pattern_config(control.current.patterns)
 control.on_change(lambda config: bar_set.set_pattern_config(config.patterns))
 TRADES = trades.get_topic_name()
 OUT_TOPICS = {**BAR_TOPICS, SIGNALS: IFD_TOPICS[SIGNALS]}  # patterns are signals too
+delta_sender = PartSender(BARS)  # bars, indicators and patterns for the one-second deltas
 
 
 @app.agent(trades, name=AGENT)
@@ -76,6 +80,7 @@ async def make_bars(stream):  # type: ignore[no-untyped-def]
                 metrics.records_processed.labels(AGENT).inc(len(records))
             if bound is not None:
                 rows += bar_set.advance(msg.partition, offset, bound)
+            sent = []
             for topic, row in rows:
                 if topic == SIGNALS and not control.current.publishes(row["instrument_id"]):
                     continue
@@ -84,6 +89,11 @@ async def make_bars(stream):  # type: ignore[no-untyped-def]
                     value=orjson.dumps(row),
                     partition=msg.partition,
                 )
+                if topic != LATE_TRADES:
+                    sent.append((topic, row))
+            delta_sender.send(msg.partition, item_parts(sent, settings.lateness_ns))
+            if bound is not None:
+                delta_sender.watermark(msg.partition, bound)
             metrics.messages_processed.labels(AGENT).inc()
 
 
@@ -91,4 +101,4 @@ async def make_bars(stream):  # type: ignore[no-untyped-def]
 async def _evict_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
     gone = {tp.partition for tp in revoked if tp.topic == TRADES}
     if gone:
-        await checkpoints.evict(gone)
+        await checkpoints.evict(gone, delta_sender.forget)

@@ -29,6 +29,7 @@ from agents.control import control
 from app import metrics
 from app.checkpoints import Checkpointer
 from app.dead_letters import send_dead_letter
+from app.delta_parts import PartSender
 from app.faust_app import app, settings
 from app.feeds.watermarks import SOURCE_OFFSET_HEADER, WM_HEADER, encode_ns, header
 from app.topics import BOOK_TOPICS, IFD_TOPICS, RAW_MBO, ensure_declared, raw_mbo
@@ -39,6 +40,7 @@ from tables.book_state import BookSet, warm_up
 from tables.declarations import books as books_table
 from tables.declarations import ifd as ifd_table
 from tables.declarations import instrument_stats as stats_table
+from tables.deltas import BOOKS, BookSeconds, item_parts
 from tables.ifd import SIGNALS
 from tables.ifd_state import IfdSet
 from tables.instrument_stats import StatsSet
@@ -50,8 +52,18 @@ log = logging.getLogger(__name__)
 book_set = BookSet()
 stats_set = StatsSet()
 ifd_set = IfdSet(settings.ifd_config())
+# The books' part of the one-second deltas; its state sits beside the books' checkpoint.
+book_seconds = BookSeconds(book_set.tops, settings.delta_depth)
+delta_sender = PartSender(BOOKS)
 checkpoints = Checkpointer(
-    app, AGENT, [(books_table, book_set), (stats_table, stats_set), (ifd_table, ifd_set)]
+    app,
+    AGENT,
+    [
+        (books_table, book_set),
+        (books_table, book_seconds),
+        (stats_table, stats_set),
+        (ifd_table, ifd_set),
+    ],
 )
 ifd_set.set_signal_config(control.current.signal)
 lag_watch = LagWatch(settings.lag_limit)
@@ -77,6 +89,8 @@ def ensure_loaded(instrument_id: int, partition: int) -> None:
         metrics.book_load_seconds.observe(time.perf_counter() - t0)
     if not stats_set.loaded(instrument_id):
         stats_set.load(instrument_id, partition, stats_table.get)
+    if not book_seconds.loaded(instrument_id):
+        book_seconds.load(instrument_id, partition, books_table.get)
 
 
 @app.agent(raw_mbo, name=AGENT)
@@ -95,7 +109,7 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
                 ifd_set.load(partition, ifd_table.get)
             if not event.value and event.key is None and bound is not None:
                 _pass_on(partition, offset, 0)  # a marker
-                _advance_ifd(partition, bound)
+                _advance(partition, bound)
                 continue
             try:
                 records = parse_message(event.key, event.value)
@@ -104,7 +118,7 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
                 continue
             iid = int(event.key)
             ensure_loaded(iid, partition)
-            applied = book_set.process(iid, records, offset)
+            applied = book_set.process(iid, records, offset, book_seconds)
             if applied is None:
                 metrics.messages_duplicate.labels(AGENT).inc()
                 continue
@@ -124,8 +138,7 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
             if TRADES not in out:
                 _pass_on(partition, offset, PASS_ON_STEP_NS)
             ifd_set.add_book_output(partition, iid, out)
-            if bound is not None:
-                _advance_ifd(partition, bound)
+            _advance(partition, bound)
             metrics.records_processed.labels(AGENT).inc(len(records))
             metrics.messages_processed.labels(AGENT).inc()
 
@@ -143,13 +156,25 @@ def _watch_lag(partition: int, iid: int, produced_s: float | None) -> None:
         )
 
 
-def _advance_ifd(partition: int, bound: int) -> None:
-    for topic, row in ifd_set.advance(partition, bound):
-        if topic == SIGNALS and not control.current.publishes(row["instrument_id"]):
-            continue
-        IFD_TOPICS[topic].send_soon(
-            key=str(row["instrument_id"]).encode(), value=orjson.dumps(row), partition=partition
-        )
+def _advance(partition: int, bound: int | None) -> None:
+    """Close what the source bound has passed: pressure windows and signals, and the seconds
+    of the books' deltas; send them, then the bound, to the deltas agent."""
+    rows = []
+    if bound is not None:
+        for topic, row in ifd_set.advance(partition, bound):
+            if topic == SIGNALS and not control.current.publishes(row["instrument_id"]):
+                continue
+            IFD_TOPICS[topic].send_soon(
+                key=str(row["instrument_id"]).encode(), value=orjson.dumps(row), partition=partition
+            )
+            rows.append((topic, row))
+        if delta_sender.due(partition, bound):
+            book_seconds.release(partition, bound)
+    parts = book_seconds.take()
+    parts += item_parts(rows, settings.lateness_ns)
+    delta_sender.send(partition, parts)
+    if bound is not None:
+        delta_sender.watermark(partition, bound)
 
 
 def _trade_headers(partition: int, offset: int) -> list[tuple[str, bytes]]:
@@ -183,3 +208,4 @@ async def _evict_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
 def _forget_bounds(partition: int) -> None:
     source_bound.pop(partition, None)
     passed_on.pop(partition, None)
+    delta_sender.forget(partition)

@@ -61,6 +61,7 @@ class Settings(BaseModel, frozen=True):
     pattern_breakout_pct: float = Field(0.1, ge=0, description="TAPESTREAM_PATTERN_BREAKOUT_PCT")
     pattern_rsi_high: float = Field(70.0, gt=0, lt=100, description="TAPESTREAM_PATTERN_RSI_HIGH")
     pattern_rsi_low: float = Field(30.0, gt=0, lt=100, description="TAPESTREAM_PATTERN_RSI_LOW")
+    delta_depth: int = Field(10, ge=1, le=50, description="TAPESTREAM_DELTA_DEPTH")
 
     @field_validator("broker")
     @classmethod

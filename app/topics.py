@@ -67,9 +67,28 @@ IFD_TOPICS = {name: _topic(settings.topic(name)) for name in (PRESSURE, SIGNALS)
 for _out in IFD_TOPICS.values():
     output_sources[_out.get_topic_name()] = RAW_MBO
 
+# The one-second delta stream (tables/deltas.py): the books and bars agents write their parts
+# of each second to `delta.parts` (JSON, with the writer and its watermark in headers), and the
+# deltas agent merges them into `deltas` (README, "The delta topic"). Every topic with this
+# partition count falls in one of Faust's copartitioned groups, so both writers of a
+# `delta.parts` partition share the transaction of that partition's raw input.
+delta_parts = _topic(settings.topic("delta.parts"), internal=True)
+deltas = _topic(settings.topic("deltas"))
+for _out in (delta_parts, deltas):
+    output_sources[_out.get_topic_name()] = RAW_MBO
+
 # Topics agents only write. The worker declares the topics it consumes; these it declares at
 # start, and `ensure_declared` covers a send that comes before that task has run.
-OUTPUT_TOPICS = [dead_letters, book_deltas, bbo, trades, *BAR_TOPICS.values(), *IFD_TOPICS.values()]
+OUTPUT_TOPICS = [
+    dead_letters,
+    book_deltas,
+    bbo,
+    trades,
+    *BAR_TOPICS.values(),
+    *IFD_TOPICS.values(),
+    delta_parts,
+    deltas,
+]
 _declared: set[str] = set()
 
 

@@ -132,6 +132,23 @@ class Published:
     bbo: np.ndarray  # (n, 6): bid px, sz, ct, ask px, sz, ct
     bbo_event: np.ndarray
 
+    @staticmethod
+    def concat(pieces: list[tuple[int, Published]]) -> Published | None:
+        """One Published for consecutive applies, each given with the index of its first
+        record in the whole input (record indices are shifted to it)."""
+        if len(pieces) < 2:
+            return pieces[0][1] if pieces else None
+        cols = {
+            name: np.concatenate([getattr(p, name) for _, p in pieces])
+            for name in ("book", "side", "price", "size", "count", "event", "bbo_book", "bbo")
+        }
+        return Published(
+            rec=np.concatenate([p.rec + start for start, p in pieces]),
+            bbo_rec=np.concatenate([p.bbo_rec + start for start, p in pieces]),
+            bbo_event=np.concatenate([p.bbo_event for _, p in pieces]),
+            **cols,
+        )
+
 
 class BookEngine:
     def __init__(self, orders: int = 1 << 14, levels: int = 1 << 12, books: int = 16) -> None:

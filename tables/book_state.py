@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -69,6 +69,14 @@ class Applied:
 
     records: np.ndarray
     published: Published | None
+
+
+class Seconds(Protocol):
+    """Where to stop applying a message to close a second, and closing it."""
+
+    def cuts(self, instrument_id: int, records: np.ndarray) -> list[tuple[int, int]]: ...
+
+    def close(self, instrument_id: int, next_second: int | None) -> None: ...
 
 
 class BookSet:
@@ -162,9 +170,16 @@ class BookSet:
         return dropped
 
     # -- applying -------------------------------------------------------------------------
-    def process(self, instrument_id: int, records: np.ndarray, position: int) -> Applied | None:
+    def process(
+        self,
+        instrument_id: int,
+        records: np.ndarray,
+        position: int,
+        seconds: Seconds | None = None,
+    ) -> Applied | None:
         """Apply one input message at `position`; None if that position was already applied
-        (a message redelivered after a restart)."""
+        (a message redelivered after a restart). `seconds` (tables/deltas.py) may stop the
+        applying where a second ends, to read the books as they stood then."""
         inst = self.instruments[instrument_id]
         if position <= inst.position:
             return None
@@ -173,16 +188,29 @@ class BookSet:
         cut = complete_events(records)
         inst.held = records[cut:].copy()
         applied = records[:cut]
-        published = self.engine.apply(applied, emit=True) if cut else None
+        published = None
+        if cut:
+            stops = seconds.cuts(instrument_id, applied) if seconds is not None else []
+            pieces, start = [], 0
+            for stop, second in [*stops, (cut, None)]:
+                if stop > start:
+                    piece = self.engine.apply(applied[start:stop], emit=True)
+                    pieces.append((start, piece))
+                    self._add_books(instrument_id, applied[start:stop])
+                if second is not None:
+                    seconds.close(instrument_id, second)  # type: ignore[union-attr]
+                start = stop
+            published = Published.concat(pieces)  # type: ignore[arg-type]
         inst.position = position
         inst.dirty = True
-        books = self._books[instrument_id]
-        if cut:
-            for pub in np.unique(applied["publisher_id"]).tolist():
-                b = self.engine.book_index(pub, instrument_id)
-                if b not in books:
-                    books.append(b)
         return Applied(applied, published)
+
+    def _add_books(self, instrument_id: int, records: np.ndarray) -> None:
+        books = self._books[instrument_id]
+        for pub in np.unique(records["publisher_id"]).tolist():
+            b = self.engine.book_index(pub, instrument_id)
+            if b not in books:
+                books.append(b)
 
     # -- checkpoints ----------------------------------------------------------------------
     def checkpoint(self) -> dict[int, list[Write]]:
@@ -314,6 +342,17 @@ class BookSet:
                 }
             )
         return {"instrument_id": instrument_id, "position": inst.position, "books": books}
+
+    def tops(self, instrument_id: int, depth: int) -> dict[int, tuple[list, list]]:
+        """Per publisher, the best `depth` levels of each side, [price, size, count] each."""
+        engine = self.engine
+        return {
+            engine.book_keys[b][0]: (
+                [list(x) for x in engine.levels(b, BID, depth)],
+                [list(x) for x in engine.levels(b, ASK, depth)],
+            )
+            for b in self._books.get(instrument_id, [])
+        }
 
     def bbo(self, instrument_id: int) -> list[dict[str, Any]]:
         out = []

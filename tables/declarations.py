@@ -32,3 +32,5 @@ books = _bytes_table("books", "L3 order books: per-instrument meta and pages of 
 bars = _bytes_table("bars", "open bar windows, indicator state and recent bars per instrument")
 # Institutional flow detection per partition (tables/ifd_state.py gives the keys).
 ifd = _bytes_table("ifd", "pressure windows, baselines, cooldowns and recent signals")
+# The deltas agent's merge per partition (tables/deltas.py).
+deltas = _bytes_table("deltas", "one-second delta parts waiting for both writers' watermarks")

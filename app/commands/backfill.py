@@ -34,11 +34,13 @@ from models.bar_events import INDICATORS, LATE_TRADES, bars_topic
 from models.trades import trades_from_mbo
 from tables.bar_state import BarStage
 from tables.book_state import BookSet
+from tables.deltas import BARS, BOOKS, BookSeconds, DeltaMerge, item_parts
 from tables.ifd import PRESSURE, SIGNALS, IfdStage
 from tables.instrument_stats import InstrumentStats
 
 # Levels per side in books.table.jsonl (the live view's default depth).
 BOOK_TABLE_DEPTH = 10
+DELTAS = "deltas"
 
 
 @dataclass
@@ -97,8 +99,9 @@ class _BooksStage:
 
     table = "books"
 
-    def __init__(self, depth: int = BOOK_TABLE_DEPTH) -> None:
+    def __init__(self, depth: int = BOOK_TABLE_DEPTH, delta_depth: int = BOOK_TABLE_DEPTH) -> None:
         self.books = BookSet()
+        self.seconds = BookSeconds(self.books.tops, delta_depth)
         self.depth = depth
         self.positions: dict[int, int] = {}
         self.topics: dict[str, list[dict[str, Any]]] = {
@@ -111,8 +114,9 @@ class _BooksStage:
         iid = batch.instrument_id
         if not self.books.loaded(iid):
             self.books.load(iid, 0, {}.get)
+            self.seconds.load(iid, 0, {}.get)
         pos = self.positions[iid] = self.positions.get(iid, -1) + 1
-        applied = self.books.process(iid, batch.records, pos)
+        applied = self.books.process(iid, batch.records, pos, self.seconds)
         assert applied is not None
         out = book_events.messages(iid, applied, self.books)
         for base, message in out.items():
@@ -146,14 +150,17 @@ class _BarsStage:
             LATE_TRADES: [],
             SIGNALS: [],
         }
+        self.received_through: int | None = None
 
-    def on_records(self, records: np.ndarray) -> None:
+    def on_records(self, records: np.ndarray) -> list[tuple[str, dict[str, Any]]]:
         if not len(records):
-            return
+            return []
         rows = self.stage.add(trades_from_mbo(records))
-        rows += self.stage.advance(int(records["ts_recv"].max()))
+        self.received_through = int(records["ts_recv"].max())
+        rows += self.stage.advance(self.received_through)
         for topic, row in rows:
             self.topics[topic].append(row)
+        return [(t, r) for t, r in rows if t != LATE_TRADES]
 
     def table_rows(self) -> list[dict[str, Any]]:
         return self.stage.indicator_rows()
@@ -173,13 +180,38 @@ class _IfdStage:
     def on_messages(self, iid: int, messages: dict[str, dict]) -> None:
         self.stage.add_book_output(iid, messages)
 
-    def advance(self, bound: int | None) -> None:
-        if bound is not None:
-            for topic, row in self.stage.advance(bound):
-                self.topics[topic].append(row)
+    def advance(self, bound: int | None) -> list[tuple[str, dict[str, Any]]]:
+        rows = self.stage.advance(bound) if bound is not None else []
+        for topic, row in rows:
+            self.topics[topic].append(row)
+        return rows
 
     def table_rows(self) -> list[dict[str, Any]]:
         return self.stage.baseline_rows()
+
+
+class _DeltasStage:
+    """The deltas agent's merge over the books' seconds (closed by the source bound, as live)
+    and the bars and flow detection items, published as both have passed each second."""
+
+    def __init__(self, settings: Settings, seconds: BookSeconds) -> None:
+        self.seconds = seconds
+        self.lateness = settings.lateness_ns
+        self.merge = DeltaMerge()
+        self.rows: list[dict[str, Any]] = []
+
+    def items(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        for part in item_parts(rows, self.lateness):
+            self.merge.add(*part)
+
+    def advance(self, books_bound: int | None, bars_bound: int | None) -> None:
+        if books_bound is None or bars_bound is None:
+            return
+        self.seconds.release(0, books_bound)
+        for part in self.seconds.take():
+            self.merge.add(*part)
+        self.rows += self.merge.advance(BARS, bars_bound)
+        self.rows += self.merge.advance(BOOKS, books_bound)
 
 
 def backfill_files(
@@ -190,9 +222,10 @@ def backfill_files(
     progress: bool = True,
 ) -> BackfillResult:
     files = [open_mbo(p) for p in paths]
-    books = _BooksStage()
+    books = _BooksStage(delta_depth=settings.delta_depth)
     bars = _BarsStage(settings)
     ifd = _IfdStage(settings)
+    deltas = _DeltasStage(settings, books.seconds)
     instruments = _InstrumentsStage()
     stages: list[Any] = [instruments, books]
     result = BackfillResult()
@@ -214,16 +247,19 @@ def backfill_files(
             if remaining is not None:
                 chunk = chunk[:remaining]
                 remaining -= len(chunk)
-            bars.on_records(chunk)
+            deltas.items(bars.on_records(chunk))
             feed(batcher.add(chunk))
             if len(chunk):
                 source.read(int(chunk["ts_recv"].max()))
-            ifd.advance(source.bounds(batcher).get(0))
+            bound = source.bounds(batcher).get(0)
+            deltas.items(ifd.advance(bound))
+            deltas.advance(bound, bars.received_through)
             bar.update(f.bytes_read, result.records)
             if remaining == 0:
                 break
         feed(batcher.flush_all())
-        ifd.advance(source.read_through)
+        deltas.items(ifd.advance(source.read_through))
+        deltas.advance(source.read_through, bars.received_through)
         bar.update(f.bytes_read, result.records, force=True)
         bar.close()
         if remaining == 0:
@@ -237,6 +273,7 @@ def backfill_files(
     result.ifd = ifd.stage
     for topic, rows in ifd.topics.items():  # signals: patterns from bars, then flow signals
         result.row_topics.setdefault(topic, []).extend(rows)
+    result.row_topics[DELTAS] = deltas.rows
     result.seconds = time.monotonic() - t0
     return result
 

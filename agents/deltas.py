@@ -1,0 +1,85 @@
+"""The one-second delta stream: `delta.parts` in (the books and bars agents' parts of each
+second, with their watermarks), `deltas` out, one record per instrument per second in which
+something changed (tables/deltas.py; README, "The delta topic"). The merge of each partition
+is checkpointed in the `deltas` table (tables/deltas.py gives the keys; app/checkpoints.py
+says when).
+
+A second is published once both writers' watermarks have passed its end, seconds in order and
+instruments in order within a second, so the stream is the same at any pace, batch size or
+partition count, and the same as backfill's. A part of a second already published (a writer
+repeating itself after a restart) is dropped and counted. Under at_least_once a restart of
+this agent can publish a second again: drop repeats by (instrument_id, start).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from faust.types import TP
+
+from app import metrics
+from app.checkpoints import Checkpointer
+from app.dead_letters import send_dead_letter
+from app.delta_parts import source_of
+from app.faust_app import app
+from app.feeds.watermarks import WM_HEADER, header
+from app.topics import delta_parts, deltas, ensure_declared
+from tables.declarations import deltas as deltas_table
+from tables.deltas import DeltaSet
+
+AGENT = "deltas"
+log = logging.getLogger(__name__)
+
+merges = DeltaSet()
+checkpoints = Checkpointer(app, AGENT, [(deltas_table, merges)])
+PARTS = delta_parts.get_topic_name()
+
+
+def _part(value: bytes) -> tuple[int, int, dict[str, Any]]:
+    part = orjson.loads(value)
+    if not isinstance(part, dict):
+        raise ValueError("a delta part must be a JSON object")
+    iid, second = part.pop("instrument_id", None), part.pop("second", None)
+    if not isinstance(iid, int) or not isinstance(second, int):
+        raise ValueError("a delta part needs integer instrument_id and second")
+    if not isinstance(part.get("books", []), list) or not isinstance(part.get("items", []), list):
+        raise ValueError("a delta part's books and items must be lists")
+    return iid, second, part
+
+
+@app.agent(delta_parts, name=AGENT)
+async def publish_deltas(stream):  # type: ignore[no-untyped-def]
+    await ensure_declared(deltas)
+    async for event in stream.noack().events():
+        async with checkpoints.state_lock:
+            checkpoints.hold(event)
+            msg = event.message
+            try:
+                source = source_of(msg.headers)
+                bound = header(msg.headers, WM_HEADER)
+                part = _part(event.value) if event.value else None
+            except (ValueError, orjson.JSONDecodeError) as exc:
+                await send_dead_letter(AGENT, event, "malformed", str(exc))
+                continue
+            if not merges.loaded(msg.partition):
+                merges.load(msg.partition, deltas_table.get)
+            if part is not None and not merges.add(msg.partition, *part):
+                metrics.messages_duplicate.labels(AGENT).inc()
+            if bound is not None:
+                for delta in merges.advance(msg.partition, source, bound):
+                    deltas.send_soon(
+                        key=str(delta["instrument_id"]).encode(),
+                        value=orjson.dumps(delta),
+                        partition=msg.partition,
+                    )
+                    metrics.records_processed.labels(AGENT).inc()
+            metrics.messages_processed.labels(AGENT).inc()
+
+
+@app.on_partitions_revoked.connect
+async def _evict_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+    gone = {tp.partition for tp in revoked if tp.topic == PARTS}
+    if gone:
+        await checkpoints.evict(gone)

@@ -1,0 +1,399 @@
+"""The one-second delta stream: per instrument, one record for each event-time second in which
+something changed, holding what changed. No Faust here.
+
+Each thing that changes belongs to the second in which it became final, which depends on the
+thing alone, never on when a worker happened to see it:
+  - a book change, to the second of its event's `ts_recv` (the state published is the book at
+    the end of that second, after every event received before the second ended);
+  - a bar, its indicators, a pattern, a pressure window or a flow signal, to the second in which
+    its window's end plus the allowed lateness falls: the moment the source watermark closes it.
+
+Three pieces make the stream:
+  - `BookSeconds` (books agent): the top-N levels of each book at the end of every second in
+    which they changed, as the levels that differ from the ones last published;
+  - `item_parts` (books and bars agents): bars, indicators, patterns, pressure and signals,
+    grouped by instrument and second;
+  - `DeltaMerge` (deltas agent): puts both agents' parts together and publishes a second once
+    both agents' watermarks have passed its end, seconds in order, instruments in order within
+    a second. Its output is therefore the same at any pace, batch size or partition count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from models.mbo import F_LAST, UNDEF_PRICE, instrument_key
+from tables.bar_state import PartitionedState
+from tables.bars import parse_interval
+from tables.book_engine import complete_events
+
+SECOND_NS = 1_000_000_000
+BOOKS, BARS = "books", "bars"  # the two agents whose parts make a delta
+SOURCES = (BOOKS, BARS)
+Levels = list[list[int]]  # [[price, size, count], ...] best first
+Part = dict[str, Any]
+Get = Callable[[bytes], bytes | None]
+
+
+def second_of(final_at: int) -> int:
+    """The second (whole seconds of event time) during which something final from `final_at`
+    on (a watermark at or past it has it) belongs."""
+    return (final_at - 1) // SECOND_NS
+
+
+def released_through(bound: int) -> int:
+    """Seconds before this one are complete once a watermark has reached `bound`."""
+    return bound // SECOND_NS
+
+
+# -- book changes ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Tops:
+    partition: int
+    open: int | None = None  # the second the book changed in that has not been closed yet
+    last: dict[int, tuple[Levels, Levels]] = field(default_factory=dict)  # as last published
+    dirty: bool = False
+
+    def export(self) -> dict[str, Any]:
+        return {"open": self.open, "last": {str(p): list(v) for p, v in self.last.items()}}
+
+
+def tops_key(instrument_id: int) -> bytes:
+    return instrument_key(instrument_id) + b"/tops"
+
+
+class BookSeconds:
+    """Top-N levels per book at the end of each second, as changes. The books agent hands it to
+    `BookSet.process`, which applies a message in pieces cut where a new second starts, so
+    each second is closed on the book exactly as it stood at its end."""
+
+    def __init__(self, tops: Callable[[int, int], dict[int, tuple[Levels, Levels]]], depth: int):
+        self.read_tops = tops  # (instrument, depth) -> {publisher: (bids, asks)}
+        self.depth = depth
+        self.state: dict[int, _Tops] = {}
+        self.closed: list[tuple[int, int, Part]] = []  # (instrument, second, part) to send
+
+    # -- state ------------------------------------------------------------------------------
+    def loaded(self, instrument_id: int) -> bool:
+        return instrument_id in self.state
+
+    def load(self, instrument_id: int, partition: int, get: Get) -> None:
+        st = self.state[instrument_id] = _Tops(partition)
+        raw = get(tops_key(instrument_id))
+        if raw is not None:
+            saved = orjson.loads(raw)
+            st.open = saved["open"]
+            st.last = {int(p): (v[0], v[1]) for p, v in saved["last"].items()}
+
+    def checkpoint(self) -> dict[int, list[tuple[bytes, bytes | None]]]:
+        out: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        for iid, st in self.state.items():
+            if st.dirty:
+                out.setdefault(st.partition, []).append((tops_key(iid), orjson.dumps(st.export())))
+                st.dirty = False
+        return out
+
+    def evict(self, partitions: set[int]) -> None:
+        for iid in [i for i, st in self.state.items() if st.partition in partitions]:
+            del self.state[iid]
+
+    # -- cutting messages at seconds --------------------------------------------------------
+    def cuts(self, instrument_id: int, records: np.ndarray) -> list[tuple[int, int]]:
+        """Where to stop applying `records` (complete events) to close a second: (index, the
+        second starting there). An event counts in the second its last record (F_LAST) was
+        received in, the moment it shows in the book; a receive time earlier than the open
+        second's counts in the open second."""
+        st = self.state[instrument_id]
+        st.dirty = True
+        ends = _event_ends(records)
+        sec = (records["ts_recv"][ends - 1] // SECOND_NS).astype(np.int64)
+        if st.open is None:
+            st.open = int(sec[0])
+        np.maximum.accumulate(np.maximum(sec, st.open), out=sec)
+        starts = np.flatnonzero(np.diff(sec, prepend=st.open))
+        at = np.concatenate([[0], ends[:-1]])[starts]
+        return list(zip(at.tolist(), sec[starts].tolist(), strict=True))
+
+    def close(self, instrument_id: int, next_second: int | None) -> None:
+        """Close the instrument's open second on its books as they stand now."""
+        st = self.state[instrument_id]
+        if st.open is not None:
+            part = self._diff(st, self.read_tops(instrument_id, self.depth))
+            if part:
+                self.closed.append((instrument_id, st.open, {"books": part}))
+        st.open = next_second
+        st.dirty = True
+
+    def release(self, partition: int, bound: int) -> None:
+        """Close every open second of the partition's instruments that `bound` has passed."""
+        through = released_through(bound)
+        for iid, st in self.state.items():
+            if st.partition == partition and st.open is not None and st.open < through:
+                self.close(iid, None)
+
+    def take(self) -> list[tuple[int, int, Part]]:
+        out, self.closed = self.closed, []
+        return out
+
+    def _diff(self, st: _Tops, now: dict[int, tuple[Levels, Levels]]) -> list[dict[str, Any]]:
+        books = []
+        for pub in sorted(now):
+            bids, asks = now[pub]
+            old_bids, old_asks = st.last.get(pub, ([], []))
+            bid_set, ask_set = _changed(old_bids, bids), _changed(old_asks, asks)
+            if (
+                not bid_set
+                and not ask_set
+                and len(bids) == len(old_bids)
+                and len(asks) == len(old_asks)
+            ):
+                continue
+            book: dict[str, Any] = {
+                "publisher_id": pub,
+                "bid_depth": len(bids),
+                "ask_depth": len(asks),
+                "bids": bid_set,
+                "asks": ask_set,
+            }
+            if _top(old_bids, old_asks) != (top := _top(bids, asks)):
+                book["top"] = top
+            books.append(book)
+            st.last[pub] = (bids, asks)
+        return books
+
+
+def _event_ends(records: np.ndarray) -> np.ndarray:
+    """Where each event of complete `records` ends: every F_LAST for one book; for several,
+    only where every book's event is complete."""
+    ends = np.flatnonzero(records["flags"] & F_LAST) + 1
+    books = (records["publisher_id"].astype(np.uint64) << np.uint64(32)) | records["instrument_id"]
+    if (books != books[0]).any():
+        ends = np.array([e for e in ends.tolist() if complete_events(records[:e]) == e], np.int64)
+    if not len(ends) or ends[-1] != len(records):
+        ends = np.append(ends, len(records))  # records given are whole events
+    return ends
+
+
+def _changed(old: Levels, new: Levels) -> list[list[int]]:
+    return [[i, *lvl] for i, lvl in enumerate(new) if i >= len(old) or old[i] != lvl]
+
+
+def _top(bids: Levels, asks: Levels) -> list[int]:
+    bid = bids[0] if bids else [UNDEF_PRICE, 0, 0]
+    ask = asks[0] if asks else [UNDEF_PRICE, 0, 0]
+    return [*bid, *ask]
+
+
+# -- bars, indicators, patterns, pressure, signals ----------------------------------------------
+
+
+def final_at(row: dict[str, Any], lateness_ns: int) -> int:
+    """When a window's row becomes final: its end plus the allowed lateness."""
+    end = row.get("end")
+    if end is None:
+        end = row["start"] + parse_interval(row["interval"])
+    return int(end) + lateness_ns
+
+
+def item_parts(
+    rows: Iterable[tuple[str, dict[str, Any]]], lateness_ns: int
+) -> list[tuple[int, int, Part]]:
+    """Rows (topic, row) grouped into parts by (instrument, second), in order."""
+    parts: dict[tuple[int, int], list[list[Any]]] = {}
+    for topic, row in rows:
+        if row.get("kind") == "processing_lag":  # wall-clock: no place in event time
+            continue
+        key = (int(row["instrument_id"]), second_of(final_at(row, lateness_ns)))
+        parts.setdefault(key, []).append([topic, row])
+    return [(iid, s, {"items": items}) for (iid, s), items in sorted(parts.items())]
+
+
+# Item kinds as delta fields: every bars topic goes to "bars", the rest keep their name.
+def _field(topic: str) -> str:
+    return "bars" if topic.startswith("bars.") else topic
+
+
+def _identity(topic: str, row: dict[str, Any]) -> tuple:
+    return (
+        topic,
+        row.get("interval", ""),
+        row.get("start", 0),
+        row.get("kind", ""),
+        row.get("direction", ""),
+    )
+
+
+# -- the merge ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    books: list[dict[str, Any]] | None = None
+    items: dict[tuple, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+class DeltaMerge:
+    """One partition's merge of book and item parts into deltas."""
+
+    def __init__(self) -> None:
+        self.watermarks: dict[str, int] = {}
+        self.through: int | None = None  # seconds before this are published
+        self.pending: dict[tuple[int, int], _Pending] = {}  # (second, instrument)
+        self.repeats = 0
+
+    def add(self, instrument_id: int, second: int, part: Part) -> bool:
+        """A part from either agent; False (and nothing changes) for a part of a second already
+        published: an agent repeating itself after a restart."""
+        if self.through is not None and second < self.through:
+            self.repeats += 1
+            return False
+        pending = self.pending.get((second, instrument_id))
+        if pending is None:
+            pending = self.pending[(second, instrument_id)] = _Pending()
+        if "books" in part:
+            pending.books = part["books"]  # one per second; a repeat is the same part
+        for topic, row in part.get("items", ()):
+            pending.items[_identity(topic, row)] = (topic, row)
+        return True
+
+    def advance(self, source: str, bound: int) -> list[dict[str, Any]]:
+        """An agent's watermark; the deltas of every second both have now passed."""
+        if source not in SOURCES:
+            raise ValueError(f"unknown delta source {source!r}")
+        if bound <= self.watermarks.get(source, bound - 1):
+            return []
+        self.watermarks[source] = bound
+        if len(self.watermarks) < len(SOURCES):
+            return []
+        through = released_through(min(self.watermarks.values()))
+        if self.through is not None and through <= self.through:
+            return []
+        self.through = through
+        ready = sorted(k for k in self.pending if k[0] < through)
+        return [delta(iid, second, self.pending.pop((second, iid))) for second, iid in ready]
+
+
+def delta(instrument_id: int, second: int, pending: _Pending) -> dict[str, Any]:
+    out: dict[str, Any] = {"instrument_id": instrument_id, "start": second * SECOND_NS}
+    if pending.books:
+        out["books"] = pending.books
+    for key in sorted(pending.items):
+        topic, row = pending.items[key]
+        out.setdefault(_field(topic), []).append(row)
+    return out
+
+
+def meta_key(partition: int) -> bytes:
+    return f"~partition/{partition}".encode()
+
+
+def pending_key(instrument_id: int, second: int) -> bytes:
+    return instrument_key(instrument_id) + f"/{second}".encode()
+
+
+@dataclass
+class _MergeState:
+    merge: DeltaMerge
+    changed: set[tuple[int, int]] = field(default_factory=set)  # (second, iid) since checkpoint
+    written: set[tuple[int, int]] = field(default_factory=set)  # pending keys in the table
+    dirty: bool = False
+
+
+class DeltaSet(PartitionedState[_MergeState]):
+    """The deltas agent's merge of each partition, checkpointed as a key per pending
+    (instrument, second), written when it changes and deleted once published, and the
+    partition's watermarks under `~partition/<p>`. How much is pending depends on how far the
+    bars agent runs behind the books agent: at full replay speed, minutes."""
+
+    def __init__(self) -> None:
+        self.partitions: dict[int, _MergeState] = {}
+
+    def load(self, partition: int, get: Get) -> DeltaMerge:
+        merge = DeltaMerge()
+        state = self.partitions[partition] = _MergeState(merge)
+        raw = get(meta_key(partition))
+        if raw is None:
+            return merge
+        meta = orjson.loads(raw)
+        merge.watermarks = dict(meta["watermarks"])
+        merge.through = meta["through"]
+        merge.repeats = meta["repeats"]
+        for iid_s, seconds in meta["pending"].items():
+            iid = int(iid_s)
+            for first, last in seconds:
+                for second in range(first, last + 1):
+                    saved = get(pending_key(iid, second))
+                    if saved is None:
+                        raise ValueError(f"deltas checkpoint: {iid}/{second} is missing")
+                    books, items = orjson.loads(saved)
+                    p = merge.pending[(second, iid)] = _Pending(books)
+                    for topic, row in items:
+                        p.items[_identity(topic, row)] = (topic, row)
+                    state.written.add((second, iid))
+        return merge
+
+    def add(self, partition: int, instrument_id: int, second: int, part: Part) -> bool:
+        state = self.partitions[partition]
+        state.dirty = True
+        if not state.merge.add(instrument_id, second, part):
+            return False
+        state.changed.add((second, instrument_id))
+        return True
+
+    def advance(self, partition: int, source: str, bound: int) -> list[dict[str, Any]]:
+        state = self.partitions[partition]
+        state.dirty = True
+        out = state.merge.advance(source, bound)
+        state.changed.update((d["start"] // SECOND_NS, d["instrument_id"]) for d in out)
+        return out
+
+    def checkpoint(self) -> dict[int, list[tuple[bytes, bytes | None]]]:
+        out: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        for p, state in self.partitions.items():
+            if not state.dirty:
+                continue
+            merge, rows = state.merge, []
+            for key in sorted(state.changed):
+                second, iid = key
+                pending = merge.pending.get(key)
+                if pending is not None:
+                    items = [[t, r] for t, r in pending.items.values()]
+                    rows.append((pending_key(iid, second), orjson.dumps([pending.books, items])))
+                    state.written.add(key)
+                elif key in state.written:
+                    rows.append((pending_key(iid, second), None))
+                    state.written.discard(key)
+            meta = {
+                "watermarks": merge.watermarks,
+                "through": merge.through,
+                "repeats": merge.repeats,
+                "pending": _ranges(merge.pending),
+            }
+            rows.append((meta_key(p), orjson.dumps(meta)))
+            out[p] = rows
+            state.changed.clear()
+            state.dirty = False
+        return out
+
+
+def _ranges(pending: dict[tuple[int, int], Any]) -> dict[str, list[list[int]]]:
+    """Each instrument's pending seconds as [first, last] runs."""
+    by_iid: dict[int, list[int]] = {}
+    for second, iid in sorted(pending):
+        by_iid.setdefault(iid, []).append(second)
+    out: dict[str, list[list[int]]] = {}
+    for iid, seconds in by_iid.items():
+        runs = out[str(iid)] = []
+        for second in seconds:
+            if runs and runs[-1][1] == second - 1:
+                runs[-1][1] = second
+            else:
+                runs.append([second, second])
+    return out
