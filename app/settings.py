@@ -48,6 +48,7 @@ class Settings(BaseModel, frozen=True):
     pressure_interval: str = Field("5m", description="TAPESTREAM_PRESSURE_INTERVAL")
     large_trade_size: int = Field(50, ge=1, description="TAPESTREAM_LARGE_TRADE_SIZE")
     session_start: str = Field("00:00", description="TAPESTREAM_SESSION_START")
+    session_starts: str = Field("", description="TAPESTREAM_SESSION_STARTS")
     baseline_sessions: int = Field(20, ge=1, le=400, description="TAPESTREAM_BASELINE_SESSIONS")
     signal_z_volume: float = Field(2.0, gt=0, description="TAPESTREAM_SIGNAL_Z_VOLUME")
     signal_z_flow: float = Field(2.0, gt=0, description="TAPESTREAM_SIGNAL_Z_FLOW")
@@ -109,17 +110,36 @@ class Settings(BaseModel, frozen=True):
             raise ValueError("must be a UTC time of day as HH:MM, as in 22:00")
         return v.strip()
 
+    @field_validator("session_starts")
+    @classmethod
+    def _session_starts(cls, v: str) -> str:
+        from tables.venues import known_venue
+
+        for item in (x.strip() for x in v.split(",") if x.strip()):
+            venue, _, start = item.partition("=")
+            if not known_venue(venue.strip()):
+                raise ValueError(
+                    f"{venue.strip()!r} is not a venue Databento lists; give VENUE=HH:MM pairs "
+                    "with venue MICs, as in GLBX=22:00,XNAS=00:00"
+                )
+            cls._session_start(start)
+        return v.strip()
+
+    def venue_starts(self) -> tuple[tuple[str, int], ...]:
+        pairs = (x.split("=") for x in self.session_starts.split(",") if x.strip())
+        return tuple((venue.strip(), _time_of_day_ns(start)) for venue, start in pairs)
+
     def ifd_config(self) -> IfdConfig:
         from tables.bars import parse_interval
         from tables.ifd import IfdConfig
         from tables.signals import SignalConfig
 
-        hh, mm = (int(x) for x in self.session_start.split(":"))
         return IfdConfig(
             interval_ns=parse_interval(self.pressure_interval),
             lateness_ns=self.lateness_ns,
             large_size=self.large_trade_size,
-            session_start_ns=(hh * 60 + mm) * 60_000_000_000,
+            session_start_ns=_time_of_day_ns(self.session_start),
+            venue_starts=self.venue_starts(),
             sessions=self.baseline_sessions,
             signal=SignalConfig(
                 z_volume=self.signal_z_volume,
@@ -177,3 +197,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             for e in exc.errors()
         )
         raise SettingsError(f"invalid configuration: {problems}") from None
+
+
+def _time_of_day_ns(text: str) -> int:
+    hh, mm = (int(x) for x in text.strip().split(":"))
+    return (hh * 60 + mm) * 60_000_000_000

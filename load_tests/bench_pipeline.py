@@ -2,7 +2,7 @@
 
     python -m load_tests.bench_pipeline [--records 2000000] [--instruments 100]
         [--rate 50000] [--paced-seconds 20] [--paced-instruments 10] [--runs 3]
-        [--guarantees at_least_once,exactly_once]
+        [--guarantees at_least_once,exactly_once] [--phases throughput,backlog,latency,signals]
 
 For each processing guarantee, each run starts a fresh worker (its own topics and state) and:
   throughput  replays a generated file at full speed (--max) and measures events/s from the
@@ -17,8 +17,14 @@ For each processing guarantee, each run starts a fresh worker (its own topics an
               it, by the message's broker timestamp). Replay sends, at the start of each 20 ms
               tick of its pace clock, what falls due within the tick; the start of the tick is
               taken as the send time, which can only overstate a latency.
+  signals     replays a file of three days of event time at --rate records/s, to a worker
+              whose flow detection fires often (one-minute windows, any volume, no
+              cooldown), and times every signal and every one-second delta from the tick at
+              which the event time that made it final came due (a window's end plus the
+              allowed lateness; the end of a delta's second) until a read_committed consumer
+              had it.
 The worker runs every agent (books with counts and flow detection, bars with indicators and
-patterns) as a deployment does. The broker must be
+patterns, deltas) as a deployment does. The broker must be
 running (`make broker-start`). Medians over runs are printed, with every run's figures.
 """
 
@@ -160,6 +166,96 @@ async def _paced(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
     }
 
 
+# Flow detection that fires often enough to time: one-minute windows scored from the first
+# session of history on, any volume, no cooldown.
+SIGNAL_ENV = {
+    "TAPESTREAM_PRESSURE_INTERVAL": "1m",
+    "TAPESTREAM_SIGNAL_MIN_SESSIONS": "1",
+    "TAPESTREAM_SIGNAL_VOLUME_FLOOR": "1",
+    "TAPESTREAM_SIGNAL_COOLDOWN": "0",
+}
+SESSIONS = 3
+
+
+def _signal_file(records: int, instruments: int) -> Path:
+    """`records` spread over three days of event time, so windows have baselines."""
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    path = BENCH_DIR / f"signals-{records}-{instruments}.mbo.dbn.zst"
+    if not path.exists():
+        rate = records / (SESSIONS * 86_400)
+        write(path, GenConfig(records=records, instruments=instruments, events_per_second=rate))
+    return path
+
+
+async def _final_latency(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
+    """Replay paced at `rate` records/s; for every signal and every delta, the time from the
+    start of the replay tick at which the event time that made it final came due (a window's
+    end plus the lateness; a delta's second's end) until a read_committed consumer had it."""
+    settings = load_settings(w.env)
+    clock: dict[str, float] = {}
+
+    def started(t0_wall: float, t0_event: int) -> None:
+        clock["wall"], clock["event"] = t0_wall, float(t0_event)
+
+    topics = {settings.topic("signals"): "signals", settings.topic("deltas"): "deltas"}
+    for topic in topics:
+        await ensure_topic(settings, topic, settings.partitions)
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.bootstrap_servers,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_wait_ms=5,
+    )
+    await consumer.start()
+    got: dict[str, list[float]] = {"signals": [], "deltas": []}
+    stop = asyncio.Event()
+    speed = _speed_for(path, rate)
+
+    async def consume() -> None:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=50)
+            now = time.monotonic()
+            for tp, msgs in batch.items():
+                kind = topics[tp.topic]
+                for m in msgs:
+                    row = orjson.loads(m.value)
+                    if not clock or row.get("kind") == "processing_lag":
+                        continue
+                    if kind == "signals":
+                        final = row["end"] + settings.lateness_ns
+                    else:
+                        final = row["start"] + 1_000_000_000
+                    due_s = (final - clock["event"]) / (speed * 1e9)
+                    due = clock["wall"] + np.floor(due_s / PACE_TICK_S) * PACE_TICK_S
+                    if due - clock["wall"] >= WARMUP_S:
+                        got[kind].append(now - due)
+
+    freeze_heap()
+    task = asyncio.create_task(consume())
+    try:
+        summary = await replay_files(
+            [str(path)], settings, speed=speed, progress=False, on_pace_start=started
+        )
+        await asyncio.sleep(3.0)
+    finally:
+        stop.set()
+        await task
+        await consumer.stop()
+    out: dict[str, float] = {"rate_events_per_s": summary.records / summary.seconds}
+    for kind, values in got.items():
+        if not values:
+            raise RuntimeError(f"no {kind} were read; see {w.log_path}")
+        lat = np.asarray(values)
+        out[f"{kind}"] = float(len(lat))
+        out[f"{kind}_p50_ms"] = float(np.percentile(lat, 50) * 1e3)
+        out[f"{kind}_p99_ms"] = float(np.percentile(lat, 99) * 1e3)
+        out[f"{kind}_max_ms"] = float(lat.max() * 1e3)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=2_000_000)
@@ -171,10 +267,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paced-instruments", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--guarantees", default="at_least_once,exactly_once")
+    ap.add_argument(
+        "--phases",
+        default="throughput,backlog,latency,signals",
+        help="which of throughput, backlog, latency, signals to run",
+    )
     args = ap.parse_args(argv)
+    phases = set(args.phases.split(","))
 
     fast = _file(args.records, args.instruments, 20_000)
     paced = _file(int(args.rate * args.paced_seconds), args.paced_instruments, args.rate)
+    signal_file = _signal_file(int(args.rate * args.paced_seconds), args.paced_instruments)
     total = orjson.loads(fast.with_name(fast.name + ".truth.json").read_bytes())["records"]
     broker = load_settings().broker
     out: dict[str, dict] = {}
@@ -182,20 +285,24 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for i in range(args.runs):
             print(f"{guarantee}: run {i + 1}/{args.runs}", file=sys.stderr)
-            with bench_worker(broker, TAPESTREAM_PROCESSING_GUARANTEE=guarantee) as w:
-                r = {"throughput": _throughput(w, fast, total)}
-            r["backlog"] = _backlog(fast, total, broker, guarantee)
-            with bench_worker(broker, TAPESTREAM_PROCESSING_GUARANTEE=guarantee) as w:
-                r["latency"] = asyncio.run(_paced(w, paced, args.rate))
+            r = {}
+            if "throughput" in phases:
+                with bench_worker(broker, TAPESTREAM_PROCESSING_GUARANTEE=guarantee) as w:
+                    r["throughput"] = _throughput(w, fast, total)
+            if "backlog" in phases:
+                r["backlog"] = _backlog(fast, total, broker, guarantee)
+            if "latency" in phases:
+                with bench_worker(broker, TAPESTREAM_PROCESSING_GUARANTEE=guarantee) as w:
+                    r["latency"] = asyncio.run(_paced(w, paced, args.rate))
+            if "signals" in phases:
+                env = {"TAPESTREAM_PROCESSING_GUARANTEE": guarantee, **SIGNAL_ENV}
+                with bench_worker(broker, **env) as w:
+                    r["signals"] = asyncio.run(_final_latency(w, signal_file, args.rate))
             runs.append(r)
         out[guarantee] = {
             "median": {
                 phase: {k: round(statistics.median(r[phase][k] for r in runs), 2) for k in keys}
-                for phase, keys in (
-                    ("throughput", runs[0]["throughput"]),
-                    ("backlog", runs[0]["backlog"]),
-                    ("latency", runs[0]["latency"]),
-                )
+                for phase, keys in runs[0].items()
             },
             "runs": runs,
         }
@@ -205,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                 "throughput_file": str(fast.relative_to(ROOT)),
                 "throughput_events": total,
                 "paced_file": str(paced.relative_to(ROOT)),
+                "signal_file": str(signal_file.relative_to(ROOT)),
                 "paced_rate": args.rate,
                 "instruments": args.instruments,
                 "paced_instruments": args.paced_instruments,

@@ -17,6 +17,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from tables.venues import venue_of
+
 DAY_NS: Final = 86_400_000_000_000
 METRICS: Final = ("log_volume", "tfi", "ofi")
 # Floors of the standard deviation, per metric: log volume in natural-log units (0.25: about
@@ -39,19 +41,30 @@ class Stat:
 
 @dataclass(frozen=True, slots=True)
 class SessionClock:
-    """Where a window falls: (session number, bucket) from its start time."""
+    """Where a window falls: (session number, bucket) from its start time and the venue of
+    the publisher that trades it."""
 
     interval_ns: int
     session_start_ns: int = 0  # time of day, UTC, at which a session starts
+    # (venue MIC, its session start) where it differs from session_start_ns
+    venue_starts: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
-        if not 0 <= self.session_start_ns < DAY_NS:
-            raise ValueError("a session start is a time of day")
+        for start in (self.session_start_ns, *(s for _, s in self.venue_starts)):
+            if not 0 <= start < DAY_NS:
+                raise ValueError("a session start is a time of day")
         if self.interval_ns <= 0 or DAY_NS % self.interval_ns:
             raise ValueError("the pressure interval must divide a day")
 
-    def place(self, ts: int) -> tuple[int, int]:
-        shifted = ts - self.session_start_ns
+    def start_of(self, publisher_id: int | None) -> int:
+        """The session start of a publisher's venue (the default for one not configured)."""
+        if publisher_id is None or not self.venue_starts:
+            return self.session_start_ns
+        venue = venue_of(publisher_id)
+        return dict(self.venue_starts).get(venue or "", self.session_start_ns)
+
+    def place(self, ts: int, publisher_id: int | None = None) -> tuple[int, int]:
+        shifted = ts - self.start_of(publisher_id)
         return shifted // DAY_NS, (shifted % DAY_NS) // self.interval_ns
 
 

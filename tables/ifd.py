@@ -25,6 +25,7 @@ class IfdConfig:
     lateness_ns: int = 2_000_000_000
     large_size: int = 50
     session_start_ns: int = 0
+    venue_starts: tuple[tuple[str, int], ...] = ()  # (venue MIC, session start) overrides
     sessions: int = 20
     signal: SignalConfig = field(default_factory=SignalConfig)
 
@@ -33,9 +34,11 @@ class IfdStage:
     def __init__(self, config: IfdConfig | None = None) -> None:
         self.config = cfg = config or IfdConfig()
         self.flows: dict[int, FlowState] = {}
+        # instrument -> the publisher its first trade or quote came from: its venue's session
+        self.publishers: dict[int, int] = {}
         self.pressure = PressureEngine(cfg.interval_ns, cfg.lateness_ns, cfg.large_size)
         self.signals = SignalEngine(
-            SessionClock(cfg.interval_ns, cfg.session_start_ns),
+            SessionClock(cfg.interval_ns, cfg.session_start_ns, cfg.venue_starts),
             Baselines(cfg.sessions),
             cfg.signal,
         )
@@ -49,6 +52,11 @@ class IfdStage:
     ) -> int:
         """One instrument's trades (with their book event numbers) and top-of-book changes
         from one message, in book order; returns how many items were late."""
+        if instrument_id not in self.publishers:
+            if len(trades):
+                self.publishers[instrument_id] = int(trades["publisher_id"][0])
+            elif bbo is not None and len(bbo["publisher_id"]):
+                self.publishers[instrument_id] = int(bbo["publisher_id"][0])
         state = self.flows.get(instrument_id)
         if state is None:
             state = self.flows[instrument_id] = FlowState()
@@ -78,7 +86,7 @@ class IfdStage:
     def _score(self, windows: list) -> list[tuple[str, dict[str, Any]]]:
         out: list[tuple[str, dict[str, Any]]] = []
         for w in windows:
-            scored = self.signals.score(w)
+            scored = self.signals.score(w, self.publishers.get(w.instrument_id))
             row = {**w.as_dict(), "session": scored.session, "bucket": scored.bucket}
             if scored.z is not None:
                 row.update(scored.z)

@@ -73,6 +73,8 @@ class IfdSet(PartitionedState["IfdPartition"]):
                 if saved is not None:
                     state = json.loads(saved)
                     stage.flows[iid] = FlowState.restore(state["flow"])
+                    if state.get("publisher") is not None:
+                        stage.publishers[iid] = state["publisher"]
                     stage.pressure.restore(iid, state["windows"])
                     for direction, start in state["cooldown"].items():
                         stage.signals.last_signal[(iid, direction)] = start
@@ -153,6 +155,7 @@ class IfdSet(PartitionedState["IfdPartition"]):
                         d: start for (i, d), start in stage.signals.last_signal.items() if i == iid
                     },
                     "buckets": sorted(buckets.get(iid, [])),
+                    "publisher": stage.publishers.get(iid),
                 }
                 rows.append((instrument_key(iid), json.dumps(state).encode()))
             for iid, bucket in sorted(part.dirty_baselines):

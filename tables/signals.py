@@ -82,8 +82,9 @@ class SignalEngine:
     # (instrument, direction) -> start of the last signal
     last_signal: dict[tuple[int, str], int] = field(default_factory=dict)
 
-    def score(self, w: PressureWindow) -> Scored:
-        session, bucket = self.clock.place(w.start)
+    def score(self, w: PressureWindow, publisher_id: int | None = None) -> Scored:
+        """Score a window of an instrument traded by `publisher_id` (its venue's session)."""
+        session, bucket = self.clock.place(w.start, publisher_id)
         base = self.baselines.stats(w.instrument_id, bucket, session)
         values = window_values(w.volume, w.tfi, w.ofi)
         z = None

@@ -320,6 +320,29 @@ def test_backfill_pressure_and_signals_do_not_depend_on_batch_size(tmp_path) -> 
         assert sorted(a, key=repr) == sorted(b, key=repr)
 
 
+def test_session_start_follows_the_venue_of_the_publisher() -> None:
+    """The scenario's trades come from publisher 1 (CME Globex, GLBX): a GLBX start places
+    its windows as a global start would, another venue's start changes nothing."""
+    windows = scenario(PLANTS)
+    glbx = IfdConfig(venue_starts=(("GLBX", 13 * 3_600_000_000_000),))
+    everywhere = IfdConfig(session_start_ns=13 * 3_600_000_000_000)
+    other = IfdConfig(venue_starts=(("XNAS", 13 * 3_600_000_000_000),))
+    by_venue, by_default = run(windows, glbx), run(windows, other)
+    assert by_venue == run(windows, everywhere)
+    assert by_default == run(windows)
+    assert [r["session"] for r in by_venue[0]] != [r["session"] for r in by_default[0]]
+    clock = SessionClock(WINDOW, 0, (("GLBX", 22 * 3_600_000_000_000),))
+    hour = 3_600_000_000_000
+    # 21:00 UTC: the last hour of CME's session that began at 22:00 the day before
+    assert clock.place(T0 + 21 * hour, 1) == (18_999, 23 * 12)
+    assert clock.place(T0 + 21 * hour, 2) == (19_000, 21 * 12)
+    # 23:00 UTC: an hour into CME's next session
+    ts = T0 + 23 * hour
+    assert clock.place(ts, 1) == (19_000, 12) and clock.place(ts, 2) == (19_000, 23 * 12)
+    assert clock.place(ts, None) == clock.place(ts, 2)
+    assert clock.place(ts, 99_999) == clock.place(ts, 2)  # a publisher Databento does not list
+
+
 def test_ifd_state_restored_from_a_checkpoint_goes_on_as_if_never_stopped() -> None:
     from tables.ifd_state import IfdSet
 
@@ -353,3 +376,4 @@ def test_ifd_state_restored_from_a_checkpoint_goes_on_as_if_never_stopped() -> N
     got += feed(again, windows[cut:])
     assert got == want
     assert again.recent_signals(11) == whole.recent_signals(11)
+    assert again.partitions[0].stage.publishers == {11: 1, 12: 1}

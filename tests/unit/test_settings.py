@@ -38,8 +38,19 @@ def test_environment_overrides() -> None:
         ("TAPESTREAM_PROCESSING_GUARANTEE", "maybe_once"),
         ("TAPESTREAM_STORE", "redis://"),
         ("TAPESTREAM_WEB_PORT", "70000"),
+        ("TAPESTREAM_SESSION_STARTS", "NOPE=22:00"),
+        ("TAPESTREAM_SESSION_STARTS", "GLBX=24:00"),
+        ("TAPESTREAM_SESSION_STARTS", "GLBX"),
+        ("TAPESTREAM_DELTA_DEPTH", "0"),
     ],
 )
 def test_invalid_values_name_the_variable(var: str, value: str) -> None:
     with pytest.raises(SettingsError, match=var):
         load_settings({var: value})
+
+
+def test_session_starts_per_venue() -> None:
+    s = load_settings({"TAPESTREAM_SESSION_STARTS": "GLBX=22:00, XNAS=13:30"})
+    hour = 3_600_000_000_000
+    assert s.ifd_config().venue_starts == (("GLBX", 22 * hour), ("XNAS", 13 * hour + hour // 2))
+    assert load_settings({}).ifd_config().venue_starts == ()
