@@ -91,9 +91,7 @@ async def make_bars(stream):  # type: ignore[no-untyped-def]
                 )
                 if topic != LATE_TRADES:
                     sent.append((topic, row))
-            delta_sender.send(msg.partition, item_parts(sent, settings.lateness_ns))
-            if bound is not None:
-                delta_sender.watermark(msg.partition, bound)
+            delta_sender.send(msg.partition, item_parts(sent, settings.lateness_ns), bound)
             metrics.messages_processed.labels(AGENT).inc()
 
 

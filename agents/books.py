@@ -168,13 +168,10 @@ def _advance(partition: int, bound: int | None) -> None:
                 key=str(row["instrument_id"]).encode(), value=orjson.dumps(row), partition=partition
             )
             rows.append((topic, row))
-        if delta_sender.due(partition, bound):
-            book_seconds.release(partition, bound)
+        book_seconds.release(partition, bound)
     parts = book_seconds.take()
     parts += item_parts(rows, settings.lateness_ns)
-    delta_sender.send(partition, parts)
-    if bound is not None:
-        delta_sender.watermark(partition, bound)
+    delta_sender.send(partition, parts, bound)
 
 
 def _trade_headers(partition: int, offset: int) -> list[tuple[str, bytes]]:

@@ -22,7 +22,7 @@ from faust.types import TP
 from app import metrics
 from app.checkpoints import Checkpointer
 from app.dead_letters import send_dead_letter
-from app.delta_parts import source_of
+from app.delta_parts import parts_of, source_of
 from app.faust_app import app
 from app.feeds.watermarks import WM_HEADER, header
 from app.topics import delta_parts, deltas, ensure_declared
@@ -37,18 +37,6 @@ checkpoints = Checkpointer(app, AGENT, [(deltas_table, merges)])
 PARTS = delta_parts.get_topic_name()
 
 
-def _part(value: bytes) -> tuple[int, int, dict[str, Any]]:
-    part = orjson.loads(value)
-    if not isinstance(part, dict):
-        raise ValueError("a delta part must be a JSON object")
-    iid, second = part.pop("instrument_id", None), part.pop("second", None)
-    if not isinstance(iid, int) or not isinstance(second, int):
-        raise ValueError("a delta part needs integer instrument_id and second")
-    if not isinstance(part.get("books", []), list) or not isinstance(part.get("items", []), list):
-        raise ValueError("a delta part's books and items must be lists")
-    return iid, second, part
-
-
 @app.agent(delta_parts, name=AGENT)
 async def publish_deltas(stream):  # type: ignore[no-untyped-def]
     await ensure_declared(deltas)
@@ -59,14 +47,15 @@ async def publish_deltas(stream):  # type: ignore[no-untyped-def]
             try:
                 source = source_of(msg.headers)
                 bound = header(msg.headers, WM_HEADER)
-                part = _part(event.value) if event.value else None
+                parts = parts_of(event.value) if event.value else []
             except (ValueError, orjson.JSONDecodeError) as exc:
                 await send_dead_letter(AGENT, event, "malformed", str(exc))
                 continue
             if not merges.loaded(msg.partition):
                 merges.load(msg.partition, deltas_table.get)
-            if part is not None and not merges.add(msg.partition, *part):
-                metrics.messages_duplicate.labels(AGENT).inc()
+            for part in parts:
+                if not merges.add(msg.partition, *part):
+                    metrics.messages_duplicate.labels(AGENT).inc()
             if bound is not None:
                 for delta in merges.advance(msg.partition, source, bound):
                     deltas.send_soon(

@@ -1,12 +1,14 @@
 """Sending an agent's parts of the one-second deltas to `delta.parts` (tables/deltas.py says
 what goes in them), shared by the books and bars agents.
 
-A part is JSON `{"instrument_id", "second", ...}`; every message carries its writer in the
-`delta-src` header. After an agent has sent every part of the seconds before its watermark, it
-sends the watermark: a marker (no key, empty value) with the `wm` header, at most once per
-second of event time per partition. Parts go out before the watermark that covers them, on the
-same partition, from one producer, so the deltas agent never sees a watermark before the parts
-it covers.
+What one input message produced goes out as one message (more only past `MAX_BATCH_BYTES`):
+JSON `{"parts": [[instrument_id, second, part], ...]}`, no key, the writer in the `delta-src`
+header. Faust's cost per message is what limits a worker, and a sparse instrument can have a
+part in every second: one message per part cost the books agent most of its time at a high
+replay speed. Once an agent has sent every part of the seconds before its watermark, the
+watermark goes out in the `wm` header of its last message (or of an empty one), at most once
+per second of event time per partition. Parts and watermarks travel in order on one partition
+from one producer, so the deltas agent never sees a watermark before the parts it covers.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from app.topics import delta_parts
 from tables.deltas import SOURCES, Part, released_through
 
 SOURCE_HEADER = "delta-src"
+MAX_BATCH_BYTES = 256 * 1024
 
 
 class PartSender:
@@ -28,32 +31,41 @@ class PartSender:
         self._source_header = (SOURCE_HEADER, encode_ns(SOURCES.index(source)))
         self._told: dict[int, int] = {}  # partition -> the second its last watermark released
 
-    def send(self, partition: int, parts: list[tuple[int, int, Part]]) -> None:
-        for iid, second, part in parts:
-            delta_parts.send_soon(
-                key=str(iid).encode(),
-                value=orjson.dumps({"instrument_id": iid, "second": second, **part}),
-                partition=partition,
-                headers=[self._source_header],
-            )
-
-    def due(self, partition: int, bound: int) -> bool:
-        """Whether `bound` completes a second the last watermark sent did not."""
-        return released_through(bound) > self._told.get(partition, -1)
-
-    def watermark(self, partition: int, bound: int) -> None:
-        if not self.due(partition, bound):
+    def send(
+        self, partition: int, parts: list[tuple[int, int, Part]], bound: int | None = None
+    ) -> None:
+        """The parts, then the watermark `bound` if it completes a second."""
+        wm = None
+        if bound is not None and released_through(bound) > self._told.get(partition, -1):
+            self._told[partition] = released_through(bound)
+            wm = (WM_HEADER, encode_ns(bound))
+        if not parts and wm is None:
             return
-        self._told[partition] = released_through(bound)
-        delta_parts.send_soon(
-            key=None,
-            value=b"",
-            partition=partition,
-            headers=[self._source_header, (WM_HEADER, encode_ns(bound))],
-        )
+        batches = _batches(parts) if parts else [b""]
+        for i, value in enumerate(batches):
+            last = i == len(batches) - 1
+            delta_parts.send_soon(
+                key=None,
+                value=value,
+                partition=partition,
+                headers=[self._source_header, wm] if last and wm else [self._source_header],
+            )
 
     def forget(self, partition: int) -> None:
         self._told.pop(partition, None)
+
+
+def _batches(parts: list[tuple[int, int, Part]]) -> list[bytes]:
+    encoded = [orjson.dumps([iid, second, part]) for iid, second, part in parts]
+    out, batch, size = [], [], 0
+    for item in encoded:
+        if batch and size + len(item) > MAX_BATCH_BYTES:
+            out.append(b'{"parts":[' + b",".join(batch) + b"]}")
+            batch, size = [], 0
+        batch.append(item)
+        size += len(item) + 1
+    out.append(b'{"parts":[' + b",".join(batch) + b"]}")
+    return out
 
 
 def source_of(headers: Any) -> str:
@@ -62,3 +74,21 @@ def source_of(headers: Any) -> str:
     if index is None or not 0 <= index < len(SOURCES):
         raise ValueError(f"no valid {SOURCE_HEADER} header")
     return SOURCES[index]
+
+
+def parts_of(value: bytes) -> list[tuple[int, int, Part]]:
+    """The parts of a `delta.parts` message; ValueError for one that is not as `send` makes."""
+    body = orjson.loads(value)
+    if not isinstance(body, dict) or not isinstance(body.get("parts"), list):
+        raise ValueError('a delta.parts message is a JSON object with a "parts" list')
+    out = []
+    for item in body["parts"]:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[2], dict)):
+            raise ValueError("a delta part is [instrument_id, second, {...}]")
+        iid, second, part = item
+        if not isinstance(iid, int) or not isinstance(second, int):
+            raise ValueError("a delta part needs integer instrument_id and second")
+        if not all(isinstance(part.get(k, []), list) for k in ("books", "items")):
+            raise ValueError("a delta part's books and items must be lists")
+        out.append((iid, second, part))
+    return out

@@ -1,7 +1,8 @@
 """The books pipeline through the broker and one real worker, printed as JSON.
 
     python -m load_tests.bench_pipeline [--records 2000000] [--instruments 100]
-        [--rate 50000] [--paced-seconds 20] [--paced-instruments 10] [--runs 3]
+        [--rate 50000] [--paced-seconds 20] [--signal-seconds 60] [--paced-instruments 4]
+        [--runs 3]
         [--guarantees at_least_once,exactly_once] [--phases throughput,backlog,latency,signals]
 
 For each processing guarantee, each run starts a fresh worker (its own topics and state) and:
@@ -17,12 +18,11 @@ For each processing guarantee, each run starts a fresh worker (its own topics an
               it, by the message's broker timestamp). Replay sends, at the start of each 20 ms
               tick of its pace clock, what falls due within the tick; the start of the tick is
               taken as the send time, which can only overstate a latency.
-  signals     replays a file of three days of event time at --rate records/s, to a worker
-              whose flow detection fires often (one-minute windows, any volume, no
-              cooldown), and times every signal and every one-second delta from the tick at
-              which the event time that made it final came due (a window's end plus the
-              allowed lateness; the end of a delta's second) until a read_committed consumer
-              had it.
+  signals     replays a longer file (--signal-seconds) paced the same way, to a worker
+              with one-second bars whose patterns fire often (SIGNAL_ENV), timing every
+              signal and every one-second delta from the tick at which the event time that
+              made it final came due (a window's end plus the allowed lateness; the end of a
+              delta's second) until a read_committed consumer had it.
 The worker runs every agent (books with counts and flow detection, bars with indicators and
 patterns, deltas) as a deployment does. The broker must be
 running (`make broker-start`). Medians over runs are printed, with every run's figures.
@@ -43,7 +43,7 @@ from aiokafka import AIOKafkaConsumer
 
 from app.commands.replay import PACE_TICK_S, ensure_topic, replay_files
 from app.feeds.mbo_files import open_mbo
-from app.settings import load_settings
+from app.settings import Settings, load_settings
 from app.transport import freeze_heap
 from load_tests.gen_mbo import GenConfig, write
 from load_tests.worker_proc import BENCH_DIR, ROOT, BenchWorker, bench_worker
@@ -95,18 +95,14 @@ def _speed_for(path: Path, rate: float) -> float:
     return rate * span_s / len(ts)
 
 
-async def _paced(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
-    settings = load_settings(w.env)
-    clock: dict[str, float] = {}
-
-    def started(t0_wall: float, t0_event: int) -> None:
-        clock["wall"], clock["event"] = t0_wall, float(t0_event)
-
-    # The worker declares it at start, perhaps not yet: a consumer subscribed to a missing
+async def _reader(settings: Settings, topics: list[str]) -> AIOKafkaConsumer:
+    """A started read_committed consumer of `topics` from their start, polling eagerly."""
+    # The worker declares them at start, perhaps not yet: a consumer subscribed to a missing
     # topic would not see it until its next metadata refresh.
-    await ensure_topic(settings, settings.topic("book.deltas"), settings.partitions)
+    for topic in topics:
+        await ensure_topic(settings, topic, settings.partitions)
     consumer = AIOKafkaConsumer(
-        settings.topic("book.deltas"),
+        *topics,
         bootstrap_servers=settings.bootstrap_servers,
         isolation_level="read_committed",
         auto_offset_reset="earliest",
@@ -115,6 +111,17 @@ async def _paced(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
         fetch_max_wait_ms=5,
     )
     await consumer.start()
+    return consumer
+
+
+async def _paced(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
+    settings = load_settings(w.env)
+    clock: dict[str, float] = {}
+
+    def started(t0_wall: float, t0_event: int) -> None:
+        clock["wall"], clock["event"] = t0_wall, float(t0_event)
+
+    consumer = await _reader(settings, [settings.topic("book.deltas")])
     latencies: list[np.ndarray] = []
     # When the worker sent each row's message (its broker timestamp, wall clock ms): how much
     # of the latency is the worker's, and how much the broker's and this reader's.
@@ -166,25 +173,19 @@ async def _paced(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
     }
 
 
-# Flow detection that fires often enough to time: one-minute windows scored from the first
-# session of history on, any volume, no cooldown.
+# Signals often enough to time at a real-time pace: one-second bars, patterns over the last
+# five, a volume spike at 1.2 times their mean, a breakout at any new high or low, RSI
+# crossing 55 or 45. (Flow signals need baselines from earlier sessions,
+# which a paced run of seconds cannot build; they leave from the books agent at the same
+# watermark that closes the bars, one hop before pattern signals.)
 SIGNAL_ENV = {
-    "TAPESTREAM_PRESSURE_INTERVAL": "1m",
-    "TAPESTREAM_SIGNAL_MIN_SESSIONS": "1",
-    "TAPESTREAM_SIGNAL_VOLUME_FLOOR": "1",
-    "TAPESTREAM_SIGNAL_COOLDOWN": "0",
+    "TAPESTREAM_BAR_INTERVALS": "1s",
+    "TAPESTREAM_PATTERN_LOOKBACK": "5",
+    "TAPESTREAM_PATTERN_BREAKOUT_PCT": "0",
+    "TAPESTREAM_PATTERN_VOLUME_FACTOR": "1.2",
+    "TAPESTREAM_PATTERN_RSI_HIGH": "55",
+    "TAPESTREAM_PATTERN_RSI_LOW": "45",
 }
-SESSIONS = 3
-
-
-def _signal_file(records: int, instruments: int) -> Path:
-    """`records` spread over three days of event time, so windows have baselines."""
-    BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    path = BENCH_DIR / f"signals-{records}-{instruments}.mbo.dbn.zst"
-    if not path.exists():
-        rate = records / (SESSIONS * 86_400)
-        write(path, GenConfig(records=records, instruments=instruments, events_per_second=rate))
-    return path
 
 
 async def _final_latency(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
@@ -198,19 +199,9 @@ async def _final_latency(w: BenchWorker, path: Path, rate: float) -> dict[str, f
         clock["wall"], clock["event"] = t0_wall, float(t0_event)
 
     topics = {settings.topic("signals"): "signals", settings.topic("deltas"): "deltas"}
-    for topic in topics:
-        await ensure_topic(settings, topic, settings.partitions)
-    consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=settings.bootstrap_servers,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        fetch_max_wait_ms=5,
-    )
-    await consumer.start()
+    consumer = await _reader(settings, list(topics))
     got: dict[str, list[float]] = {"signals": [], "deltas": []}
+    last_read = [time.monotonic()]
     stop = asyncio.Event()
     speed = _speed_for(path, rate)
 
@@ -220,6 +211,7 @@ async def _final_latency(w: BenchWorker, path: Path, rate: float) -> dict[str, f
             now = time.monotonic()
             for tp, msgs in batch.items():
                 kind = topics[tp.topic]
+                last_read[0] = now
                 for m in msgs:
                     row = orjson.loads(m.value)
                     if not clock or row.get("kind") == "processing_lag":
@@ -239,7 +231,9 @@ async def _final_latency(w: BenchWorker, path: Path, rate: float) -> dict[str, f
         summary = await replay_files(
             [str(path)], settings, speed=speed, progress=False, on_pace_start=started
         )
-        await asyncio.sleep(3.0)
+        # the last windows and seconds: until nothing has come for 3 s
+        while time.monotonic() - last_read[0] < 3.0:
+            await asyncio.sleep(0.5)
     finally:
         stop.set()
         await task
@@ -262,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instruments", type=int, default=100)
     ap.add_argument("--rate", type=float, default=50_000)
     ap.add_argument("--paced-seconds", type=float, default=20)
+    # long enough for a few dozen pattern signals on one-second bars
+    ap.add_argument("--signal-seconds", type=float, default=60)
     # Paced replay sends every 5 ms what came due, one message per instrument: messages/s grow
     # with the instruments that trade in each 5 ms, and Faust pays per message.
     ap.add_argument("--paced-instruments", type=int, default=4)
@@ -277,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fast = _file(args.records, args.instruments, 20_000)
     paced = _file(int(args.rate * args.paced_seconds), args.paced_instruments, args.rate)
-    signal_file = _signal_file(int(args.rate * args.paced_seconds), args.paced_instruments)
+    signal_file = _file(int(args.rate * args.signal_seconds), args.paced_instruments, args.rate)
     total = orjson.loads(fast.with_name(fast.name + ".truth.json").read_bytes())["records"]
     broker = load_settings().broker
     out: dict[str, dict] = {}

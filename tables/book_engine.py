@@ -132,23 +132,6 @@ class Published:
     bbo: np.ndarray  # (n, 6): bid px, sz, ct, ask px, sz, ct
     bbo_event: np.ndarray
 
-    @staticmethod
-    def concat(pieces: list[tuple[int, Published]]) -> Published | None:
-        """One Published for consecutive applies, each given with the index of its first
-        record in the whole input (record indices are shifted to it)."""
-        if len(pieces) < 2:
-            return pieces[0][1] if pieces else None
-        cols = {
-            name: np.concatenate([getattr(p, name) for _, p in pieces])
-            for name in ("book", "side", "price", "size", "count", "event", "bbo_book", "bbo")
-        }
-        return Published(
-            rec=np.concatenate([p.rec + start for start, p in pieces]),
-            bbo_rec=np.concatenate([p.bbo_rec + start for start, p in pieces]),
-            bbo_event=np.concatenate([p.bbo_event for _, p in pieces]),
-            **cols,
-        )
-
 
 class BookEngine:
     def __init__(self, orders: int = 1 << 14, levels: int = 1 << 12, books: int = 16) -> None:
@@ -239,6 +222,48 @@ class BookEngine:
         n = len(records)
         if not n:
             return None
+        books = self._prepare(records, emit)
+        K.apply_records(
+            self.S,
+            books,
+            records["action"],
+            records["side"],
+            records["price"],
+            records["size"],
+            records["order_id"].astype(np.int64),
+            records["flags"],
+            records["sequence"],
+        )
+        return self._published(books) if emit else None
+
+    def apply_with_tops(
+        self, records: np.ndarray, cuts: np.ndarray, books_read: np.ndarray, depth: int
+    ) -> tuple[Published, np.ndarray, np.ndarray]:
+        """Apply (emitting) complete events, and read the top `depth` levels of each book of
+        `books_read` just before each record index in `cuts`: levels[k, j, side] holds
+        [price, size, count] rows (side 0 bids, 1 asks), counts[k, j, side] how many."""
+        books = self._prepare(records, True)
+        levels = np.zeros((len(cuts), len(books_read), 2, depth, 3), np.int64)
+        counts = np.zeros((len(cuts), len(books_read), 2), np.int64)
+        K.apply_with_tops(
+            self.S,
+            books,
+            records["action"],
+            records["side"],
+            records["price"],
+            records["size"],
+            records["order_id"].astype(np.int64),
+            records["flags"],
+            records["sequence"],
+            cuts.astype(np.int64),
+            books_read.astype(np.int64),
+            levels,
+            counts,
+        )
+        return self._published(books), levels, counts
+
+    def _prepare(self, records: np.ndarray, emit: bool) -> np.ndarray:
+        n = len(records)
         books = self._books_of(records)
         self.reserve(n, n, n)
         scratch = 0
@@ -254,19 +279,10 @@ class BookEngine:
         sc[K.SC_ON] = 1 if emit else 0
         sc[K.SC_DN] = 0
         sc[K.SC_DNB] = 0
-        K.apply_records(
-            self.S,
-            books,
-            records["action"],
-            records["side"],
-            records["price"],
-            records["size"],
-            records["order_id"].astype(np.int64),
-            records["flags"],
-            records["sequence"],
-        )
-        if not emit:
-            return None
+        return books
+
+    def _published(self, books: np.ndarray) -> Published:
+        sc = self.S.sc
         if sc[K.SC_ACTIVE]:
             raise ValueError("records end inside an event (no F_LAST); use complete_events()")
         # Column by column, each contiguous: consumers serialise them as arrays.

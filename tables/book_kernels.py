@@ -733,6 +733,44 @@ def apply_records(S, books, action, side, price, size, order_id, flags, sequence
     return 0
 
 
+@njit(cache=True)
+def apply_with_tops(  # type: ignore[no-untyped-def]
+    S, books, action, side, price, size, order_id, flags, sequence, cuts, snap_books, out, counts
+):
+    """`apply_records`, stopping before each record index in `cuts` (ascending, at event
+    boundaries) to copy the top levels of each of `snap_books` into out[k, j, side] (how many
+    into counts[k, j, side]). Published rows keep record indices of the whole input."""
+    sc = S.sc
+    depth = out.shape[3]
+    start = 0
+    for k in range(len(cuts) + 1):
+        stop = cuts[k] if k < len(cuts) else len(action)
+        if stop > start:
+            dn0 = sc[SC_DN]
+            dnb0 = sc[SC_DNB]
+            apply_records(
+                S,
+                books[start:stop],
+                action[start:stop],
+                side[start:stop],
+                price[start:stop],
+                size[start:stop],
+                order_id[start:stop],
+                flags[start:stop],
+                sequence[start:stop],
+            )
+            for r in range(dn0, sc[SC_DN]):
+                S.DL[r, 0] += start
+            for r in range(dnb0, sc[SC_DNB]):
+                S.DB[r, 0] += start
+        if k < len(cuts):
+            for j in range(len(snap_books)):
+                for sd in range(2):
+                    counts[k, j, sd] = top_levels(S, snap_books[j], sd, depth, out[k, j, sd])
+        start = stop
+    return 0
+
+
 # ---------------------------------------------------------------------------------- reads
 @njit(cache=True, _nrt=False)
 def top_levels(S, book, side, depth, out):  # type: ignore[no-untyped-def]

@@ -76,7 +76,16 @@ class Seconds(Protocol):
 
     def cuts(self, instrument_id: int, records: np.ndarray) -> list[tuple[int, int]]: ...
 
-    def close(self, instrument_id: int, next_second: int | None) -> None: ...
+    depth: int
+
+    def close_at_cuts(
+        self,
+        instrument_id: int,
+        seconds: list[int],
+        publishers: list[int],
+        levels: np.ndarray,
+        counts: np.ndarray,
+    ) -> None: ...
 
 
 class BookSet:
@@ -190,17 +199,20 @@ class BookSet:
         applied = records[:cut]
         published = None
         if cut:
+            self._add_books(instrument_id, applied)
             stops = seconds.cuts(instrument_id, applied) if seconds is not None else []
-            pieces, start = [], 0
-            for stop, second in [*stops, (cut, None)]:
-                if stop > start:
-                    piece = self.engine.apply(applied[start:stop], emit=True)
-                    pieces.append((start, piece))
-                    self._add_books(instrument_id, applied[start:stop])
-                if second is not None:
-                    seconds.close(instrument_id, second)  # type: ignore[union-attr]
-                start = stop
-            published = Published.concat(pieces)  # type: ignore[arg-type]
+            if not stops:
+                published = self.engine.apply(applied, emit=True)
+            else:
+                assert seconds is not None
+                keys = self.engine.book_keys  # read by publisher, the order parts list them
+                read = np.array(sorted(self._books[instrument_id], key=keys.__getitem__))
+                published, levels, counts = self.engine.apply_with_tops(
+                    applied, np.array([i for i, _ in stops], np.int64), read, seconds.depth
+                )
+                pubs = [keys[b][0] for b in read.tolist()]
+                at = [sec for _, sec in stops]
+                seconds.close_at_cuts(instrument_id, at, pubs, levels, counts)
         inst.position = position
         inst.dirty = True
         return Applied(applied, published)
@@ -402,6 +414,7 @@ def warm_up() -> float:
         restored.engine.queue_position(restored.books_of(7)[0], 1)
         restored.evict([0])
         books.engine.apply(data)
+        books.engine.apply_with_tops(data, np.array([1]), np.array([0]), 2)
     return time.perf_counter() - t0
 
 

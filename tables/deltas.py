@@ -79,6 +79,7 @@ class BookSeconds:
         self.depth = depth
         self.state: dict[int, _Tops] = {}
         self.closed: list[tuple[int, int, Part]] = []  # (instrument, second, part) to send
+        self.released: dict[int, int] = {}  # partition -> seconds before this are closed
 
     # -- state ------------------------------------------------------------------------------
     def loaded(self, instrument_id: int) -> bool:
@@ -103,6 +104,8 @@ class BookSeconds:
     def evict(self, partitions: set[int]) -> None:
         for iid in [i for i, st in self.state.items() if st.partition in partitions]:
             del self.state[iid]
+        for p in partitions:
+            self.released.pop(p, None)
 
     # -- cutting messages at seconds --------------------------------------------------------
     def cuts(self, instrument_id: int, records: np.ndarray) -> list[tuple[int, int]]:
@@ -121,19 +124,100 @@ class BookSeconds:
         at = np.concatenate([[0], ends[:-1]])[starts]
         return list(zip(at.tolist(), sec[starts].tolist(), strict=True))
 
-    def close(self, instrument_id: int, next_second: int | None) -> None:
-        """Close the instrument's open second on its books as they stand now."""
+    def close(
+        self,
+        instrument_id: int,
+        next_second: int | None,
+        tops: dict[int, tuple[Levels, Levels]] | None = None,
+    ) -> None:
+        """Close the instrument's open second on its books' `tops` at the second's end (read
+        now when not given)."""
         st = self.state[instrument_id]
         if st.open is not None:
-            part = self._diff(st, self.read_tops(instrument_id, self.depth))
+            if tops is None:
+                tops = self.read_tops(instrument_id, self.depth)
+            part = self._diff(st, tops)
             if part:
                 self.closed.append((instrument_id, st.open, {"books": part}))
         st.open = next_second
         st.dirty = True
 
+    def close_at_cuts(
+        self,
+        instrument_id: int,
+        seconds: list[int],
+        publishers: list[int],
+        levels: np.ndarray,
+        counts: np.ndarray,
+    ) -> None:
+        """Close the open second, then each of `seconds` but the last (which opens), on the
+        books' top levels read at each cut (BookEngine.apply_with_tops: levels[k, j, side],
+        counts[k, j, side] for publishers[j]). The same parts as `close` on each, compared in
+        numpy: a sparse instrument has a cut every record or two."""
+        st = self.state[instrument_id]
+        prev = np.empty_like(levels)
+        prev_counts = np.empty_like(counts)
+        prev[1:], prev_counts[1:] = levels[:-1], counts[:-1]
+        prev[0], prev_counts[0] = 0, 0
+        for j, pub in enumerate(publishers):
+            for side, got in enumerate(st.last.get(pub, ([], []))):
+                if got:
+                    prev[0, j, side, : len(got)] = got
+                    prev_counts[0, j, side] = len(got)
+        depth = levels.shape[3]
+        live = np.arange(depth) < counts[..., None]  # (k, j, side, level)
+        moved = (levels != prev).any(-1) & live
+        resized = counts != prev_counts
+        touched = moved.any(-1) | resized  # (k, j, side)
+        top_moved = (moved[..., 0] | ((counts > 0) != (prev_counts > 0))).any(-1)
+        # Every changed book and level in two passes over plain lists: per-cut numpy calls
+        # would cost more than the books.
+        tk, tj = np.nonzero(touched.any(-1))
+        empty = counts[tk, tj] == 0
+        tops = levels[tk, tj, :, 0].reshape(len(tk), 6)
+        tops[:, 0:3][empty[:, 0]] = [UNDEF_PRICE, 0, 0]
+        tops[:, 3:6][empty[:, 1]] = [UNDEF_PRICE, 0, 0]
+        heads = np.column_stack([tk, tj, counts[tk, tj], top_moved[tk, tj], tops]).tolist()
+        books: dict[tuple[int, int], dict[str, Any]] = {}
+        for k, j, n_bid, n_ask, top, *top_levels in heads:
+            book = {
+                "publisher_id": publishers[j],
+                "bid_depth": n_bid,
+                "ask_depth": n_ask,
+                "bids": [],
+                "asks": [],
+            }
+            if top:
+                book["top"] = top_levels
+            books[(k, j)] = book
+        mk, mj, ms, mi = np.nonzero(moved)
+        rows = np.column_stack([mk, mj, ms, mi, levels[mk, mj, ms, mi]]).tolist()
+        for k, j, side, i, price, size, count in rows:
+            books[(k, j)]["asks" if side else "bids"].append([i, price, size, count])
+        for (k, _), book in books.items():
+            second = st.open if k == 0 else seconds[k - 1]
+            if self.closed and self.closed[-1][:2] == (instrument_id, second):
+                self.closed[-1][2]["books"].append(book)
+            else:
+                self.closed.append((instrument_id, second, {"books": [book]}))  # type: ignore[arg-type]
+        for j, pub in enumerate(publishers):
+            if touched[:, j].any():
+                last = levels[-1, j]
+                st.last[pub] = (
+                    last[0, : counts[-1, j, 0]].tolist(),
+                    last[1, : counts[-1, j, 1]].tolist(),
+                )
+        st.open = seconds[-1]
+        st.dirty = True
+
     def release(self, partition: int, bound: int) -> None:
-        """Close every open second of the partition's instruments that `bound` has passed."""
+        """Close every open second of the partition's instruments that `bound` has passed.
+        A second opened after a release starts at or after the bound, so until the bound
+        passes another second there is nothing to close."""
         through = released_through(bound)
+        if through <= self.released.get(partition, -1):
+            return
+        self.released[partition] = through
         for iid, st in self.state.items():
             if st.partition == partition and st.open is not None and st.open < through:
                 self.close(iid, None)
