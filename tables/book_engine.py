@@ -223,17 +223,7 @@ class BookEngine:
         if not n:
             return None
         books = self._prepare(records, emit)
-        K.apply_records(
-            self.S,
-            books,
-            records["action"],
-            records["side"],
-            records["price"],
-            records["size"],
-            records["order_id"].astype(np.int64),
-            records["flags"],
-            records["sequence"],
-        )
+        K.apply_records(self.S, books, *_columns(records))
         return self._published(books) if emit else None
 
     def apply_with_tops(
@@ -248,13 +238,7 @@ class BookEngine:
         K.apply_with_tops(
             self.S,
             books,
-            records["action"],
-            records["side"],
-            records["price"],
-            records["size"],
-            records["order_id"].astype(np.int64),
-            records["flags"],
-            records["sequence"],
+            *_columns(records),
             cuts.astype(np.int64),
             books_read.astype(np.int64),
             levels,
@@ -342,6 +326,19 @@ class BookEngine:
     def bbo(self, book: int) -> tuple[int, ...]:
         """The BBO last published (at the book's last F_LAST)."""
         return tuple(self.S.B[book, K.B_BBO : K.B_BBO + 6].tolist())
+
+
+def _columns(records: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The record fields the apply kernels take, in their order."""
+    return (
+        records["action"],
+        records["side"],
+        records["price"],
+        records["size"],
+        records["order_id"].astype(np.int64),
+        records["flags"],
+        records["sequence"],
+    )
 
 
 def complete_events(records: np.ndarray) -> int:
