@@ -19,8 +19,9 @@ For each processing guarantee, each run starts a fresh worker (its own topics an
               tick of its pace clock, what falls due within the tick; the start of the tick is
               taken as the send time, which can only overstate a latency.
   signals     replays a longer file (--signal-seconds) paced the same way, to a worker
-              with one-second bars whose patterns fire often (SIGNAL_ENV), timing every
-              signal and every one-second delta from the tick at which the event time that
+              whose flow detection (baselines loaded from two earlier days) and patterns on
+              one-second bars fire often (SIGNAL_ENV), timing every flow and pattern signal
+              and every one-second delta from the tick at which the event time that
               made it final came due (a window's end plus the allowed lateness; the end of a
               delta's second) until a read_committed consumer had it.
 The worker runs every agent (books with counts and flow detection, bars with indicators and
@@ -35,12 +36,14 @@ import asyncio
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from app.commands import baselines
 from app.commands.replay import PACE_TICK_S, ensure_topic, replay_files
 from app.feeds.mbo_files import open_mbo
 from app.settings import Settings, load_settings
@@ -51,11 +54,19 @@ from load_tests.worker_proc import BENCH_DIR, ROOT, BenchWorker, bench_worker
 WARMUP_S = 2.0
 
 
-def _file(records: int, instruments: int, rate: float) -> Path:
+def _file(records: int, instruments: int, rate: float, days_before: int = 0) -> Path:
+    """A generated file; `days_before`: the same time of day, that many days earlier."""
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    path = BENCH_DIR / f"pipe-{records}-{instruments}-{int(rate)}.mbo.dbn.zst"
+    tag = f"-{days_before}d" if days_before else ""
+    path = BENCH_DIR / f"pipe-{records}-{instruments}-{int(rate)}{tag}.mbo.dbn.zst"
     if not path.exists():
-        cfg = GenConfig(records=records, instruments=instruments, events_per_second=rate)
+        cfg = GenConfig(
+            records=records,
+            instruments=instruments,
+            events_per_second=rate,
+            seed=GenConfig.seed + days_before,
+            start_ns=GenConfig.start_ns - days_before * 86_400_000_000_000,
+        )
         write(path, cfg)
     return path
 
@@ -173,11 +184,11 @@ async def _paced(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
     }
 
 
-# Signals often enough to time at a real-time pace: one-second bars, patterns over the last
-# five, a volume spike at 1.2 times their mean, a breakout at any new high or low, RSI
-# crossing 55 or 45. (Flow signals need baselines from earlier sessions,
-# which a paced run of seconds cannot build; they leave from the books agent at the same
-# watermark that closes the bars, one hop before pattern signals.)
+# Signals often enough to time at a real-time pace. Patterns: one-second bars, patterns over
+# the last five, a volume spike at 1.2 times their mean, a breakout at any new high or low,
+# RSI crossing 55 or 45. Flow: five-second windows scored against baselines loaded before the
+# worker starts (`faust -A app baselines --load`) from two earlier days, any volume above the
+# baseline with a flow z-score of 0.5, no cooldown.
 SIGNAL_ENV = {
     "TAPESTREAM_BAR_INTERVALS": "1s",
     "TAPESTREAM_PATTERN_LOOKBACK": "5",
@@ -185,7 +196,24 @@ SIGNAL_ENV = {
     "TAPESTREAM_PATTERN_VOLUME_FACTOR": "1.2",
     "TAPESTREAM_PATTERN_RSI_HIGH": "55",
     "TAPESTREAM_PATTERN_RSI_LOW": "45",
+    "TAPESTREAM_PRESSURE_INTERVAL": "5s",
+    "TAPESTREAM_SIGNAL_MIN_SESSIONS": "1",
+    "TAPESTREAM_SIGNAL_VOLUME_FLOOR": "1",
+    "TAPESTREAM_SIGNAL_Z_VOLUME": "0.01",
+    "TAPESTREAM_SIGNAL_Z_FLOW": "0.5",
+    "TAPESTREAM_SIGNAL_COOLDOWN": "0",
 }
+
+
+def _load_baselines(history: list[Path]) -> Callable[[dict[str, str]], None]:
+    def load(env: dict[str, str]) -> None:
+        settings = load_settings(env)
+        stage = baselines.build([str(p) for p in history], settings, progress=False)
+        asyncio.run(
+            baselines.load(settings, baselines.table_rows(stage, settings.partitions), False)
+        )
+
+    return load
 
 
 async def _final_latency(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
@@ -200,7 +228,7 @@ async def _final_latency(w: BenchWorker, path: Path, rate: float) -> dict[str, f
 
     topics = {settings.topic("signals"): "signals", settings.topic("deltas"): "deltas"}
     consumer = await _reader(settings, list(topics))
-    got: dict[str, list[float]] = {"signals": [], "deltas": []}
+    got: dict[str, list[float]] = {"flow_signals": [], "pattern_signals": [], "deltas": []}
     last_read = [time.monotonic()]
     stop = asyncio.Event()
     speed = _speed_for(path, rate)
@@ -210,16 +238,17 @@ async def _final_latency(w: BenchWorker, path: Path, rate: float) -> dict[str, f
             batch = await consumer.getmany(timeout_ms=50)
             now = time.monotonic()
             for tp, msgs in batch.items():
-                kind = topics[tp.topic]
+                topic = topics[tp.topic]
                 last_read[0] = now
                 for m in msgs:
                     row = orjson.loads(m.value)
                     if not clock or row.get("kind") == "processing_lag":
                         continue
-                    if kind == "signals":
+                    if topic == "signals":
                         final = row["end"] + settings.lateness_ns
+                        kind = "flow_signals" if row["kind"] == "ifd" else "pattern_signals"
                     else:
-                        final = row["start"] + 1_000_000_000
+                        final, kind = row["start"] + 1_000_000_000, topic
                     due_s = (final - clock["event"]) / (speed * 1e9)
                     due = clock["wall"] + np.floor(due_s / PACE_TICK_S) * PACE_TICK_S
                     if due - clock["wall"] >= WARMUP_S:
@@ -274,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     fast = _file(args.records, args.instruments, 20_000)
     paced = _file(int(args.rate * args.paced_seconds), args.paced_instruments, args.rate)
     signal_file = _file(int(args.rate * args.signal_seconds), args.paced_instruments, args.rate)
+    # history at a tenth of the rate: the paced day's volume stands out against it
+    history = [
+        _file(int(args.rate * args.signal_seconds / 10), args.paced_instruments, args.rate / 10, d)
+        for d in (1, 2)
+    ]
     total = orjson.loads(fast.with_name(fast.name + ".truth.json").read_bytes())["records"]
     broker = load_settings().broker
     out: dict[str, dict] = {}
@@ -292,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                     r["latency"] = asyncio.run(_paced(w, paced, args.rate))
             if "signals" in phases:
                 env = {"TAPESTREAM_PROCESSING_GUARANTEE": guarantee, **SIGNAL_ENV}
-                with bench_worker(broker, **env) as w:
+                with bench_worker(broker, _load_baselines(history), **env) as w:
                     r["signals"] = asyncio.run(_final_latency(w, signal_file, args.rate))
             runs.append(r)
         out[guarantee] = {
