@@ -1,4 +1,5 @@
-"""Send input that cannot be processed to the dead-letter topic, with the reason, and count it."""
+"""Send input that cannot be processed, and output too large to send, to the dead-letter topic,
+with the reason, and count it."""
 
 from __future__ import annotations
 
@@ -41,3 +42,28 @@ async def send_dead_letter(agent: str, event: EventT, kind: str, reason: str) ->
     # transaction of its partition only when the partition is known here, and it does not
     # know the partitions of topics the worker does not consume.
     await dead_letters.send(key=msg.key, value=orjson.dumps(body), partition=msg.partition)
+
+
+def oversized_output(
+    topic: str, key: bytes | None, value: bytes | None, partition: int | None, limit: int
+) -> bytes:
+    """The dead letter that takes the place of an output message over the producer's limit
+    (app/transport.py): a failed send would stop the worker."""
+    payload = value or b""
+    reason = f"{len(payload):,} bytes to {topic}, over the {limit:,}-byte message limit"
+    metrics.dead_letters.labels("output", "oversized_output").inc()
+    log.error("dead letter instead of an output message: %s", reason)
+    return orjson.dumps(
+        {
+            "agent": "output",
+            "kind": "oversized_output",
+            "reason": reason,
+            "topic": topic,
+            "partition": partition,
+            "offset": None,
+            "timestamp_ms": None,
+            "key": (key or b"").decode("utf-8", "replace"),
+            "payload_bytes": len(payload),
+            "payload_b64": base64.b64encode(payload[:MAX_PAYLOAD_KEPT]).decode(),
+        }
+    )

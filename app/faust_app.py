@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import app.codecs  # registers the orjson codec before any topic uses it
 from app.settings import load_settings
-from app.transport import App, Worker
+from app.transport import OUTPUT_MARGIN, App, Worker
 
 settings = load_settings()
 
@@ -27,7 +27,7 @@ app = App(
     # Faust's 60 s default would stall those instruments for a minute.
     broker_session_timeout=settings.session_timeout,
     broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
-    producer_max_request_size=settings.max_message_bytes + 65_536,
+    producer_max_request_size=settings.max_message_bytes + OUTPUT_MARGIN,
     # Bytes fetched per partition per request. Each fetch is a round trip through Faust's
     # consumer thread; with 1,000-record messages, 32 MiB instead of 4 MiB took one worker from
     # about 250k to 466k records/s (load_tests/bench_replay.py).

@@ -94,8 +94,46 @@ class CheckpointingConsumer(aiokafka_driver.Consumer):
             return await super().force_commit(topics, start_new_transaction=start_new_transaction)
 
 
+class GuardedProducer(aiokafka_driver.Producer):
+    """An output message over the producer's size limit fails its send, and a failed send
+    stops the worker: such a message goes to the dead-letter topic instead (same partition,
+    same transaction), with its size and the start of its payload, and is counted."""
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> Any:
+        # the record's own overhead and headers fit in the margin the app adds to the limit
+        limit = self.app.conf.producer_max_request_size - OUTPUT_MARGIN
+        # A table's changelog is left to fail loudly: a write missing from it would restore
+        # as older state. Table values are bounded by design (pages, one key per part).
+        oversized = len(value or b"") + len(key or b"") > limit
+        if oversized and not topic.endswith("-changelog"):
+            from app.dead_letters import oversized_output
+            from app.topics import DEAD_LETTERS
+
+            value = oversized_output(topic, key, value, partition, limit)
+            topic, headers = DEAD_LETTERS, None
+        return await super().send(
+            topic, key, value, partition, timestamp, headers, transactional_id=transactional_id
+        )
+
+
+# What the producer's request limit allows beyond a message's key and value (App sets the
+# limit to the largest message plus this).
+OUTPUT_MARGIN = 65_536
+
+
 class Transport(aiokafka_driver.Transport):
     Consumer = CheckpointingConsumer
+    Producer = GuardedProducer
     TransactionManager = FlushingTransactionManager
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -69,3 +70,44 @@ def test_bad_messages_are_dead_lettered_and_counted(deployment: Deployment, brok
     assert w.get("/instruments/5/")["messages"] == 2
     book = w.get("/books/5/")["books"][0]
     assert book["orders"] == 0 and book["counters"]["bad_records"] == 5  # A with size 0
+
+
+def _adds(iid: int, n: int) -> bytes:
+    """`n` bids, one event each, each at a price below the last."""
+    r = empty_records(n)
+    r["instrument_id"] = iid
+    r["publisher_id"] = 1
+    r["action"] = ord("A")
+    r["side"] = ord("B")
+    r["price"] = 100_000_000_000 - np.arange(n) * 10_000_000
+    r["size"] = 1
+    r["order_id"] = np.arange(1, n + 1)
+    r["sequence"] = np.arange(1, n + 1)
+    r["ts_recv"] = r["ts_event"] = 1_700_000_000_000_000_000 + np.arange(n)
+    r["flags"] = 128
+    return r.tobytes()
+
+
+def test_an_output_too_large_to_send_is_dead_lettered_not_fatal(
+    deployment: Deployment, broker: str
+) -> None:
+    """15,000 adds at as many prices in one raw message publish a book.deltas message of more
+    than the 1 MB limit: it goes to dead.letters with the reason, and the worker goes on."""
+    w = deployment.worker()
+    deployment.wait_assigned(w)
+    n = 15_000
+    _produce(broker, f"{deployment.prefix}mbo.raw", [(b"7", _adds(7, n)), (b"5", _adds(5, 3))])
+    wait_for(lambda: w.alive() and w.get("/instruments/")["records"] == n + 3, 60, "records")
+    (letter,) = [
+        orjson.loads(v)
+        for _, v, _, _ in consume_all(broker, f"{deployment.prefix}dead.letters", expect_messages=1)
+    ]
+    assert letter["kind"] == "oversized_output" and letter["agent"] == "output"
+    assert letter["topic"] == f"{deployment.prefix}book.deltas" and letter["key"] == "7"
+    assert letter["payload_bytes"] > 1_000_000 and "over the 1,000,000-byte" in letter["reason"]
+    assert w.get("/books/7/")["books"][0]["orders"] == n
+    deltas = consume_all(broker, f"{deployment.prefix}book.deltas", expect_messages=1)
+    assert [k for k, _, _, _ in deltas] == [b"5"]  # the next message's output went out
+    metrics = w.get_raw("/metrics").text
+    assert 'tapestream_dead_letters_total{agent="output",kind="oversized_output"} 1.0' in metrics
+    assert w.alive()
