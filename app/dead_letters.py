@@ -18,22 +18,48 @@ log = logging.getLogger(__name__)
 MAX_PAYLOAD_KEPT = 64 * 1024
 
 
+def _body(
+    agent: str,
+    kind: str,
+    reason: str,
+    topic: str,
+    partition: int | None,
+    key: bytes | None,
+    payload: bytes,
+    offset: int | None = None,
+    timestamp: float | None = None,
+) -> bytes:
+    """A dead letter, counted: what went wrong, where, and the start of the payload."""
+    metrics.dead_letters.labels(agent, kind).inc()
+    return orjson.dumps(
+        {
+            "agent": agent,
+            "kind": kind,
+            "reason": reason,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "timestamp_ms": int(timestamp * 1000) if timestamp else None,
+            "key": (key or b"").decode("utf-8", "replace"),
+            "payload_bytes": len(payload),
+            "payload_b64": base64.b64encode(payload[:MAX_PAYLOAD_KEPT]).decode(),
+        }
+    )
+
+
 async def send_dead_letter(agent: str, event: EventT, kind: str, reason: str) -> None:
     msg = event.message
-    payload = msg.value or b""
-    body = {
-        "agent": agent,
-        "kind": kind,
-        "reason": reason,
-        "topic": msg.topic,
-        "partition": msg.partition,
-        "offset": msg.offset,
-        "timestamp_ms": int(msg.timestamp * 1000) if msg.timestamp else None,
-        "key": (msg.key or b"").decode("utf-8", "replace"),
-        "payload_bytes": len(payload),
-        "payload_b64": base64.b64encode(payload[:MAX_PAYLOAD_KEPT]).decode(),
-    }
-    metrics.dead_letters.labels(agent, kind).inc()
+    body = _body(
+        agent,
+        kind,
+        reason,
+        msg.topic,
+        msg.partition,
+        msg.key,
+        msg.value or b"",
+        offset=msg.offset,
+        timestamp=msg.timestamp,
+    )
     log.warning(
         "dead letter from %s[%s]@%s (%s): %s", msg.topic, msg.partition, msg.offset, kind, reason
     )
@@ -41,7 +67,7 @@ async def send_dead_letter(agent: str, event: EventT, kind: str, reason: str) ->
     # The source partition, given explicitly: under exactly_once Faust sends a message in the
     # transaction of its partition only when the partition is known here, and it does not
     # know the partitions of topics the worker does not consume.
-    await dead_letters.send(key=msg.key, value=orjson.dumps(body), partition=msg.partition)
+    await dead_letters.send(key=msg.key, value=body, partition=msg.partition)
 
 
 def oversized_output(
@@ -51,19 +77,5 @@ def oversized_output(
     (app/transport.py): a failed send would stop the worker."""
     payload = value or b""
     reason = f"{len(payload):,} bytes to {topic}, over the {limit:,}-byte message limit"
-    metrics.dead_letters.labels("output", "oversized_output").inc()
     log.error("dead letter instead of an output message: %s", reason)
-    return orjson.dumps(
-        {
-            "agent": "output",
-            "kind": "oversized_output",
-            "reason": reason,
-            "topic": topic,
-            "partition": partition,
-            "offset": None,
-            "timestamp_ms": None,
-            "key": (key or b"").decode("utf-8", "replace"),
-            "payload_bytes": len(payload),
-            "payload_b64": base64.b64encode(payload[:MAX_PAYLOAD_KEPT]).decode(),
-        }
-    )
+    return _body("output", "oversized_output", reason, topic, partition, key, payload)
