@@ -29,7 +29,6 @@ from app.delta_parts import PartSender
 from app.faust_app import app, settings
 from app.feeds.watermarks import SOURCE_OFFSET_HEADER, WM_HEADER, header
 from app.topics import BAR_TOPICS, IFD_TOPICS, ensure_declared, trades
-from models.bar_events import LATE_TRADES
 from models.trades import trades_from_message
 from tables.bar_state import BarSet
 from tables.declarations import bars as bars_table
@@ -89,8 +88,7 @@ async def make_bars(stream):  # type: ignore[no-untyped-def]
                     value=orjson.dumps(row),
                     partition=msg.partition,
                 )
-                if topic != LATE_TRADES:
-                    sent.append((topic, row))
+                sent.append((topic, row))
             delta_sender.send(msg.partition, item_parts(sent, settings.lateness_ns), bound)
             metrics.messages_processed.labels(AGENT).inc()
 

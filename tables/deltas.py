@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from models.bar_events import LATE_TRADES
 from models.mbo import F_LAST, UNDEF_PRICE, instrument_key
 from tables.bar_state import PartitionedState
 from tables.bars import parse_interval
@@ -124,46 +125,36 @@ class BookSeconds:
         at = np.concatenate([[0], ends[:-1]])[starts]
         return list(zip(at.tolist(), sec[starts].tolist(), strict=True))
 
-    def close(
-        self,
-        instrument_id: int,
-        next_second: int | None,
-        tops: dict[int, tuple[Levels, Levels]] | None = None,
-    ) -> None:
-        """Close the instrument's open second on its books' `tops` at the second's end (read
-        now when not given)."""
-        st = self.state[instrument_id]
-        if st.open is not None:
-            if tops is None:
-                tops = self.read_tops(instrument_id, self.depth)
-            part = self._diff(st, tops)
-            if part:
-                self.closed.append((instrument_id, st.open, {"books": part}))
-        st.open = next_second
-        st.dirty = True
+    def _close_now(self, instrument_id: int) -> None:
+        """Close the open second on the books as they stand now (the bound has passed it)."""
+        tops = self.read_tops(instrument_id, self.depth)
+        pubs = sorted(tops)
+        levels = np.zeros((1, len(pubs), 2, self.depth, 3), np.int64)
+        counts = np.zeros((1, len(pubs), 2), np.int64)
+        for j, pub in enumerate(pubs):
+            _fill(levels[0, j], counts[0, j], tops[pub])
+        self.close_at_cuts(instrument_id, [None], pubs, levels, counts)
 
     def close_at_cuts(
         self,
         instrument_id: int,
-        seconds: list[int],
+        seconds: list[int | None],
         publishers: list[int],
         levels: np.ndarray,
         counts: np.ndarray,
     ) -> None:
-        """Close the open second, then each of `seconds` but the last (which opens), on the
-        books' top levels read at each cut (BookEngine.apply_with_tops: levels[k, j, side],
-        counts[k, j, side] for publishers[j]). The same parts as `close` on each, compared in
-        numpy: a sparse instrument has a cut every record or two."""
+        """Close the open second, then each of `seconds` but the last (which opens; None:
+        none), on the books' top levels read at each cut (BookEngine.apply_with_tops:
+        levels[k, j, side], counts[k, j, side] for publishers[j]). Each second's part holds
+        the levels that differ from the ones published before, found in numpy: a sparse
+        instrument has a cut every record or two."""
         st = self.state[instrument_id]
         prev = np.empty_like(levels)
         prev_counts = np.empty_like(counts)
         prev[1:], prev_counts[1:] = levels[:-1], counts[:-1]
         prev[0], prev_counts[0] = 0, 0
         for j, pub in enumerate(publishers):
-            for side, got in enumerate(st.last.get(pub, ([], []))):
-                if got:
-                    prev[0, j, side, : len(got)] = got
-                    prev_counts[0, j, side] = len(got)
+            _fill(prev[0, j], prev_counts[0, j], st.last.get(pub, ([], [])))
         depth = levels.shape[3]
         live = np.arange(depth) < counts[..., None]  # (k, j, side, level)
         moved = (levels != prev).any(-1) & live
@@ -220,37 +211,11 @@ class BookSeconds:
         self.released[partition] = through
         for iid, st in self.state.items():
             if st.partition == partition and st.open is not None and st.open < through:
-                self.close(iid, None)
+                self._close_now(iid)
 
     def take(self) -> list[tuple[int, int, Part]]:
         out, self.closed = self.closed, []
         return out
-
-    def _diff(self, st: _Tops, now: dict[int, tuple[Levels, Levels]]) -> list[dict[str, Any]]:
-        books = []
-        for pub in sorted(now):
-            bids, asks = now[pub]
-            old_bids, old_asks = st.last.get(pub, ([], []))
-            bid_set, ask_set = _changed(old_bids, bids), _changed(old_asks, asks)
-            if (
-                not bid_set
-                and not ask_set
-                and len(bids) == len(old_bids)
-                and len(asks) == len(old_asks)
-            ):
-                continue
-            book: dict[str, Any] = {
-                "publisher_id": pub,
-                "bid_depth": len(bids),
-                "ask_depth": len(asks),
-                "bids": bid_set,
-                "asks": ask_set,
-            }
-            if _top(old_bids, old_asks) != (top := _top(bids, asks)):
-                book["top"] = top
-            books.append(book)
-            st.last[pub] = (bids, asks)
-        return books
 
 
 def _event_ends(records: np.ndarray) -> np.ndarray:
@@ -265,14 +230,12 @@ def _event_ends(records: np.ndarray) -> np.ndarray:
     return ends
 
 
-def _changed(old: Levels, new: Levels) -> list[list[int]]:
-    return [[i, *lvl] for i, lvl in enumerate(new) if i >= len(old) or old[i] != lvl]
-
-
-def _top(bids: Levels, asks: Levels) -> list[int]:
-    bid = bids[0] if bids else [UNDEF_PRICE, 0, 0]
-    ask = asks[0] if asks else [UNDEF_PRICE, 0, 0]
-    return [*bid, *ask]
+def _fill(levels: np.ndarray, counts: np.ndarray, sides: tuple[Levels, Levels]) -> None:
+    """One book's (bids, asks) lists into its levels[side] rows and counts[side]."""
+    for side, got in enumerate(sides):
+        if got:
+            levels[side, : len(got)] = got
+            counts[side] = len(got)
 
 
 # -- bars, indicators, patterns, pressure, signals ----------------------------------------------
@@ -292,7 +255,8 @@ def item_parts(
     """Rows (topic, row) grouped into parts by (instrument, second), in order."""
     parts: dict[tuple[int, int], list[list[Any]]] = {}
     for topic, row in rows:
-        if row.get("kind") == "processing_lag":  # wall-clock: no place in event time
+        # late trades change nothing final; processing lag is wall-clock, not event time
+        if topic == LATE_TRADES or row.get("kind") == "processing_lag":
             continue
         key = (int(row["instrument_id"]), second_of(final_at(row, lateness_ns)))
         parts.setdefault(key, []).append([topic, row])

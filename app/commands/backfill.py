@@ -160,7 +160,7 @@ class _BarsStage:
         rows += self.stage.advance(self.received_through)
         for topic, row in rows:
             self.topics[topic].append(row)
-        return [(t, r) for t, r in rows if t != LATE_TRADES]
+        return rows
 
     def table_rows(self) -> list[dict[str, Any]]:
         return self.stage.indicator_rows()
