@@ -32,9 +32,11 @@ from app.dead_letters import send_dead_letter
 from app.delta_parts import PartSender
 from app.faust_app import app, settings
 from app.feeds.watermarks import SOURCE_OFFSET_HEADER, WM_HEADER, encode_ns, header
-from app.topics import BOOK_TOPICS, IFD_TOPICS, RAW_MBO, ensure_declared, raw_mbo
+from app.option_parts import OptionPartSender
+from app.topics import BOOK_TOPICS, IFD_TOPICS, RAW_MBO, ensure_declared, option_parts, raw_mbo
 from models import book_events
 from models.book_events import TRADES
+from models.definitions import is_definition, parse_definitions
 from models.mbo import MalformedMessage, parse_message
 from tables.book_state import BookSet, warm_up
 from tables.declarations import books as books_table
@@ -44,6 +46,7 @@ from tables.deltas import BOOKS, BookSeconds, item_parts
 from tables.ifd import SIGNALS
 from tables.ifd_state import IfdSet
 from tables.instrument_stats import StatsSet
+from tables.options import OptionInfo
 from tables.patterns import LagWatch
 
 AGENT = "books"
@@ -55,6 +58,7 @@ ifd_set = IfdSet(settings.ifd_config())
 # The books' part of the one-second deltas; its state sits beside the books' checkpoint.
 book_seconds = BookSeconds(book_set.tops, settings.delta_depth)
 delta_sender = PartSender(BOOKS)
+option_sender = OptionPartSender(settings.ifd_config().interval_ns, settings.partitions)
 checkpoints = Checkpointer(
     app,
     AGENT,
@@ -95,7 +99,7 @@ def ensure_loaded(instrument_id: int, partition: int) -> None:
 
 @app.agent(raw_mbo, name=AGENT)
 async def maintain_books(stream):  # type: ignore[no-untyped-def]
-    for topic in (*BOOK_TOPICS.values(), *IFD_TOPICS.values()):
+    for topic in (*BOOK_TOPICS.values(), *IFD_TOPICS.values(), option_parts):
         await ensure_declared(topic)
     async for event in stream.noack().events():
         async with checkpoints.state_lock:
@@ -109,6 +113,10 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
                 ifd_set.load(partition, ifd_table.get)
             if not event.value and event.key is None and bound is not None:
                 _pass_on(partition, offset, 0)  # a marker
+                _advance(partition, bound)
+                continue
+            if is_definition(event.value):
+                await _define(event, partition)
                 _advance(partition, bound)
                 continue
             try:
@@ -143,6 +151,22 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
             metrics.messages_processed.labels(AGENT).inc()
 
 
+async def _define(event: Any, partition: int) -> None:
+    """Instrument definitions: an option's windows count in its groups from here on."""
+    try:
+        records = parse_definitions(event.key, event.value)
+        infos = [OptionInfo.from_definition(d) for d in records]
+    except MalformedMessage as exc:
+        await send_dead_letter(AGENT, event, exc.kind, str(exc))
+        return
+    except ValueError as exc:
+        await send_dead_letter(AGENT, event, "bad_definition", str(exc))
+        return
+    for d, info in zip(records, infos, strict=True):
+        ifd_set.define(partition, d.instrument_id, info)
+    metrics.messages_processed.labels(AGENT).inc()
+
+
 def _watch_lag(partition: int, iid: int, produced_s: float | None) -> None:
     if not produced_s:
         return
@@ -172,6 +196,9 @@ def _advance(partition: int, bound: int | None) -> None:
     parts = book_seconds.take()
     parts += item_parts(rows, settings.lateness_ns)
     delta_sender.send(partition, parts, bound)
+    option_sender.send(
+        partition, ifd_set.take_option_parts(partition), ifd_set.watermark(partition)
+    )
 
 
 def _trade_headers(partition: int, offset: int) -> list[tuple[str, bytes]]:
@@ -206,3 +233,4 @@ def _forget_bounds(partition: int) -> None:
     source_bound.pop(partition, None)
     passed_on.pop(partition, None)
     delta_sender.forget(partition)
+    option_sender.forget(partition)

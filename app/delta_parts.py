@@ -13,6 +13,7 @@ from one producer, so the deltas agent never sees a watermark before the parts i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -41,22 +42,35 @@ class PartSender:
             wm = (WM_HEADER, encode_ns(bound))
         if not parts and wm is None:
             return
-        batches = _batches(parts) if parts else [b""]
-        for i, value in enumerate(batches):
-            last = i == len(batches) - 1
-            delta_parts.send_soon(
-                key=None,
-                value=value,
-                partition=partition,
-                headers=[self._source_header, wm] if last and wm else [self._source_header],
-            )
+        send_batched(delta_parts, partition, parts, self._source_header, wm)
 
     def forget(self, partition: int) -> None:
         self._told.pop(partition, None)
 
 
-def _batches(parts: list[tuple[int, int, Part]]) -> list[bytes]:
-    encoded = [orjson.dumps([iid, second, part]) for iid, second, part in parts]
+def send_batched(
+    topic: Any,
+    partition: int,
+    items: Sequence[Any],
+    source: tuple[str, bytes],
+    wm: tuple[str, bytes] | None,
+) -> None:
+    """Items in as few messages as `json_batches` allows (one empty one for none), each with
+    the `source` header, the last also with `wm`: a watermark never precedes what it covers."""
+    batches = json_batches(items) if items else [b""]
+    for i, value in enumerate(batches):
+        last = i == len(batches) - 1
+        topic.send_soon(
+            key=None,
+            value=value,
+            partition=partition,
+            headers=[source, wm] if last and wm else [source],
+        )
+
+
+def json_batches(items: Sequence[Any]) -> list[bytes]:
+    """Items as `{"parts": [item, ...]}` JSON messages of about MAX_BATCH_BYTES at most."""
+    encoded = [orjson.dumps(item) for item in items]
     out, batch, size = [], [], 0
     for item in encoded:
         if batch and size + len(item) > MAX_BATCH_BYTES:

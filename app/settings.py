@@ -63,6 +63,9 @@ class Settings(BaseModel, frozen=True):
     pattern_rsi_high: float = Field(70.0, gt=0, lt=100, description="TAPESTREAM_PATTERN_RSI_HIGH")
     pattern_rsi_low: float = Field(30.0, gt=0, lt=100, description="TAPESTREAM_PATTERN_RSI_LOW")
     delta_depth: int = Field(10, ge=1, le=50, description="TAPESTREAM_DELTA_DEPTH")
+    option_groups: str = Field(
+        "underlying+right,underlying+expiration+right", description="TAPESTREAM_OPTION_GROUPS"
+    )
 
     @field_validator("broker")
     @classmethod
@@ -125,6 +128,14 @@ class Settings(BaseModel, frozen=True):
             cls._session_start(start)
         return v.strip()
 
+    @field_validator("option_groups")
+    @classmethod
+    def _option_groups(cls, v: str) -> str:
+        from tables.options import parse_groups
+
+        parse_groups(v)
+        return v.strip()
+
     def venue_starts(self) -> tuple[tuple[str, int], ...]:
         pairs = (x.split("=") for x in self.session_starts.split(",") if x.strip())
         return tuple((venue.strip(), _time_of_day_ns(start)) for venue, start in pairs)
@@ -132,6 +143,7 @@ class Settings(BaseModel, frozen=True):
     def ifd_config(self) -> IfdConfig:
         from tables.bars import parse_interval
         from tables.ifd import IfdConfig
+        from tables.options import parse_groups
         from tables.signals import SignalConfig
 
         return IfdConfig(
@@ -141,6 +153,7 @@ class Settings(BaseModel, frozen=True):
             session_start_ns=_time_of_day_ns(self.session_start),
             venue_starts=self.venue_starts(),
             sessions=self.baseline_sessions,
+            option_groups=parse_groups(self.option_groups),
             signal=SignalConfig(
                 z_volume=self.signal_z_volume,
                 z_flow=self.signal_z_flow,

@@ -10,9 +10,10 @@ import faust
 from aiokafka.partitioner import DefaultPartitioner
 
 from app.faust_app import app, settings
-from app.transport import output_sources
+from app.transport import cross_sources, output_sources
 from models.bar_events import INDICATORS, LATE_TRADES, bars_topic
 from tables.ifd import PRESSURE, SIGNALS
+from tables.options import OPTION_PARTS, OPTIONS_PRESSURE, OPTIONS_SIGNALS
 
 # Raw Databento MBO: each value is one or more consecutive 56-byte MBO records of one
 # instrument, normally ending at an F_LAST boundary (see app/feeds/batching.py).
@@ -77,6 +78,17 @@ deltas = _topic(settings.topic("deltas"))
 for _out in (delta_parts, deltas):
     output_sources[_out.get_topic_name()] = RAW_MBO
 
+# Options aggregated by group (tables/options.py): the books agent sends each option's closed
+# pressure windows, as parts of its groups, to the partition of each group on `options.parts`,
+# with its partition's pressure watermark; the options agent adds them up into
+# `options.pressure` and `options.signals`, keyed by group. A part joins the transaction of
+# the raw partition it comes from (app/transport.py, `cross_sources`).
+option_parts = _topic(settings.topic(OPTION_PARTS), internal=True)
+cross_sources[option_parts.get_topic_name()] = RAW_MBO
+OPTION_TOPICS = {name: _topic(settings.topic(name)) for name in (OPTIONS_PRESSURE, OPTIONS_SIGNALS)}
+for _out in OPTION_TOPICS.values():
+    output_sources[_out.get_topic_name()] = RAW_MBO
+
 # Topics agents only write. The worker declares the topics it consumes; these it declares at
 # start, and `ensure_declared` covers a send that comes before that task has run.
 OUTPUT_TOPICS = [
@@ -88,6 +100,8 @@ OUTPUT_TOPICS = [
     *IFD_TOPICS.values(),
     delta_parts,
     deltas,
+    option_parts,
+    *OPTION_TOPICS.values(),
 ]
 _declared: set[str] = set()
 

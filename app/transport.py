@@ -37,6 +37,24 @@ commit_guards: list[CommitGuard] = []
 # other topic was sent outside every transaction, visible at once and repeated after a crash.
 # A message to a registered output topic joins the transaction of the same input partition.
 output_sources: dict[str, str] = {}
+# Output topic -> the input topic whose transactions its messages join, for a topic keyed
+# otherwise than the input (options.parts goes to the partition of an option group, not of the
+# event that made it). Such a message names the input partition it comes from in this header
+# (8 bytes, big-endian, as app/feeds/watermarks.py encodes), and joins that partition's
+# transaction.
+SOURCE_PARTITION_HEADER = "src-part"
+cross_sources: dict[str, str] = {}
+
+
+def source_partition(headers: Any) -> int | None:
+    """The `src-part` header of a message being sent or consumed (a list of pairs or a dict)."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for k, v in pairs:
+        if k == SOURCE_PARTITION_HEADER and v is not None:
+            if len(v) != 8:
+                raise ValueError(f"a {SOURCE_PARTITION_HEADER} header holds 8 bytes, not {len(v)}")
+            return int.from_bytes(v, "big", signed=True)
+    return None
 
 
 class FlushingTransactionManager(TransactionManager):
@@ -56,6 +74,11 @@ class FlushingTransactionManager(TransactionManager):
         transactional_id: str | None = None,
     ) -> Any:
         source = output_sources.get(topic)
+        txn_partition = partition
+        if source is None and topic in cross_sources:
+            source, txn_partition = cross_sources[topic], source_partition(headers)
+            if txn_partition is None:
+                raise ValueError(f"a message to {topic} needs a {SOURCE_PARTITION_HEADER} header")
         if source is None:
             return await super().send(topic, key, value, partition, timestamp, headers)
         if partition is None:
@@ -68,7 +91,7 @@ class FlushingTransactionManager(TransactionManager):
             partition,
             timestamp,
             headers,
-            transactional_id=f"{self.app.conf.id}-{group}-{partition}",
+            transactional_id=f"{self.app.conf.id}-{group}-{txn_partition}",
         )
 
 

@@ -7,6 +7,7 @@ GET /books/{instrument_id}/?depth=N  top N levels of each of the instrument's bo
 GET /bars/{instrument_id}/?interval=1m&limit=N  its latest N closed bars, oldest first (owner)
 GET /indicators/{instrument_id}/?interval=1m    its indicators after its latest bar (owner)
 GET /signals/?instrument_id=&limit=N  the latest N signals, newest first (from all workers)
+GET /options/?group=&limit=N    the latest N option-group signals, newest first (all workers)
 GET /config/                      the runtime settings this worker applies (control topic)
 GET /metrics                      Prometheus metrics (Faust's and tapestream's)
 GET /health                       200 once the worker is up
@@ -27,6 +28,7 @@ from faust.web import exceptions as web_exceptions
 from agents.bars import bar_set
 from agents.books import book_set, checkpoints, ensure_loaded, ifd_set
 from agents.control import control
+from agents.options import groups as option_groups
 from app.faust_app import app
 from app.topics import partition_of
 from models.mbo import instrument_key
@@ -36,6 +38,7 @@ from tables.declarations import bars as bars_table
 from tables.declarations import books as books_table
 from tables.declarations import ifd as ifd_table
 from tables.declarations import instrument_stats
+from tables.declarations import options as options_table
 from tables.instrument_stats import InstrumentStats
 
 log = logging.getLogger(__name__)
@@ -67,7 +70,7 @@ async def _fetch_peer(
 
 
 async def _gather(
-    request: Request, path: str, field: str, local: list[dict[str, Any]]
+    request: Request, path: str, field: str, local: list[dict[str, Any]], by: str = "instrument_id"
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """This worker's items plus every peer's (unless asked for `scope=local`), sorted by
     instrument; a peer that does not answer is named in the errors rather than left out
@@ -88,7 +91,7 @@ async def _gather(
                     errors.append(f"{url}: {res!r}")
                 else:
                     items.extend(res)
-    items.sort(key=lambda d: d["instrument_id"])
+    items.sort(key=lambda d: d[by])
     return items, errors
 
 
@@ -237,14 +240,47 @@ class SignalsView(View):
         if raw_iid and not raw_iid.isdigit():
             return self.json({"error": f"not an instrument id: {raw_iid!r}"}, status=400)
         raw_limit = request.query.get("limit", "100")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_SIGNALS:
-            error = f"limit must be an integer from 1 to {MAX_SIGNALS}, not {raw_limit!r}"
-            return self.json({"error": error}, status=400)
+        if not _limit_ok(raw_limit):
+            return self.json({"error": _limit_error(raw_limit)}, status=400)
         iid = int(raw_iid) if raw_iid else None
         items, errors = await _gather(request, "/signals/", "signals", _local_signals(iid))
         items.sort(
             key=lambda s: (s["start"], s["instrument_id"], s["kind"], s["direction"]), reverse=True
         )
+        items = items[: int(raw_limit)]
+        return self.json(_with_errors({"signals": items, "count": len(items)}, errors))
+
+
+def _limit_ok(raw: str) -> bool:
+    return raw.isdigit() and 1 <= int(raw) <= MAX_SIGNALS
+
+
+def _limit_error(raw: str) -> str:
+    return f"limit must be an integer from 1 to {MAX_SIGNALS}, not {raw!r}"
+
+
+@app.page("/options/")
+class OptionSignalsView(View):
+    """Option-group signals from every worker (tables/options.py), as /signals/ serves an
+    instrument's."""
+
+    async def get(self, request: Request) -> Response:
+        group = request.query.get("group") or None
+        if group is not None and len(group.split("|")) != 4:
+            error = f"a group is underlying|expiration|strike|right with * for any, not {group!r}"
+            return self.json({"error": error}, status=400)
+        raw_limit = request.query.get("limit", "100")
+        if not _limit_ok(raw_limit):
+            return self.json({"error": _limit_error(raw_limit)}, status=400)
+        local = option_groups.recent_signals(group)
+        for key, value in list(options_table.items()):
+            if key.endswith(b"/signals") and value is not None:
+                owner = key[: -len(b"/signals")]
+                mine = group is None or owner == group.encode()
+                if mine and not option_groups.loaded(partition_of(owner)):
+                    local.extend(json.loads(value))
+        items, errors = await _gather(request, "/options/", "signals", local, by="group")
+        items.sort(key=lambda s: (s["start"], s["group"], s["direction"]), reverse=True)
         items = items[: int(raw_limit)]
         return self.json(_with_errors({"signals": items, "count": len(items)}, errors))
 

@@ -208,10 +208,10 @@ SIGNAL_ENV = {
 def _load_baselines(history: list[Path]) -> Callable[[dict[str, str]], None]:
     def load(env: dict[str, str]) -> None:
         settings = load_settings(env)
-        stage = baselines.build([str(p) for p in history], settings, progress=False)
-        asyncio.run(
-            baselines.load(settings, baselines.table_rows(stage, settings.partitions), False)
-        )
+        stage = baselines.build([str(p) for p in history], settings, progress=False).ifd
+        assert stage is not None
+        rows = baselines.table_rows(stage, settings.partitions)
+        asyncio.run(baselines.load(settings, {"ifd": rows}, False))
 
     return load
 

@@ -365,6 +365,58 @@ def write(path: str | Path, config: GenConfig, progress: bool = False) -> dict:
     return truth
 
 
+def option_definitions(
+    instrument_ids: list[int], underlyings: tuple[str, ...] = ("SYN", "ALT"), ts: int = 0
+) -> list[databento_dbn.InstrumentDefMsg]:
+    """A made-up option chain over the generated instruments: in turn a call and a put on each
+    underlying, over two expiries and a ladder of strikes."""
+    out = []
+    for i, iid in enumerate(instrument_ids):
+        right = "CP"[i % 2]
+        underlying = underlyings[(i // 2) % len(underlyings)]
+        expiry = ts + (30 + 30 * ((i // (2 * len(underlyings))) % 2)) * 86_400 * 10**9
+        strike = (50 + 5 * (i // 4)) * 10**9
+        out.append(
+            databento_dbn.InstrumentDefMsg(
+                publisher_id=PUBLISHER_ID,
+                instrument_id=iid,
+                ts_event=ts,
+                ts_recv=ts,
+                min_price_increment=TICK,
+                display_factor=10**9,
+                raw_symbol=f"{underlying} {right}{strike // 10**9}",
+                asset=underlying,
+                security_type="OOF",
+                instrument_class=databento_dbn.InstrumentClass(right),
+                security_update_action=databento_dbn.SecurityUpdateAction("A"),
+                expiration=expiry,
+                strike_price=strike,
+                underlying=underlying,
+            )
+        )
+    return out
+
+
+def write_definitions(
+    path: str | Path, definitions: list[databento_dbn.InstrumentDefMsg], start_ns: int = 0
+) -> Path:
+    """A definition-schema DBN file (zstd if the name ends in .zst), as Databento's."""
+    out = Path(path)
+    meta = databento_dbn.Metadata(
+        dataset=DATASET,
+        schema=databento_dbn.Schema.DEFINITION,
+        start=start_ns,
+        stype_in=databento_dbn.SType.INSTRUMENT_ID,
+        stype_out=databento_dbn.SType.INSTRUMENT_ID,
+        symbols=[str(d.instrument_id) for d in definitions],
+    )
+    body = meta.encode() + b"".join(bytes(d) for d in definitions)
+    if out.name.endswith(".zst"):
+        body = zstandard.ZstdCompressor(level=3).compress(body)
+    out.write_bytes(body)
+    return out
+
+
 def truth_path(path: str | Path) -> Path:
     p = Path(path)
     return p.with_name(p.name + ".truth.json")

@@ -124,6 +124,18 @@ class Baselines:
         """Every (instrument, bucket) with history."""
         return list(self._h)
 
+    def rows(self, owner: str) -> list[dict[str, Any]]:
+        """Each (owner, bucket)'s baseline as the next session would see it, the owner (an
+        instrument, or an options group) under the name `owner`."""
+        out = []
+        for key, bucket in sorted(self._h):
+            stats = self.stats(key, bucket, 1 << 62)
+            if stats is not None:
+                out.append(
+                    {owner: key, "bucket": bucket, **{m: st.as_dict() for m, st in stats.items()}}
+                )
+        return out
+
     def export(self, instrument_id: int, bucket: int) -> list[list[Any]]:
         return [[s, v] for s, v in self._h[(instrument_id, bucket)].rows]
 

@@ -34,3 +34,6 @@ bars = _bytes_table("bars", "open bar windows, indicator state and recent bars p
 ifd = _bytes_table("ifd", "pressure windows, baselines, cooldowns and recent signals")
 # The deltas agent's merge per partition (tables/deltas.py).
 deltas = _bytes_table("deltas", "one-second delta parts waiting for both writers' watermarks")
+# Options aggregation per aggregating partition (tables/options_state.py). Keys are group
+# names, which are also the key of `options.parts`.
+options = _bytes_table("options", "option groups' pending windows, baselines and signals")

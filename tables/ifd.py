@@ -12,6 +12,7 @@ import numpy as np
 from models.book_events import BBO, TRADES
 from models.trades import empty_trades, trades_from_columns
 from tables.baselines import Baselines, SessionClock
+from tables.options import DEFAULT_GROUPS, OptionInfo, option_parts, parse_groups
 from tables.pressure import FlowState, PressureEngine
 from tables.signals import SignalConfig, SignalEngine
 
@@ -28,6 +29,8 @@ class IfdConfig:
     venue_starts: tuple[tuple[str, int], ...] = ()  # (venue MIC, session start) overrides
     sessions: int = 20
     signal: SignalConfig = field(default_factory=SignalConfig)
+    # the fields of each options group (tables/options.py); () aggregates none
+    option_groups: tuple[tuple[str, ...], ...] = parse_groups(DEFAULT_GROUPS)
 
 
 class IfdStage:
@@ -36,6 +39,10 @@ class IfdStage:
         self.flows: dict[int, FlowState] = {}
         # instrument -> the publisher its first trade or quote came from: its venue's session
         self.publishers: dict[int, int] = {}
+        # instrument -> what its definition says, for options only
+        self.options: dict[int, OptionInfo] = {}
+        # closed option windows as parts of their groups, until the caller takes them
+        self.option_parts: list[list[Any]] = []
         self.pressure = PressureEngine(cfg.interval_ns, cfg.lateness_ns, cfg.large_size)
         self.signals = SignalEngine(
             SessionClock(cfg.interval_ns, cfg.session_start_ns, cfg.venue_starts),
@@ -61,6 +68,18 @@ class IfdStage:
         if state is None:
             state = self.flows[instrument_id] = FlowState()
         return self.pressure.add(instrument_id, state.flow(trades, trade_events, bbo))
+
+    def define(self, instrument_id: int, info: OptionInfo | None) -> None:
+        """An instrument's definition: an option's windows become parts of its groups from
+        now on; any other instrument's definition (or a new one that is no option) stops it."""
+        if info is None:
+            self.options.pop(instrument_id, None)
+        else:
+            self.options[instrument_id] = info
+
+    def take_option_parts(self) -> list[list[Any]]:
+        parts, self.option_parts = self.option_parts, []
+        return parts
 
     def add_book_output(self, instrument_id: int, messages: dict[str, dict]) -> bool:
         """What the books published for one message (models/book_events.py, by topic); False
@@ -92,21 +111,15 @@ class IfdStage:
                 row.update(scored.z)
                 row["baseline_sessions"] = scored.baseline["log_volume"].n  # type: ignore[index]
             out.append((PRESSURE, row))
+            info = self.options.get(w.instrument_id)
+            if info is not None:
+                self.option_parts += option_parts(
+                    w, info, self.config.option_groups, self.publishers.get(w.instrument_id)
+                )
             if scored.signal is not None:
                 out.append((SIGNALS, scored.signal))
         return out
 
     def baseline_rows(self) -> list[dict[str, Any]]:
         """Each (instrument, bucket)'s baseline as the next session would see it."""
-        rows = []
-        for iid, bucket in sorted(self.signals.baselines.buckets()):
-            stats = self.signals.baselines.stats(iid, bucket, 1 << 62)
-            if stats is not None:
-                rows.append(
-                    {
-                        "instrument_id": iid,
-                        "bucket": bucket,
-                        **{m: st.as_dict() for m, st in stats.items()},
-                    }
-                )
-        return rows
+        return self.signals.baselines.rows("instrument_id")

@@ -4,7 +4,8 @@ the top of book in the book's own order, which only that agent has) and writes w
 `checkpoint()` returns to the `ifd` table.
 
 Table keys (bytes; values JSON via the standard json module, since window sums can pass 64 bits):
-  b"<iid>"                   side-rule memory, open pressure windows, cooldowns
+  b"<iid>"                   side-rule memory, open pressure windows, cooldowns, and what
+                             an option's definition says (tables/options.py)
   b"<iid>/baseline/<bucket>" the bucket's last sessions of log volume, TFI and OFI
   b"<iid>/signals"           the instrument's last `keep` signals (what /signals/ serves)
   b"~partition/<p>"          the partition's watermark, late count and instruments
@@ -23,6 +24,7 @@ import numpy as np
 from models.mbo import instrument_key
 from tables.bar_state import PartitionedState, partition_key
 from tables.ifd import PRESSURE, SIGNALS, IfdConfig, IfdStage
+from tables.options import OptionInfo
 from tables.pressure import FlowState
 from tables.signals import SignalConfig
 
@@ -75,6 +77,8 @@ class IfdSet(PartitionedState["IfdPartition"]):
                     stage.flows[iid] = FlowState.restore(state["flow"])
                     if state.get("publisher") is not None:
                         stage.publishers[iid] = state["publisher"]
+                    if state.get("option") is not None:
+                        stage.options[iid] = OptionInfo(*state["option"])
                     stage.pressure.restore(iid, state["windows"])
                     for direction, start in state["cooldown"].items():
                         stage.signals.last_signal[(iid, direction)] = start
@@ -100,6 +104,20 @@ class IfdSet(PartitionedState["IfdPartition"]):
         part.stage.add(instrument_id, trades, events, bbo)
         part.dirty.add(instrument_id)
         part.changed = True
+
+    def define(self, partition: int, instrument_id: int, info: OptionInfo | None) -> None:
+        """An instrument definition came through this partition (IfdStage.define)."""
+        part = self.partitions[partition]
+        part.stage.define(instrument_id, info)
+        part.dirty.add(instrument_id)
+        part.changed = True
+
+    def take_option_parts(self, partition: int) -> list[list[Any]]:
+        return self.partitions[partition].stage.take_option_parts()
+
+    def watermark(self, partition: int) -> int | None:
+        """The partition's pressure watermark: its windows ending at or before it are closed."""
+        return self.partitions[partition].stage.pressure.watermark
 
     def add_book_output(
         self, partition: int, instrument_id: int, messages: dict[str, dict]
@@ -156,6 +174,7 @@ class IfdSet(PartitionedState["IfdPartition"]):
                     },
                     "buckets": sorted(buckets.get(iid, [])),
                     "publisher": stage.publishers.get(iid),
+                    "option": opt.export() if (opt := stage.options.get(iid)) else None,
                 }
                 rows.append((instrument_key(iid), json.dumps(state).encode()))
             for iid, bucket in sorted(part.dirty_baselines):
@@ -163,7 +182,7 @@ class IfdSet(PartitionedState["IfdPartition"]):
                 rows.append((baseline_key(iid, bucket), json.dumps(data).encode()))
             for iid in sorted(part.dirty_signals):
                 rows.append((signals_key(iid), json.dumps(list(part.recent[iid])).encode()))
-            instruments = set(stage.flows) | set(buckets)
+            instruments = set(stage.flows) | set(buckets) | set(stage.options)
             meta = {
                 "watermark": stage.pressure.watermark,
                 "late": stage.pressure.late_count,

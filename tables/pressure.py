@@ -186,6 +186,9 @@ class PressureWindow:
     ofi_steps: int
     vwap: float | None
     last_price: int | None
+    # What a sum over contracts needs (tables/options.py); not published.
+    pv: int = 0  # sum of price x size, exact
+    last_ts: int = -1  # ts_event of the trade that set last_price
 
     @property
     def end(self) -> int:
@@ -328,4 +331,6 @@ class PressureEngine:
             ofi_steps=a.ofi_steps,
             vwap=a.pv / a.volume if a.volume else None,
             last_price=a.last_px,
+            pv=a.pv,
+            last_ts=a.last_ts,
         )

@@ -25,7 +25,7 @@ from faust.cli import argument, option
 from app.commands import exit_with
 from app.faust_app import app
 from app.feeds.batching import Batch, Batcher
-from app.feeds.mbo_files import InputError, open_mbo
+from app.feeds.mbo_files import InputError, is_definition_file, open_mbo, read_definitions
 from app.feeds.watermarks import SourceWatermarks
 from app.progress import Progress
 from app.settings import Settings
@@ -37,6 +37,7 @@ from tables.book_state import BookSet
 from tables.deltas import BARS, BOOKS, BookSeconds, DeltaMerge, item_parts
 from tables.ifd import PRESSURE, SIGNALS, IfdStage
 from tables.instrument_stats import InstrumentStats
+from tables.options import OPTIONS_PRESSURE, OPTIONS_SIGNALS, OptionInfo, OptionsAggregator
 
 # Levels per side in books.table.jsonl (the live view's default depth).
 BOOK_TABLE_DEPTH = 10
@@ -56,6 +57,7 @@ class BackfillResult:
     row_topics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # the flow detection state at the end (what `faust -A app baselines` loads)
     ifd: IfdStage | None = None
+    options: OptionsAggregator | None = None
 
     def topic_rows(self, topic: str) -> Iterator[dict[str, Any]]:
         for message in self.topics[topic]:
@@ -175,7 +177,10 @@ class _IfdStage:
 
     def __init__(self, settings: Settings) -> None:
         self.stage = IfdStage(settings.ifd_config())
-        self.topics: dict[str, list[dict[str, Any]]] = {PRESSURE: [], SIGNALS: []}
+        self.options = OptionsAggregator(settings.ifd_config(), sources=1)
+        self.topics: dict[str, list[dict[str, Any]]] = {
+            name: [] for name in (PRESSURE, SIGNALS, OPTIONS_PRESSURE, OPTIONS_SIGNALS)
+        }
 
     def on_messages(self, iid: int, messages: dict[str, dict]) -> None:
         self.stage.add_book_output(iid, messages)
@@ -184,7 +189,24 @@ class _IfdStage:
         rows = self.stage.advance(bound) if bound is not None else []
         for topic, row in rows:
             self.topics[topic].append(row)
+        self._aggregate()
         return rows
+
+    def define(self, path: str, definitions: list[Any]) -> None:
+        for d in definitions:
+            try:
+                self.stage.define(d.instrument_id, OptionInfo.from_definition(d))
+            except ValueError as exc:
+                raise InputError(path, f"instrument {d.instrument_id}", str(exc)) from None
+
+    def _aggregate(self) -> None:
+        """The options agent's part: every source (here one) has passed the watermark."""
+        for part in self.stage.take_option_parts():
+            self.options.add(*part)
+        wm = self.stage.pressure.watermark
+        if wm is not None:
+            for topic, row in self.options.advance(0, wm):
+                self.topics[topic].append(row)
 
     def table_rows(self) -> list[dict[str, Any]]:
         return self.stage.baseline_rows()
@@ -221,10 +243,13 @@ def backfill_files(
     limit: int | None = None,
     progress: bool = True,
 ) -> BackfillResult:
-    files = [open_mbo(p) for p in paths]
+    defined = [(str(p), read_definitions(p)) for p in paths if is_definition_file(p)]
+    files = [open_mbo(p) for p in paths if not is_definition_file(p)]
     books = _BooksStage(delta_depth=settings.delta_depth)
     bars = _BarsStage(settings)
     ifd = _IfdStage(settings)
+    for path, definitions in defined:  # before any MBO, as replay sends them
+        ifd.define(path, definitions)
     deltas = _DeltasStage(settings, books.seconds)
     instruments = _InstrumentsStage()
     stages: list[Any] = [instruments, books]
@@ -271,6 +296,7 @@ def backfill_files(
     result.row_topics.update(bars.topics)
     result.tables[ifd.table] = ifd.table_rows()
     result.ifd = ifd.stage
+    result.options = ifd.options
     for topic, rows in ifd.topics.items():  # signals: patterns from bars, then flow signals
         result.row_topics.setdefault(topic, []).extend(rows)
     result.row_topics[DELTAS] = deltas.rows

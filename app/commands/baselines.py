@@ -9,6 +9,10 @@ instruments, to the partition of the changelog that holds the instrument: a work
 with no local state restores them as it restores any table. Only into a deployment whose `ifd`
 changelog is empty (`--force` to add to one that is not: it overwrites the instruments' open
 windows and cooldowns), since a running deployment's own state is newer than any file.
+
+With option definitions among the inputs, the option groups' baselines (tables/options.py) are
+built too and `--load` puts them in the `options` table the same way, under each group's key in
+the partition of its changelog that holds the group.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from faust.cli import argument, option
 
 from app.commands import exit_with
-from app.commands.backfill import backfill_files
+from app.commands.backfill import BackfillResult, backfill_files
 from app.commands.replay import ensure_topic
 from app.faust_app import app
 from app.feeds.mbo_files import InputError
@@ -34,9 +39,13 @@ from models.mbo import instrument_key
 from tables.bar_state import partition_key
 from tables.ifd import IfdStage
 from tables.ifd_state import baseline_key
+from tables.options import OptionsAggregator
+from tables.options_state import group_baseline_key, group_key
+
+Rows = dict[int, list[tuple[bytes, bytes]]]  # changelog partition -> (key, value)
 
 
-def table_rows(stage: IfdStage, partitions: int) -> dict[int, list[tuple[bytes, bytes]]]:
+def table_rows(stage: IfdStage, partitions: int) -> Rows:
     """What the workers would have written for these baselines, by changelog partition."""
     baselines = stage.signals.baselines
     of = partitioner(partitions)
@@ -59,13 +68,71 @@ def table_rows(stage: IfdStage, partitions: int) -> dict[int, list[tuple[bytes, 
     return out
 
 
-async def load(settings: Settings, rows: dict[int, list[tuple[bytes, bytes]]], force: bool) -> int:
-    topic = f"{settings.app_id}-ifd-changelog"
-    partitions = await ensure_topic(settings, topic, settings.partitions)
-    if partitions != settings.partitions:
-        raise ValueError(
-            f"{topic} has {partitions} partitions, the deployment {settings.partitions}"
-        )
+def group_rows(agg: OptionsAggregator, partitions: int) -> Rows:
+    """What the options agents would have written for the groups' baselines, by partition."""
+    baselines = agg.signals.baselines
+    parts = list(range(partitions))
+    choose = DefaultPartitioner()
+    buckets: dict[str, list[int]] = {}
+    for group, bucket in baselines.buckets():
+        buckets.setdefault(group, []).append(bucket)  # type: ignore[arg-type]
+    out: dict[int, list[tuple[bytes, bytes]]] = {}
+    mine: dict[int, list[str]] = {}
+    for group, bs in sorted(buckets.items()):
+        p = int(choose(group_key(group), parts, parts))
+        rows = out.setdefault(p, [])
+        mine.setdefault(p, []).append(group)
+        for bucket in sorted(bs):
+            data = baselines.export(group, bucket)  # type: ignore[arg-type]
+            rows.append((group_baseline_key(group, bucket), json.dumps(data).encode()))
+        state = {
+            "pending": [],
+            "publisher": agg.publishers.get(group),
+            "cooldown": {},
+            "buckets": sorted(bs),
+        }
+        rows.append((group_key(group), json.dumps(state).encode()))
+    for p, rows in out.items():
+        meta = {"watermarks": {}, "closed_through": None, "repeats": 0, "groups": mine[p]}
+        rows.append((partition_key(p), json.dumps(meta).encode()))
+    return out
+
+
+async def load(settings: Settings, tables: dict[str, Rows], force: bool) -> int:
+    """Each table's rows into its changelog, once every changelog has been checked: nothing is
+    written when any of them holds state (unless `force`)."""
+    for table in tables:
+        topic = f"{settings.app_id}-{table}-changelog"
+        partitions = await ensure_topic(settings, topic, settings.partitions)
+        if partitions != settings.partitions:
+            raise ValueError(
+                f"{topic} has {partitions} partitions, the deployment {settings.partitions}"
+            )
+        held = await _held(settings, topic, partitions)
+        if held and not force:
+            raise ValueError(
+                f"{topic} already holds {held:,} records: this deployment has state of its own "
+                "(--force to write over its entries anyway)"
+            )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    written = 0
+    try:
+        for table, rows in tables.items():
+            topic = f"{settings.app_id}-{table}-changelog"
+            for p, part_rows in rows.items():
+                for key, value in part_rows:
+                    await producer.send(topic, value, key=key, partition=p)
+                    written += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return written
+
+
+async def _held(settings: Settings, topic: str, partitions: int) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None)
     await consumer.start()
     try:
@@ -74,32 +141,11 @@ async def load(settings: Settings, rows: dict[int, list[tuple[bytes, bytes]]], f
         starts = await consumer.beginning_offsets(tps)
     finally:
         await consumer.stop()
-    held = sum(ends[tp] - starts[tp] for tp in tps)
-    if held and not force:
-        raise ValueError(
-            f"{topic} already holds {held:,} records: this deployment has state of its own "
-            "(--force to write over its instruments' entries anyway)"
-        )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
-    )
-    await producer.start()
-    written = 0
-    try:
-        for p, part_rows in rows.items():
-            for key, value in part_rows:
-                await producer.send(topic, value, key=key, partition=p)
-                written += 1
-        await producer.flush()
-    finally:
-        await producer.stop()
-    return written
+    return sum(ends[tp] - starts[tp] for tp in tps)
 
 
-def build(paths: Sequence[str], settings: Settings, progress: bool) -> IfdStage:
-    result = backfill_files(paths, settings, progress=progress)
-    assert result.ifd is not None
-    return result.ifd
+def build(paths: Sequence[str], settings: Settings, progress: bool) -> BackfillResult:
+    return backfill_files(paths, settings, progress=progress)
 
 
 @app.command(
@@ -110,7 +156,7 @@ def build(paths: Sequence[str], settings: Settings, progress: bool) -> IfdStage:
         "load_into_table",
         is_flag=True,
         default=False,
-        help="Load them into the ifd table.",
+        help="Load them into the ifd table (and the options table).",
     ),
     option("--force", is_flag=True, default=False, help="Load even if the table has state."),
     option("--no-progress", is_flag=True, default=False, help="No progress bar."),
@@ -127,22 +173,28 @@ async def baselines(
     from app.faust_app import settings
 
     try:
-        stage = await asyncio.to_thread(build, inputs, settings, not no_progress)
+        result = await asyncio.to_thread(build, inputs, settings, not no_progress)
     except InputError as exc:
         exit_with(str(exc))
+    stage, agg = result.ifd, result.options
+    assert stage is not None and agg is not None
     table = stage.baseline_rows()
+    groups = agg.signals.baselines.rows("group")
     if out_path:
-        Path(out_path).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in table))
+        Path(out_path).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in table + groups))
     summary = {
         "instruments": len({r["instrument_id"] for r in table}),
         "buckets": len(table),
         "sessions": max((r["log_volume"]["n"] for r in table), default=0),
+        "groups": len({r["group"] for r in groups}),
+        "group_buckets": len(groups),
     }
     if load_into_table:
         try:
-            summary["loaded_records"] = await load(
-                settings, table_rows(stage, settings.partitions), force
-            )
+            tables = {"ifd": table_rows(stage, settings.partitions)}
+            if groups:
+                tables["options"] = group_rows(agg, settings.partitions)
+            summary["loaded_records"] = await load(settings, tables, force)
         except ValueError as exc:
             exit_with(str(exc))
     print(orjson.dumps(summary).decode())

@@ -7,6 +7,10 @@ fast), `--max` (the default) as fast as the broker takes them. Produced idempote
 acks=all, so a retried send never duplicates or reorders a message. A file that turns out to be
 truncated or malformed stops the replay after its whole events are delivered, and the error says
 exactly what was sent.
+
+Definition files (DBN, definition schema) among the inputs go first, each definition as a
+message of its own to its instrument's partition (models/definitions.py), so a worker knows an
+option's groups before its first trade.
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ from faust.cli import argument, option
 from app.commands import exit_with
 from app.faust_app import app
 from app.feeds.batching import Batch, Batcher
-from app.feeds.mbo_files import InputError, open_mbo
+from app.feeds.mbo_files import InputError, is_definition_file, open_mbo, read_definitions
 from app.feeds.watermarks import SourceWatermarks
 from app.progress import Progress
 from app.settings import Settings
 from app.topics import RAW_MBO_BASE
+from models import definitions
+from models.mbo import instrument_key
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,7 @@ class ReplaySummary:
     files: list[FileSummary] = field(default_factory=list)
     instruments: set[int] = field(default_factory=set)
     markers: int = 0  # watermark markers sent (header only; not counted as messages)
+    definitions: int = 0  # instrument definitions sent (one message each; not counted)
     seconds: float = 0.0
 
     @property
@@ -81,6 +88,7 @@ class ReplaySummary:
             "messages": self.messages,
             "instruments": len(self.instruments),
             "markers": self.markers,
+            "definitions": self.definitions,
             "seconds": round(self.seconds, 3),
             "records_per_s": round(self.records / self.seconds) if self.seconds > 0 else None,
         }
@@ -162,6 +170,16 @@ class _Sender:
             if len(self.in_flight) >= MAX_IN_FLIGHT:
                 await self._settle(MAX_IN_FLIGHT // 2)
 
+    async def define(self, records: Iterable) -> None:
+        for d in records:
+            p = self.wm.partition_of(d.instrument_id)
+            fut = await self.producer.send(
+                self.topic, definitions.encode(d), key=instrument_key(d.instrument_id), partition=p
+            )
+            self.in_flight.append((fut, 0, None))
+            self.summary.definitions += 1
+        await self.drain()
+
     async def mark(self, bounds: dict[int, int], step: int = 0) -> None:
         """Markers (no key, no records, the bound in a header) to partitions behind by more
         than `step`."""
@@ -177,7 +195,7 @@ class _Sender:
         while len(self.in_flight) > keep:
             fut, n, fs = self.in_flight.popleft()
             await fut  # raises the broker's error; nothing after it is counted as sent
-            if fs is not None:  # None: a watermark marker
+            if fs is not None:  # None: a watermark marker or a definition
                 fs.records += n
                 fs.messages += 1
 
@@ -203,7 +221,9 @@ async def replay_files(
     topic = topic or settings.topic(RAW_MBO_BASE)
     if speed is not None and speed <= 0:
         raise ReplayError("--speed must be positive")
-    files = [open_mbo(p) for p in paths]  # every file must exist before anything is sent
+    # every file must exist before anything is sent
+    defined = [read_definitions(p) for p in paths if is_definition_file(p)]
+    files = [open_mbo(p) for p in paths if not is_definition_file(p)]
     summary = ReplaySummary(topic=topic)
     partitions = await ensure_topic(settings, topic, settings.partitions)
     producer = AIOKafkaProducer(
@@ -221,6 +241,8 @@ async def replay_files(
     remaining = limit
     t0 = time.monotonic()
     try:
+        for records in defined:
+            await sender.define(records)
         for f in files:
             fs = FileSummary(path=str(f.path))
             summary.files.append(fs)

@@ -467,3 +467,43 @@ def parse_ts(text: str) -> int:
 @lru_cache(maxsize=4096)
 def _epoch_seconds(stamp: str) -> int:
     return int(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
+
+
+# --- definitions -----------------------------------------------------------------------------
+
+
+def is_definition_file(path: str | Path) -> bool:
+    """A DBN file of the definition schema (replay and backfill read these first)."""
+    p = Path(path)
+    return (
+        p.is_file()
+        and p.name.lower().endswith((".dbn", ".dbn.zst"))
+        and (_dbn_schema(p) == "definition")
+    )
+
+
+def read_definitions(path: str | Path) -> list[databento_dbn.InstrumentDefMsg]:
+    """Every definition of a definition-schema DBN file, in version 3 layout; InputError for
+    a file that is not one."""
+    p = Path(path)
+    f = open_mbo(p)
+    if f.format not in ("dbn", "dbn.zst"):
+        raise InputError(p, "open", "definitions come in DBN files")
+    decoder = databento_dbn.DBNDecoder(
+        upgrade_policy=databento_dbn.VersionUpgradePolicy.UPGRADE_TO_V3
+    )
+    out: list[databento_dbn.InstrumentDefMsg] = []
+    with open(p, "rb") as fh:
+        try:
+            for chunk in _raw_bytes(f, fh):
+                decoder.write(chunk)
+                out += [
+                    r for r in decoder.decode() if isinstance(r, databento_dbn.InstrumentDefMsg)
+                ]
+        except _TruncatedFrame:
+            raise InputError(p, f"byte {f.bytes_read:,}", "truncated zstd frame") from None
+        except Exception as exc:
+            raise InputError(p, f"record {len(out):,}", f"not a definition file: {exc}") from None
+    if decoder.buffer():
+        raise InputError(p, f"record {len(out):,}", "truncated record at the end of the file")
+    return out

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,11 +127,12 @@ class Deployment:
         progressed: Callable[[], bool],
         keep_state: bool,
         speed: str = "1",
+        also: Sequence[Path] = (),
     ) -> None:
-        """Replay PATH at `speed` times its recorded pace; once `progressed()`, kill -9 the
-        worker, wipe its local state unless `keep_state`, restart it, and wait for the replay
-        to finish."""
-        replay = self.replay(path, "--speed", speed)
+        """Replay PATH (and the files `also` names) at `speed` times its recorded pace; once
+        `progressed()`, kill -9 the worker, wipe its local state unless `keep_state`, restart
+        it, and wait for the replay to finish."""
+        replay = self.replay(path, *map(str, also), "--speed", speed)
         try:
             wait_for(lambda: w.alive() and progressed(), 60, "the replay under way")
             w.kill9()

@@ -35,7 +35,8 @@ def bars_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 def _key(topic: str, row: dict[str, Any]) -> tuple:
     """What identifies a derived row: a repeat under at-least-once has the same key."""
     start, direction = row["start"], row.get("direction", "")
-    return (topic, row["instrument_id"], row["interval"], start, row.get("kind", ""), direction)
+    owner = row["group"] if "group" in row else row["instrument_id"]  # an options group's
+    return (topic, owner, row["interval"], start, row.get("kind", ""), direction)
 
 
 def live_rows(d: Deployment, want: dict[str, list[dict]]) -> dict[str, list[dict]]:

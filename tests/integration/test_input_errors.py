@@ -10,6 +10,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from load_tests.gen_mbo import option_definitions
+from models.definitions import encode
 from models.mbo import empty_records
 from tests.integration.conftest import Deployment, consume_all, wait_for
 
@@ -51,16 +53,17 @@ def test_bad_messages_are_dead_lettered_and_counted(deployment: Deployment, brok
             (b"5", _records(6, 2)),  # another instrument under this key
             (b"bogus", _records(5, 1)),
             (b"5", b""),
+            (b"5", _definition(5)[:-16]),  # a torn definition record
             (b"5", _records(5, 2)),
         ],
     )
     wait_for(lambda: w.alive() and w.get("/instruments/")["records"] == 5, 60, "good records")
     # The agent that consumes the raw topic rejects each of them once, with the reason.
-    letters = consume_all(broker, f"{deployment.prefix}dead.letters", expect_messages=4)
+    letters = consume_all(broker, f"{deployment.prefix}dead.letters", expect_messages=5)
     found = [orjson.loads(v) for _, v, _, _ in letters]
-    kinds = ["bad_key", "bad_length", "empty", "key_mismatch"]
+    kinds = ["bad_definition", "bad_key", "bad_length", "empty", "key_mismatch"]
     bodies = {b["kind"]: b for b in found}
-    assert len(found) == 4 and sorted(bodies) == kinds
+    assert len(found) == 5 and sorted(bodies) == kinds
     assert all(b["topic"] == raw and b["agent"] == "books" for b in bodies.values())
     assert "record 0 is instrument 6, key says 5" in bodies["key_mismatch"]["reason"]
     assert bodies["bad_length"]["payload_bytes"] == 105
@@ -70,6 +73,11 @@ def test_bad_messages_are_dead_lettered_and_counted(deployment: Deployment, brok
     assert w.get("/instruments/5/")["messages"] == 2
     book = w.get("/books/5/")["books"][0]
     assert book["orders"] == 0 and book["counters"]["bad_records"] == 5  # A with size 0
+
+
+def _definition(iid: int) -> bytes:
+    (d,) = option_definitions([iid], ("ES",))
+    return encode(d)
 
 
 def _adds(iid: int, n: int) -> bytes:

@@ -241,12 +241,12 @@ def test_merge_output_depends_on_the_parts_only(
 
 
 def test_parts_travel_in_batches_and_bad_ones_are_refused() -> None:
-    from app.delta_parts import MAX_BATCH_BYTES, _batches, parts_of
+    from app.delta_parts import MAX_BATCH_BYTES, json_batches, parts_of
 
     parts = [
         (7, s, {"books": [{"publisher_id": 1, "bids": [[0, s, 1, 1]] * 50}]}) for s in range(2000)
     ]
-    batches = _batches(parts)
+    batches = json_batches(parts)
     assert len(batches) > 1 and all(len(b) <= MAX_BATCH_BYTES + 4096 for b in batches)
     assert [p for b in batches for p in parts_of(b)] == parts
     for bad, why in [

@@ -1,0 +1,45 @@
+"""Sending one partition's option parts and pressure watermark to `options.parts`
+(tables/options.py says what a part is), from the books agent.
+
+Parts go to the partition of their group, in one message per target partition for what one
+input message closed (more only past MAX_BATCH_BYTES): JSON `{"parts": [part, ...]}`, no key,
+the source partition in the `src-part` header. The options agent closes a group's window only
+when every source partition has passed its end, so each source tells every target partition its
+watermark in the `wm` header (of its last message there, or of an empty one), but only when the
+watermark has passed another window end: windows end on multiples of the interval, so nothing
+closes any sooner for hearing more often. One producer per source partition sends its parts and
+watermarks in order, so a watermark never arrives before the parts it covers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.delta_parts import send_batched
+from app.feeds.watermarks import WM_HEADER, encode_ns
+from app.topics import option_parts, partition_of
+from app.transport import SOURCE_PARTITION_HEADER
+
+
+class OptionPartSender:
+    def __init__(self, interval_ns: int, partitions: int) -> None:
+        self.interval_ns = interval_ns
+        self.partitions = partitions
+        self._told: dict[int, int] = {}  # source partition -> window ends its watermark passed
+
+    def send(self, partition: int, parts: list[list[Any]], watermark: int | None) -> None:
+        by_target: dict[int, list[list[Any]]] = {}
+        for part in parts:
+            by_target.setdefault(partition_of(part[0].encode()), []).append(part)
+        wm = None
+        if watermark is not None and watermark // self.interval_ns > self._told.get(
+            partition, watermark // self.interval_ns - 1
+        ):
+            self._told[partition] = watermark // self.interval_ns
+            wm = (WM_HEADER, encode_ns(watermark))
+        source = (SOURCE_PARTITION_HEADER, encode_ns(partition))
+        for target in range(self.partitions) if wm else sorted(by_target):
+            send_batched(option_parts, target, by_target.get(target, []), source, wm)
+
+    def forget(self, partition: int) -> None:
+        self._told.pop(partition, None)
