@@ -372,7 +372,8 @@ async def replay(
     limit: int | None,
     no_progress: bool,
 ) -> None:
-    """Replay MBO files (.dbn, .dbn.zst, Databento CSV) to the raw MBO topic."""
+    """Replay MBO files (.dbn, .dbn.zst, Databento CSV), and definition files first, to the raw
+    MBO topic."""
     from app.faust_app import settings
 
     if speed is not None and max_speed:
