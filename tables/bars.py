@@ -365,9 +365,19 @@ class BarEngine:
                 acc = windows.get(int(ws[lo]))
                 if acc is not None:
                     acc.twap_area += exact_dot(pi[lo:hi], d[lo:hi])
-        for k in np.flatnonzero(~inside).tolist():  # a segment across window edges: rare
+        # A segment across window edges: rare in busy data, but in sparse data (a trade every
+        # few seconds, and a backfill chunk holding thousands of windows) nearly every segment
+        # crosses one. Only the windows it overlaps can gain: visit whichever is fewer, the
+        # window starts it spans or the open windows.
+        for k in np.flatnonzero(~inside).tolist():
             t0, t1, price = int(a[k]), int(b[k]), int(p[k])
-            for start, acc in windows.items():
+            first, end = t0 - t0 % iv, t1
+            if (end - first) // iv < len(windows):
+                spanned = ((s, windows.get(s)) for s in range(first, end, iv))
+                overlapping = [(s, acc) for s, acc in spanned if acc is not None]
+            else:
+                overlapping = list(windows.items())
+            for start, acc in overlapping:
                 overlap = min(t1, start + iv) - max(t0, start)
                 if overlap > 0:
                     acc.twap_area += price * overlap
