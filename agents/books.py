@@ -196,9 +196,10 @@ def _advance(partition: int, bound: int | None) -> None:
     parts = book_seconds.take()
     parts += item_parts(rows, settings.lateness_ns)
     delta_sender.send(partition, parts, bound)
-    option_sender.send(
-        partition, ifd_set.take_option_parts(partition), ifd_set.watermark(partition)
-    )
+    if ifd_set.config.option_groups:  # else the options agent has nothing to hear
+        option_sender.send(
+            partition, ifd_set.take_option_parts(partition), ifd_set.watermark(partition)
+        )
 
 
 def _trade_headers(partition: int, offset: int) -> list[tuple[str, bytes]]:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from faust.types import TP
 
+from agents.control import control
 from app import metrics
 from app.checkpoints import Checkpointer
 from app.dead_letters import send_dead_letter
@@ -34,6 +35,9 @@ AGENT = "options"
 log = logging.getLogger(__name__)
 
 groups = OptionsSet(settings.ifd_config(), settings.partitions)
+# Group windows are scored with the same runtime thresholds as instruments' windows.
+groups.set_signal_config(control.current.signal)
+control.on_change(lambda config: groups.set_signal_config(config.signal))
 checkpoints = Checkpointer(app, AGENT, [(options_table, groups)])
 PARTS = option_parts.get_topic_name()
 

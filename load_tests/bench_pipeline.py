@@ -3,7 +3,8 @@
     python -m load_tests.bench_pipeline [--records 2000000] [--instruments 100]
         [--rate 50000] [--paced-seconds 20] [--signal-seconds 60] [--paced-instruments 4]
         [--runs 3]
-        [--guarantees at_least_once,exactly_once] [--phases throughput,backlog,latency,signals]
+        [--guarantees at_least_once,exactly_once]
+        [--phases throughput,backlog,latency,signals,options]
 
 For each processing guarantee, each run starts a fresh worker (its own topics and state) and:
   throughput  replays a generated file at full speed (--max) and measures events/s from the
@@ -24,6 +25,12 @@ For each processing guarantee, each run starts a fresh worker (its own topics an
               and every one-second delta from the tick at which the event time that
               made it final came due (a window's end plus the allowed lateness; the end of a
               delta's second) until a read_committed consumer had it.
+  options     the throughput phase twice with one-second pressure windows, so that every
+              instrument closes a window each second of event time: without definitions, then
+              with every instrument defined as an option (two underlyings, calls and puts, two
+              expiries: 12 groups by default), until the books agent has applied every record
+              and the options agent has published every group window backfill makes of the
+              same files; events/s of each and their ratio, taken in the same run.
 The worker runs every agent (books with counts and flow detection, bars with indicators and
 patterns, deltas) as a deployment does. The broker must be
 running (`make broker-start`). Medians over runs are printed, with every run's figures.
@@ -44,12 +51,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from app.commands import baselines
+from app.commands.backfill import backfill_files
 from app.commands.replay import PACE_TICK_S, ensure_topic, replay_files
 from app.feeds.mbo_files import open_mbo
 from app.settings import Settings, load_settings
 from app.transport import freeze_heap
-from load_tests.gen_mbo import GenConfig, write
+from load_tests.gen_mbo import GenConfig, option_definitions, write, write_definitions
 from load_tests.worker_proc import BENCH_DIR, ROOT, BenchWorker, bench_worker
+from tables.options import OPTIONS_PRESSURE, OPTIONS_SIGNALS
 
 WARMUP_S = 2.0
 
@@ -71,16 +80,52 @@ def _file(records: int, instruments: int, rate: float, days_before: int = 0) -> 
     return path
 
 
-def _throughput(w: BenchWorker, path: Path, total: int) -> dict[str, float]:
+def _throughput(
+    w: BenchWorker, path: Path, total: int, before: tuple[Path, ...] = (), groups: int = 0
+) -> dict[str, float]:
+    """Replay `before` (definitions) and the file at full speed: events/s until the books agent
+    has applied every record and the options agent has published `groups` rows."""
     settings = load_settings(w.env)
     t0 = time.monotonic()
-    summary = asyncio.run(replay_files([str(path)], settings, progress=False))
+    inputs = [str(p) for p in (*before, path)]
+    summary = asyncio.run(replay_files(inputs, settings, progress=False))
     replay_s = time.monotonic() - t0
     done = w.wait_processed("books", total)
+    if groups:
+        done = max(done, w.wait_processed("options", groups))
     return {
         "events_per_s": total / (done - t0),
         "replay_events_per_s": total / replay_s,
         "messages": summary.messages,
+    }
+
+
+OPTIONS_ENV = {"TAPESTREAM_PRESSURE_INTERVAL": "1s"}
+
+
+def _chain(instruments: int) -> Path:
+    """Every generated instrument (ids from 1000) as an option: gen_mbo.option_definitions."""
+    path = BENCH_DIR / f"chain-{instruments}.definition.dbn.zst"
+    if not path.exists():
+        ids = [1000 + i for i in range(instruments)]
+        write_definitions(path, option_definitions(ids, ts=GenConfig.start_ns))
+    return path
+
+
+def _options(broker: str, guarantee: str, fast: Path, total: int, chain: Path) -> dict:
+    files = [str(chain), str(fast)]
+    made = backfill_files(files, load_settings(OPTIONS_ENV), progress=False).row_topics
+    groups = len(made[OPTIONS_PRESSURE]) + len(made[OPTIONS_SIGNALS])
+    env = {"TAPESTREAM_PROCESSING_GUARANTEE": guarantee, **OPTIONS_ENV}
+    with bench_worker(broker, **env) as w:
+        without = _throughput(w, fast, total)["events_per_s"]
+    with bench_worker(broker, **env) as w:
+        with_options = _throughput(w, fast, total, (chain,), groups)["events_per_s"]
+    return {
+        "without_events_per_s": without,
+        "with_events_per_s": with_options,
+        "ratio": with_options / without,
+        "group_windows": float(groups),
     }
 
 
@@ -294,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guarantees", default="at_least_once,exactly_once")
     ap.add_argument(
         "--phases",
-        default="throughput,backlog,latency,signals",
-        help="which of throughput, backlog, latency, signals to run",
+        default="throughput,backlog,latency,signals,options",
+        help="which of throughput, backlog, latency, signals, options to run",
     )
     args = ap.parse_args(argv)
     phases = set(args.phases.split(","))
@@ -324,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
             if "latency" in phases:
                 with bench_worker(broker, TAPESTREAM_PROCESSING_GUARANTEE=guarantee) as w:
                     r["latency"] = asyncio.run(_paced(w, paced, args.rate))
+            if "options" in phases:
+                chain = _chain(args.instruments)
+                r["options"] = _options(broker, guarantee, fast, total, chain)
             if "signals" in phases:
                 env = {"TAPESTREAM_PROCESSING_GUARANTEE": guarantee, **SIGNAL_ENV}
                 with bench_worker(broker, _load_baselines(history), **env) as w:

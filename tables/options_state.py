@@ -12,14 +12,15 @@ Table keys (bytes; values JSON via the standard json module, since sums can pass
 from __future__ import annotations
 
 import json
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tables.bar_state import PartitionedState, partition_key
 from tables.ifd import IfdConfig
 from tables.options import OPTIONS_PRESSURE, OptionsAggregator, Row
+from tables.signals import SignalConfig
 
 Get = Callable[[bytes], bytes | None]
 
@@ -59,6 +60,12 @@ class OptionsSet(PartitionedState[_Partition]):
         self.sources = sources
         self.keep = keep
         self.partitions: dict[int, _Partition] = {}
+
+    def set_signal_config(self, signal: SignalConfig) -> None:
+        """New thresholds for group windows scored from now on (runtime configuration)."""
+        self.config = replace(self.config, signal=signal)
+        for part in self.partitions.values():
+            part.agg.signals.config = signal
 
     def load(self, partition: int, get: Get) -> OptionsAggregator:
         agg = OptionsAggregator(self.config, self.sources)
@@ -131,20 +138,21 @@ class OptionsSet(PartitionedState[_Partition]):
             if not p.changed:
                 continue
             agg, rows = p.agg, []
-            buckets: dict[str, list[int]] = {}
+            # one pass over each index, not one per group: a chain can have thousands
+            buckets: dict[str, list[int]] = defaultdict(list)
             for group, bucket in agg.signals.baselines.buckets():
-                buckets.setdefault(group, []).append(bucket)  # type: ignore[arg-type]
+                buckets[group].append(bucket)  # type: ignore[index]
+            pending: dict[str, list[list[Any]]] = defaultdict(list)
+            for (group, start), members in sorted(agg.pending.items()):
+                pending[group].append([start, members])
+            cooldowns: dict[str, dict[str, int]] = defaultdict(dict)
+            for (group, direction), start in agg.signals.last_signal.items():
+                cooldowns[group][direction] = start  # type: ignore[index]
             for group in sorted(p.dirty):
                 state = {
-                    "pending": [
-                        [start, members]
-                        for (g, start), members in sorted(agg.pending.items())
-                        if g == group
-                    ],
+                    "pending": pending.get(group, []),
                     "publisher": agg.publishers.get(group),
-                    "cooldown": {
-                        d: start for (g, d), start in agg.signals.last_signal.items() if g == group
-                    },
+                    "cooldown": cooldowns.get(group, {}),
                     "buckets": sorted(buckets.get(group, [])),
                 }
                 rows.append((group_key(group), json.dumps(state).encode()))

@@ -1,7 +1,8 @@
 """Options aggregated by group through the broker and real workers equal backfill's, record for
 record: option definitions replayed ahead of three days of generated trading, the contracts of
-each group spread over the partitions, at full speed and across a kill -9 of the worker under
-exactly-once; plus the /options/ view."""
+each group spread over the partitions, at full speed with 4 partitions, at a pace with 2 and
+smaller messages, and across a kill -9 of the worker under exactly-once; plus the /options/
+view."""
 
 from __future__ import annotations
 
@@ -39,14 +40,22 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[st
     return defs, mbo, want
 
 
+@pytest.mark.parametrize(
+    ("partitions", "batch", "pace"),
+    [("4", "1000", ["--max"]), ("2", "300", ["--speed", "20000"])],
+)
 def test_live_option_groups_equal_backfill(
-    deployment: Deployment, chain: tuple[Path, Path, dict[str, list[dict]]]
+    deployment: Deployment,
+    chain: tuple[Path, Path, dict[str, list[dict]]],
+    partitions: str,
+    batch: str,
+    pace: list[str],
 ) -> None:
     defs, mbo, want = chain
     deployment.base_env.update(ENV)
-    w = start(deployment, "4", "1000")
-    deployment.wait_assigned(w)
-    replay = deployment.replay(defs, str(mbo), "--max")
+    w = start(deployment, partitions, batch)
+    deployment.wait_assigned(w, partitions=int(partitions))
+    replay = deployment.replay(defs, str(mbo), *pace)
     out, err = replay.communicate(timeout=240)
     assert replay.returncode == 0, err
     assert orjson.loads(out)["definitions"] == 5

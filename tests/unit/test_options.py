@@ -305,3 +305,16 @@ def test_malformed_parts_are_refused() -> None:
     ):
         with pytest.raises(ValueError):
             check_part(bad)
+
+
+def test_runtime_thresholds_reach_every_partitions_groups() -> None:
+    """`faust -A app config set signal.*` applies to group windows scored from then on."""
+    from dataclasses import replace
+
+    state = OptionsSet(CONFIG, 1)
+    state.load(0, {}.get)
+    stricter = replace(CONFIG.signal, z_volume=9.0)
+    state.set_signal_config(stricter)
+    state.load(1, {}.get)
+    assert state.partitions[0].agg.signals.config == stricter
+    assert state.partitions[1].agg.signals.config == stricter
