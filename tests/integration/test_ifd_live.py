@@ -1,6 +1,7 @@
-"""Live pressure windows and signals through the broker and real workers equal backfill's,
-record for record, at full speed and at a pace, with different batch sizes and partition
-counts, and across a kill -9 of the worker; plus the /signals/ view."""
+"""Live pressure windows and signals, and option groups' windows and signals, through the
+broker and real workers equal backfill's, record for record, at full speed and at a pace, with
+different batch sizes and partition counts, and across a kill -9 of the worker; plus the
+/signals/ and /options/ views."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 
 from app.commands.backfill import backfill_files
 from app.settings import load_settings
-from load_tests.gen_mbo import GenConfig, write
+from load_tests.gen_mbo import GenConfig, option_definitions, write, write_definitions
+from tables.options import OPTIONS_PRESSURE, OPTIONS_SIGNALS
 from tests.integration.conftest import Deployment
 from tests.integration.test_bars_live import assert_same, live_rows, replay_all, start
 
@@ -22,12 +24,14 @@ IFD_ENV = {
     "TAPESTREAM_SIGNAL_VOLUME_FLOOR": "1",
 }
 TOPICS = ("pressure", "signals")
+OPTION_TOPICS = (OPTIONS_PRESSURE, OPTIONS_SIGNALS)
+CONFIG = GenConfig(records=100_000, instruments=6, events_per_second=0.4, seed=4)
 
 
 @pytest.fixture(scope="module")
 def ifd_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[dict]]]:
     path = tmp_path_factory.mktemp("gen") / "ifd.mbo.dbn.zst"
-    write(path, GenConfig(records=100_000, instruments=6, events_per_second=0.4, seed=4))
+    write(path, CONFIG)
     result = backfill_files([str(path)], load_settings(IFD_ENV), progress=False)
     want = {t: result.row_topics[t] for t in TOPICS}
     assert len(want["pressure"]) > 1000
@@ -35,21 +39,41 @@ def ifd_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     return path, want
 
 
+@pytest.fixture(scope="module")
+def chain(
+    ifd_file: tuple[Path, dict[str, list[dict]]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, list[dict]]]:
+    """Five of the six instruments as options on two underlyings (SYN's calls span two
+    expiries), and what backfill makes of the option groups (the default groups)."""
+    path, want = ifd_file
+    defs = write_definitions(
+        tmp_path_factory.mktemp("chain") / "chain.definition.dbn.zst",
+        option_definitions([1000, 1001, 1002, 1003, 1004], ts=CONFIG.start_ns),
+    )
+    result = backfill_files([str(defs), str(path)], load_settings(IFD_ENV), progress=False)
+    assert all(result.row_topics[t] == want[t] for t in TOPICS)  # definitions change neither
+    groups = {t: result.row_topics[t] for t in OPTION_TOPICS}
+    assert len(groups[OPTIONS_PRESSURE]) > 1000 and len(groups[OPTIONS_SIGNALS]) > 20
+    return defs, {**want, **groups}
+
+
 @pytest.mark.parametrize(
     ("partitions", "batch", "pace"),
     [("4", "1000", ["--max"]), ("2", "300", ["--speed", "20000"])],
 )
-def test_live_pressure_and_signals_equal_backfill(
+def test_live_pressure_signals_and_option_groups_equal_backfill(
     deployment: Deployment,
     ifd_file: tuple[Path, dict[str, list[dict]]],
+    chain: tuple[Path, dict[str, list[dict]]],
     partitions: str,
     batch: str,
     pace: list[str],
 ) -> None:
-    path, want = ifd_file
+    path, _ = ifd_file
+    defs, want = chain
     deployment.base_env.update(IFD_ENV)
     w = start(deployment, partitions, batch)
-    replay_all(deployment, w, path, pace)
+    replay_all(deployment, w, defs, [str(path), *pace])
     assert_same(live_rows(deployment, want), want)
 
     order = lambda s: (s["start"], s["instrument_id"], s["kind"], s["direction"])  # noqa: E731
@@ -63,14 +87,32 @@ def test_live_pressure_and_signals_equal_backfill(
     assert w.get_raw("/signals/?instrument_id=x").status_code == 400
     assert w.get_raw("/signals/?limit=0").status_code == 400
 
+    by_group = lambda s: (s["start"], s["group"], s["direction"])  # noqa: E731
+    newest = sorted(want[OPTIONS_SIGNALS], key=by_group, reverse=True)
+    view = w.get("/options/", limit=1000)["signals"]
+    assert [s["id"] for s in view] == [s["id"] for s in newest[:1000]]
+    group = newest[0]["group"]
+    mine = w.get("/options/", group=group, limit=3)["signals"]
+    assert mine == [s for s in newest if s["group"] == group][:3]
+    assert w.get_raw("/options/?group=ES").status_code == 400
+    assert w.get_raw("/options/?limit=0").status_code == 400
 
-def test_a_kill9_mid_replay_changes_no_signal(
-    deployment: Deployment, ifd_file: tuple[Path, dict[str, list[dict]]]
+
+def test_a_kill9_mid_replay_changes_no_window_or_signal(
+    deployment: Deployment,
+    ifd_file: tuple[Path, dict[str, list[dict]]],
+    chain: tuple[Path, dict[str, list[dict]]],
 ) -> None:
-    path, want = ifd_file
+    path, _ = ifd_file
+    defs, want = chain
     deployment.base_env.update(IFD_ENV)
     w = start(deployment, "4", "1000", TAPESTREAM_PROCESSING_GUARANTEE="exactly_once")
     deployment.kill9_mid_replay(
-        w, path, lambda: w.get("/signals/")["count"] > 5, keep_state=False, speed="20000"
+        w,
+        defs,
+        lambda: w.get("/signals/")["count"] > 5 and w.get("/options/")["count"] > 5,
+        keep_state=False,
+        speed="20000",
+        also=[path],
     )
     assert_same(live_rows(deployment, want), want)
