@@ -24,7 +24,8 @@ For each processing guarantee, each run starts a fresh worker (its own topics an
               one-second bars fire often (SIGNAL_ENV), timing every flow and pattern signal
               and every one-second delta from the tick at which the event time that
               made it final came due (a window's end plus the allowed lateness; the end of a
-              delta's second) until a read_committed consumer had it.
+              delta's second) until a read_committed consumer had it (*_sent_p99_ms:
+              until the worker sent it, by the message's broker timestamp).
   options     the throughput phase twice with one-second pressure windows, so that every
               instrument closes a window each second of event time: without definitions, then
               with every instrument defined as an option (two underlyings, calls and puts, two
@@ -274,6 +275,9 @@ async def _final_latency(w: BenchWorker, path: Path, rate: float) -> dict[str, f
     topics = {settings.topic("signals"): "signals", settings.topic("deltas"): "deltas"}
     consumer = await _reader(settings, list(topics))
     got: dict[str, list[float]] = {"flow_signals": [], "pattern_signals": [], "deltas": []}
+    # until the worker sent it (the message's broker timestamp): the worker's share
+    sent: dict[str, list[float]] = {kind: [] for kind in got}
+    wall_minus_mono = time.time() - time.monotonic()
     last_read = [time.monotonic()]
     stop = asyncio.Event()
     speed = _speed_for(path, rate)
@@ -298,6 +302,7 @@ async def _final_latency(w: BenchWorker, path: Path, rate: float) -> dict[str, f
                     due = clock["wall"] + np.floor(due_s / PACE_TICK_S) * PACE_TICK_S
                     if due - clock["wall"] >= WARMUP_S:
                         got[kind].append(now - due)
+                        sent[kind].append(m.timestamp / 1e3 - wall_minus_mono - due)
 
     freeze_heap()
     task = asyncio.create_task(consume())
@@ -321,6 +326,7 @@ async def _final_latency(w: BenchWorker, path: Path, rate: float) -> dict[str, f
         out[f"{kind}_p50_ms"] = float(np.percentile(lat, 50) * 1e3)
         out[f"{kind}_p99_ms"] = float(np.percentile(lat, 99) * 1e3)
         out[f"{kind}_max_ms"] = float(lat.max() * 1e3)
+        out[f"{kind}_sent_p99_ms"] = float(np.percentile(sent[kind], 99) * 1e3)
     return out
 
 
