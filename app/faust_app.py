@@ -22,7 +22,7 @@ app = App(
     web_bind=settings.web_host,
     web_host=settings.web_host,
     web_port=settings.web_port,
-    broker_commit_interval=settings.commit_seconds,
+    broker_commit_interval=settings.commit_interval,
     # A worker killed without leaving the group holds its partitions until this expires;
     # Faust's 60 s default would stall those instruments for a minute.
     broker_session_timeout=settings.session_timeout,

@@ -41,8 +41,7 @@ class Settings(BaseModel, frozen=True):
         description="TAPESTREAM_FETCH_BYTES",
     )
     fetch_wait: float = Field(0.02, gt=0, le=5, description="TAPESTREAM_FETCH_WAIT")
-    # None: 5 s under at_least_once, 1 s under exactly_once (`commit_seconds`)
-    commit_interval: float | None = Field(None, gt=0, description="TAPESTREAM_COMMIT_INTERVAL")
+    commit_interval: float = Field(1.0, gt=0, description="TAPESTREAM_COMMIT_INTERVAL")
     bar_intervals: str = Field("1m,5m,15m", description="TAPESTREAM_BAR_INTERVALS")
     allowed_lateness: float = Field(2.0, ge=0, le=3600, description="TAPESTREAM_ALLOWED_LATENESS")
     session_timeout: float = Field(10.0, ge=6, le=300, description="TAPESTREAM_SESSION_TIMEOUT")
@@ -67,16 +66,6 @@ class Settings(BaseModel, frozen=True):
     option_groups: str = Field(
         "underlying+right,underlying+expiration+right", description="TAPESTREAM_OPTION_GROUPS"
     )
-
-    @property
-    def commit_seconds(self) -> float:
-        """Seconds between commits. Every commit takes the agents' checkpoints while they wait,
-        and at one a second that wait set the slowest signals' latency (bench_pipeline's signals
-        phase: pattern p99 93 ms at 1 s against 78 ms at 5 s, interleaved). Under exactly-once
-        outputs are readable only at a commit, so there it stays short."""
-        if self.commit_interval is not None:
-            return self.commit_interval
-        return 1.0 if self.processing_guarantee == "exactly_once" else 5.0
 
     @field_validator("broker")
     @classmethod

@@ -54,14 +54,3 @@ def test_session_starts_per_venue() -> None:
     hour = 3_600_000_000_000
     assert s.ifd_config().venue_starts == (("GLBX", 22 * hour), ("XNAS", 13 * hour + hour // 2))
     assert load_settings({}).ifd_config().venue_starts == ()
-
-
-def test_commits_are_rarer_under_at_least_once_unless_set() -> None:
-    """Outputs are readable at once under at-least-once, so commits (and the checkpoints that
-    hold the agents) come every 5 s; under exactly-once outputs wait for a commit: every 1 s."""
-    assert load_settings({}).commit_seconds == 5.0
-    exactly = load_settings({"TAPESTREAM_PROCESSING_GUARANTEE": "exactly_once"})
-    assert exactly.commit_seconds == 1.0
-    assert load_settings({"TAPESTREAM_COMMIT_INTERVAL": "0.5"}).commit_seconds == 0.5
-    with pytest.raises(SettingsError, match="TAPESTREAM_COMMIT_INTERVAL"):
-        load_settings({"TAPESTREAM_COMMIT_INTERVAL": "0"})
