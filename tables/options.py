@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
+from models.mbo import UNDEF_PRICE
 from tables.baselines import Baselines, SessionClock
 from tables.pressure import PressureWindow
 from tables.signals import SignalEngine
@@ -39,7 +40,6 @@ FIELDS: Final = ("underlying", "expiration", "strike", "right")
 DEFAULT_GROUPS: Final = "underlying+right,underlying+expiration+right"
 RIGHTS: Final = {"C": "C", "P": "P"}  # Databento instrument_class of a call, of a put
 UNDEF_TIMESTAMP: Final = (1 << 64) - 1
-UNDEF_PRICE: Final = (1 << 63) - 1
 OPTIONS_PRESSURE: Final = "options.pressure"
 OPTIONS_SIGNALS: Final = "options.signals"
 OPTION_PARTS: Final = "options.parts"
@@ -99,8 +99,7 @@ class OptionInfo:
 
 
 def _decimal(price: int) -> str:
-    text = format(Decimal(price).scaleb(-9).normalize(), "f")
-    return text
+    return format(Decimal(price).scaleb(-9).normalize(), "f")
 
 
 def parse_groups(text: str) -> tuple[tuple[str, ...], ...]:
