@@ -907,6 +907,11 @@ def evict_book(S, book):  # type: ignore[no-untyped-def]
     """Drop a book from memory (its partition moved elsewhere)."""
     sc = S.sc
     PG = S.PG
+    # Dropping levels is no event of the book's: with publishing left on from the last
+    # apply, each dropped level was recorded as a pending change, past the end of the
+    # scratch rows sized for that apply (a heap overwrite), and the open-event count they
+    # raised made every later apply fail.
+    sc[SC_ON] = 0
     _clear_side(S, book, 0)
     _clear_side(S, book, 1)
     for pg in range(sc[SC_P_HWM]):
