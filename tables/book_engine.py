@@ -286,6 +286,23 @@ class BookEngine:
             bbo_event=bbo[:, 7].copy(),
         )
 
+    def abandon_open_events(self) -> None:
+        """Forget the level changes of events left open by an apply that failed part-way, so
+        the next apply of any book starts clean (an open event counted here made every later
+        apply fail). The books keep what was applied; the caller marks them suspect."""
+        S = self.S
+        S.sc[K.SC_ACTIVE] = 0
+        S.sc[K.SC_PN] = 0
+        S.sc[K.SC_ON] = 0
+        n = len(self.book_keys)
+        S.B[:n, [K.B_PEND_HEAD, K.B_PEND_TAIL]] = -1
+        S.B[:n, K.B_PEND_CLEAR] = 0
+
+    def mark_suspect(self, book: int) -> None:
+        """Until the book's next clear (R), as a sequence gap does."""
+        self.S.B[book, K.B_SUSPECT] = 1
+        self.S.B[book, K.B_DIRTY] = 1
+
     # -- reading --------------------------------------------------------------------------
     def levels(self, book: int, side: int, depth: int) -> list[tuple[int, int, int]]:
         depth = max(0, min(depth, self.level_count(book, side)))

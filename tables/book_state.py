@@ -53,6 +53,15 @@ def page_key(instrument_id: int, publisher_id: int, page: int, gen: int) -> byte
     return f"{instrument_id}/{publisher_id}/{page}/{gen}".encode()
 
 
+class BookError(Exception):
+    """Applying a message to an instrument's books failed; the books are marked suspect and
+    every other instrument goes on."""
+
+    def __init__(self, instrument_id: int, reason: str) -> None:
+        super().__init__(f"instrument {instrument_id}: {reason}")
+        self.instrument_id = instrument_id
+
+
 @dataclass
 class Instrument:
     instrument_id: int
@@ -197,8 +206,31 @@ class BookSet:
         cut = complete_events(records)
         inst.held = records[cut:].copy()
         applied = records[:cut]
+        try:
+            published = self._apply(instrument_id, applied, seconds)
+        except Exception as exc:
+            inst.position = position
+            self._quarantine(inst)
+            raise BookError(instrument_id, f"{type(exc).__name__}: {exc}") from exc
+        inst.position = position
+        inst.dirty = True
+        return Applied(applied, published)
+
+    def _quarantine(self, inst: Instrument) -> None:
+        """After an apply that failed part-way: the engine starts clean for every other book,
+        this instrument's books are suspect until their next clear, and the message counts as
+        applied (it goes to the dead letters, not round again)."""
+        self.engine.abandon_open_events()
+        for b in self._books[inst.instrument_id]:
+            self.engine.mark_suspect(b)
+        inst.held = inst.held[:0]
+        inst.dirty = True
+
+    def _apply(
+        self, instrument_id: int, applied: np.ndarray, seconds: Seconds | None
+    ) -> Published | None:
         published = None
-        if cut:
+        if len(applied):
             self._add_books(instrument_id, applied)
             stops = seconds.cuts(instrument_id, applied) if seconds is not None else []
             if not stops:
@@ -213,9 +245,7 @@ class BookSet:
                 pubs = [keys[b][0] for b in read.tolist()]
                 at = [sec for _, sec in stops]
                 seconds.close_at_cuts(instrument_id, at, pubs, levels, counts)
-        inst.position = position
-        inst.dirty = True
-        return Applied(applied, published)
+        return published
 
     def _add_books(self, instrument_id: int, records: np.ndarray) -> None:
         books = self._books[instrument_id]

@@ -147,3 +147,76 @@ def test_an_open_event_is_held_back_and_kept_in_the_checkpoint() -> None:
     assert applied is not None and len(applied.records) == 2
     b = later.books_of(5)[0]
     assert later.engine.levels(b, BID, 5) == [(101, 2, 2), (100, 1, 1)]
+
+
+def test_partitions_moving_away_and_back_leave_every_other_book_exact(
+    small_generated: Path,
+) -> None:
+    """A worker loses a partition mid-run (its books evicted), goes on with the others, then
+    gets it back from the table: every book ends as in one uninterrupted run, and nothing the
+    evicted books had open leaks into the others' events (evicting once left the engine
+    counting an open event, and every later message failed with 'records end inside an
+    event')."""
+    msgs = _messages(small_generated)
+    whole = BookSet()
+    _run(whole, Store(), msgs, 0, every=25)
+
+    store = Store()
+    books = BookSet()
+    third = len(msgs) // 3
+    _run(books, store, msgs[:third], 0, every=25)
+    for writes in books.checkpoint().values():
+        store.write(writes)
+    books.evict([1])  # partition 1 (iid % 4 == 1) moves to another worker...
+    assert not any(inst.partition == 1 for inst in books.instruments.values())
+    other = BookSet()  # ...which carries it on from the table while this one goes on
+    for pos in range(third, 2 * third):
+        iid, recs = msgs[pos]
+        owner = other if iid % 4 == 1 else books
+        if not owner.loaded(iid):
+            owner.load(iid, iid % 4, store.get)
+        owner.process(iid, recs, pos)
+    for moved in (books, other):
+        for writes in moved.checkpoint().values():
+            store.write(writes)
+    other.evict([1])  # ...and back
+    _run(books, store, msgs, 2 * third, every=25)
+    for iid in whole.instruments:
+        if not books.loaded(iid):
+            books.load(iid, iid % 4, store.get)
+    assert _snapshot(books) == _snapshot(whole)
+
+
+def test_a_failed_apply_marks_its_instrument_suspect_and_spares_the_rest(
+    small_generated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An apply that fails part-way through one instrument's message (here: an event cut
+    open, as a broken input or a bug could leave it) raises BookError for that instrument;
+    every other instrument's books and outputs stay those of a run without the message."""
+    from tables import book_state
+
+    msgs = _messages(small_generated)
+
+    def open_at(records: np.ndarray) -> int:  # a record that does not end its event
+        inside = np.flatnonzero((records["flags"] & F_LAST) == 0)
+        return int(inside[0]) + 1 if len(inside) else 0
+
+    bad = next(p for p in range(100, len(msgs)) if msgs[p][0] % 4 == 2 and open_at(msgs[p][1]))
+    bad_iid = msgs[bad][0]
+    reference = BookSet()
+    _run(reference, Store(), [m for p, m in enumerate(msgs) if p != bad], 0, every=25)
+
+    books = BookSet()
+    _run(books, Store(), msgs[:bad], 0, every=25)
+    complete = book_state.complete_events
+    monkeypatch.setattr(book_state, "complete_events", lambda r: len(r))  # a cut mid-event
+    opened = msgs[bad][1][: open_at(msgs[bad][1])]
+    with pytest.raises(book_state.BookError, match=f"instrument {bad_iid}"):
+        books.process(bad_iid, opened, bad)
+    monkeypatch.setattr(book_state, "complete_events", complete)
+    assert books.process(bad_iid, opened, bad) is None  # counted as applied: not round again
+    assert all(books.engine.suspect(b) for b in books.books_of(bad_iid))
+    got = _run(books, Store(), [m for p, m in enumerate(msgs) if p != bad], bad, every=25)
+    assert len(got) > 1000
+    others = lambda snap: {k: v for k, v in snap.items() if k[1] != bad_iid}  # noqa: E731
+    assert others(_snapshot(books)) == others(_snapshot(reference))
