@@ -19,12 +19,11 @@ import logging
 from typing import Any
 
 import orjson
-from faust.types import TP
 
 from agents.control import control
 from app import metrics
 from app.checkpoints import Checkpointer
-from app.dead_letters import send_dead_letter
+from app.dead_letters import processing_failed, send_dead_letter
 from app.delta_parts import PartSender
 from app.faust_app import app, settings
 from app.feeds.watermarks import SOURCE_OFFSET_HEADER, WM_HEADER, header
@@ -41,12 +40,14 @@ log = logging.getLogger(__name__)
 bar_set = BarSet(
     settings.bar_intervals_ns, settings.lateness_ns, patterns=settings.pattern_config()
 )
-checkpoints = Checkpointer(app, AGENT, [(bars_table, bar_set)])
 bar_set.set_pattern_config(control.current.patterns)
 control.on_change(lambda config: bar_set.set_pattern_config(config.patterns))
 TRADES = trades.get_topic_name()
 OUT_TOPICS = {**BAR_TOPICS, SIGNALS: IFD_TOPICS[SIGNALS]}  # patterns are signals too
 delta_sender = PartSender(BARS)  # bars, indicators and patterns for the one-second deltas
+checkpoints = Checkpointer(
+    app, AGENT, [(bars_table, bar_set)], topic=TRADES, forget=delta_sender.forget
+)
 
 
 @app.agent(trades, name=AGENT)
@@ -72,29 +73,28 @@ async def make_bars(stream):  # type: ignore[no-untyped-def]
             if bar_set.seen(msg.partition, offset):
                 metrics.messages_duplicate.labels(AGENT).inc()
                 continue
-            rows = []
-            if batch is not None:
-                iid, records, _ = batch
-                rows += bar_set.add(msg.partition, offset, iid, records)
-                metrics.records_processed.labels(AGENT).inc(len(records))
-            if bound is not None:
-                rows += bar_set.advance(msg.partition, offset, bound)
-            sent = []
-            for topic, row in rows:
-                if topic == SIGNALS and not control.current.publishes(row["instrument_id"]):
-                    continue
-                OUT_TOPICS[topic].send_soon(
-                    key=str(row["instrument_id"]).encode(),
-                    value=orjson.dumps(row),
-                    partition=msg.partition,
-                )
-                sent.append((topic, row))
-            delta_sender.send(msg.partition, item_parts(sent, settings.lateness_ns), bound)
-            metrics.messages_processed.labels(AGENT).inc()
+            try:
+                _apply(msg.partition, offset, batch, bound)
+            except Exception as exc:
+                await processing_failed(AGENT, event, exc)
 
 
-@app.on_partitions_revoked.connect
-async def _evict_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-    gone = {tp.partition for tp in revoked if tp.topic == TRADES}
-    if gone:
-        await checkpoints.evict(gone, delta_sender.forget)
+def _apply(partition: int, offset: int, batch: Any, bound: int | None) -> None:
+    """One trades message (and the source bound it carries) through bars and patterns."""
+    rows = []
+    if batch is not None:
+        iid, records, _ = batch
+        rows += bar_set.add(partition, offset, iid, records)
+        metrics.records_processed.labels(AGENT).inc(len(records))
+    if bound is not None:
+        rows += bar_set.advance(partition, offset, bound)
+    sent = []
+    for topic, row in rows:
+        if topic == SIGNALS and not control.current.publishes(row["instrument_id"]):
+            continue
+        OUT_TOPICS[topic].send_soon(
+            key=str(row["instrument_id"]).encode(), value=orjson.dumps(row), partition=partition
+        )
+        sent.append((topic, row))
+    delta_sender.send(partition, item_parts(sent, settings.lateness_ns), bound)
+    metrics.messages_processed.labels(AGENT).inc()

@@ -23,12 +23,11 @@ import time
 from typing import Any
 
 import orjson
-from faust.types import TP
 
 from agents.control import control
 from app import metrics
 from app.checkpoints import Checkpointer
-from app.dead_letters import send_dead_letter
+from app.dead_letters import processing_failed, send_dead_letter
 from app.delta_parts import PartSender
 from app.faust_app import app, settings
 from app.feeds.watermarks import SOURCE_OFFSET_HEADER, WM_HEADER, encode_ns, header
@@ -68,6 +67,8 @@ checkpoints = Checkpointer(
         (stats_table, stats_set),
         (ifd_table, ifd_set),
     ],
+    topic=RAW_MBO,
+    forget=lambda partition: _forget_bounds(partition),
 )
 ifd_set.set_signal_config(control.current.signal)
 lag_watch = LagWatch(settings.lag_limit)
@@ -124,31 +125,40 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
             except MalformedMessage as exc:
                 await send_dead_letter(AGENT, event, exc.kind, str(exc))
                 continue
-            iid = int(event.key)
-            ensure_loaded(iid, partition)
-            applied = book_set.process(iid, records, offset, book_seconds)
-            if applied is None:
-                metrics.messages_duplicate.labels(AGENT).inc()
-                continue
-            stats_set.apply(iid, records, offset)
-            _watch_lag(partition, iid, event.message.timestamp)
-            out = book_events.messages(iid, applied, book_set)
-            for base, message in out.items():
-                # Same key, partitioner and partition count as the input, so the same
-                # partition; explicit, or exactly_once would send outside the transaction
-                # (app/dead_letters.py says why).
-                BOOK_TOPICS[base].send_soon(
-                    key=event.key,
-                    value=book_events.encode(message),
-                    partition=partition,
-                    headers=_trade_headers(partition, offset) if base == TRADES else None,
-                )
-            if TRADES not in out:
-                _pass_on(partition, offset, PASS_ON_STEP_NS)
-            ifd_set.add_book_output(partition, iid, out)
-            _advance(partition, bound)
-            metrics.records_processed.labels(AGENT).inc(len(records))
-            metrics.messages_processed.labels(AGENT).inc()
+            try:
+                _apply(event, partition, offset, int(event.key), records, bound)
+            except Exception as exc:
+                await processing_failed(AGENT, event, exc)
+
+
+def _apply(
+    event: Any, partition: int, offset: int, iid: int, records: Any, bound: int | None
+) -> None:
+    """One raw message of one instrument through books, counts and flow detection."""
+    ensure_loaded(iid, partition)
+    applied = book_set.process(iid, records, offset, book_seconds)
+    if applied is None:
+        metrics.messages_duplicate.labels(AGENT).inc()
+        return
+    stats_set.apply(iid, records, offset)
+    _watch_lag(partition, iid, event.message.timestamp)
+    out = book_events.messages(iid, applied, book_set)
+    for base, message in out.items():
+        # Same key, partitioner and partition count as the input, so the same partition;
+        # explicit, or exactly_once would send outside the transaction (app/dead_letters.py
+        # says why).
+        BOOK_TOPICS[base].send_soon(
+            key=event.key,
+            value=book_events.encode(message),
+            partition=partition,
+            headers=_trade_headers(partition, offset) if base == TRADES else None,
+        )
+    if TRADES not in out:
+        _pass_on(partition, offset, PASS_ON_STEP_NS)
+    ifd_set.add_book_output(partition, iid, out)
+    _advance(partition, bound)
+    metrics.records_processed.labels(AGENT).inc(len(records))
+    metrics.messages_processed.labels(AGENT).inc()
 
 
 async def _define(event: Any, partition: int) -> None:
@@ -220,14 +230,6 @@ def _pass_on(partition: int, offset: int, step: int) -> None:
     BOOK_TOPICS[TRADES].send_soon(
         key=None, value=b"", partition=partition, headers=_trade_headers(partition, offset)
     )
-
-
-@app.on_partitions_revoked.connect
-async def _evict_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-    gone = {tp.partition for tp in revoked if tp.topic == RAW_MBO}
-    if gone:
-        await checkpoints.evict(gone, _forget_bounds)
-        log.info("books: released partitions %s", sorted(gone))
 
 
 def _forget_bounds(partition: int) -> None:

@@ -14,14 +14,12 @@ this agent can publish a second again: drop repeats by (instrument_id, start).
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import orjson
-from faust.types import TP
 
 from app import metrics
 from app.checkpoints import Checkpointer
-from app.dead_letters import send_dead_letter
+from app.dead_letters import processing_failed, send_dead_letter
 from app.delta_parts import parts_of, source_of
 from app.faust_app import app
 from app.feeds.watermarks import WM_HEADER, header
@@ -33,8 +31,8 @@ AGENT = "deltas"
 log = logging.getLogger(__name__)
 
 merges = DeltaSet()
-checkpoints = Checkpointer(app, AGENT, [(deltas_table, merges)])
 PARTS = delta_parts.get_topic_name()
+checkpoints = Checkpointer(app, AGENT, [(deltas_table, merges)], topic=PARTS)
 
 
 @app.agent(delta_parts, name=AGENT)
@@ -51,24 +49,20 @@ async def publish_deltas(stream):  # type: ignore[no-untyped-def]
             except (ValueError, orjson.JSONDecodeError) as exc:
                 await send_dead_letter(AGENT, event, "malformed", str(exc))
                 continue
-            if not merges.loaded(msg.partition):
-                merges.load(msg.partition, deltas_table.get)
-            for part in parts:
-                if not merges.add(msg.partition, *part):
-                    metrics.messages_duplicate.labels(AGENT).inc()
-            if bound is not None:
-                for delta in merges.advance(msg.partition, source, bound):
-                    deltas.send_soon(
-                        key=str(delta["instrument_id"]).encode(),
-                        value=orjson.dumps(delta),
-                        partition=msg.partition,
-                    )
-                    metrics.records_processed.labels(AGENT).inc()
-            metrics.messages_processed.labels(AGENT).inc()
-
-
-@app.on_partitions_revoked.connect
-async def _evict_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-    gone = {tp.partition for tp in revoked if tp.topic == PARTS}
-    if gone:
-        await checkpoints.evict(gone)
+            try:
+                if not merges.loaded(msg.partition):
+                    merges.load(msg.partition, deltas_table.get)
+                for part in parts:
+                    if not merges.add(msg.partition, *part):
+                        metrics.messages_duplicate.labels(AGENT).inc()
+                if bound is not None:
+                    for delta in merges.advance(msg.partition, source, bound):
+                        deltas.send_soon(
+                            key=str(delta["instrument_id"]).encode(),
+                            value=orjson.dumps(delta),
+                            partition=msg.partition,
+                        )
+                        metrics.records_processed.labels(AGENT).inc()
+                metrics.messages_processed.labels(AGENT).inc()
+            except Exception as exc:
+                await processing_failed(AGENT, event, exc)

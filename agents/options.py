@@ -14,15 +14,13 @@ window again: drop repeats by (group, start), signals by id.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import orjson
-from faust.types import TP
 
 from agents.control import control
 from app import metrics
 from app.checkpoints import Checkpointer
-from app.dead_letters import send_dead_letter
+from app.dead_letters import processing_failed, send_dead_letter
 from app.faust_app import app, settings
 from app.feeds.watermarks import WM_HEADER, header
 from app.topics import OPTION_TOPICS, ensure_declared, option_parts
@@ -38,8 +36,8 @@ groups = OptionsSet(settings.ifd_config(), settings.partitions)
 # Group windows are scored with the same runtime thresholds as instruments' windows.
 groups.set_signal_config(control.current.signal)
 control.on_change(lambda config: groups.set_signal_config(config.signal))
-checkpoints = Checkpointer(app, AGENT, [(options_table, groups)])
 PARTS = option_parts.get_topic_name()
+checkpoints = Checkpointer(app, AGENT, [(options_table, groups)], topic=PARTS)
 
 
 @app.agent(option_parts, name=AGENT)
@@ -59,20 +57,23 @@ async def aggregate_options(stream):  # type: ignore[no-untyped-def]
             except (ValueError, orjson.JSONDecodeError) as exc:
                 await send_dead_letter(AGENT, event, "malformed", str(exc))
                 continue
-            if not groups.loaded(msg.partition):
-                groups.load(msg.partition, options_table.get)
-            for part in parts:
-                if not groups.add(msg.partition, *part):
-                    metrics.messages_duplicate.labels(AGENT).inc()
-            rows = []
-            if watermark is not None:
-                rows = groups.advance(msg.partition, source, watermark)
-            for topic, row in rows:
-                OPTION_TOPICS[topic].send_soon(
-                    key=row["group"].encode(), value=orjson.dumps(row), partition=msg.partition
-                )
-                metrics.records_processed.labels(AGENT).inc()
-            metrics.messages_processed.labels(AGENT).inc()
+            try:
+                if not groups.loaded(msg.partition):
+                    groups.load(msg.partition, options_table.get)
+                for part in parts:
+                    if not groups.add(msg.partition, *part):
+                        metrics.messages_duplicate.labels(AGENT).inc()
+                rows = []
+                if watermark is not None:
+                    rows = groups.advance(msg.partition, source, watermark)
+                for topic, row in rows:
+                    OPTION_TOPICS[topic].send_soon(
+                        key=row["group"].encode(), value=orjson.dumps(row), partition=msg.partition
+                    )
+                    metrics.records_processed.labels(AGENT).inc()
+                metrics.messages_processed.labels(AGENT).inc()
+            except Exception as exc:
+                await processing_failed(AGENT, event, exc)
 
 
 def _parts_of(value: bytes) -> list[Part]:
@@ -81,10 +82,3 @@ def _parts_of(value: bytes) -> list[Part]:
     if not isinstance(body, dict) or not isinstance(body.get("parts"), list):
         raise ValueError('an options.parts message is a JSON object with a "parts" list')
     return [check_part(item) for item in body["parts"]]
-
-
-@app.on_partitions_revoked.connect
-async def _evict_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-    gone = {tp.partition for tp in revoked if tp.topic == PARTS}
-    if gone:
-        await checkpoints.evict(gone)

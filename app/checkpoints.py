@@ -18,11 +18,11 @@ import logging
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any, Protocol
 
 from faust.streams import _current_event
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from app import metrics
 from app.transport import commit_guards
@@ -53,11 +53,26 @@ def as_event(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
+# Every agent's checkpointer; a revoke releases partitions in all of them at once.
+checkpointers: list[Checkpointer] = []
+
+
 class Checkpointer:
-    def __init__(self, app: Any, name: str, states: list[tuple[Any, CheckpointedState]]) -> None:
+    def __init__(
+        self,
+        app: Any,
+        name: str,
+        states: list[tuple[Any, CheckpointedState]],
+        topic: str,
+        forget: Callable[[int], None] | None = None,
+    ) -> None:
+        """`topic`: the agent's input, whose partitions its state follows; `forget(p)`: what
+        else of partition p the agent keeps, dropped when p is revoked."""
         self.app = app
         self.name = name
         self.states = states  # (table, state) pairs
+        self.topic = topic
+        self.forget = forget
         # Held while a message is applied and while a checkpoint is taken: a checkpoint never
         # sees half a message.
         self.state_lock = asyncio.Lock()
@@ -66,6 +81,9 @@ class Checkpointer:
         self.checkpoint_lock = asyncio.Lock()
         self.unacked: dict[int, list[EventT]] = {}
         commit_guards.append(self.at_commit)
+        if not checkpointers:
+            app.on_partitions_revoked.connect(_release_revoked)
+        checkpointers.append(self)
 
     def hold(self, event: EventT) -> None:
         """The event is applied (or dropped): acknowledge it with the next checkpoint."""
@@ -124,13 +142,36 @@ class Checkpointer:
                 metrics.checkpoint_seconds.observe(taken_s + time.perf_counter() - t0)
             yield
 
-    async def evict(self, partitions: set[int], also: Callable[[int], None] | None = None) -> None:
-        """Forget partitions this worker no longer owns, after any checkpoint in flight has
-        written (its writes belong to the partitions' owner)."""
-        async with self.checkpoint_lock, self.state_lock:
-            for p in partitions:
-                self.unacked.pop(p, None)
-                if also is not None:
-                    also(p)
-            for _, state in self.states:
-                state.evict(partitions)
+    def _evict(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self.unacked.pop(p, None)
+            if self.forget is not None:
+                self.forget(p)
+        for _, state in self.states:
+            state.evict(partitions)
+
+
+async def _release_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+    """Forget revoked partitions in every agent, with every agent still and no checkpoint in
+    flight (a checkpoint's writes belong to the partitions' owner). Their events not yet
+    checkpointed are dropped, to be processed again from the committed offsets by whoever
+    owns the partitions next; under exactly_once the outputs those events already sent sit
+    in the partitions' open transactions and are aborted with them. Faust leaves such a
+    transaction open, and when a partition came straight back to the same worker it was
+    committed later with the repeated outputs of the same events."""
+    mine = {c.topic for c in checkpointers}
+    revoked = {tp for tp in revoked if tp.topic in mine}
+    if not revoked:
+        return
+    app = checkpointers[0].app
+    async with AsyncExitStack() as stack:
+        for c in checkpointers:
+            await stack.enter_async_context(c.checkpoint_lock)
+            await stack.enter_async_context(c.state_lock)
+        if app.in_transaction:
+            await app.consumer.transactions.abort_open(revoked)
+        for c in checkpointers:
+            gone = {tp.partition for tp in revoked if tp.topic == c.topic}
+            if gone:
+                c._evict(gone)
+    log.info("released partitions %s", sorted({tp.partition for tp in revoked}))

@@ -70,6 +70,21 @@ async def send_dead_letter(agent: str, event: EventT, kind: str, reason: str) ->
     await dead_letters.send(key=msg.key, value=body, partition=msg.partition)
 
 
+async def processing_failed(agent: str, event: EventT, exc: Exception) -> None:
+    """A message whose processing raised: the agent goes on with the next one, since the same
+    message would fail again on every restart and stop every instrument of the worker with
+    it. The state it touched has been marked (a book is suspect until its next clear)."""
+    log.error(
+        "%s: processing %s[%s]@%s failed; dead-lettered, the agent goes on",
+        agent,
+        event.message.topic,
+        event.message.partition,
+        event.message.offset,
+        exc_info=exc,
+    )
+    await send_dead_letter(agent, event, "processing_error", f"{type(exc).__name__}: {exc}")
+
+
 def oversized_output(
     topic: str, key: bytes | None, value: bytes | None, partition: int | None, limit: int
 ) -> bytes:

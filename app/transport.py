@@ -15,12 +15,16 @@ import gc
 import logging
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import faust
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, TransportT
+from faust.types.enums import ProcessingGuarantee
+
+from app.local_state import mark_clean, open_local_state
 
 # Agents that keep state in memory and checkpoint it register a guard here. Every offset
 # commit (periodic, on rebalance, on shutdown) runs inside all guards: a guard writes its
@@ -61,6 +65,14 @@ class FlushingTransactionManager(TransactionManager):
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         await self.app.producer.flush()
         return await super().commit(offsets, start_new_transaction=start_new_transaction)
+
+    async def abort_open(self, revoked: set[TP]) -> None:
+        """Abort the open transactions of revoked partitions. Faust begins the next one of a
+        partition assigned again (no commit comes between: the flow is stopped and the
+        partitions' acknowledgements were dropped) and stops the producer of one lost."""
+        await self.app.producer.flush()
+        for tid in sorted(self._tps_to_transactional_ids(revoked)):
+            await self.producer.abort_transaction(tid)
 
     async def send(
         self,
@@ -104,6 +116,16 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         # instrument then ran 1-1.6 s behind for good (load_tests/bench_pipeline.py).
         consumer._fetch_max_wait_ms = int(self.app.fetch_wait_s * 1000)  # type: ignore[attr-defined]
         return consumer
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        # Faust, inside a transaction, answers from the last stable offset of aiokafka's last
+        # fetch, which is None for a partition not fetched since it was assigned: Faust took
+        # that as -1, so a worker taking over partitions at a rebalance restored none of their
+        # changelog and failed its consistency check ("persisted offset ... is higher than the
+        # last offset in that topic (highwater) (39 > -1)"). Asking the broker instead gives,
+        # read_committed, the last stable offset: what recovery may read.
+        consumer = self._ensure_consumer()
+        return await consumer.end_offsets(partitions)  # type: ignore[no-any-return]
 
 
 class CheckpointingConsumer(aiokafka_driver.Consumer):
@@ -169,9 +191,19 @@ class Worker(faust.Worker):
     def _setup_spinner_handler(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
 
+    async def on_first_start(self) -> None:
+        exactly_once = self.app.conf.processing_guarantee == ProcessingGuarantee.EXACTLY_ONCE
+        open_local_state(Path(self.app.conf.tabledir), exactly_once)
+        await super().on_first_start()
+
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
         freeze_heap()
+
+    def _shutdown_loop(self) -> None:
+        super()._shutdown_loop()  # raises what crashed the worker, if anything did
+        if self.app.crash_reason is None:
+            mark_clean(Path(self.app.conf.tabledir))
 
 
 def freeze_heap() -> None:

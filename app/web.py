@@ -30,6 +30,7 @@ from agents.books import book_set, checkpoints, ensure_loaded, ifd_set
 from agents.control import control
 from agents.options import groups as option_groups
 from app.faust_app import app
+from app.recovery_status import log_progress, recovery_status
 from app.topics import partition_of
 from models.mbo import instrument_key
 from tables.bar_state import bars_key
@@ -332,7 +333,8 @@ class ConfigView(View):
 
 @app.page("/health")
 class HealthView(View):
-    """Liveness, and which partitions this worker owns (empty until it joined the group)."""
+    """Liveness, which partitions this worker owns (empty until it joined the group), and
+    how far a table restore has come."""
 
     async def get(self, request: Request) -> Response:
         actives = sorted(f"{tp.topic}:{tp.partition}" for tp in app.assignor.assigned_actives())
@@ -343,5 +345,22 @@ class HealthView(View):
                 "rebalancing": bool(app.rebalancing),
                 "active_partitions": actives,
                 "standby_partitions": len(app.assignor.assigned_standbys()),
+                "recovery": recovery_status(app),
             }
         )
+
+
+@app.page("/ready")
+class ReadyView(View):
+    """Readiness: 200 once the worker owns partitions and their tables are restored; 503,
+    with the recovery's progress, while it joins, rebalances or restores."""
+
+    async def get(self, request: Request) -> Response:
+        status = recovery_status(app)
+        ready = not status["recovering"] and bool(app.assignor.assigned_actives())
+        return self.json({"ready": ready, **status}, status=200 if ready else 503)
+
+
+@app.timer(5.0)
+async def _log_recovery() -> None:
+    log_progress(app)
