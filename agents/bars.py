@@ -56,7 +56,8 @@ async def make_bars(stream):  # type: ignore[no-untyped-def]
         await ensure_declared(topic)
     async for event in stream.noack().events():
         async with checkpoints.state_lock:
-            checkpoints.hold(event)
+            if not checkpoints.admit(event):
+                continue
             msg = event.message
             try:
                 source = header(msg.headers, SOURCE_OFFSET_HEADER)

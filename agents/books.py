@@ -106,7 +106,8 @@ async def maintain_books(stream):  # type: ignore[no-untyped-def]
         async with checkpoints.state_lock:
             partition = event.message.partition
             offset = event.message.offset
-            checkpoints.hold(event)
+            if not checkpoints.admit(event):
+                continue
             bound = header(event.message.headers, WM_HEADER)
             if bound is not None and bound > source_bound.get(partition, bound - 1):
                 source_bound[partition] = bound

@@ -40,7 +40,8 @@ async def publish_deltas(stream):  # type: ignore[no-untyped-def]
     await ensure_declared(deltas)
     async for event in stream.noack().events():
         async with checkpoints.state_lock:
-            checkpoints.hold(event)
+            if not checkpoints.admit(event):
+                continue
             msg = event.message
             try:
                 source = source_of(msg.headers)

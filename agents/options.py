@@ -46,7 +46,8 @@ async def aggregate_options(stream):  # type: ignore[no-untyped-def]
         await ensure_declared(topic)
     async for event in stream.noack().events():
         async with checkpoints.state_lock:
-            checkpoints.hold(event)
+            if not checkpoints.admit(event):
+                continue
             msg = event.message
             try:
                 source = source_partition(msg.headers)

@@ -85,9 +85,22 @@ class Checkpointer:
             app.on_partitions_revoked.connect(_release_revoked)
         checkpointers.append(self)
 
-    def hold(self, event: EventT) -> None:
-        """The event is applied (or dropped): acknowledge it with the next checkpoint."""
-        self.unacked.setdefault(event.message.partition, []).append(event)
+    def admit(self, event: EventT) -> bool:
+        """Whether the agent may apply the event, which it then acknowledges with the next
+        checkpoint. Faust drops events of an earlier consumer generation when it hands them
+        out, but an agent may hold one while it waits for `state_lock`, which a commit and a
+        revoke hold for long: applied after the rebalance, to state reloaded from the last
+        checkpoint, it moved the position past messages to be redelivered, which were then
+        skipped as repeats and lost. Such an event is dropped unacknowledged; the
+        partition's owner gets it again from the committed offset."""
+        message = event.message
+        # Faust's own condition for handing an event out, checked again now.
+        current = message.generation_id == self.app.consumer_generation_id
+        if not (current and self.app.flow_control.is_active()):
+            metrics.messages_stale.labels(self.name).inc()
+            return False
+        self.unacked.setdefault(message.partition, []).append(event)
+        return True
 
     def _take(self) -> Checkpoint:
         writes: dict[int, Writes] = {}

@@ -14,6 +14,11 @@ messages_processed = Counter(
     "raw-topic messages applied by an agent",
     ["agent"],
 )
+messages_stale = Counter(
+    "tapestream_messages_stale",
+    "messages fetched before a rebalance and dropped unprocessed (redelivered after it)",
+    ["agent"],
+)
 messages_duplicate = Counter(
     "tapestream_messages_duplicate",
     "messages skipped because table state already covers them (redelivery after a restart)",
