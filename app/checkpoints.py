@@ -18,14 +18,14 @@ import logging
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol
 
 from faust.streams import _current_event
-from faust.types import TP, EventT
+from faust.types import EventT
 
 from app import metrics
-from app.transport import commit_guards
+from app.transport import commit_guards, partition_states
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,6 @@ def as_event(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
-# Every agent's checkpointer; a revoke releases partitions in all of them at once.
-checkpointers: list[Checkpointer] = []
-
-
 class Checkpointer:
     def __init__(
         self,
@@ -81,9 +77,7 @@ class Checkpointer:
         self.checkpoint_lock = asyncio.Lock()
         self.unacked: dict[int, list[EventT]] = {}
         commit_guards.append(self.at_commit)
-        if not checkpointers:
-            app.on_partitions_revoked.connect(_release_revoked)
-        checkpointers.append(self)
+        partition_states.append(self)
 
     def admit(self, event: EventT) -> bool:
         """Whether the agent may apply the event, which it then acknowledges with the next
@@ -155,36 +149,15 @@ class Checkpointer:
                 metrics.checkpoint_seconds.observe(taken_s + time.perf_counter() - t0)
             yield
 
-    def _evict(self, partitions: set[int]) -> None:
+    @asynccontextmanager
+    async def still(self) -> AsyncIterator[None]:
+        async with self.checkpoint_lock, self.state_lock:
+            yield
+
+    def release(self, partitions: set[int]) -> None:
         for p in partitions:
             self.unacked.pop(p, None)
             if self.forget is not None:
                 self.forget(p)
         for _, state in self.states:
             state.evict(partitions)
-
-
-async def _release_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-    """Forget revoked partitions in every agent, with every agent still and no checkpoint in
-    flight (a checkpoint's writes belong to the partitions' owner). Their events not yet
-    checkpointed are dropped, to be processed again from the committed offsets by whoever
-    owns the partitions next; under exactly_once the outputs those events already sent sit
-    in the partitions' open transactions and are aborted with them. Faust leaves such a
-    transaction open, and when a partition came straight back to the same worker it was
-    committed later with the repeated outputs of the same events."""
-    mine = {c.topic for c in checkpointers}
-    revoked = {tp for tp in revoked if tp.topic in mine}
-    if not revoked:
-        return
-    app = checkpointers[0].app
-    async with AsyncExitStack() as stack:
-        for c in checkpointers:
-            await stack.enter_async_context(c.checkpoint_lock)
-            await stack.enter_async_context(c.state_lock)
-        if app.in_transaction:
-            await app.consumer.transactions.abort_open(revoked)
-        for c in checkpointers:
-            gone = {tp.partition for tp in revoked if tp.topic == c.topic}
-            if gone:
-                c._evict(gone)
-    log.info("released partitions %s", sorted({tp.partition for tp in revoked}))

@@ -11,12 +11,13 @@ belongs to, so state, outputs and offsets commit together.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from faust.transport.consumer import TransactionManager
@@ -24,7 +25,9 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, TransportT
 from faust.types.enums import ProcessingGuarantee
 
-from app.local_state import mark_clean, open_local_state
+from app.local_state import open_local_state
+
+log = logging.getLogger(__name__)
 
 # Agents that keep state in memory and checkpoint it register a guard here. Every offset
 # commit (periodic, on rebalance, on shutdown) runs inside all guards: a guard writes its
@@ -33,6 +36,24 @@ from app.local_state import mark_clean, open_local_state
 # exactly_once, state, outputs and offsets share one transaction.
 CommitGuard = Callable[[], AbstractAsyncContextManager[Any]]
 commit_guards: list[CommitGuard] = []
+
+
+class PartitionState(Protocol):
+    """An agent's in-memory state, which follows the partitions of its input `topic`."""
+
+    topic: str
+
+    def still(self) -> AbstractAsyncContextManager[Any]:
+        """Hold the agent still, with no checkpoint of it in flight."""
+        ...
+
+    def release(self, partitions: set[int]) -> None:
+        """Forget the partitions' state and their events not yet checkpointed."""
+        ...
+
+
+# Every agent's state: a revoke runs with all of them still and releases the partitions in all.
+partition_states: list[PartitionState] = []
 
 
 # Output topic -> the input topic whose partitions it mirrors (same key, partitioner and
@@ -107,6 +128,39 @@ class FlushingTransactionManager(TransactionManager):
         )
 
 
+async def revoke_with_states_still(
+    revoked: set[TP],
+    faust_revoke: Callable[[set[TP]], Awaitable[None]],
+    transactions: Any,
+    exactly_once: bool,
+) -> set[int]:
+    """Faust's revoke, with every agent still and no commit in flight, then the revoked
+    partitions released in every agent; returns them. Their events not yet checkpointed are
+    dropped, to be processed again from the committed offsets by whoever owns the partitions
+    next; under exactly_once the outputs those events already sent sit in the partitions' open
+    transactions, which are aborted. Faust leaves them open, and when a partition came straight
+    back to the same worker they were committed later beside the repeats of the same outputs.
+    Holding the agents still through Faust's part keeps a commit from taking a checkpoint
+    between Faust dropping the partitions' acknowledgements and the release: its writes would be
+    aborted, or its commit would meet a transaction just aborted and crash the worker."""
+    async with AsyncExitStack() as stack:
+        for state in partition_states:
+            await stack.enter_async_context(state.still())
+        await faust_revoke(revoked)
+        topics = {state.topic for state in partition_states}
+        mine = {tp for tp in revoked if tp.topic in topics}
+        if mine and exactly_once:
+            await transactions.abort_open(mine)
+        for state in partition_states:
+            gone = {tp.partition for tp in mine if tp.topic == state.topic}
+            if gone:
+                state.release(gone)
+    partitions = {tp.partition for tp in mine}
+    if partitions:
+        log.info("released partitions %s", sorted(partitions))
+    return partitions
+
+
 class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -125,7 +179,24 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         # last offset in that topic (highwater) (39 > -1)"). Asking the broker instead gives,
         # read_committed, the last stable offset: what recovery may read.
         consumer = self._ensure_consumer()
-        return await consumer.end_offsets(partitions)  # type: ignore[no-any-return]
+        if not self.app.in_transaction:
+            return await consumer.end_offsets(partitions)  # type: ignore[no-any-return]
+        return await self._settled_offsets(consumer, partitions)
+
+    async def _settled_offsets(self, consumer: Any, partitions: list[TP]) -> Mapping[TP, int]:
+        """Last stable offsets, asked again until two answers SETTLE_S apart agree (at most
+        SETTLE_TRIES times). A commit returns before its markers reach the partitions it wrote,
+        so asked right after the previous owner's last commit the offset could stop short of
+        that commit's changelog writes while its input offsets were already committed: the new
+        owner restored older state and skipped those events."""
+        stable = await consumer.end_offsets(partitions)
+        for _ in range(SETTLE_TRIES):
+            await asyncio.sleep(SETTLE_S)
+            again = await consumer.end_offsets(partitions)
+            if again == stable:
+                break
+            stable = again
+        return stable  # type: ignore[no-any-return]
 
 
 class CheckpointingConsumer(aiokafka_driver.Consumer):
@@ -137,6 +208,21 @@ class CheckpointingConsumer(aiokafka_driver.Consumer):
             for guard in commit_guards:
                 await stack.enter_async_context(guard())
             return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        await revoke_with_states_still(
+            revoked, super().on_partitions_revoked, self.transactions, self.app.in_transaction
+        )
+
+    def ack(self, message: Any) -> bool:
+        # Faust's streams acknowledge the stale events they skip (fetched before a rebalance)
+        # even where the agent acknowledges its own. Recorded after a revoke cleared the
+        # partition's acknowledgements, such an offset would be committed before the
+        # redelivered event was checkpointed, or inside a transaction just aborted.
+        stale = message.generation_id != self.app.consumer_generation_id
+        if stale or (self.app.rebalancing and not self.app.flow_control.is_active()):
+            return False
+        return bool(super().ack(message))
 
 
 class GuardedProducer(aiokafka_driver.Producer):
@@ -171,6 +257,10 @@ class GuardedProducer(aiokafka_driver.Producer):
         )
 
 
+# Recovery's highwaters under exactly_once: asked again this far apart until they agree.
+SETTLE_S = 0.2
+SETTLE_TRIES = 15
+
 # What the producer's request limit allows beyond a message's key and value (App sets the
 # limit to the largest message plus this).
 OUTPUT_MARGIN = 65_536
@@ -191,19 +281,15 @@ class Worker(faust.Worker):
     def _setup_spinner_handler(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
 
-    async def on_first_start(self) -> None:
+    async def on_execute(self) -> None:
+        # after Faust changed to --workdir, which a relative data directory is read from
         exactly_once = self.app.conf.processing_guarantee == ProcessingGuarantee.EXACTLY_ONCE
         open_local_state(Path(self.app.conf.tabledir), exactly_once)
-        await super().on_first_start()
+        await super().on_execute()
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
         freeze_heap()
-
-    def _shutdown_loop(self) -> None:
-        super()._shutdown_loop()  # raises what crashed the worker, if anything did
-        if self.app.crash_reason is None:
-            mark_clean(Path(self.app.conf.tabledir))
 
 
 def freeze_heap() -> None:
