@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 from faust.types import TP
 
-from app import checkpoints
+from app import checkpoints, transport
 from app.checkpoints import Checkpointer
 
 
@@ -32,26 +31,9 @@ class Transactions:
 
 
 @dataclass
-class Signal:
-    receivers: list[Any] = field(default_factory=list)
-
-    def connect(self, fn: Any) -> Any:
-        self.receivers.append(fn)
-        return fn
-
-
-@dataclass
-class Consumer:
-    transactions: Transactions = field(default_factory=Transactions)
-
-
-@dataclass
 class App:
-    in_transaction: bool
     consumer_generation_id: int = 3
     flow_control: FlowControl = field(default_factory=FlowControl)
-    consumer: Consumer = field(default_factory=Consumer)
-    on_partitions_revoked: Signal = field(default_factory=Signal)
 
 
 @dataclass
@@ -77,13 +59,16 @@ class State:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(checkpoints, "checkpointers", [])
-    monkeypatch.setattr(checkpoints, "commit_guards", [])
+def _fresh_registries(monkeypatch: pytest.MonkeyPatch) -> None:
+    guards: list = []
+    states: list = []
+    for module in (checkpoints, transport):
+        monkeypatch.setattr(module, "commit_guards", guards)
+        monkeypatch.setattr(module, "partition_states", states)
 
 
 def test_only_events_of_the_current_generation_with_the_flow_on_are_applied() -> None:
-    app = App(in_transaction=False)
+    app = App()
     c = Checkpointer(app, "books", [], topic="raw")
     assert c.admit(Event(Message(1, 3)))
     assert not c.admit(Event(Message(1, 2)))  # fetched before the last rebalance
@@ -93,27 +78,35 @@ def test_only_events_of_the_current_generation_with_the_flow_on_are_applied() ->
 
 
 @pytest.mark.parametrize("exactly_once", [True, False])
-def test_a_revoke_aborts_open_transactions_then_forgets_in_every_agent(exactly_once: bool) -> None:
-    app = App(in_transaction=exactly_once)
+def test_a_revoke_runs_with_every_agent_still_then_releases_in_all(exactly_once: bool) -> None:
+    app = App()
     books_state, bars_state = State(), State()
     forgotten: list[int] = []
     books = Checkpointer(app, "books", [(None, books_state)], topic="raw", forget=forgotten.append)
     bars = Checkpointer(app, "bars", [(None, bars_state)], topic="trades")
     for c, p in ((books, 0), (books, 2), (bars, 2)):
         assert c.admit(Event(Message(p, 3)))
-    (release,) = app.on_partitions_revoked.receivers  # one handler for all agents
     revoked = {TP("raw", 2), TP("trades", 2), TP("books-changelog", 2), TP("other", 0)}
+    seen_by_faust: list[bool] = []
 
-    async def run() -> None:
+    async def faust_revoke(tps: set[TP]) -> None:
+        # Faust's part runs with every agent held still
+        seen_by_faust.append(all(c.state_lock.locked() for c in (books, bars)))
+
+    txns = Transactions()
+
+    async def run() -> set[int]:
         async with books.state_lock:  # an agent applying a message: the revoke waits for it
-            task = asyncio.create_task(release(app, revoked))
+            task = asyncio.create_task(
+                transport.revoke_with_states_still(revoked, faust_revoke, txns, exactly_once)
+            )
             await asyncio.sleep(0.01)
-            assert not task.done()
-        await task
+            assert not task.done() and not seen_by_faust
+        return await task
 
-    asyncio.run(run())
-    want_abort = [{TP("raw", 2), TP("trades", 2)}] if exactly_once else []
-    assert app.consumer.transactions.aborted == want_abort
+    assert asyncio.run(run()) == {2}
+    assert seen_by_faust == [True]
+    assert txns.aborted == ([{TP("raw", 2), TP("trades", 2)}] if exactly_once else [])
     assert books_state.evicted == [{2}] and bars_state.evicted == [{2}]
     assert forgotten == [2]
     assert set(books.unacked) == {0} and bars.unacked == {}
