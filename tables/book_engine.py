@@ -297,6 +297,9 @@ class BookEngine:
         n = len(self.book_keys)
         S.B[:n, [K.B_PEND_HEAD, K.B_PEND_TAIL]] = -1
         S.B[:n, K.B_PEND_CLEAR] = 0
+        # A level touched by the abandoned event carries that event's number, which the book's
+        # next event reuses: left so, its change in that event would not be published.
+        S.L[: S.sc[K.SC_L_HWM], 10] = -1
 
     def mark_suspect(self, book: int) -> None:
         """Until the book's next clear (R), as a sequence gap does."""

@@ -113,17 +113,22 @@ class BookSet:
     def load(self, instrument_id: int, partition: int, get: Get) -> Instrument:
         """Restore an instrument's books from its last checkpoint (nothing if it has none)."""
         inst = Instrument(instrument_id, partition)
-        self.instruments[instrument_id] = inst
         self._books[instrument_id] = []
         raw = get(instrument_key(instrument_id))
-        if raw is None:
-            return inst
-        meta = orjson.loads(raw)
-        inst.position = meta["position"]
-        if meta.get("held"):
-            inst.held = np.frombuffer(base64.b64decode(meta["held"]), MBO_DTYPE).copy()
-        for pub_s, book_meta in meta["books"].items():
-            self._load_book(instrument_id, int(pub_s), book_meta, get)
+        if raw is not None:
+            meta = orjson.loads(raw)
+            inst.position = meta["position"]
+            if meta.get("held"):
+                inst.held = np.frombuffer(base64.b64decode(meta["held"]), MBO_DTYPE).copy()
+            try:
+                for pub_s, book_meta in meta["books"].items():
+                    self._load_book(instrument_id, int(pub_s), book_meta, get)
+            except Exception:
+                # Half a book would take the next messages and its checkpoint overwrite the
+                # good one: the instrument stays unloaded, and the next message tries again.
+                self._drop_books(instrument_id)
+                raise
+        self.instruments[instrument_id] = inst
         return inst
 
     def _load_book(self, iid: int, pub: int, meta: dict[str, Any], get: Get) -> None:
@@ -181,11 +186,14 @@ class BookSet:
         gone = set(partitions)
         dropped = [i for i, inst in self.instruments.items() if inst.partition in gone]
         for iid in dropped:
-            for b in self._books.pop(iid, []):
-                K.evict_book(self.engine.S, b)
-                self.engine.S.B[b] = fresh_book_row()
+            self._drop_books(iid)
             del self.instruments[iid]
         return dropped
+
+    def _drop_books(self, instrument_id: int) -> None:
+        for b in self._books.pop(instrument_id, []):
+            K.evict_book(self.engine.S, b)
+            self.engine.S.B[b] = fresh_book_row()
 
     # -- applying -------------------------------------------------------------------------
     def process(
