@@ -28,6 +28,24 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "var" / "bench"
 
 
+def spawn_worker(env: dict[str, str], log_path: Path, level: str = "info") -> subprocess.Popen:
+    """`faust -A app worker` with `env`, its output appended to `log_path`."""
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", level],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def comparable_counts(stats: list[dict]) -> list[dict]:
+    """Per-instrument counts as `/instruments/` serves them, less `messages`: a paced replay
+    batches records into messages otherwise than backfill does."""
+    return [{k: v for k, v in s.items() if k != "messages"} for s in stats]
+
+
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as r:
         return orjson.loads(r.read())
@@ -96,14 +114,7 @@ def bench_worker(
     if before_start is not None:
         before_start(env)
     log_path = BENCH_DIR / f"{tag}.log"
-    log = open(log_path, "wb")  # noqa: SIM115 (the child owns it until it exits)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "warn"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = spawn_worker(env, log_path, level="warn")
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -127,7 +138,6 @@ def bench_worker(
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
         if not keep:
             delete_deployment(env)
 

@@ -25,6 +25,7 @@ import orjson
 import pytest
 import requests
 
+from load_tests.worker_proc import spawn_worker
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -185,14 +186,7 @@ class Worker:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it until it exits)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        self.proc = spawn_worker(self.env, self.log_path)
         wait_for(lambda: self.alive() and self.get("/health"), 60, f"worker {self.name} web")
 
     def alive(self) -> bool:

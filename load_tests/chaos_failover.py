@@ -1,0 +1,262 @@
+"""Failover chaos: real workers sharing a deployment are killed (kill -9), wiped, restarted and
+joined at random moments while a file is replayed; at the end every worker must serve the books
+and counts that `backfill` computes from the same file. Bounded in time; prints one JSON line
+per round and a summary.
+
+    python -m load_tests.chaos_failover --records 2000000 --instruments 100 --speed 8 \\
+        --rounds 4 --seed 1
+
+Each round picks a guarantee (alternating, or `--guarantees`), starts `--workers` workers, and
+while the replay runs repeats: wait 4-15 s, then one of kill -9 and restart after 2-8 s (local
+state kept), kill -9 with the data directory wiped, or a new worker joining (up to one more than
+the partition count). The broker must be running (`make broker-start`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from app.commands.backfill import BOOK_TABLE_DEPTH, backfill_files
+from app.settings import load_settings
+from load_tests.gen_mbo import GenConfig, write
+from load_tests.worker_proc import (
+    ROOT,
+    comparable_counts,
+    delete_deployment,
+    get_json,
+    spawn_worker,
+)
+
+REPLAY = [sys.executable, "-m", "faust", "-A", "app", "replay"]
+
+
+@dataclass
+class ChaosWorker:
+    name: str
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.env['TAPESTREAM_WEB_PORT']}"
+
+    def start(self) -> None:
+        self.proc = spawn_worker(self.env, self.log)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def get(self, path: str) -> Any:
+        return get_json(self.url + path)
+
+
+@dataclass
+class Round:
+    guarantee: str
+    events: list[str] = field(default_factory=list)
+    exits: list[str] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _counted(workers: list[ChaosWorker]) -> int | None:
+    for w in workers:
+        if not w.alive():
+            continue
+        try:
+            body = w.get("/instruments/")
+        except OSError:
+            continue
+        if not body.get("partial"):
+            return int(body["records"])
+    return None
+
+
+def run_round(
+    n: int, path: Path, want: dict[str, Any], args: argparse.Namespace, rng: random.Random
+) -> dict[str, Any]:
+    guarantee = args.guarantees[n % len(args.guarantees)]
+    tag = f"chaos{rng.getrandbits(32):08x}"
+    tmp = Path(tempfile.mkdtemp(prefix=f"{tag}-"))
+    base = {
+        **os.environ,
+        "KAFKA_BROKER": args.broker,
+        "TAPESTREAM_APP_ID": tag,
+        "TAPESTREAM_TOPIC_PREFIX": f"{tag}.",
+        "TAPESTREAM_PARTITIONS": str(args.partitions),
+        "TAPESTREAM_PROCESSING_GUARANTEE": guarantee,
+        "TAPESTREAM_DATA_DIR": str(tmp / "state"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    rnd = Round(guarantee)
+    workers: list[ChaosWorker] = []
+
+    def add_worker() -> ChaosWorker:
+        name = f"w{len(workers)}"
+        env = {
+            **base,
+            "TAPESTREAM_WEB_PORT": str(_free_port()),
+            "TAPESTREAM_DATA_DIR": str(tmp / f"state-{name}"),
+        }
+        w = ChaosWorker(name, env, tmp / f"{name}.log")
+        w.start()
+        workers.append(w)
+        return w
+
+    t0 = time.monotonic()
+    try:
+        for _ in range(args.workers):
+            add_worker()
+        time.sleep(15)  # all up and assigned, as an operator's deployment would be
+        replay = subprocess.Popen(
+            [*REPLAY, str(path), "--no-progress", "--speed", str(args.speed)],
+            cwd=ROOT,
+            env=base,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        while replay.poll() is None and time.monotonic() - t0 < args.round_limit / 2:
+            time.sleep(rng.uniform(4, 15))
+            if replay.poll() is not None:
+                break
+            action = rng.choice(["kill", "wipe", "join"])
+            if action == "join" and len(workers) <= args.partitions:
+                w = add_worker()
+                rnd.events.append(f"{time.monotonic() - t0:.0f}s join {w.name}")
+                continue
+            w = rng.choice([w for w in workers if w.alive()] or workers)
+            w.kill9()
+            if action == "wipe":
+                shutil.rmtree(w.env["TAPESTREAM_DATA_DIR"], ignore_errors=True)
+            pause = rng.uniform(2, 8)
+            rnd.events.append(f"{time.monotonic() - t0:.0f}s kill -9 {w.name} ({action})")
+            time.sleep(pause)
+            w.start()
+        replay.wait(timeout=args.round_limit)
+        for w in workers:
+            if not w.alive():
+                rnd.exits.append(w.name)
+        deadline = t0 + args.round_limit
+        done_at = None
+        while time.monotonic() < deadline:
+            if _counted(workers) == want["records"]:
+                done_at = time.monotonic() - t0
+                break
+            time.sleep(2)
+        wrong_books: dict[str, int] = {}
+        wrong_counts: list[str] = []
+        for w in workers:
+            bad = 0
+            for iid, book in want["books"].items():
+                try:
+                    got = w.get(f"/books/{iid}/?depth={BOOK_TABLE_DEPTH}")
+                except OSError:
+                    bad += 1
+                    continue
+                got.pop("position", None)
+                bad += got != book
+            wrong_books[w.name] = bad
+            try:
+                if comparable_counts(w.get("/instruments/")["instruments"]) != want["stats"]:
+                    wrong_counts.append(w.name)
+            except OSError:
+                wrong_counts.append(w.name)
+        crashed = [w.name for w in workers if not w.alive()]
+        ok = done_at is not None and not any(wrong_books.values()) and not wrong_counts
+        return {
+            "round": n,
+            "guarantee": guarantee,
+            "ok": ok and not crashed,
+            "workers": len(workers),
+            "events": rnd.events,
+            "seconds_to_all_processed": None if done_at is None else round(done_at, 1),
+            "counted": _counted(workers),
+            "records": want["records"],
+            "books_differing_per_worker": wrong_books,
+            "counts_differing_on": wrong_counts,
+            "crashed": crashed,
+            "logs": str(tmp),
+        }
+    finally:
+        for w in workers:
+            w.stop()
+        delete_deployment(base)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--file", help="an MBO file to replay (default: generate one)")
+    p.add_argument("--records", type=int, default=2_000_000)
+    p.add_argument("--instruments", type=int, default=100)
+    p.add_argument("--speed", type=float, default=8)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--guarantees", nargs="+", default=["exactly_once", "at_least_once"])
+    p.add_argument("--round-limit", type=float, default=900, help="seconds a round may take")
+    p.add_argument("--broker", default="kafka://127.0.0.1:9092")
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    rng = random.Random(args.seed)
+    if args.file:
+        path = Path(args.file)
+    else:
+        path = Path(tempfile.mkdtemp(prefix="chaos-gen-")) / "chaos.mbo.dbn.zst"
+        write(path, GenConfig(records=args.records, instruments=args.instruments, seed=args.seed))
+    result = backfill_files([str(path)], load_settings({}), progress=False)
+    want = {
+        "records": result.records,
+        "books": {r["instrument_id"]: r for r in result.tables["books"]},
+        "stats": comparable_counts(result.tables["instrument-stats"]),
+    }
+    rounds = []
+    for n in range(args.rounds):
+        r = run_round(n, path, want, args, rng)
+        print(orjson.dumps(r).decode(), flush=True)
+        rounds.append(r)
+    summary = {
+        "rounds": len(rounds),
+        "ok": sum(r["ok"] for r in rounds),
+        "failed": [r["round"] for r in rounds if not r["ok"]],
+    }
+    print(orjson.dumps(summary).decode())
+    return 0 if not summary["failed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
