@@ -88,12 +88,14 @@ class FlushingTransactionManager(TransactionManager):
         return await super().commit(offsets, start_new_transaction=start_new_transaction)
 
     async def abort_open(self, revoked: set[TP]) -> None:
-        """Abort the open transactions of revoked partitions. Faust begins the next one of a
-        partition assigned again (no commit comes between: the flow is stopped and the
-        partitions' acknowledgements were dropped) and stops the producer of one lost."""
+        """Abort the open transactions of revoked partitions and begin empty ones: a send
+        that reaches a producer out of a transaction fails and crashes the worker (seen under
+        load), and Faust's next begin, for a partition assigned again, only logs that one is
+        open already. The producer of a partition lost is stopped by Faust."""
         await self.app.producer.flush()
         for tid in sorted(self._tps_to_transactional_ids(revoked)):
             await self.producer.abort_transaction(tid)
+            await self.producer.begin_transaction(tid)
 
     async def send(
         self,
