@@ -25,7 +25,7 @@ from faust.streams import _current_event
 from faust.types import EventT
 
 from app import metrics
-from app.transport import commit_guards, partition_states
+from app.transport import commit_guards, flush_buffered, partition_states
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,9 @@ class Checkpointer:
         # flushes.
         self.checkpoint_lock = asyncio.Lock()
         self.unacked: dict[int, list[EventT]] = {}
+        # Partition -> the consumer generation in which it was lost (`fence`): its events
+        # are refused until the group assigns partitions again.
+        self.fenced: dict[int, int] = {}
         commit_guards.append(self.at_commit)
         partition_states.append(self)
 
@@ -86,11 +89,13 @@ class Checkpointer:
         revoke hold for long: applied after the rebalance, to state reloaded from the last
         checkpoint, it moved the position past messages to be redelivered, which were then
         skipped as repeats and lost. Such an event is dropped unacknowledged; the
-        partition's owner gets it again from the committed offset."""
+        partition's owner gets it again from the committed offset. So is an event of a
+        partition lost to this worker (`fence`) until the next assignment."""
         message = event.message
         # Faust's own condition for handing an event out, checked again now.
         current = message.generation_id == self.app.consumer_generation_id
-        if not (current and self.app.flow_control.is_active()):
+        fenced = self.fenced.get(message.partition) == self.app.consumer_generation_id
+        if not current or fenced or not self.app.flow_control.is_active():
             metrics.messages_stale.labels(self.name).inc()
             return False
         self.unacked.setdefault(message.partition, []).append(event)
@@ -129,10 +134,10 @@ class Checkpointer:
     async def at_commit(self) -> AsyncIterator[None]:
         async with self.checkpoint_lock:
             if self.app.in_transaction:
+                # Outputs, checkpoint and offsets commit in one transaction, which flushes
+                # everything buffered once every agent is still.
                 async with self.state_lock:
                     if any(self.unacked.values()):
-                        # Outputs first: a checkpoint never covers outputs that could be lost.
-                        await self.app.producer.flush()
                         t0 = time.perf_counter()
                         self._write(self._take())
                         metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
@@ -143,7 +148,8 @@ class Checkpointer:
                 taken = self._take()
                 taken_s = time.perf_counter() - t0
             if taken:
-                await self.app.producer.flush()
+                # Outputs first: a checkpoint never covers outputs that could be lost.
+                await flush_buffered(self.app.producer)
                 t0 = time.perf_counter()
                 self._write(taken)
                 metrics.checkpoint_seconds.observe(taken_s + time.perf_counter() - t0)
@@ -161,3 +167,7 @@ class Checkpointer:
                 self.forget(p)
         for _, state in self.states:
             state.evict(partitions)
+
+    def fence(self, partitions: set[int]) -> None:
+        self.release(partitions)
+        self.fenced.update(dict.fromkeys(partitions, self.app.consumer_generation_id))

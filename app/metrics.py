@@ -29,6 +29,20 @@ dead_letters = Counter(
     "input records or messages sent to the dead-letter topic",
     ["agent", "kind"],
 )
+partitions_fenced = Counter(
+    "tapestream_partitions_fenced",
+    "partitions given up because the broker fenced their transactions (exactly_once)",
+)
+pauses_past_session_timeout = Counter(
+    "tapestream_pauses_past_session_timeout",
+    "times this worker found it had stood still past the group's session timeout and gave "
+    "up its partitions",
+)
+messages_dropped_fenced = Counter(
+    "tapestream_messages_dropped_fenced",
+    "output messages dropped because their partition's transactions were fenced or lost "
+    "(their events are processed again by the partition's owner)",
+)
 checkpoint_writes = Counter(
     "tapestream_checkpoint_writes",
     "table keys written or deleted by book checkpoints",

@@ -14,18 +14,24 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import shutil
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
 from typing import Any, Protocol
 
 import faust
+from aiokafka.errors import IllegalOperation, ProducerFenced
+from faust.exceptions import ProducerSendError
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, TransportT
 from faust.types.enums import ProcessingGuarantee
 
+from app import metrics
 from app.local_state import open_local_state
+from app.pauses import pause_clock
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,10 @@ class PartitionState(Protocol):
 
     def release(self, partitions: set[int]) -> None:
         """Forget the partitions' state and their events not yet checkpointed."""
+        ...
+
+    def fence(self, partitions: set[int]) -> None:
+        """Release the partitions and refuse their events until the next assignment."""
         ...
 
 
@@ -82,20 +92,98 @@ def source_partition(headers: Any) -> int | None:
     return None
 
 
+class _FlushMark:
+    """Queued in Faust's producer buffer like a message: when the buffer's sender reaches it,
+    every message queued before it has been handed to the Kafka client."""
+
+    def __init__(self) -> None:
+        self.reached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.message = self.channel = self
+
+    async def publish_message(self, fut: Any, wait: bool = False) -> None:
+        if not self.reached.done():
+            self.reached.set_result(None)
+
+
+async def flush_buffered(producer: Any) -> None:
+    """Deliver every message buffered until now, and no more. Faust's own flush waits until
+    its buffer is empty but gives up once no message went out for 0.1 s: it returned with
+    messages still buffered (under exactly_once they then joined the next transaction, after
+    the offsets that cover them) and, while agents kept adding messages, did not return at all
+    (a 64 s commit outlived its transaction's 60 s timeout and fenced the worker)."""
+    if producer.buffer.size:
+        mark = _FlushMark()
+        producer.buffer.put(mark)
+        await mark.reached
+    for client in (producer._producer, *producer._transaction_producers.values()):
+        if client is not None:
+            await client.flush()
+
+
 class FlushingTransactionManager(TransactionManager):
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
-        await self.app.producer.flush()
-        return await super().commit(offsets, start_new_transaction=start_new_transaction)
+        """Faust's commit, flushing first and committing each partition's transaction on its
+        own: one that was fenced is lost to this worker (`GuardedProducer.fence`) where Faust
+        crashed the worker, and the others still commit."""
+        t0 = time.monotonic()
+        await flush_buffered(self.app.producer)
+        t1 = time.monotonic()
+        group_id = self.app.conf.id
+        by_tid: dict[str, dict[TP, int]] = {}
+        for tp, offset in offsets.items():
+            group = self.app.assignor.group_for_topic(tp.topic)
+            by_tid.setdefault(f"{group_id}-{group}-{tp.partition}", {})[tp] = offset
+        producer = self.app.producer
+        for tid, tid_offsets in sorted(by_tid.items()):
+            if tid in producer.fenced:
+                continue
+            try:
+                await producer.commit_transactions(
+                    {tid: tid_offsets}, group_id, start_new_transaction=start_new_transaction
+                )
+            except FENCED_ERRORS as exc:
+                producer.fence(tid, exc)
+        t2 = time.monotonic()
+        if t2 - t0 > SLOW_COMMIT_S:
+            log.warning(
+                "slow transaction commit: %.1f s flushing, %.1f s committing %d partitions",
+                t1 - t0,
+                t2 - t1,
+                len(by_tid),
+            )
+        return True
 
     async def abort_open(self, revoked: set[TP]) -> None:
         """Abort the open transactions of revoked partitions and begin empty ones: a send
         that reaches a producer out of a transaction fails and crashes the worker (seen under
         load), and Faust's next begin, for a partition assigned again, only logs that one is
-        open already. The producer of a partition lost is stopped by Faust."""
-        await self.app.producer.flush()
-        for tid in sorted(self._tps_to_transactional_ids(revoked)):
-            await self.producer.abort_transaction(tid)
-            await self.producer.begin_transaction(tid)
+        open already. The producer of a partition lost is stopped by Faust. A fenced one is
+        left alone: starting it again would fence the worker that owns the partition now (a
+        worker paused past its session timeout did so on waking up)."""
+        producer = self.app.producer
+        await flush_buffered(producer)
+        for tid in sorted(self._tps_to_transactional_ids(revoked) - producer.fenced):
+            await producer.abort_transaction(tid)
+            # Faust drops the producer if the abort found it fenced.
+            if tid in producer._transaction_producers:
+                await producer.begin_transaction(tid)
+
+    async def on_rebalance(
+        self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP]
+    ) -> None:
+        # Faust starts a producer for each assigned partition that has none, and reuses the
+        # one it has. A fenced producer is past use, and so is one kept from an earlier
+        # assignment of a partition newly assigned: another worker's producer has fenced it
+        # since, which this one learnt only when its sends failed.
+        producer = self.app.producer
+        stale = producer.fenced | self._tps_to_transactional_ids(newly_assigned)
+        for tid in sorted(stale & set(producer._transaction_producers)):
+            try:
+                await producer.stop_transaction(tid)
+            except Exception as exc:  # a fenced client may fail to stop cleanly; it is gone
+                log.info("stopping the fenced producer %s: %r", tid, exc)
+        producer.fenced.clear()
+        await super().on_rebalance(assigned, revoked, newly_assigned)
 
     async def send(
         self,
@@ -206,10 +294,37 @@ class CheckpointingConsumer(aiokafka_driver.Consumer):
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        paused = pause_clock.take_longest()
+        timeout = self.app.conf.broker_session_timeout
+        if paused > timeout:
+            inputs = {state.topic for state in partition_states}
+            partitions = {tp.partition for tp in self.assignment() if tp.topic in inputs}
+            log.warning(
+                "this worker stood still for %.1f s, past the group's session timeout (%.0f s):"
+                " its partitions %s may be another's now; dropping their uncommitted work and "
+                "rejoining the group",
+                paused,
+                timeout,
+                sorted(partitions),
+            )
+            metrics.pauses_past_session_timeout.inc()
+            await lose_partitions(self.app, partitions, wipe=False)
+            return False
+        t0 = time.monotonic()
         async with AsyncExitStack() as stack:
             for guard in commit_guards:
                 await stack.enter_async_context(guard())
-            return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+            t1 = time.monotonic()
+            done = await super().force_commit(topics, start_new_transaction=start_new_transaction)
+            t2 = time.monotonic()
+        if time.monotonic() - t0 > SLOW_COMMIT_S:
+            log.warning(
+                "slow commit: %.1f s checkpointing, %.1f s committing offsets, %.1f s releasing",
+                t1 - t0,
+                t2 - t1,
+                time.monotonic() - t2,
+            )
+        return bool(done)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         await revoke_with_states_still(
@@ -230,7 +345,43 @@ class CheckpointingConsumer(aiokafka_driver.Consumer):
 class GuardedProducer(aiokafka_driver.Producer):
     """An output message over the producer's size limit fails its send, and a failed send
     stops the worker: such a message goes to the dead-letter topic instead (same partition,
-    same transaction), with its size and the start of its payload, and is counted."""
+    same transaction), with its size and the start of its payload, and is counted.
+
+    Under exactly_once, a partition's transactions are fenced when the broker gives its
+    transactional id to a newer producer (another worker took the partition over while this
+    one was unresponsive) or aborts a transaction left open past its timeout. Faust then
+    crashed the worker. Here the partition is lost to this worker instead (`lose_partitions`)
+    and the messages still bound for its transactions are dropped: its owner processes their
+    events again from the committed offsets."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fenced: set[str] = set()  # transactional ids fenced since the last rebalance
+
+    def fence(self, transactional_id: str, exc: BaseException) -> None:
+        if transactional_id in self.fenced:
+            return
+        self.fenced.add(transactional_id)
+        partition = int(transactional_id.rsplit("-", 1)[1])
+        metrics.partitions_fenced.inc()
+        log.warning(
+            "partition %d: its transactions were fenced (%s: %s); dropping its uncommitted "
+            "work and rejoining the group",
+            partition,
+            type(exc).__name__,
+            exc,
+        )
+        task = asyncio.ensure_future(lose_partitions(self.app, {partition}, wipe=True))
+        _background.add(task)
+        task.add_done_callback(self._lost)
+
+    def _lost(self, task: asyncio.Future[Any]) -> None:
+        _background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The partition could not be given up cleanly: a restart starts from the changelogs.
+            crash = asyncio.ensure_future(self.app.crash(task.exception()))
+            _background.add(crash)
+            crash.add_done_callback(_background.discard)
 
     async def send(
         self,
@@ -243,6 +394,13 @@ class GuardedProducer(aiokafka_driver.Producer):
         *,
         transactional_id: str | None = None,
     ) -> Any:
+        if transactional_id is not None and (
+            transactional_id in self.fenced or transactional_id not in self._transaction_producers
+        ):
+            # Bound for a transaction this worker can no longer commit: the events behind it
+            # are processed again, from the committed offsets, by the partition's owner.
+            metrics.messages_dropped_fenced.inc()
+            return _dropped(transactional_id)
         # the record's own overhead and headers fit in the margin the app adds to the limit
         limit = self.app.conf.producer_max_request_size - OUTPUT_MARGIN
         # A table's changelog is left to fail loudly: a write missing from it would restore
@@ -254,10 +412,71 @@ class GuardedProducer(aiokafka_driver.Producer):
 
             value = oversized_output(topic, key, value, partition, limit)
             topic, headers = DEAD_LETTERS, None
-        return await super().send(
-            topic, key, value, partition, timestamp, headers, transactional_id=transactional_id
-        )
+        try:
+            return await super().send(
+                topic, key, value, partition, timestamp, headers, transactional_id=transactional_id
+            )
+        except (*FENCED_ERRORS, ProducerSendError) as exc:
+            cause = exc.__cause__ if isinstance(exc, ProducerSendError) else exc
+            if transactional_id is None or not isinstance(cause, FENCED_ERRORS):
+                raise
+            self.fence(transactional_id, cause)
+            metrics.messages_dropped_fenced.inc()
+            return _dropped(transactional_id)
 
+
+# What a commit or send meets once the broker fenced a transactional producer: ProducerFenced
+# from the broker, then IllegalOperation from the client, whose transaction state is fatal.
+FENCED_ERRORS = (ProducerFenced, IllegalOperation)
+
+# Tasks started from synchronous code, kept referenced until done.
+_background: set[asyncio.Future[Any]] = set()
+
+
+def _dropped(transactional_id: str) -> asyncio.Future[Any]:
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.set_exception(ProducerFenced(f"dropped: transactions of {transactional_id} were fenced"))
+    return fut
+
+
+async def lose_partitions(app: Any, partitions: set[int], *, wipe: bool) -> None:
+    """Give up partitions this worker can no longer commit for: with every agent still, drop
+    their state and events (`PartitionState.fence`), and, with `wipe`, their local tables,
+    which hold a checkpoint's writes that never reached the changelog; then rejoin the group.
+    A partition that comes back is restored from its changelog like any newly assigned."""
+    async with AsyncExitStack() as stack:
+        for state in partition_states:
+            await stack.enter_async_context(state.still())
+        for state in partition_states:
+            state.fence(partitions)
+        if wipe:
+            for partition in sorted(partitions):
+                wipe_local_partition(app, partition)
+    if not app.rebalancing:  # else the group is rebalancing already
+        thread = app.consumer._thread
+        client = thread._ensure_consumer()
+        thread.thread_loop.call_soon_threadsafe(client._coordinator.request_rejoin)
+
+
+def wipe_local_partition(app: Any, partition: int) -> None:
+    for table in app.tables.values():
+        store = table.data
+        dbs = getattr(store, "_dbs", None)
+        if dbs is None:  # the memory store cannot tell one partition's keys from another's
+            raise RuntimeError(
+                f"partition {partition} was fenced and its local state cannot be wiped "
+                f"from a {type(store).__name__}; restart the worker"
+            )
+        dbs.pop(partition, None)  # RocksDB closes the partition's database when it goes
+        shutil.rmtree(store.partition_path(partition), ignore_errors=True)
+        # Faust remembers how far it restored each changelog partition and, for one assigned
+        # again, reads on from there: it must read this one from the start.
+        for topic in table.changelog_topic.topics:
+            app.tables.recovery.revoke(TP(topic, partition))
+
+
+# A commit slower than this is logged with where its time went.
+SLOW_COMMIT_S = 5.0
 
 # Recovery's highwaters under exactly_once: asked again this far apart until they agree.
 SETTLE_S = 0.2
@@ -287,6 +506,7 @@ class Worker(faust.Worker):
         # after Faust changed to --workdir, which a relative data directory is read from
         exactly_once = self.app.conf.processing_guarantee == ProcessingGuarantee.EXACTLY_ONCE
         open_local_state(Path(self.app.conf.tabledir), exactly_once)
+        pause_clock.start()
         await super().on_execute()
 
     async def on_startup_finished(self) -> None:

@@ -8,8 +8,9 @@ per round and a summary.
 
 Each round picks a guarantee (alternating, or `--guarantees`), starts `--workers` workers, and
 while the replay runs repeats: wait 4-15 s, then one of kill -9 and restart after 2-8 s (local
-state kept), kill -9 with the data directory wiped, or a new worker joining (up to one more than
-the partition count). The broker must be running (`make broker-start`).
+state kept), kill -9 with the data directory wiped, a new worker joining (up to one more than
+the partition count), or a worker paused (SIGSTOP) 3-8 s past the session timeout and resumed.
+The broker must be running (`make broker-start`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from load_tests.worker_proc import (
 )
 
 REPLAY = [sys.executable, "-m", "faust", "-A", "app", "replay"]
+SESSION_TIMEOUT_S = load_settings().session_timeout
 
 
 @dataclass
@@ -65,6 +67,15 @@ class ChaosWorker:
             assert self.proc is not None
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=30)
+
+    def pause(self, seconds: float) -> None:
+        """SIGSTOP, then SIGCONT: a worker unresponsive past its session timeout comes back
+        to find its partitions given away (under exactly_once, its transactions fenced)."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGSTOP)
+            time.sleep(seconds)
+            self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self.alive():
@@ -154,12 +165,17 @@ def run_round(
             time.sleep(rng.uniform(4, 15))
             if replay.poll() is not None:
                 break
-            action = rng.choice(["kill", "wipe", "join"])
+            action = rng.choice(args.faults)
             if action == "join" and len(workers) <= args.partitions:
                 w = add_worker()
                 rnd.events.append(f"{time.monotonic() - t0:.0f}s join {w.name}")
                 continue
             w = rng.choice([w for w in workers if w.alive()] or workers)
+            if action == "pause":
+                seconds = SESSION_TIMEOUT_S + rng.uniform(3, 8)
+                rnd.events.append(f"{time.monotonic() - t0:.0f}s pause {w.name} {seconds:.0f}s")
+                w.pause(seconds)
+                continue
             w.kill9()
             if action == "wipe":
                 shutil.rmtree(w.env["TAPESTREAM_DATA_DIR"], ignore_errors=True)
@@ -231,6 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--round-limit", type=float, default=900, help="seconds a round may take")
     p.add_argument("--broker", default="kafka://127.0.0.1:9092")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--faults",
+        nargs="+",
+        default=["kill", "wipe", "join", "pause"],
+        choices=["kill", "wipe", "join", "pause"],
+        help="faults to draw from: kill -9 (state kept), kill -9 with the data directory "
+        "wiped, a worker joining, a worker paused (SIGSTOP) past the session timeout",
+    )
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
     if args.file:

@@ -10,6 +10,7 @@ failed on every message after it gave up a partition."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
+import requests
 
 from app.commands.backfill import BOOK_TABLE_DEPTH, BackfillResult, backfill_files
 from app.settings import load_settings
@@ -101,16 +103,23 @@ def _books_equal(w: Worker, books: dict[int, dict]) -> bool:
     return True
 
 
+def two_workers_replaying(
+    deployment: Deployment, path: Path, guarantee: str
+) -> tuple[Worker, Worker, subprocess.Popen]:
+    """Workers a and b sharing the partitions under `guarantee`, and the file replaying."""
+    deployment.base_env["TAPESTREAM_PROCESSING_GUARANTEE"] = guarantee
+    a = deployment.worker("a")
+    b = deployment.worker("b")
+    deployment.wait_assigned(a, b)
+    return a, b, deployment.replay(path, "--speed", SPEED)
+
+
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_kill9_wipe_and_join_across_workers_change_no_output(
     deployment: Deployment, failover_file: tuple[Path, BackfillResult], guarantee: str
 ) -> None:
     path, result = failover_file
-    deployment.base_env["TAPESTREAM_PROCESSING_GUARANTEE"] = guarantee
-    a = deployment.worker("a")
-    b = deployment.worker("b")
-    deployment.wait_assigned(a, b)
-    replay = deployment.replay(path, "--speed", SPEED)
+    a, b, replay = two_workers_replaying(deployment, path, guarantee)
     try:
         wait_for(_after([b, a], 0.2), 60, "a fifth of the records processed")
         a.kill9()
@@ -129,7 +138,49 @@ def test_kill9_wipe_and_join_across_workers_change_no_output(
     finally:
         if replay.poll() is None:
             replay.kill()
-    workers = [a, b, c]
+    assert_as_backfill(deployment, [a, b, c], result, guarantee)
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_a_worker_paused_past_its_session_timeout_rejoins_and_changes_no_output(
+    deployment: Deployment, failover_file: tuple[Path, BackfillResult], guarantee: str
+) -> None:
+    """A worker that stands still (SIGSTOP) until the group gives its partitions away wakes
+    up as a zombie: its commit timer is overdue and, under exactly_once, its transactions have
+    been fenced by the new owner. It must neither crash nor write what it held, and must come
+    back into the group."""
+    path, result = failover_file
+    a, b, replay = two_workers_replaying(deployment, path, guarantee)
+    try:
+        wait_for(_after([b, a], 0.25), 60, "a quarter of the records processed")
+        a.pause()
+        raw = f"{deployment.prefix}mbo.raw"
+        try:
+            wait_for(lambda: len(b.owned(raw)) == 4, 60, "b to take over a's partitions")
+            wait_for(_after([b], 0.45), 60, "b to process on")
+        finally:
+            a.resume()
+        wait_for(lambda: a.alive() and a.owned(raw), 90, "a back in the group")
+        _, err = replay.communicate(timeout=180)
+        assert replay.returncode == 0, err
+    finally:
+        if replay.poll() is None:
+            replay.kill()
+    assert_as_backfill(deployment, [a, b], result, guarantee)
+    assert _metric(a, "tapestream_pauses_past_session_timeout_total") >= 1
+
+
+def _metric(w: Worker, name: str) -> float:
+    text = requests.get(w.url + "/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def assert_as_backfill(
+    deployment: Deployment, workers: list[Worker], result: BackfillResult, guarantee: str
+) -> None:
+    """Every record processed with every worker up; every output topic equal to backfill's,
+    record for record (repeats allowed, identical, under at_least_once); every worker serving
+    backfill's books and counts; no dead letters."""
     try:
         wait_for(
             lambda: all(w.alive() for w in workers) and _progress(workers) == result.records,

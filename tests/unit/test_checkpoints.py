@@ -1,11 +1,15 @@
 """The runtime's revoke path and event admission, with a stand-in for the Faust app: which
-events an agent may apply around a rebalance, and what a revoke does to every agent's state and
-to open exactly-once transactions."""
+events an agent may apply around a rebalance, what a revoke does to every agent's state and to
+open exactly-once transactions, and what a partition lost to the worker (its transactions fenced)
+leaves behind."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from faust.types import TP
@@ -110,3 +114,70 @@ def test_a_revoke_runs_with_every_agent_still_then_releases_in_all(exactly_once:
     assert books_state.evicted == [{2}] and bars_state.evicted == [{2}]
     assert forgotten == [2]
     assert set(books.unacked) == {0} and bars.unacked == {}
+
+
+# -- a partition lost to the worker ------------------------------------------------------
+
+
+@dataclass
+class Store:
+    root: Path
+    _dbs: dict[int, object] = field(default_factory=dict)
+
+    def partition_path(self, partition: int) -> Path:
+        return self.root / f"table-{partition}.db"
+
+
+class Tables(dict):
+    recovery: Any
+
+
+@dataclass
+class ChangelogTopic:
+    topics: tuple[str, ...] = ("books-changelog",)
+
+
+def test_a_fenced_partition_is_dropped_wiped_and_refused_until_the_next_assignment(
+    tmp_path: Path,
+) -> None:
+    rejoins: list[bool] = []
+    store = Store(tmp_path, {0: object(), 2: object()})
+    for p in (0, 2):
+        store.partition_path(p).mkdir()
+    thread_loop = SimpleNamespace(call_soon_threadsafe=lambda f: f())
+    coordinator = SimpleNamespace(request_rejoin=lambda: rejoins.append(True))
+    client = SimpleNamespace(_coordinator=coordinator)
+    thread = SimpleNamespace(thread_loop=thread_loop, _ensure_consumer=lambda: client)
+    restored = {TP("books-changelog", 0): 10, TP("books-changelog", 2): 12}
+    recovery = SimpleNamespace(revoke=restored.pop)
+    tables = Tables(books=SimpleNamespace(data=store, changelog_topic=ChangelogTopic()))
+    tables.recovery = recovery
+    app = SimpleNamespace(
+        consumer_generation_id=3,
+        rebalancing=False,
+        flow_control=FlowControl(),
+        consumer=SimpleNamespace(_thread=thread),
+        tables=tables,
+    )
+    state = State()
+    books = Checkpointer(app, "books", [(None, state)], topic="raw")
+    for p in (0, 2):
+        assert books.admit(Event(Message(p, 3)))
+
+    async def run() -> None:
+        async with books.state_lock:  # an agent applying a message: the loss waits for it
+            task = asyncio.create_task(transport.lose_partitions(app, {2}, wipe=True))
+            await asyncio.sleep(0.01)
+            assert not task.done()
+        await task
+
+    asyncio.run(run())
+    assert state.evicted == [{2}] and set(books.unacked) == {0}
+    assert set(store._dbs) == {0}
+    assert store.partition_path(0).exists() and not store.partition_path(2).exists()
+    assert restored == {TP("books-changelog", 0): 10}  # partition 2 is read again from the start
+    assert rejoins == [True]
+    assert not books.admit(Event(Message(2, 3)))  # until the group assigns partitions again
+    assert books.admit(Event(Message(0, 3)))
+    app.consumer_generation_id = 4
+    assert books.admit(Event(Message(2, 4)))

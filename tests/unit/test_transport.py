@@ -1,0 +1,114 @@
+"""The runtime under load, with Faust's own producer buffer and stand-ins for the Kafka client:
+what a flush before a checkpoint or commit waits for, and how a worker tells it stood still."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from faust.transport.producer import ProducerBuffer
+
+from app import transport
+
+
+@dataclass
+class Channel:
+    """Sends a message by waiting `seconds`, as a client blocked on a busy broker does."""
+
+    seconds: float
+    sent: list[int] = field(default_factory=list)
+
+    async def publish_message(self, fut: Any, wait: bool = False) -> None:
+        await asyncio.sleep(self.seconds)
+        self.sent.append(fut.n)
+
+
+def message(channel: Channel, n: int) -> Any:
+    fut = SimpleNamespace(n=n)
+    fut.message = SimpleNamespace(channel=channel)
+    return fut
+
+
+@dataclass
+class Client:
+    flushed: int = 0
+
+    async def flush(self) -> None:
+        self.flushed += 1
+
+
+async def started_buffer() -> ProducerBuffer:
+    buffer = ProducerBuffer()
+    buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
+    await buffer.start()
+    return buffer
+
+
+def test_a_flush_delivers_what_was_buffered_even_when_each_send_is_slow() -> None:
+    async def run() -> tuple[list[int], int]:
+        buffer = await started_buffer()
+        channel, client = Channel(0.15), Client()
+        for n in range(3):
+            buffer.put(message(channel, n))
+        producer = SimpleNamespace(buffer=buffer, _producer=client, _transaction_producers={})
+        await transport.flush_buffered(producer)
+        sent = list(channel.sent)
+        await buffer.stop()
+        return sent, client.flushed
+
+    # Faust's own flush gave up after 0.1 s without a send, leaving two of them buffered.
+    assert asyncio.run(run()) == ([0, 1, 2], 1)
+
+
+def test_a_flush_returns_while_agents_keep_adding_messages() -> None:
+    async def run() -> tuple[list[int], int]:
+        buffer = await started_buffer()
+        channel = Channel(0.001)
+        for n in range(5):
+            buffer.put(message(channel, n))
+
+        async def busy_agent() -> None:
+            n = 100
+            while True:
+                buffer.put(message(channel, n))
+                n += 1
+                await asyncio.sleep(0)
+
+        agent = asyncio.create_task(busy_agent())
+        producer = SimpleNamespace(buffer=buffer, _producer=None, _transaction_producers={})
+        await asyncio.wait_for(transport.flush_buffered(producer), timeout=5)
+        agent.cancel()
+        sent = list(channel.sent)
+        while not buffer.pending.empty():  # what the agent added since: not the test's
+            buffer.pending.get_nowait()
+        await buffer.stop()
+        return sent[:5], len(sent)
+
+    first, _ = asyncio.run(run())
+    assert first == [0, 1, 2, 3, 4]
+
+
+# -- a worker that stood still -------------------------------------------------------------
+
+
+def test_the_pause_clock_measures_how_long_the_loop_stood_still() -> None:
+    import time
+
+    from app.pauses import PauseClock
+
+    async def run() -> tuple[float, float, float]:
+        clock = PauseClock(tick_s=0.01)
+        clock.start()
+        await asyncio.sleep(0.1)
+        ticking = clock.take_longest()
+        time.sleep(0.3)  # the loop held, as by SIGSTOP or a long call
+        held = clock.take_longest()  # before the clock ticks again: counts the stretch to now
+        await asyncio.sleep(0.05)
+        after = clock.take_longest()
+        clock.stop()
+        return ticking, held, after
+
+    ticking, held, after = asyncio.run(run())
+    assert ticking < 0.09 and held >= 0.3 and after < 0.2
