@@ -52,6 +52,7 @@ checkpoints = Checkpointer(
 
 @app.agent(trades, name=AGENT)
 async def make_bars(stream):  # type: ignore[no-untyped-def]
+    """trades -> bars, indicators and patterns per instrument (bars.*, indicators, signals)"""
     for topic in OUT_TOPICS.values():
         await ensure_declared(topic)
     async for event in stream.noack().events():

@@ -100,6 +100,7 @@ def ensure_loaded(instrument_id: int, partition: int) -> None:
 
 @app.agent(raw_mbo, name=AGENT)
 async def maintain_books(stream):  # type: ignore[no-untyped-def]
+    """raw MBO -> L3 books, book.deltas, bbo, trades, flow pressure and signals"""
     for topic in (*BOOK_TOPICS.values(), *IFD_TOPICS.values(), option_parts):
         await ensure_declared(topic)
     async for event in stream.noack().events():

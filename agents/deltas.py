@@ -37,6 +37,7 @@ checkpoints = Checkpointer(app, AGENT, [(deltas_table, merges)], topic=PARTS)
 
 @app.agent(delta_parts, name=AGENT)
 async def publish_deltas(stream):  # type: ignore[no-untyped-def]
+    """book and bar parts -> the one-second delta topic (deltas)"""
     await ensure_declared(deltas)
     async for event in stream.noack().events():
         async with checkpoints.state_lock:

@@ -42,6 +42,7 @@ checkpoints = Checkpointer(app, AGENT, [(options_table, groups)], topic=PARTS)
 
 @app.agent(option_parts, name=AGENT)
 async def aggregate_options(stream):  # type: ignore[no-untyped-def]
+    """per-option parts -> option group aggregates (options.*)"""
     for topic in OPTION_TOPICS.values():
         await ensure_declared(topic)
     async for event in stream.noack().events():

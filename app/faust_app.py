@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+
 import app.codecs  # registers the orjson codec before any topic uses it
-from app.settings import load_settings
+from app.settings import SettingsError, load_settings
 from app.transport import OUTPUT_MARGIN, App, Worker
 
-settings = load_settings()
+try:
+    settings = load_settings()
+except SettingsError as exc:
+    # One line naming the variable and the rule, for every command, instead of a traceback.
+    print(f"tapestream: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 app = App(
     settings.app_id,

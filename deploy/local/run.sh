@@ -22,7 +22,11 @@ export KAFKA_BROKER="kafka://$bootstrap"
 
 worker=
 cleanup() {
-  [ -n "$worker" ] && kill "$worker" 2>/dev/null && wait "$worker" 2>/dev/null
+  set +e  # a worker stopped by its signal exits non-zero; the broker must still be stopped
+  if [ -n "$worker" ]; then
+    kill "$worker" 2>/dev/null
+    wait "$worker" 2>/dev/null
+  fi
   [ "$was_up" = 1 ] || bash deploy/local/kafka.sh stop
 }
 trap cleanup EXIT

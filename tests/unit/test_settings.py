@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +57,21 @@ def test_session_starts_per_venue() -> None:
     hour = 3_600_000_000_000
     assert s.ifd_config().venue_starts == (("GLBX", 22 * hour), ("XNAS", 13 * hour + hour // 2))
     assert load_settings({}).ifd_config().venue_starts == ()
+
+
+def test_a_command_with_a_bad_variable_says_so_in_one_line_and_exits_2() -> None:
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TAPESTREAM_PARTITIONS": "zero"}
+    done = subprocess.run(
+        [sys.executable, "-m", "faust", "-A", "app", "worker"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "tapestream: invalid configuration: TAPESTREAM_PARTITIONS: Input should be a valid "
+        "integer, unable to parse string as an integer"
+    ]
