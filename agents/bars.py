@@ -27,10 +27,10 @@ from app.dead_letters import processing_failed, send_dead_letter
 from app.delta_parts import PartSender
 from app.faust_app import app, settings
 from app.feeds.watermarks import SOURCE_OFFSET_HEADER, WM_HEADER, header
+from app.state_tables import bars as bars_table
 from app.topics import BAR_TOPICS, IFD_TOPICS, ensure_declared, trades
 from models.trades import trades_from_message
 from tables.bar_state import BarSet
-from tables.declarations import bars as bars_table
 from tables.deltas import BARS, item_parts
 from tables.ifd import SIGNALS
 

@@ -32,15 +32,16 @@ from app.delta_parts import PartSender
 from app.faust_app import app, settings
 from app.feeds.watermarks import SOURCE_OFFSET_HEADER, WM_HEADER, encode_ns, header
 from app.option_parts import OptionPartSender
+from app.state_tables import books as books_table
+from app.state_tables import ifd as ifd_table
+from app.state_tables import instrument_stats as stats_table
 from app.topics import BOOK_TOPICS, IFD_TOPICS, RAW_MBO, ensure_declared, option_parts, raw_mbo
 from models import book_events
 from models.book_events import TRADES
 from models.definitions import is_definition, parse_definitions
 from models.mbo import MalformedMessage, parse_message
+from tables import book_messages
 from tables.book_state import BookSet, warm_up
-from tables.declarations import books as books_table
-from tables.declarations import ifd as ifd_table
-from tables.declarations import instrument_stats as stats_table
 from tables.deltas import BOOKS, BookSeconds, item_parts
 from tables.ifd import SIGNALS
 from tables.ifd_state import IfdSet
@@ -144,7 +145,7 @@ def _apply(
         return
     stats_set.apply(iid, records, offset)
     _watch_lag(partition, iid, event.message.timestamp)
-    out = book_events.messages(iid, applied, book_set)
+    out = book_messages.messages(iid, applied, book_set)
     for base, message in out.items():
         # Same key, partitioner and partition count as the input, so the same partition;
         # explicit, or exactly_once would send outside the transaction (app/dead_letters.py

@@ -23,8 +23,8 @@ from app.dead_letters import processing_failed, send_dead_letter
 from app.delta_parts import parts_of, source_of
 from app.faust_app import app
 from app.feeds.watermarks import WM_HEADER, header
+from app.state_tables import deltas as deltas_table
 from app.topics import delta_parts, deltas, ensure_declared
-from tables.declarations import deltas as deltas_table
 from tables.deltas import DeltaSet
 
 AGENT = "deltas"

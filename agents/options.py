@@ -23,9 +23,9 @@ from app.checkpoints import Checkpointer
 from app.dead_letters import processing_failed, send_dead_letter
 from app.faust_app import app, settings
 from app.feeds.watermarks import WM_HEADER, header
+from app.state_tables import options as options_table
 from app.topics import OPTION_TOPICS, ensure_declared, option_parts
 from app.transport import source_partition
-from tables.declarations import options as options_table
 from tables.options import Part, check_part
 from tables.options_state import OptionsSet
 

@@ -75,7 +75,7 @@ class Settings(BaseModel, frozen=True):
     @field_validator("bar_intervals")
     @classmethod
     def _intervals(cls, v: str) -> str:
-        from tables.bars import parse_interval
+        from models.intervals import parse_interval
 
         names = [x.strip() for x in v.split(",") if x.strip()]
         if not names:
@@ -86,7 +86,7 @@ class Settings(BaseModel, frozen=True):
 
     @property
     def bar_intervals_ns(self) -> list[int]:
-        from tables.bars import parse_interval
+        from models.intervals import parse_interval
 
         return [parse_interval(x) for x in self.bar_intervals.split(",")]
 
@@ -97,7 +97,7 @@ class Settings(BaseModel, frozen=True):
     @field_validator("pressure_interval")
     @classmethod
     def _pressure_interval(cls, v: str) -> str:
-        from tables.bars import parse_interval
+        from models.intervals import parse_interval
 
         if 86_400_000_000_000 % parse_interval(v):
             raise ValueError("must divide a day, as 1m, 5m or 15m do")
@@ -141,7 +141,7 @@ class Settings(BaseModel, frozen=True):
         return tuple((venue.strip(), _time_of_day_ns(start)) for venue, start in pairs)
 
     def ifd_config(self) -> IfdConfig:
-        from tables.bars import parse_interval
+        from models.intervals import parse_interval
         from tables.ifd import IfdConfig
         from tables.options import parse_groups
         from tables.signals import SignalConfig

@@ -31,15 +31,15 @@ from agents.control import control
 from agents.options import groups as option_groups
 from app.faust_app import app
 from app.recovery_status import log_progress, recovery_status
+from app.state_tables import bars as bars_table
+from app.state_tables import books as books_table
+from app.state_tables import ifd as ifd_table
+from app.state_tables import instrument_stats
+from app.state_tables import options as options_table
 from app.topics import partition_of
+from models.intervals import interval_name, parse_interval
 from models.mbo import instrument_key
 from tables.bar_state import bars_key
-from tables.bars import interval_name, parse_interval
-from tables.declarations import bars as bars_table
-from tables.declarations import books as books_table
-from tables.declarations import ifd as ifd_table
-from tables.declarations import instrument_stats
-from tables.declarations import options as options_table
 from tables.instrument_stats import InstrumentStats
 
 log = logging.getLogger(__name__)

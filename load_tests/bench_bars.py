@@ -21,8 +21,9 @@ import time
 import numpy as np
 import orjson
 
+from models.intervals import parse_interval
 from models.trades import empty_trades
-from tables.bars import BarEngine, parse_interval
+from tables.bars import BarEngine
 from tables.indicators import Indicators
 
 SEC = 1_000_000_000

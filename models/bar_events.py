@@ -13,11 +13,9 @@ trades.late: a trade that came after the watermark had closed its window: interv
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
-import numpy as np
-
-from tables.bars import Added, Bar, interval_name
+from models.intervals import interval_name
 
 INDICATORS: Final = "indicators"
 LATE_TRADES: Final = "trades.late"
@@ -25,39 +23,3 @@ LATE_TRADES: Final = "trades.late"
 
 def bars_topic(interval_ns: int) -> str:
     return f"bars.{interval_name(interval_ns)}"
-
-
-def indicator_row(bar: Bar, values: dict[str, float | None]) -> dict[str, Any]:
-    return {
-        "instrument_id": bar.instrument_id,
-        "interval": interval_name(bar.interval_ns),
-        "start": bar.start,
-        **values,
-    }
-
-
-def late_rows(added: Added) -> list[dict[str, Any]]:
-    t = added.late
-    if not len(t):
-        return []
-    cols = {
-        name: t[name].astype(np.int64).tolist()
-        for name in (
-            "instrument_id",
-            "publisher_id",
-            "ts_event",
-            "ts_recv",
-            "sequence",
-            "price",
-            "size",
-        )
-    }
-    sides = t["side"].astype(np.uint8).tobytes().decode("ascii")
-    return [
-        {
-            "interval": interval_name(int(iv)),
-            **{k: v[i] for k, v in cols.items()},
-            "side": sides[i],
-        }
-        for i, iv in enumerate(added.late_intervals.tolist())
-    ]

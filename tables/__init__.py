@@ -1,1 +1,1 @@
-"""State kept in tables, as plain classes with no Faust in them (but `declarations`)."""
+"""State and market logic as plain classes: no Faust, no runtime (the lint in ruff.toml)."""

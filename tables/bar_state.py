@@ -20,9 +20,10 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from models.bar_events import INDICATORS, LATE_TRADES, bars_topic, indicator_row, late_rows
+from models.bar_events import INDICATORS, LATE_TRADES, bars_topic
+from models.intervals import interval_name, parse_interval
 from models.mbo import instrument_key
-from tables.bars import BarEngine, interval_name, parse_interval
+from tables.bars import Added, Bar, BarEngine
 from tables.ifd import SIGNALS
 from tables.indicators import Indicators
 from tables.patterns import PatternConfig, Patterns
@@ -283,3 +284,39 @@ class BarSet(PartitionedState[BarPartition]):
             part.dirty_signals.clear()
             part.changed = False
         return out
+
+
+def indicator_row(bar: Bar, values: dict[str, float | None]) -> dict[str, Any]:
+    return {
+        "instrument_id": bar.instrument_id,
+        "interval": interval_name(bar.interval_ns),
+        "start": bar.start,
+        **values,
+    }
+
+
+def late_rows(added: Added) -> list[dict[str, Any]]:
+    t = added.late
+    if not len(t):
+        return []
+    cols = {
+        name: t[name].astype(np.int64).tolist()
+        for name in (
+            "instrument_id",
+            "publisher_id",
+            "ts_event",
+            "ts_recv",
+            "sequence",
+            "price",
+            "size",
+        )
+    }
+    sides = t["side"].astype(np.uint8).tobytes().decode("ascii")
+    return [
+        {
+            "interval": interval_name(int(iv)),
+            **{k: v[i] for k, v in cols.items()},
+            "side": sides[i],
+        }
+        for i, iv in enumerate(added.late_intervals.tolist())
+    ]

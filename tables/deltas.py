@@ -28,9 +28,9 @@ import numpy as np
 import orjson
 
 from models.bar_events import LATE_TRADES
+from models.intervals import parse_interval
 from models.mbo import F_LAST, UNDEF_PRICE, instrument_key
 from tables.bar_state import PartitionedState
-from tables.bars import parse_interval
 from tables.book_engine import complete_events
 
 SECOND_NS = 1_000_000_000

@@ -21,7 +21,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from tables.bars import Bar, interval_name
+from models.intervals import interval_name
+from tables.bars import Bar
 
 
 @dataclass(frozen=True)

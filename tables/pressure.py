@@ -27,8 +27,9 @@ from typing import Any, Final
 
 import numpy as np
 
+from models.intervals import interval_name
 from models.mbo import UNDEF_PRICE
-from tables.bars import SIDE_BUY, SIDE_SELL, exact_dot, interval_name
+from tables.bars import SIDE_BUY, SIDE_SELL, exact_dot
 
 BUY: Final = 1
 SELL: Final = -1

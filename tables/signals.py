@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from tables.bars import interval_name
+from models.intervals import interval_name
 from tables.baselines import Baselines, SessionClock, Stat, window_values
 from tables.pressure import PressureWindow
 

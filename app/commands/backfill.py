@@ -32,6 +32,7 @@ from app.settings import Settings
 from models import book_events
 from models.bar_events import INDICATORS, LATE_TRADES, bars_topic
 from models.trades import trades_from_mbo
+from tables import book_messages
 from tables.bar_state import BarStage
 from tables.book_state import BookSet
 from tables.deltas import BARS, BOOKS, BookSeconds, DeltaMerge, item_parts
@@ -120,7 +121,7 @@ class _BooksStage:
         pos = self.positions[iid] = self.positions.get(iid, -1) + 1
         applied = self.books.process(iid, batch.records, pos, self.seconds)
         assert applied is not None
-        out = book_events.messages(iid, applied, self.books)
+        out = book_messages.messages(iid, applied, self.books)
         for base, message in out.items():
             self.topics[base].append(message)
         return out

@@ -27,7 +27,8 @@ from app.commands.mbp import fmt_price, fmt_ts
 from app.faust_app import app, settings
 from app.feeds.mbo_files import InputError, open_trades
 from app.progress import Progress
-from tables.bars import NS, Bar, BarEngine, parse_interval
+from models.intervals import NS, parse_interval
+from tables.bars import Bar, BarEngine
 
 HEADER = [
     "ts_event",

@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 from app.commands.mbp import fmt_price, fmt_ts
 from app.commands.ohlcv import write_ohlcv
 from app.feeds.mbo_files import open_mbo, open_trades
+from models.intervals import interval_name, parse_interval
 from models.mbo import empty_records
 from models.trades import empty_trades, trades_from_mbo
-from tables.bars import Bar, BarEngine, interval_name, parse_interval
+from tables.bars import Bar, BarEngine
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "glbx-mdp3"
 TRADES = DATA / "futures-2024-07-01T23-58_2024-07-02T00-02.trades.dbn.zst"

@@ -259,8 +259,8 @@ def test_quote_rule_on_real_itch_trades_agrees_with_databento_books() -> None:
 
     from app.feeds.batching import Batcher
     from app.feeds.mbo_files import read_all
-    from models import book_events
     from models.trades import trades_from_columns
+    from tables import book_messages
     from tables.book_state import BookSet
     from tests.conftest import ARL_MBO_CSV, ARL_MBP10_CSV, require
 
@@ -273,7 +273,7 @@ def test_quote_rule_on_real_itch_trades_agrees_with_databento_books() -> None:
         if not books.loaded(iid):
             books.load(iid, 0, {}.get)
         applied = books.process(iid, batch.records, pos)
-        out = book_events.messages(iid, applied, books)
+        out = book_messages.messages(iid, applied, books)
         if "trades" in out or "bbo" in out:
             t, ev = trades_from_columns(out["trades"]) if "trades" in out else (_trades([]), [])
             f = flows.flow(t, np.asarray(ev, np.int64), out.get("bbo"))

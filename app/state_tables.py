@@ -1,5 +1,5 @@
-"""The Faust tables, declared once. The state they hold is defined by the plain classes
-beside this module; this is the only module under tables/ that knows about Faust."""
+"""The Faust tables, declared once. The state they hold is defined by the plain classes under
+tables/, which know nothing of Faust."""
 
 from __future__ import annotations
 
