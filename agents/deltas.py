@@ -1,6 +1,6 @@
 """The one-second delta stream: `delta.parts` in (the books and bars agents' parts of each
 second, with their watermarks), `deltas` out, one record per instrument per second in which
-something changed (tables/deltas.py; README, "The delta topic"). The merge of each partition
+something changed (tables/deltas.py; docs/topics.md, "The delta topic"). The merge of each partition
 is checkpointed in the `deltas` table (tables/deltas.py gives the keys; app/checkpoints.py
 says when).
 

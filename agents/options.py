@@ -1,8 +1,8 @@
 """Options aggregated by group: `options.parts` in (each option's closed pressure windows as
 parts of its groups, and every source partition's pressure watermark), `options.pressure` and
-`options.signals` out, keyed by group (tables/options.py; README, "Options aggregation"). Each
-partition's groups are checkpointed in the `options` table (tables/options_state.py gives the
-keys; app/checkpoints.py says when).
+`options.signals` out, keyed by group (tables/options.py; docs/flow-detection.md, "Options
+aggregation"). Each partition's groups are checkpointed in the `options` table
+(tables/options_state.py gives the keys; app/checkpoints.py says when).
 
 A group's window is published once every source partition's watermark has passed its end, so
 it holds every contract's window whatever the pace, batching or partition count, and is the

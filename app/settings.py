@@ -1,6 +1,6 @@
 """Every setting of tapestream, read once from the environment.
 
-README's "Configuration" table documents each of these; keep the two in step.
+docs/configuration.md's table documents each of these; keep the two in step.
 """
 
 from __future__ import annotations

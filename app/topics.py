@@ -63,14 +63,14 @@ BAR_TOPICS = {
 for _out in BAR_TOPICS.values():
     output_sources[_out.get_topic_name()] = trades.get_topic_name()
 # What the books agent publishes for institutional flow detection: JSON, one message per closed
-# pressure window or signal (README, "Institutional flow detection", describes them).
+# pressure window or signal (docs/flow-detection.md describes them).
 IFD_TOPICS = {name: _topic(settings.topic(name)) for name in (PRESSURE, SIGNALS)}
 for _out in IFD_TOPICS.values():
     output_sources[_out.get_topic_name()] = RAW_MBO
 
 # The one-second delta stream (tables/deltas.py): the books and bars agents write their parts
 # of each second to `delta.parts` (JSON, with the writer and its watermark in headers), and the
-# deltas agent merges them into `deltas` (README, "The delta topic"). Every topic with this
+# deltas agent merges them into `deltas` (docs/topics.md, "The delta topic"). Every topic with this
 # partition count falls in one of Faust's copartitioned groups, so both writers of a
 # `delta.parts` partition share the transaction of that partition's raw input.
 delta_parts = _topic(settings.topic("delta.parts"), internal=True)

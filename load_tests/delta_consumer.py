@@ -4,7 +4,7 @@ bars, indicators, pressure and signals, and prints a line per instrument now and
 
     python -m load_tests.delta_consumer --bootstrap 127.0.0.1:9092 --topic deltas
 
-README ("The delta topic") documents the record. A delta repeated under at-least-once (same
+docs/topics.md ("The delta topic") documents the record. A delta repeated under at-least-once (same
 instrument_id and start) is recognised and skipped.
 """
 

@@ -2,7 +2,7 @@
 (local state kept or wiped) ends with books equal to the generator's ground truth, and
 `book.deltas`, read with read_committed from the start and applied as an L2 feed, reproduces
 them exactly: nothing lost, nothing doubled (under at-least-once, repeats carry an event number
-already seen and are dropped by it, as the README tells consumers to)."""
+already seen and are dropped by it, as docs/topics.md tells consumers to)."""
 
 from __future__ import annotations
 
