@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -122,7 +123,9 @@ def run_round(
     n: int, path: Path, want: dict[str, Any], args: argparse.Namespace, rng: random.Random
 ) -> dict[str, Any]:
     guarantee = args.guarantees[n % len(args.guarantees)]
-    tag = f"chaos{rng.getrandbits(32):08x}"
+    # Named afresh each run (the seed fixes the faults, not the names): a run stopped before
+    # its clean-up leaves its topics behind, and a rerun must not replay into them.
+    tag = f"chaos{secrets.token_hex(4)}"
     tmp = Path(tempfile.mkdtemp(prefix=f"{tag}-"))
     base = {
         **os.environ,

@@ -153,15 +153,8 @@ def _dbn_schema(path: Path) -> str | None:
             format="dbn.zst" if path.name.lower().endswith(".zst") else "dbn",
             size=path.stat().st_size,
         )
-        buf = bytearray()
-        raw = _raw_bytes(f, fh)
         try:
-            _fill(buf, raw, 8)
-            if len(buf) < 8 or buf[:3] != _DBN_MAGIC:
-                return None
-            (meta_len,) = struct.unpack_from("<I", buf, 4)
-            _fill(buf, raw, 8 + meta_len)
-            meta = databento_dbn.Metadata.decode(bytes(buf[: 8 + meta_len]))
+            meta, _ = _metadata(f, _raw_bytes(f, fh), _Pending())
         except Exception:
             return None  # the real read reports what is wrong, with its position
     return str(meta.schema) if meta.schema is not None else None
@@ -176,10 +169,14 @@ def read_all(path: str | Path) -> np.ndarray:
 # --- DBN -------------------------------------------------------------------------------------
 
 
-def _raw_bytes(f: MboFile, fh: BinaryIO) -> Iterator[bytes]:
-    """Decompressed bytes of the file, checking that every zstd frame is complete."""
+def _raw_bytes(
+    f: MboFile, fh: BinaryIO, want: Callable[[], int] = lambda: _READ_BYTES
+) -> Iterator[bytes]:
+    """Decompressed bytes of the file, checking that every zstd frame is complete. A plain
+    file is read `want()` bytes at a time: what completes the next chunk, which is then carved
+    from the block read, with no copy."""
     if f.format == "dbn":
-        while block := fh.read(_READ_BYTES):
+        while block := fh.read(max(want(), 1 << 16)):
             f.bytes_read += len(block)
             yield block
         return
@@ -217,47 +214,92 @@ class _TruncatedFrame(Exception):
     pass
 
 
+class _Pending:
+    """Decompressed bytes not carved yet: blocks joined only when a chunk's worth is there (one
+    copy), and carved as views of the joined bytes (no copy)."""
+
+    def __init__(self) -> None:
+        self.blocks: list[bytes | memoryview] = []
+        self.size = 0
+
+    def add(self, block: bytes | memoryview) -> None:
+        self.blocks.append(block)
+        self.size += len(block)
+
+    def take(self) -> bytes:
+        one = len(self.blocks) == 1 and isinstance(self.blocks[0], bytes)
+        data = self.blocks[0] if one else b"".join(self.blocks)
+        self.blocks, self.size = [], 0
+        return data
+
+    def fill(self, raw: Iterator[bytes], n: int) -> bytes:
+        """At least n bytes if the stream has them, taken."""
+        while self.size < n:
+            block = next(raw, None)
+            if block is None:
+                break
+            self.add(block)
+        return self.take()
+
+
+def _metadata(
+    f: MboFile, raw: Iterator[bytes], pending: _Pending
+) -> tuple[databento_dbn.Metadata, int]:
+    """The stream's DBN metadata and its end (the offset of the first record); the bytes read
+    past it stay pending."""
+    # Header: b"DBN" + version byte + u32 metadata length, then the metadata.
+    data = pending.fill(raw, 8)
+    if len(data) < 8 or data[:3] != _DBN_MAGIC:
+        raise InputError(f.path, "byte 0", "not a DBN stream (missing 'DBN' header)")
+    (meta_len,) = struct.unpack_from("<I", data, 4)
+    pending.add(data)
+    data = pending.fill(raw, 8 + meta_len)
+    if len(data) < 8 + meta_len:
+        raise InputError(f.path, "metadata", "truncated: file ends inside the DBN metadata")
+    try:
+        meta = databento_dbn.Metadata.decode(data[: 8 + meta_len])
+    except Exception as exc:
+        raise InputError(f.path, "metadata", f"unreadable DBN metadata ({exc})") from None
+    pending.add(data[8 + meta_len :])
+    return meta, 8 + meta_len
+
+
 def _dbn_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
+    target = chunk_records * f.kind.size
     with open(f.path, "rb") as fh:
-        raw = _raw_bytes(f, fh)
-        buf = bytearray()
-        # Header: b"DBN" + version byte + u32 metadata length, then the metadata.
-        _fill(buf, raw, 8)
-        if len(buf) < 8 or buf[:3] != _DBN_MAGIC:
-            raise InputError(f.path, "byte 0", "not a DBN stream (missing 'DBN' header)")
-        (meta_len,) = struct.unpack_from("<I", buf, 4)
-        _fill(buf, raw, 8 + meta_len)
-        if len(buf) < 8 + meta_len:
-            raise InputError(f.path, "metadata", "truncated: file ends inside the DBN metadata")
-        try:
-            meta = databento_dbn.Metadata.decode(bytes(buf[: 8 + meta_len]))
-        except Exception as exc:
-            raise InputError(f.path, "metadata", f"unreadable DBN metadata ({exc})") from None
+        pending = _Pending()
+        raw = _raw_bytes(f, fh, lambda: target - pending.size)
+        meta, offset = _metadata(f, raw, pending)
         schema = str(meta.schema) if meta.schema is not None else None
         if schema not in (None, f.kind.schema):
             raise InputError(f.path, "metadata", f"schema is {schema}, expected {f.kind.schema}")
         f.dataset = meta.dataset
         f.symbols = _symbols_from_mappings(meta.mappings)
-        del buf[: 8 + meta_len]
-        offset = 8 + meta_len  # decompressed byte offset of buf[0], for error positions
-        target = chunk_records * f.kind.size
+        # offset: the decompressed byte offset of the pending bytes, for error positions
         truncated_frame = False
         try:
             for block in raw:
-                buf += block
-                while len(buf) >= target:
-                    used, out = _carve(f, buf, offset, target)
-                    del buf[:used]
+                pending.add(block)
+                if pending.size < target:
+                    continue
+                data = pending.take()
+                pos = 0
+                while len(data) - pos >= target:
+                    used, out = _carve(f, data, pos, offset, target)
+                    pos += used
                     offset += used
                     if len(out):
                         yield out
+                if pos < len(data):
+                    pending.add(memoryview(data)[pos:])  # joined with the next block: no copy now
         except _TruncatedFrame:
             truncated_frame = True
         # Whatever is whole is yielded before any error, so a caller can say what it used.
-        used = -1
+        data = pending.take()
+        pos, used = 0, -1
         while used != 0:
-            used, out = _carve(f, buf, offset, target)
-            del buf[:used]
+            used, out = _carve(f, data, pos, offset, target)
+            pos += used
             offset += used
             if len(out):
                 yield out
@@ -267,50 +309,45 @@ def _dbn_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
                 f"compressed byte {f.bytes_read} (after {f.records_read} whole records)",
                 "truncated: the zstd stream ends inside a frame",
             )
-        if buf:
+        if pos < len(data):
             raise InputError(
                 f.path,
                 f"byte {offset} (record {f.records_read + f.records_skipped})",
-                f"truncated: {len(buf)} trailing bytes are not a whole record",
+                f"truncated: {len(data) - pos} trailing bytes are not a whole record",
             )
 
 
-def _fill(buf: bytearray, raw: Iterator[bytes], n: int) -> None:
-    while len(buf) < n:
-        block = next(raw, None)
-        if block is None:
-            return
-        buf += block
-
-
-def _carve(f: MboFile, buf: bytearray, offset: int, limit: int) -> tuple[int, np.ndarray]:
-    """Whole records in the first `limit` bytes of buf: (bytes used, records of f.kind)."""
+def _carve(f: MboFile, data: bytes, start: int, offset: int, limit: int) -> tuple[int, np.ndarray]:
+    """Whole records in the `limit` bytes of data from start (at byte `offset` of the stream):
+    (bytes used, records of f.kind, a view of data)."""
     k = f.kind
-    n = min(len(buf), limit) // k.size
+    n = min(len(data) - start, limit) // k.size
     if n == 0:
-        return _carve_mixed(f, buf, offset, limit)
-    arr = np.frombuffer(bytes(buf[: n * k.size]), dtype=k.dtype)
+        return _carve_mixed(f, data, start, offset, limit)
+    arr = np.frombuffer(data, dtype=k.dtype, count=n, offset=start)
     if (arr["length"] == k.length_words).all() and (arr["rtype"] == k.rtype).all():
         f.records_read += n
         return n * k.size, arr
-    return _carve_mixed(f, buf, offset, limit)
+    return _carve_mixed(f, data, start, offset, limit)
 
 
-def _carve_mixed(f: MboFile, buf: bytearray, offset: int, limit: int) -> tuple[int, np.ndarray]:
+def _carve_mixed(
+    f: MboFile, data: bytes, start: int, offset: int, limit: int
+) -> tuple[int, np.ndarray]:
     """Slow path for streams that interleave other record types (or carry ts_out)."""
     k = f.kind
-    pos, keep = 0, []
-    end = min(len(buf), max(limit, 255 * 4))
+    pos, keep = start, []
+    end = start + min(len(data) - start, max(limit, 255 * 4))
     while pos + 2 <= end:
-        length = buf[pos] * 4
+        length = data[pos] * 4
         if length < 16:
             raise InputError(
-                f.path, f"byte {offset + pos}", f"corrupt record header (length {length})"
+                f.path, f"byte {offset + pos - start}", f"corrupt record header (length {length})"
             )
         if pos + length > end:
             break
-        if buf[pos + 1] == k.rtype and length >= k.size:
-            rec = bytearray(buf[pos : pos + k.size])
+        if data[pos + 1] == k.rtype and length >= k.size:
+            rec = bytearray(data[pos : pos + k.size])
             rec[0] = k.length_words  # drop a trailing ts_out: the record is re-framed alone
             keep.append(bytes(rec))
             f.records_read += 1
@@ -318,7 +355,7 @@ def _carve_mixed(f: MboFile, buf: bytearray, offset: int, limit: int) -> tuple[i
             f.records_skipped += 1
         pos += length
     out = np.frombuffer(b"".join(keep), dtype=k.dtype) if keep else k.empty(0)
-    return pos, out
+    return pos - start, out
 
 
 def _symbols_from_mappings(mappings: dict) -> dict[int, str]:
