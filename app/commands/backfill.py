@@ -2,10 +2,11 @@
 
 Records are cut into the same messages replay would send (`Batcher`) and handed to the same
 classes under tables/ the agents use, so the output equals the live path's. Each output topic
-is written as `DIR/<topic>.jsonl`, one row per line (a topic message's columns, unrolled: one
-line per level change, BBO change or trade), and each table's final state as
-`DIR/<table>.table.jsonl`, one JSON object per line, sorted by key; files appear only when the
-whole run succeeded.
+is written as `DIR/<topic>.jsonl` as it is made, one row per line (a topic message's columns,
+unrolled: one line per level change, BBO change or trade), so memory holds the state (books,
+open windows), not the output; each table's final state goes to `DIR/<table>.table.jsonl`,
+one JSON object per line, sorted by key. Files appear only when the whole run succeeded
+(app/commands/backfill_outputs.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import orjson
 from faust.cli import argument, option
 
 from app.commands import exit_with
+from app.commands.backfill_outputs import FileOutputs, MemoryOutputs, Outputs
 from app.faust_app import app
 from app.feeds.batching import Batch, Batcher
 from app.feeds.mbo_files import InputError, is_definition_file, open_mbo, read_definitions
@@ -59,6 +61,8 @@ class BackfillResult:
     # the flow detection state at the end (what `faust -A app baselines` loads)
     ifd: IfdStage | None = None
     options: OptionsAggregator | None = None
+    # rows per output topic
+    counts: dict[str, int] = field(default_factory=dict)
 
     def topic_rows(self, topic: str) -> Iterator[dict[str, Any]]:
         for message in self.topics[topic]:
@@ -71,10 +75,7 @@ class BackfillResult:
             "seconds": round(self.seconds, 3),
             "records_per_s": round(self.records / self.seconds) if self.seconds > 0 else None,
             "tables": {k: len(v) for k, v in self.tables.items()},
-            "topics": {
-                **{k: sum(len(m["event"]) for m in v) for k, v in self.topics.items()},
-                **{k: len(v) for k, v in self.row_topics.items()},
-            },
+            "topics": self.counts,
         }
 
 
@@ -102,16 +103,14 @@ class _BooksStage:
 
     table = "books"
 
-    def __init__(self, depth: int = BOOK_TABLE_DEPTH, delta_depth: int = BOOK_TABLE_DEPTH) -> None:
+    def __init__(self, out: Outputs, delta_depth: int = BOOK_TABLE_DEPTH) -> None:
         self.books = BookSet()
         self.seconds = BookSeconds(self.books.tops, delta_depth)
-        self.depth = depth
+        self.depth = BOOK_TABLE_DEPTH
         self.positions: dict[int, int] = {}
-        self.topics: dict[str, list[dict[str, Any]]] = {
-            book_events.DELTAS: [],
-            book_events.BBO: [],
-            book_events.TRADES: [],
-        }
+        self.out = out
+        for topic in (book_events.DELTAS, book_events.BBO, book_events.TRADES):
+            out.declare(topic, columnar=True)
 
     def on_batch(self, batch: Batch) -> dict[str, dict]:
         iid = batch.instrument_id
@@ -123,7 +122,7 @@ class _BooksStage:
         assert applied is not None
         out = book_messages.messages(iid, applied, self.books)
         for base, message in out.items():
-            self.topics[base].append(message)
+            self.out.message(base, message)
         return out
 
     def table_rows(self) -> list[dict[str, Any]]:
@@ -143,16 +142,15 @@ class _BarsStage:
 
     table = "indicators"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, out: Outputs) -> None:
         self.stage = BarStage(
             settings.bar_intervals_ns, settings.lateness_ns, settings.pattern_config()
         )
-        self.topics: dict[str, list[dict[str, Any]]] = {
-            **{bars_topic(iv): [] for iv in self.stage.engine.intervals},
-            INDICATORS: [],
-            LATE_TRADES: [],
-            SIGNALS: [],
-        }
+        self.out = out
+        for iv in self.stage.engine.intervals:
+            out.declare(bars_topic(iv))
+        for topic in (INDICATORS, LATE_TRADES, SIGNALS):
+            out.declare(topic)
         self.received_through: int | None = None
 
     def on_records(self, records: np.ndarray) -> list[tuple[str, dict[str, Any]]]:
@@ -162,7 +160,7 @@ class _BarsStage:
         self.received_through = int(records["ts_recv"].max())
         rows += self.stage.advance(self.received_through)
         for topic, row in rows:
-            self.topics[topic].append(row)
+            self.out.row(topic, row)
         return rows
 
     def table_rows(self) -> list[dict[str, Any]]:
@@ -176,12 +174,12 @@ class _IfdStage:
 
     table = "baselines"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, out: Outputs) -> None:
         self.stage = IfdStage(settings.ifd_config())
         self.options = OptionsAggregator(settings.ifd_config(), sources=1)
-        self.topics: dict[str, list[dict[str, Any]]] = {
-            name: [] for name in (PRESSURE, SIGNALS, OPTIONS_PRESSURE, OPTIONS_SIGNALS)
-        }
+        self.out = out
+        for topic in (PRESSURE, SIGNALS, OPTIONS_PRESSURE, OPTIONS_SIGNALS):
+            out.declare(topic)
 
     def on_messages(self, iid: int, messages: dict[str, dict]) -> None:
         self.stage.add_book_output(iid, messages)
@@ -189,7 +187,7 @@ class _IfdStage:
     def advance(self, bound: int | None) -> list[tuple[str, dict[str, Any]]]:
         rows = self.stage.advance(bound) if bound is not None else []
         for topic, row in rows:
-            self.topics[topic].append(row)
+            self.out.row(topic, row)
         self._aggregate()
         return rows
 
@@ -207,7 +205,7 @@ class _IfdStage:
         wm = self.stage.pressure.watermark
         if wm is not None:
             for topic, row in self.options.advance(0, wm):
-                self.topics[topic].append(row)
+                self.out.row(topic, row)
 
     def table_rows(self) -> list[dict[str, Any]]:
         return self.stage.baseline_rows()
@@ -217,11 +215,12 @@ class _DeltasStage:
     """The deltas agent's merge over the books' seconds (closed by the source bound, as live)
     and the bars and flow detection items, published as both have passed each second."""
 
-    def __init__(self, settings: Settings, seconds: BookSeconds) -> None:
+    def __init__(self, settings: Settings, seconds: BookSeconds, out: Outputs) -> None:
         self.seconds = seconds
         self.lateness = settings.lateness_ns
         self.merge = DeltaMerge()
-        self.rows: list[dict[str, Any]] = []
+        self.out = out
+        out.declare(DELTAS)
 
     def items(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
         for part in item_parts(rows, self.lateness):
@@ -233,8 +232,8 @@ class _DeltasStage:
         self.seconds.release(0, books_bound)
         for part in self.seconds.take():
             self.merge.add(*part)
-        self.rows += self.merge.advance(BARS, bars_bound)
-        self.rows += self.merge.advance(BOOKS, books_bound)
+        for row in (*self.merge.advance(BARS, bars_bound), *self.merge.advance(BOOKS, books_bound)):
+            self.out.row(DELTAS, row)
 
 
 def backfill_files(
@@ -243,15 +242,19 @@ def backfill_files(
     *,
     limit: int | None = None,
     progress: bool = True,
+    outputs: Outputs | None = None,
 ) -> BackfillResult:
+    """Run the files through every stage. Topics' rows go to `outputs` as they are made; by
+    default they are kept in the result (`topics`, `row_topics`)."""
     defined = [(str(p), read_definitions(p)) for p in paths if is_definition_file(p)]
     files = [open_mbo(p) for p in paths if not is_definition_file(p)]
-    books = _BooksStage(delta_depth=settings.delta_depth)
-    bars = _BarsStage(settings)
-    ifd = _IfdStage(settings)
+    out = MemoryOutputs() if outputs is None else outputs
+    books = _BooksStage(out, delta_depth=settings.delta_depth)
+    bars = _BarsStage(settings, out)
+    ifd = _IfdStage(settings, out)
     for path, definitions in defined:  # before any MBO, as replay sends them
         ifd.define(path, definitions)
-    deltas = _DeltasStage(settings, books.seconds)
+    deltas = _DeltasStage(settings, books.seconds, out)
     instruments = _InstrumentsStage()
     stages: list[Any] = [instruments, books]
     result = BackfillResult()
@@ -290,39 +293,15 @@ def backfill_files(
         bar.close()
         if remaining == 0:
             break
-    for stage in stages:
+    for stage in (*stages, bars, ifd):
         result.tables[stage.table] = stage.table_rows()
-        result.topics.update(getattr(stage, "topics", {}))
-    result.tables[bars.table] = bars.table_rows()
-    result.row_topics.update(bars.topics)
-    result.tables[ifd.table] = ifd.table_rows()
     result.ifd = ifd.stage
     result.options = ifd.options
-    for topic, rows in ifd.topics.items():  # signals: patterns from bars, then flow signals
-        result.row_topics.setdefault(topic, []).extend(rows)
-    result.row_topics[DELTAS] = deltas.rows
+    if isinstance(out, MemoryOutputs):
+        result.topics, result.row_topics = out.topics, out.row_topics
+    result.counts = out.counts()
     result.seconds = time.monotonic() - t0
     return result
-
-
-def write_outputs(result: BackfillResult, out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    named: list[tuple[str, Iterable[dict[str, Any]]]] = [
-        (f"{t}.jsonl", result.topic_rows(t)) for t in result.topics
-    ]
-    named += [(f"{t}.jsonl", rows) for t, rows in result.row_topics.items()]
-    named += [(f"{t}.table.jsonl", rows) for t, rows in result.tables.items()]
-    for name, rows in named:
-        path = out_dir / name
-        tmp = path.with_name(path.name + ".part")
-        with open(tmp, "wb") as fh:
-            for row in rows:
-                fh.write(orjson.dumps(row))
-                fh.write(b"\n")
-        tmp.replace(path)
-        written.append(path)
-    return written
 
 
 @app.command(
@@ -345,11 +324,20 @@ async def backfill(
 
     if limit is not None and limit < 1:
         exit_with("--limit must be at least 1", 2)
+    outputs = FileOutputs(Path(out_dir))
     try:
-        result = backfill_files(inputs, settings, limit=limit, progress=not no_progress)
+        result = backfill_files(
+            inputs, settings, limit=limit, progress=not no_progress, outputs=outputs
+        )
     except InputError as exc:
+        outputs.abort()
         exit_with(f"{exc}\nbackfill stopped; no output was written")
-    paths = write_outputs(result, Path(out_dir))
+    except BaseException:
+        outputs.abort()
+        raise
+    for table, rows in result.tables.items():
+        outputs.write(f"{table}.table.jsonl", rows)
+    paths = outputs.commit()
     print(
         f"backfilled {result.records:,} records in {result.seconds:.2f} s; wrote "
         + ", ".join(str(p) for p in paths),

@@ -30,6 +30,7 @@ from faust.cli import argument, option
 
 from app.commands import exit_with
 from app.commands.backfill import BackfillResult, backfill_files
+from app.commands.backfill_outputs import DiscardOutputs
 from app.commands.replay import ensure_topic
 from app.faust_app import app
 from app.feeds.mbo_files import InputError
@@ -145,7 +146,8 @@ async def _held(settings: Settings, topic: str, partitions: int) -> int:
 
 
 def build(paths: Sequence[str], settings: Settings, progress: bool) -> BackfillResult:
-    return backfill_files(paths, settings, progress=progress)
+    # Only the final state is used: the rows are counted, not kept.
+    return backfill_files(paths, settings, progress=progress, outputs=DiscardOutputs())
 
 
 @app.command(

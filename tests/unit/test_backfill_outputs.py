@@ -1,0 +1,63 @@
+"""Backfill's outputs: the command streams every topic to its file as rows are made, the same
+rows the in-memory result holds; a run that fails on bad input leaves no file behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from app.commands.backfill import backfill_files
+from app.commands.backfill_outputs import FileOutputs
+from app.settings import load_settings
+from load_tests.gen_mbo import GenConfig, write
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def mbo_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("gen") / "out.mbo.dbn.zst"
+    write(path, GenConfig(records=60_000, instruments=4, events_per_second=100, seed=6))
+    return path
+
+
+def _lines(path: Path) -> list[bytes]:
+    return sorted(path.read_bytes().splitlines())
+
+
+def test_files_hold_the_rows_the_result_holds(mbo_file: Path, tmp_path: Path) -> None:
+    settings = load_settings({})
+    kept = backfill_files([str(mbo_file)], settings, progress=False)
+    outputs = FileOutputs(tmp_path / "out")
+    streamed = backfill_files([str(mbo_file)], settings, progress=False, outputs=outputs)
+    paths = {p.name for p in outputs.commit()}
+    assert streamed.counts == kept.counts and kept.counts["book.deltas"] > 10_000
+    assert kept.counts["bars.1m"] > 0 and kept.counts["deltas"] > 0
+    for topic in kept.topics:
+        want = sorted(orjson.dumps(r) for r in kept.topic_rows(topic))
+        assert _lines(tmp_path / "out" / f"{topic}.jsonl") == want, topic
+    for topic, rows in kept.row_topics.items():
+        assert _lines(tmp_path / "out" / f"{topic}.jsonl") == sorted(map(orjson.dumps, rows))
+    assert paths == {f"{t}.jsonl" for t in (*kept.topics, *kept.row_topics)}
+    assert not list((tmp_path / "out").glob("*.part"))
+
+
+def test_a_bad_input_leaves_no_output(mbo_file: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.mbo.dbn.zst"
+    cut.write_bytes(mbo_file.read_bytes()[: mbo_file.stat().st_size // 2])
+    out = tmp_path / "out"
+    backfill = [sys.executable, "-m", "faust", "-A", "app", "backfill"]
+    done = subprocess.run(
+        [*backfill, str(mbo_file), str(cut), "--out", str(out), "--no-progress"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert "truncated" in done.stderr and "no output was written" in done.stderr
+    assert not out.exists() or not list(out.iterdir())
