@@ -31,6 +31,7 @@ import numpy as np
 
 from models.intervals import interval_name
 from models.trades import TRADE_DTYPE
+from tables.watermark import Watermark
 
 SIDE_BUY: Final = ord("B")
 SIDE_SELL: Final = ord("A")
@@ -192,22 +193,24 @@ class BarEngine:
     def __init__(self, intervals_ns: list[int], lateness_ns: int) -> None:
         if not intervals_ns or any(i <= 0 for i in intervals_ns):
             raise ValueError("intervals must be positive")
-        if lateness_ns < 0:
-            raise ValueError("lateness must not be negative")
         self.intervals = sorted(set(intervals_ns))
-        self.lateness = lateness_ns
-        # Windows ending at or before this are closed (emitted, or emitted at the next close).
-        self.watermark: int | None = None
+        # Windows ending at or before it are closed (emitted, or emitted at the next close).
+        self.clock = Watermark(lateness_ns)
         self.late_count = 0
         self._instruments: dict[int, _Instrument] = {}
         self._ends: list[tuple[int, int, int]] = []  # heap of (window end, interval, instrument)
 
+    @property
+    def watermark(self) -> int | None:
+        return self.clock.value
+
+    @watermark.setter
+    def watermark(self, value: int | None) -> None:
+        self.clock.value = value
+
     def advance(self, received_through: int) -> None:
-        """Every trade still to come was received at or after `received_through` (ts_recv, ns):
-        the watermark moves to that less the lateness, and never back."""
-        wm = received_through - self.lateness
-        if self.watermark is None or wm > self.watermark:
-            self.watermark = wm
+        """Every trade still to come was received at or after `received_through` (ts_recv)."""
+        self.clock.advance(received_through)
 
     def add(self, instrument_id: int, trades: np.ndarray) -> Added:
         """Take one instrument's trades in arrival order; return those that came too late."""
@@ -235,10 +238,7 @@ class BarEngine:
     def _thresholds(self, trades: np.ndarray) -> np.ndarray:
         """Per trade, the window end it must beat: its arrival less the lateness, and the
         watermark (a window it has passed is closed)."""
-        limit = trades["ts_recv"].astype(np.int64) - self.lateness
-        if self.watermark is not None:
-            np.maximum(limit, self.watermark, out=limit)
-        return limit
+        return self.clock.limits(trades["ts_recv"])
 
     def _add(self, instrument_id: int, trades: np.ndarray, thresholds: np.ndarray) -> Added:
         ts = trades["ts_event"].astype(np.int64)

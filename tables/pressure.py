@@ -30,6 +30,7 @@ import numpy as np
 from models.intervals import interval_name
 from models.mbo import UNDEF_PRICE
 from tables.bars import SIDE_BUY, SIDE_SELL, exact_dot
+from tables.watermark import Watermark
 
 BUY: Final = 1
 SELL: Final = -1
@@ -225,26 +226,29 @@ class PressureEngine:
     interval_ns: int
     lateness_ns: int
     large_size: int
-    watermark: int | None = None
     late_count: int = 0
     _open: dict[tuple[int, int], _Acc] = field(default_factory=dict)  # (iid, start) -> acc
     _ends: list[tuple[int, int]] = field(default_factory=list)  # heap of (end, iid)
 
     def __post_init__(self) -> None:
-        if self.interval_ns <= 0 or self.lateness_ns < 0 or self.large_size < 1:
+        if self.interval_ns <= 0 or self.large_size < 1:
             raise ValueError("pressure needs a positive interval and large-trade size")
+        self.clock = Watermark(self.lateness_ns)
+
+    @property
+    def watermark(self) -> int | None:
+        return self.clock.value
+
+    @watermark.setter
+    def watermark(self, value: int | None) -> None:
+        self.clock.value = value
 
     def advance(self, received_through: int) -> None:
-        wm = received_through - self.lateness_ns
-        if self.watermark is None or wm > self.watermark:
-            self.watermark = wm
+        self.clock.advance(received_through)
 
     def _on_time(self, ts: np.ndarray, recv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         starts = ts - ts % self.interval_ns
-        limit = recv - self.lateness_ns
-        if self.watermark is not None:
-            limit = np.maximum(limit, self.watermark)
-        ok = starts + self.interval_ns > limit
+        ok = starts + self.interval_ns > self.clock.limits(recv)
         self.late_count += int((~ok).sum())
         return starts, ok
 
