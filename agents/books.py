@@ -30,7 +30,7 @@ from app.checkpoints import Checkpointer
 from app.dead_letters import processing_failed, send_dead_letter
 from app.delta_parts import PartSender
 from app.faust_app import app, settings
-from app.feeds.watermarks import SOURCE_OFFSET_HEADER, WM_HEADER, encode_ns, header
+from app.feeds.watermarks import SOURCE_OFFSET_HEADER, WM_HEADER, Passed, encode_ns, header
 from app.option_parts import OptionPartSender
 from app.state_tables import books as books_table
 from app.state_tables import ifd as ifd_table
@@ -76,7 +76,7 @@ lag_watch = LagWatch(settings.lag_limit)
 control.on_change(lambda config: ifd_set.set_signal_config(config.signal))
 # Per partition, the source's bound (ts_recv ns) and the last one passed on to `trades`.
 source_bound: dict[int, int] = {}
-passed_on: dict[int, int] = {}
+passed_on = Passed()
 # A bound that moves while no trade is sent is passed on once it has moved this far.
 PASS_ON_STEP_NS = 100_000_000
 
@@ -220,7 +220,7 @@ def _trade_headers(partition: int, offset: int) -> list[tuple[str, bytes]]:
     bound = source_bound.get(partition)
     if bound is not None:
         headers.append((WM_HEADER, encode_ns(bound)))
-        passed_on[partition] = bound
+        passed_on.mark(partition, bound)
     return headers
 
 
@@ -228,7 +228,7 @@ def _pass_on(partition: int, offset: int, step: int) -> None:
     """A marker on `trades` if the partition's bound moved more than `step` past the last one
     passed on."""
     bound = source_bound.get(partition)
-    if bound is None or bound - passed_on.get(partition, bound - step - 1) <= step:
+    if bound is None or not passed_on.due(partition, bound, more_than=step):
         return
     BOOK_TOPICS[TRADES].send_soon(
         key=None, value=b"", partition=partition, headers=_trade_headers(partition, offset)
@@ -237,6 +237,6 @@ def _pass_on(partition: int, offset: int, step: int) -> None:
 
 def _forget_bounds(partition: int) -> None:
     source_bound.pop(partition, None)
-    passed_on.pop(partition, None)
+    passed_on.forget(partition)
     delta_sender.forget(partition)
     option_sender.forget(partition)

@@ -16,16 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
-from faust.streams import _current_event
 from faust.types import EventT
 
 from app import metrics
-from app.transport import commit_guards, flush_buffered, partition_states
+from app.transport import as_event, commit_guards, flush_buffered, partition_states
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +38,6 @@ class CheckpointedState(Protocol):
 
 Writes = list[tuple[Any, bytes, bytes | None]]  # (table, key, value or None to delete)
 Checkpoint = dict[int, tuple[list[EventT], Writes]]  # partition -> (events covered, writes)
-
-
-@contextmanager
-def as_event(event: EventT) -> Iterator[None]:
-    """Table writes go to the changelog partition of the current event; a checkpoint runs
-    outside any event, so it writes as the last event of the partition it covers."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 class Checkpointer:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from app.feeds.watermarks import WM_HEADER, encode_ns, header
+from app.feeds.watermarks import WM_HEADER, Passed, encode_ns, header
 from app.topics import delta_parts
 from tables.deltas import SOURCES, Part, released_through
 
@@ -30,22 +30,22 @@ class PartSender:
     def __init__(self, source: str) -> None:
         self.source = source
         self._source_header = (SOURCE_HEADER, encode_ns(SOURCES.index(source)))
-        self._told: dict[int, int] = {}  # partition -> the second its last watermark released
+        self._told = Passed(released_through)  # a watermark is news once it closes a second
 
     def send(
         self, partition: int, parts: list[tuple[int, int, Part]], bound: int | None = None
     ) -> None:
         """The parts, then the watermark `bound` if it completes a second."""
         wm = None
-        if bound is not None and released_through(bound) > self._told.get(partition, -1):
-            self._told[partition] = released_through(bound)
+        if bound is not None and self._told.due(partition, bound):
+            self._told.mark(partition, bound)
             wm = (WM_HEADER, encode_ns(bound))
         if not parts and wm is None:
             return
         send_batched(delta_parts, partition, parts, self._source_header, wm)
 
     def forget(self, partition: int) -> None:
-        self._told.pop(partition, None)
+        self._told.forget(partition)
 
 
 def send_batched(

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.delta_parts import send_batched
-from app.feeds.watermarks import WM_HEADER, encode_ns
+from app.feeds.watermarks import WM_HEADER, Passed, encode_ns
 from app.topics import option_parts, partition_of
 from app.transport import SOURCE_PARTITION_HEADER
 
@@ -25,21 +25,19 @@ class OptionPartSender:
     def __init__(self, interval_ns: int, partitions: int) -> None:
         self.interval_ns = interval_ns
         self.partitions = partitions
-        self._told: dict[int, int] = {}  # source partition -> window ends its watermark passed
+        self._told = Passed(lambda wm: wm // interval_ns)  # news once it passes a window end
 
     def send(self, partition: int, parts: list[list[Any]], watermark: int | None) -> None:
         by_target: dict[int, list[list[Any]]] = {}
         for part in parts:
             by_target.setdefault(partition_of(part[0].encode()), []).append(part)
         wm = None
-        if watermark is not None and watermark // self.interval_ns > self._told.get(
-            partition, watermark // self.interval_ns - 1
-        ):
-            self._told[partition] = watermark // self.interval_ns
+        if watermark is not None and self._told.due(partition, watermark):
+            self._told.mark(partition, watermark)
             wm = (WM_HEADER, encode_ns(watermark))
         source = (SOURCE_PARTITION_HEADER, encode_ns(partition))
         for target in range(self.partitions) if wm else sorted(by_target):
             send_batched(option_parts, target, by_target.get(target, []), source, wm)
 
     def forget(self, partition: int) -> None:
-        self._told.pop(partition, None)
+        self._told.forget(partition)

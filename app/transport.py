@@ -1,12 +1,15 @@
-"""The Kafka transport, with offsets never committed ahead of the table state they cover.
+"""The Faust runtime under the agents: the Kafka transport, transactions, commits, rebalances
+and fenced or paused workers. Every use of Faust's and aiokafka's private names is in this
+module, each with its reason (tests/unit/test_transport.py and test_checkpoints.py test them).
 
-Under processing_guarantee="exactly_once", faust-streaming 0.15 commits a transaction's
-offsets without first draining its producer buffer, where table changelog writes wait
-(`send_soon`). Those writes then join the *next* transaction, after the offsets that cover
-them: a worker killed in between restarts from the committed offsets with state that lacks
-them, and the updates are lost. (At-least-once flushes first; see `Consumer._commit_offsets`.)
-Flushing before the commit puts every changelog write in the transaction of the offsets it
-belongs to, so state, outputs and offsets commit together.
+Offsets are never committed ahead of the table state they cover. Under exactly_once,
+faust-streaming 0.15 commits a transaction's offsets without first draining its producer
+buffer, where table changelog writes wait (`send_soon`). Those writes then join the *next*
+transaction, after the offsets that cover them: a worker killed in between restarts from the
+committed offsets with state that lacks them, and the updates are lost. (At-least-once flushes
+first; see `Consumer._commit_offsets`.) Flushing before the commit (`flush_buffered`) puts
+every changelog write in the transaction of the offsets it belongs to, so state, outputs and
+offsets commit together.
 """
 
 from __future__ import annotations
@@ -16,17 +19,19 @@ import gc
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 import faust
 from aiokafka.errors import IllegalOperation, ProducerFenced
 from faust.exceptions import ProducerSendError
+from faust.streams import _current_event
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as aiokafka_driver
-from faust.types import TP, TransportT
+from faust.types import TP, EventT, TransportT
 from faust.types.enums import ProcessingGuarantee
 
 from app import metrics
@@ -90,6 +95,18 @@ def source_partition(headers: Any) -> int | None:
                 raise ValueError(f"a {SOURCE_PARTITION_HEADER} header holds 8 bytes, not {len(v)}")
             return int.from_bytes(v, "big", signed=True)
     return None
+
+
+@contextmanager
+def as_event(event: EventT) -> Iterator[None]:
+    """Table writes go to the changelog partition of the current event; a checkpoint runs
+    outside any event, so it writes as the last event of the partition it covers. Faust keeps
+    the current event in a private context variable, which is the only way to say so."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 class _FlushMark:

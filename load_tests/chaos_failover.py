@@ -164,7 +164,25 @@ def run_round(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        while replay.poll() is None and time.monotonic() - t0 < args.round_limit / 2:
+        for step in args.script or ():
+            # a fixed schedule: wait, then the fault, whether or not the replay has ended
+            delay, action, name, *pause = step.split()
+            time.sleep(float(delay))
+            w = next(w for w in workers if w.name == name)
+            rnd.events.append(f"{time.monotonic() - t0:.0f}s {action} {name}")
+            if action == "pause":
+                w.pause(float(pause[0]) if pause else SESSION_TIMEOUT_S + 5)
+                continue
+            w.kill9()
+            if action == "wipe":
+                shutil.rmtree(w.env["TAPESTREAM_DATA_DIR"], ignore_errors=True)
+            time.sleep(float(pause[0]) if pause else 4)
+            w.start()
+        while (
+            not args.script
+            and replay.poll() is None
+            and time.monotonic() - t0 < args.round_limit / 2
+        ):
             time.sleep(rng.uniform(4, 15))
             if replay.poll() is not None:
                 break
@@ -257,6 +275,16 @@ def main(argv: list[str] | None = None) -> int:
         choices=["kill", "wipe", "join", "pause"],
         help="faults to draw from: kill -9 (state kept), kill -9 with the data directory "
         "wiped, a worker joining, a worker paused (SIGSTOP) past the session timeout",
+    )
+    p.add_argument(
+        "--script",
+        nargs="+",
+        metavar="STEP",
+        help="a fixed schedule instead of random faults: steps 'DELAY kill|wipe|pause WORKER "
+        "[SECONDS]' (wait DELAY s, then kill -9 the worker and restart it SECONDS later, "
+        "default 4, wipe its data directory too, or pause it SECONDS, default past the session "
+        "timeout). Issue #20's scenario: --workers 2 --speed 8 --script '12 kill w0 6' "
+        "'14 wipe w0 4'",
     )
     args = p.parse_args(argv)
     rng = random.Random(args.seed)

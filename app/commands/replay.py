@@ -184,7 +184,7 @@ class _Sender:
         """Markers (no key, no records, the bound in a header) to partitions behind by more
         than `step`."""
         for p, bound in self.wm.behind(bounds).items():
-            if bound - self.wm.told.get(p, bound - step - 1) > step:
+            if self.wm.told.due(p, bound, more_than=step):
                 fut = await self.producer.send(
                     self.topic, b"", partition=p, headers=self.wm.stamp(p, bound)
                 )

@@ -60,6 +60,29 @@ def partitioner(partitions: int) -> Callable[[int], int]:
     return of
 
 
+class Passed:
+    """Per partition, the last watermark passed downstream, and whether a new one is worth
+    passing: when it reaches a new step (`step(wm)` grows: a second of event time, a window
+    end; by default, any advance). Every hop that forwards a watermark keeps one of these."""
+
+    def __init__(self, step: Callable[[int], int] = lambda wm: wm) -> None:
+        self.step = step
+        self.last: dict[int, int] = {}
+
+    def due(self, partition: int, wm: int, more_than: int = 0) -> bool:
+        """Whether `wm` is news: it reaches a new step, and moved more than `more_than` past
+        the last one passed."""
+        last = self.last.get(partition)
+        return last is None or (self.step(wm) > self.step(last) and wm - last > more_than)
+
+    def mark(self, partition: int, wm: int) -> None:
+        last = self.last.get(partition)
+        self.last[partition] = wm if last is None else max(wm, last)
+
+    def forget(self, partition: int) -> None:
+        self.last.pop(partition, None)
+
+
 class SourceWatermarks:
     """Per partition, the lowest ts_recv the partition can still receive."""
 
@@ -67,7 +90,7 @@ class SourceWatermarks:
         self.partitions = partitions
         self.partition_of = partitioner(partitions)
         self.read_through: int | None = None  # the latest ts_recv read (records come in order)
-        self.told: dict[int, int] = {}  # partition -> the last bound sent to it
+        self.told = Passed()  # partition -> the last bound sent to it
 
     def read(self, ts_recv: int) -> None:
         """The next record to be handed to the batcher was received at `ts_recv`."""
@@ -87,9 +110,9 @@ class SourceWatermarks:
         return out
 
     def stamp(self, partition: int, bound: int) -> list[tuple[str, bytes]]:
-        self.told[partition] = max(bound, self.told.get(partition, bound))
+        self.told.mark(partition, bound)
         return [(WM_HEADER, encode_ns(bound))]
 
     def behind(self, bounds: dict[int, int]) -> dict[int, int]:
         """Partitions whose bound moved past what they were last told: they get a marker."""
-        return {p: b for p, b in bounds.items() if b > self.told.get(p, b - 1)}
+        return {p: b for p, b in bounds.items() if self.told.due(p, b)}
