@@ -235,6 +235,7 @@ def run_round(
                 wrong_counts.append(w.name)
         crashed = [w.name for w in workers if not w.alive()]
         ok = done_at is not None and not any(wrong_books.values()) and not wrong_counts
+        stands = None if ok and not crashed else where_it_stands(workers, base)
         return {
             "round": n,
             "guarantee": guarantee,
@@ -248,11 +249,59 @@ def run_round(
             "counts_differing_on": wrong_counts,
             "crashed": crashed,
             "logs": str(tmp),
+            **({"where_it_stands": stands} if stands else {}),
         }
     finally:
         for w in workers:
             w.stop()
         delete_deployment(base)
+
+
+def where_it_stands(workers: list[ChaosWorker], env: dict[str, str]) -> dict[str, Any]:
+    """What an operator would look at when processing stops: each worker's partitions and
+    local record count, and the group's committed offsets against the end of each input."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    settings = load_settings(env)
+    out: dict[str, Any] = {}
+    for w in workers:
+        try:
+            health = w.get("/health")
+            local = w.get("/instruments/?scope=local")
+            out[w.name] = {
+                "records": local.get("records"),
+                "partitions": health.get("active_partitions"),
+                "recovery": health.get("recovery"),
+            }
+        except Exception as exc:
+            out[w.name] = repr(exc)
+
+    async def offsets() -> dict[str, str]:
+        c = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=settings.app_id,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        await c.start()
+        try:
+            lag = {}
+            for topic in ("mbo.raw", "trades", "delta.parts", "options.parts"):
+                tps = [TopicPartition(settings.topic(topic), p) for p in range(settings.partitions)]
+                ends = await c.end_offsets(tps)
+                for tp in tps:
+                    lag[f"{topic}:{tp.partition}"] = f"{await c.committed(tp)}/{ends[tp]}"
+            return lag
+        finally:
+            await c.stop()
+
+    try:
+        out["committed/end"] = asyncio.run(offsets())
+    except Exception as exc:
+        out["committed/end"] = repr(exc)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
