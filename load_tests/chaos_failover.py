@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,15 @@ def run_round(
         delete_deployment(base)
 
 
+WATCHED_METRICS = (
+    "tapestream_messages_stale_total",
+    "tapestream_messages_duplicate_total",
+    "tapestream_partitions_fenced_total",
+    "tapestream_pauses_past_session_timeout_total",
+    "tapestream_messages_processed_total",
+)
+
+
 def where_it_stands(workers: list[ChaosWorker], env: dict[str, str]) -> dict[str, Any]:
     """What an operator would look at when processing stops: each worker's partitions and
     local record count, and the group's committed offsets against the end of each input."""
@@ -270,10 +280,17 @@ def where_it_stands(workers: list[ChaosWorker], env: dict[str, str]) -> dict[str
         try:
             health = w.get("/health")
             local = w.get("/instruments/?scope=local")
+            metrics = urllib.request.urlopen(w.url + "/metrics", timeout=5).read().decode()
             out[w.name] = {
                 "records": local.get("records"),
                 "partitions": health.get("active_partitions"),
                 "recovery": health.get("recovery"),
+                # events dropped as fetched before a rebalance, and partitions given up
+                "metrics": {
+                    line.split(" ")[0]: float(line.split(" ")[-1])
+                    for line in metrics.splitlines()
+                    if line.startswith(WATCHED_METRICS)
+                },
             }
         except Exception as exc:
             out[w.name] = repr(exc)
