@@ -138,7 +138,9 @@ start() {
   fi
   say "starting on 127.0.0.1:$port (logs: $log)"
   java_cmd kafka.Kafka "$run/server.properties"
-  "${java_args[@]}" </dev/null >"$run/stdout.log" 2>&1 &
+  # In a session of its own: Ctrl-C in the terminal that started it (make run) must not reach
+  # the broker while the worker and replay still flush to it; `stop` ends it.
+  setsid "${java_args[@]}" </dev/null >"$run/stdout.log" 2>&1 &
   echo $! >"$pidfile"
   disown
   for _ in $(seq 1 240); do
