@@ -128,10 +128,14 @@ async def flush_buffered(producer: Any) -> None:
     messages still buffered (under exactly_once they then joined the next transaction, after
     the offsets that cover them) and, while agents kept adding messages, did not return at all
     (a 64 s commit outlived its transaction's 60 s timeout and fenced the worker)."""
-    if producer.buffer.size:
-        mark = _FlushMark()
-        producer.buffer.put(mark)
-        await mark.reached
+    buffer = producer.buffer
+    if buffer.state != "running":
+        raise RuntimeError("cannot flush: the producer buffer is not running")
+    # Queued even when the buffer looks empty: the message its sender took last may still be
+    # on its way to the client, and the mark is reached only after it.
+    mark = _FlushMark()
+    buffer.put(mark)
+    await mark.reached
     for client in (producer._producer, *producer._transaction_producers.values()):
         if client is not None:
             await client.flush()
@@ -392,6 +396,14 @@ class GuardedProducer(aiokafka_driver.Producer):
         _background.add(task)
         task.add_done_callback(self._lost)
 
+    def _assigned(self, transactional_id: str) -> bool:
+        partition = int(transactional_id.rsplit("-", 1)[1])
+        inputs = {state.topic for state in partition_states}
+        return any(
+            tp.partition == partition and tp.topic in inputs
+            for tp in self.app.consumer.assignment()
+        )
+
     def _lost(self, task: asyncio.Future[Any]) -> None:
         _background.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -414,6 +426,10 @@ class GuardedProducer(aiokafka_driver.Producer):
         if transactional_id is not None and (
             transactional_id in self.fenced or transactional_id not in self._transaction_producers
         ):
+            if transactional_id not in self.fenced and self._assigned(transactional_id):
+                # Faust lost the producer of a partition still assigned here (it drops one
+                # whose begin found it fenced): nothing of it can commit any more.
+                self.fence(transactional_id, RuntimeError("no transactional producer"))
             # Bound for a transaction this worker can no longer commit: the events behind it
             # are processed again, from the committed offsets, by the partition's owner.
             metrics.messages_dropped_fenced.inc()
@@ -469,10 +485,11 @@ async def lose_partitions(app: Any, partitions: set[int], *, wipe: bool) -> None
         if wipe:
             for partition in sorted(partitions):
                 wipe_local_partition(app, partition)
-    if not app.rebalancing:  # else the group is rebalancing already
-        thread = app.consumer._thread
-        client = thread._ensure_consumer()
-        thread.thread_loop.call_soon_threadsafe(client._coordinator.request_rejoin)
+    # Even while a rebalance is under way: the partitions are refused until the next
+    # assignment, which this one may already have been.
+    thread = app.consumer._thread
+    client = thread._ensure_consumer()
+    thread.thread_loop.call_soon_threadsafe(client._coordinator.request_rejoin)
 
 
 def wipe_local_partition(app: Any, partition: int) -> None:

@@ -329,15 +329,15 @@ async def backfill(
         result = backfill_files(
             inputs, settings, limit=limit, progress=not no_progress, outputs=outputs
         )
+        for table, rows in result.tables.items():
+            outputs.write(f"{table}.table.jsonl", rows)
+        paths = outputs.commit()
     except InputError as exc:
         outputs.abort()
         exit_with(f"{exc}\nbackfill stopped; no output was written")
     except BaseException:
         outputs.abort()
         raise
-    for table, rows in result.tables.items():
-        outputs.write(f"{table}.table.jsonl", rows)
-    paths = outputs.commit()
     print(
         f"backfilled {result.records:,} records in {result.seconds:.2f} s; wrote "
         + ", ".join(str(p) for p in paths),

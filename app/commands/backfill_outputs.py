@@ -7,6 +7,7 @@ only when the whole run succeeded (`commit`); a failed run leaves none (`abort`)
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -83,6 +84,7 @@ class FileOutputs:
         self.out_dir = out_dir
         self.files: dict[str, IO[bytes]] = {}
         self.rows: dict[str, int] = {}
+        self.committed: list[Path] = []
 
     def _file(self, name: str) -> IO[bytes]:
         fh = self.files.get(name)
@@ -118,17 +120,21 @@ class FileOutputs:
 
     def commit(self) -> list[Path]:
         """Every file into place; returns their paths."""
-        written = []
-        for name, fh in self.files.items():
+        for fh in self.files.values():
             fh.close()
+        for name in self.files:
             path = self.out_dir / name
             self._part(name).replace(path)
-            written.append(path)
+            self.committed.append(path)
         self.files.clear()
-        return written
+        return list(self.committed)
 
     def abort(self) -> None:
+        """Every file written so far removed, final or not: a run that failed leaves none."""
         for name, fh in self.files.items():
-            fh.close()
+            with contextlib.suppress(OSError):
+                fh.close()
             self._part(name).unlink(missing_ok=True)
+        for path in self.committed:
+            path.unlink(missing_ok=True)
         self.files.clear()
