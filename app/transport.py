@@ -198,6 +198,13 @@ class FlushingTransactionManager(TransactionManager):
         # since, which this one learnt only when its sends failed.
         producer = self.app.producer
         stale = producer.fenced | self._tps_to_transactional_ids(newly_assigned)
+        # So is one whose client has gone fatal (fenced while the worker stood still): its
+        # abort at the revoke failed, and Faust keeps it.
+        stale |= {
+            tid
+            for tid, client in producer._transaction_producers.items()
+            if client._txn_manager is not None and client._txn_manager.is_fatal_error()
+        }
         for tid in sorted(stale & set(producer._transaction_producers)):
             try:
                 await producer.stop_transaction(tid)
