@@ -142,7 +142,7 @@ def test_kill9_wipe_and_join_across_workers_change_no_output(
 
 
 # Under exactly_once this scenario still loses a few hundred records now and then (seen: 149,651
-# of 150,011 counted, every input offset committed): issue #20 is open for it, and
+# of about 150,000 counted, every input offset committed): issue #20 is open for it, and
 # `python -m load_tests.chaos_failover --guarantees exactly_once --faults pause` reproduces it.
 @pytest.mark.parametrize("guarantee", ["at_least_once"])
 def test_a_worker_paused_past_its_session_timeout_rejoins_and_changes_no_output(
