@@ -31,7 +31,7 @@ import numpy as np
 
 from models.intervals import interval_name
 from models.trades import TRADE_DTYPE
-from tables.watermark import Watermark
+from tables.watermark import Watermark, Watermarked
 
 SIDE_BUY: Final = ord("B")
 SIDE_SELL: Final = ord("A")
@@ -189,7 +189,7 @@ class Added:
     late_intervals: np.ndarray  # the interval each late row was late for
 
 
-class BarEngine:
+class BarEngine(Watermarked):
     def __init__(self, intervals_ns: list[int], lateness_ns: int) -> None:
         if not intervals_ns or any(i <= 0 for i in intervals_ns):
             raise ValueError("intervals must be positive")
@@ -199,18 +199,6 @@ class BarEngine:
         self.late_count = 0
         self._instruments: dict[int, _Instrument] = {}
         self._ends: list[tuple[int, int, int]] = []  # heap of (window end, interval, instrument)
-
-    @property
-    def watermark(self) -> int | None:
-        return self.clock.value
-
-    @watermark.setter
-    def watermark(self, value: int | None) -> None:
-        self.clock.value = value
-
-    def advance(self, received_through: int) -> None:
-        """Every trade still to come was received at or after `received_through` (ts_recv)."""
-        self.clock.advance(received_through)
 
     def add(self, instrument_id: int, trades: np.ndarray) -> Added:
         """Take one instrument's trades in arrival order; return those that came too late."""

@@ -30,7 +30,7 @@ import numpy as np
 from models.intervals import interval_name
 from models.mbo import UNDEF_PRICE
 from tables.bars import SIDE_BUY, SIDE_SELL, exact_dot
-from tables.watermark import Watermark
+from tables.watermark import Watermark, Watermarked
 
 BUY: Final = 1
 SELL: Final = -1
@@ -222,7 +222,7 @@ class PressureWindow:
 
 
 @dataclass
-class PressureEngine:
+class PressureEngine(Watermarked):
     interval_ns: int
     lateness_ns: int
     large_size: int
@@ -234,17 +234,6 @@ class PressureEngine:
         if self.interval_ns <= 0 or self.large_size < 1:
             raise ValueError("pressure needs a positive interval and large-trade size")
         self.clock = Watermark(self.lateness_ns)
-
-    @property
-    def watermark(self) -> int | None:
-        return self.clock.value
-
-    @watermark.setter
-    def watermark(self, value: int | None) -> None:
-        self.clock.value = value
-
-    def advance(self, received_through: int) -> None:
-        self.clock.advance(received_through)
 
     def _on_time(self, ts: np.ndarray, recv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         starts = ts - ts % self.interval_ns

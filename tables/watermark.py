@@ -33,3 +33,21 @@ class Watermark:
         if self.value is not None:
             np.maximum(limit, self.value, out=limit)
         return limit
+
+
+class Watermarked:
+    """An engine whose windows close by a `Watermark` held in `clock`."""
+
+    clock: Watermark
+
+    @property
+    def watermark(self) -> int | None:
+        return self.clock.value
+
+    @watermark.setter
+    def watermark(self, value: int | None) -> None:
+        self.clock.value = value
+
+    def advance(self, received_through: int) -> None:
+        """Every record still to come was received at or after `received_through` (ts_recv)."""
+        self.clock.advance(received_through)
