@@ -23,7 +23,13 @@ from typing import Any, Protocol
 from faust.types import EventT
 
 from app import metrics
-from app.transport import as_event, commit_guards, flush_buffered, partition_states
+from app.transport import (
+    as_event,
+    commit_guards,
+    flush_buffered,
+    partition_states,
+    stall_guard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +143,12 @@ class Checkpointer:
             if taken:
                 # Outputs first: a checkpoint never covers outputs that could be lost.
                 await flush_buffered(self.app.producer)
+                if stall_guard.stood_still():
+                    # The flush waited out a stall: the partitions may be another worker's
+                    # now, and this checkpoint would land after its writes as stale state.
+                    # Nothing is acknowledged; the partitions are being given up.
+                    yield
+                    return
                 t0 = time.perf_counter()
                 self._write(taken)
                 metrics.checkpoint_seconds.observe(taken_s + time.perf_counter() - t0)

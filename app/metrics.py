@@ -35,7 +35,7 @@ partitions_fenced = Counter(
 )
 pauses_past_session_timeout = Counter(
     "tapestream_pauses_past_session_timeout",
-    "times this worker found it had stood still past the group's session timeout and gave "
+    "times this worker found it had stood still about the group's session timeout and gave "
     "up its partitions",
 )
 messages_dropped_fenced = Counter(

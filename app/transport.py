@@ -149,6 +149,8 @@ class FlushingTransactionManager(TransactionManager):
         t0 = time.monotonic()
         await flush_buffered(self.app.producer)
         t1 = time.monotonic()
+        if stall_guard.stood_still():
+            return False  # left open, aborted when the worker gives the partitions up
         group_id = self.app.conf.id
         by_tid: dict[str, dict[TP, int]] = {}
         for tp, offset in offsets.items():
@@ -322,27 +324,17 @@ class CheckpointingConsumer(aiokafka_driver.Consumer):
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
-        paused = pause_clock.take_longest()
-        timeout = self.app.conf.broker_session_timeout
-        if paused > timeout:
-            inputs = {state.topic for state in partition_states}
-            partitions = {tp.partition for tp in self.assignment() if tp.topic in inputs}
-            log.warning(
-                "this worker stood still for %.1f s, past the group's session timeout (%.0f s):"
-                " its partitions %s may be another's now; dropping their uncommitted work and "
-                "rejoining the group",
-                paused,
-                timeout,
-                sorted(partitions),
-            )
-            metrics.pauses_past_session_timeout.inc()
-            await lose_partitions(self.app, partitions, wipe=False)
+        if stall_guard.stood_still():
             return False
         t0 = time.monotonic()
         async with AsyncExitStack() as stack:
             for guard in commit_guards:
                 await stack.enter_async_context(guard())
             t1 = time.monotonic()
+            # Asked again: the checkpoint may have waited out a stall, after which the offsets
+            # it covers may be another worker's to commit.
+            if stall_guard.stood_still():
+                return False
             done = await super().force_commit(topics, start_new_transaction=start_new_transaction)
             t2 = time.monotonic()
         if time.monotonic() - t0 > SLOW_COMMIT_S:
@@ -399,9 +391,7 @@ class GuardedProducer(aiokafka_driver.Producer):
             type(exc).__name__,
             exc,
         )
-        task = asyncio.ensure_future(lose_partitions(self.app, {partition}, wipe=True))
-        _background.add(task)
-        task.add_done_callback(self._lost)
+        give_up(self.app, {partition})
 
     def _assigned(self, transactional_id: str) -> bool:
         partition = int(transactional_id.rsplit("-", 1)[1])
@@ -410,14 +400,6 @@ class GuardedProducer(aiokafka_driver.Producer):
             tp.partition == partition and tp.topic in inputs
             for tp in self.app.consumer.assignment()
         )
-
-    def _lost(self, task: asyncio.Future[Any]) -> None:
-        _background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # The partition could not be given up cleanly: a restart starts from the changelogs.
-            crash = asyncio.ensure_future(self.app.crash(task.exception()))
-            _background.add(crash)
-            crash.add_done_callback(_background.discard)
 
     async def send(
         self,
@@ -479,19 +461,95 @@ def _dropped(transactional_id: str) -> asyncio.Future[Any]:
     return fut
 
 
-async def lose_partitions(app: Any, partitions: set[int], *, wipe: bool) -> None:
+def give_up(app: Any, partitions: set[int]) -> None:
+    """`lose_partitions` in the background, from synchronous code. If the
+    partitions cannot be given up cleanly the worker crashes: a restart starts from the
+    changelogs."""
+
+    def done(task: asyncio.Future[Any]) -> None:
+        _background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            crash = asyncio.ensure_future(app.crash(task.exception()))
+            _background.add(crash)
+            crash.add_done_callback(_background.discard)
+
+    task = asyncio.ensure_future(lose_partitions(app, partitions))
+    _background.add(task)
+    task.add_done_callback(done)
+
+
+class StallGuard:
+    """A worker whose event loop stood still about as long as the group's session timeout
+    may have been dropped from the group, its partitions handed to others (app/pauses.py).
+    From the moment it notices, nothing of that consumer generation is committed: no offsets,
+    no transaction, no new checkpoint. It gives up all its partitions, wiping their local
+    tables (which may hold writes that never reached the changelog, or reached it only in a
+    transaction the broker aborts), and rejoins; whatever it gets at the next assignment is
+    restored from the changelogs, and the partitions' owners process its uncommitted events
+    again.
+
+    What was already on its way out is let go rather than dropped: a checkpoint cut in two
+    would restore a book ahead of the counts and flow state derived from it, and the book,
+    which decides what a redelivered message repeats, would then keep them from catching up.
+    Under exactly_once the broker fences those sends. Under at_least_once a checkpoint that
+    was leaving as the worker stopped lands late in the changelog; the new owner writes the
+    same keys again at its next checkpoint of those instruments."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+        self.generation: int | None = None  # the consumer generation a stall was noticed in
+
+    def start(self, app: Any) -> None:
+        self.app = app
+        session = float(app.conf.broker_session_timeout)
+        # The last heartbeat may have gone out up to one interval before the loop stopped.
+        limit = max(session - float(app.conf.broker_heartbeat_interval), session / 2)
+        pause_clock.start(limit, self._stalled)
+
+    def stood_still(self) -> bool:
+        """Whether the current generation is one this worker stood still in."""
+        if self.app is None:
+            return False
+        pause_clock.observe()
+        return self.generation is not None and self.generation == self.app.consumer_generation_id
+
+    def _stalled(self, seconds: float) -> None:
+        app = self.app
+        if app is None or self.generation == app.consumer_generation_id:
+            return
+        inputs = {state.topic for state in partition_states}
+        partitions = {tp.partition for tp in app.consumer.assignment() if tp.topic in inputs}
+        if not partitions:
+            return  # nothing held (starting, or between assignments): nothing to give up
+        self.generation = app.consumer_generation_id
+        log.warning(
+            "this worker stood still for %.1f s, about the group's session timeout (%.0f s): "
+            "its partitions %s may be another's now; dropping their uncommitted work and local "
+            "tables and rejoining the group",
+            seconds,
+            app.conf.broker_session_timeout,
+            sorted(partitions),
+        )
+        metrics.pauses_past_session_timeout.inc()
+        give_up(app, partitions)
+
+
+stall_guard = StallGuard()
+
+
+async def lose_partitions(app: Any, partitions: set[int]) -> None:
     """Give up partitions this worker can no longer commit for: with every agent still, drop
-    their state and events (`PartitionState.fence`), and, with `wipe`, their local tables,
-    which hold a checkpoint's writes that never reached the changelog; then rejoin the group.
-    A partition that comes back is restored from its changelog like any newly assigned."""
+    their state and events (`PartitionState.fence`) and their local tables, which may hold a
+    checkpoint's writes that never reached the changelog (or reached it only in a transaction
+    the broker aborted); then rejoin the group. A partition that comes back is restored from
+    its changelog like any newly assigned."""
     async with AsyncExitStack() as stack:
         for state in partition_states:
             await stack.enter_async_context(state.still())
         for state in partition_states:
             state.fence(partitions)
-        if wipe:
-            for partition in sorted(partitions):
-                wipe_local_partition(app, partition)
+        for partition in sorted(partitions):
+            wipe_local_partition(app, partition)
     # Even while a rebalance is under way: the partitions are refused until the next
     # assignment, which this one may already have been.
     thread = app.consumer._thread
@@ -547,7 +605,7 @@ class Worker(faust.Worker):
         # after Faust changed to --workdir, which a relative data directory is read from
         exactly_once = self.app.conf.processing_guarantee == ProcessingGuarantee.EXACTLY_ONCE
         open_local_state(Path(self.app.conf.tabledir), exactly_once)
-        pause_clock.start()
+        stall_guard.start(self.app)
         await super().on_execute()
 
     async def on_startup_finished(self) -> None:

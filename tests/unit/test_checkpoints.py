@@ -166,7 +166,7 @@ def test_a_fenced_partition_is_dropped_wiped_and_refused_until_the_next_assignme
 
     async def run() -> None:
         async with books.state_lock:  # an agent applying a message: the loss waits for it
-            task = asyncio.create_task(transport.lose_partitions(app, {2}, wipe=True))
+            task = asyncio.create_task(transport.lose_partitions(app, {2}))
             await asyncio.sleep(0.01)
             assert not task.done()
         await task
@@ -181,3 +181,77 @@ def test_a_fenced_partition_is_dropped_wiped_and_refused_until_the_next_assignme
     assert books.admit(Event(Message(0, 3)))
     app.consumer_generation_id = 4
     assert books.admit(Event(Message(2, 4)))
+
+
+@dataclass
+class AckedEvent:
+    message: Message
+    acked: bool = False
+
+    def ack(self) -> None:
+        self.acked = True
+
+
+class DirtyState(State):
+    def __init__(self, rows: dict) -> None:
+        super().__init__()
+        self.rows = rows
+
+    def checkpoint(self) -> dict:
+        rows, self.rows = self.rows, {}
+        return rows
+
+
+@pytest.mark.parametrize("stall", [False, True])
+def test_a_checkpoint_that_waited_out_a_stall_writes_and_acknowledges_nothing(
+    monkeypatch: pytest.MonkeyPatch, stall: bool
+) -> None:
+    """Under at_least_once a checkpoint flushes its outputs before it writes. A worker stopped
+    during that flush (SIGSTOP, seen in test_failover) wrote, on waking, its checkpoint into a
+    changelog the partitions' new owner was already writing: stale state for the next restore,
+    while the new owner's offsets ran past it."""
+    import time
+
+    from app.pauses import PauseClock
+
+    clock = PauseClock(tick_s=0.01)
+    guard = transport.StallGuard()
+    monkeypatch.setattr(transport, "pause_clock", clock)
+    monkeypatch.setattr(transport, "stall_guard", guard)
+    monkeypatch.setattr(checkpoints, "stall_guard", guard)
+    given_up: list[set[int]] = []
+    monkeypatch.setattr(transport, "give_up", lambda app, partitions: given_up.append(partitions))
+
+    async def flush(producer: Any) -> None:
+        if stall:
+            time.sleep(0.3)  # the loop held past the limit
+
+    monkeypatch.setattr(checkpoints, "flush_buffered", flush)
+    app = SimpleNamespace(
+        consumer_generation_id=3,
+        in_transaction=False,
+        flow_control=FlowControl(),
+        producer=None,
+        conf=SimpleNamespace(broker_session_timeout=0.2, broker_heartbeat_interval=0.1),
+        consumer=SimpleNamespace(assignment=lambda: {TP("raw", 0), TP("raw", 1)}),
+    )
+    table: dict[bytes, bytes] = {}
+    books = Checkpointer(app, "books", [(table, DirtyState({0: [(b"k", b"v")]}))], topic="raw")
+    event = AckedEvent(Message(0, 3))
+
+    async def run() -> None:
+        guard.start(app)
+        assert books.admit(event)
+        async with books.at_commit():
+            pass
+        clock.stop()
+
+    asyncio.run(run())
+    if not stall:
+        assert table == {b"k": b"v"} and event.acked and not given_up
+        return
+    assert table == {} and not event.acked
+    assert given_up == [{0, 1}]  # every partition, not only those of the checkpoint
+    assert guard.stood_still()  # so nothing else of generation 3 is sent or committed
+    app.consumer_generation_id = 4  # assigned again, after the rejoin
+    assert not guard.stood_still()
