@@ -218,6 +218,7 @@ def run_round(
             time.sleep(2)
         wrong_books: dict[str, int] = {}
         wrong_counts: list[str] = []
+        short: dict[str, dict[str, Any]] = {}
         for w in workers:
             bad = 0
             for iid, book in want["books"].items():
@@ -230,8 +231,10 @@ def run_round(
                 bad += got != book
             wrong_books[w.name] = bad
             try:
-                if comparable_counts(w.get("/instruments/")["instruments"]) != want["stats"]:
+                got_counts = comparable_counts(w.get("/instruments/")["instruments"])
+                if got_counts != want["stats"]:
                     wrong_counts.append(w.name)
+                    short.setdefault(w.name, _short_instruments(got_counts, want["stats"], args))
             except OSError:
                 wrong_counts.append(w.name)
         crashed = [w.name for w in workers if not w.alive()]
@@ -251,6 +254,7 @@ def run_round(
             "crashed": crashed,
             "logs": str(tmp),
             **({"where_it_stands": stands} if stands else {}),
+            **({"counts_differing": short} if short else {}),
         }
     finally:
         for w in workers:
@@ -265,6 +269,24 @@ WATCHED_METRICS = (
     "tapestream_pauses_past_session_timeout_total",
     "tapestream_messages_processed_total",
 )
+
+
+def _short_instruments(
+    got: list[dict], want: list[dict], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Instruments whose records counted differ from backfill's, with their partition and the
+    difference: which partitions lost or repeated work."""
+    from app.feeds.watermarks import partitioner
+
+    partition_of = partitioner(args.partitions)
+    have = {s["instrument_id"]: s.get("records", 0) for s in got}
+    out = {}
+    for s in want:
+        iid = s["instrument_id"]
+        diff = have.get(iid, 0) - s.get("records", 0)
+        if diff:
+            out[str(iid)] = {"partition": partition_of(iid), "records_diff": diff}
+    return out
 
 
 def where_it_stands(workers: list[ChaosWorker], env: dict[str, str]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from app.commands.backfill import BOOK_TABLE_DEPTH, BackfillResult, backfill_files
+from app.feeds.watermarks import partitioner
 from app.settings import load_settings
 from load_tests.gen_mbo import GenConfig, write
 from load_tests.worker_proc import comparable_counts
@@ -141,10 +142,12 @@ def test_kill9_wipe_and_join_across_workers_change_no_output(
     assert_as_backfill(deployment, [a, b, c], result, guarantee)
 
 
-# Under exactly_once this scenario still loses a few hundred records now and then (seen: 149,651
-# of about 150,000 counted, every input offset committed): issue #20 is open for it, and
-# `python -m load_tests.chaos_failover --guarantees exactly_once --faults pause` reproduces it.
-@pytest.mark.parametrize("guarantee", ["at_least_once"])
+# Under exactly_once only. At-least-once cannot fence a stopped worker's writes, and a
+# checkpoint is many changelog records: one the worker was sending as it stopped is partly in
+# the changelog when the new owner restores, which then holds a book ahead of the counts and
+# one-second tops derived from it (seen: 2 of 3072 deltas rows, or about 200 records uncounted
+# on two instruments, in one run of three). docs/state-and-recovery.md says so.
+@pytest.mark.parametrize("guarantee", ["exactly_once"])
 def test_a_worker_paused_past_its_session_timeout_rejoins_and_changes_no_output(
     deployment: Deployment, failover_file: tuple[Path, BackfillResult], guarantee: str
 ) -> None:
@@ -191,7 +194,9 @@ def assert_as_backfill(
             "every record processed",
         )
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{_where_it_stands(deployment, workers)}") from None
+        stands = _where_it_stands(deployment, workers)
+        short = _short_instruments(workers, result)
+        raise AssertionError(f"{exc}\n{stands}\nrecords differing: {short}") from None
 
     want = expected_rows(result)
     deadline = time.monotonic() + 120
@@ -216,6 +221,23 @@ def assert_as_backfill(
     bootstrap = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
     dead = consume_all(bootstrap, f"{deployment.prefix}dead.letters", timeout=10)
     assert [orjson.loads(v)["reason"] for _, v, _, _ in dead] == []
+
+
+def _short_instruments(workers: list[Worker], result: BackfillResult) -> dict[int, tuple]:
+    """Instrument -> (partition, records counted less backfill's) where they differ."""
+    partition_of = partitioner(4)
+    want = {s["instrument_id"]: s["records"] for s in result.tables["instrument-stats"]}
+    for w in workers:
+        try:
+            got = {s["instrument_id"]: s["records"] for s in w.get("/instruments/")["instruments"]}
+        except Exception:
+            continue
+        return {
+            iid: (partition_of(iid), got.get(iid, 0) - n)
+            for iid, n in want.items()
+            if got.get(iid, 0) != n
+        }
+    return {}
 
 
 def _where_it_stands(d: Deployment, workers: list[Worker]) -> str:
