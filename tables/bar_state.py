@@ -16,7 +16,7 @@ import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from models.mbo import instrument_key
 from tables.bars import Added, Bar, BarEngine
 from tables.ifd import SIGNALS
 from tables.indicators import Indicators
+from tables.partitioned_state import PartitionedState, partition_key
 from tables.patterns import PatternConfig, Patterns
 
 Row = tuple[str, dict[str, Any]]  # (topic base name, row)
@@ -76,10 +77,6 @@ class BarStage:
         ]
 
 
-def partition_key(partition: int) -> bytes:
-    return f"~partition/{partition}".encode()
-
-
 def patterns_key(instrument_id: int) -> bytes:
     return instrument_key(instrument_id) + b"/patterns"
 
@@ -102,25 +99,6 @@ class BarPartition:
 
     def instruments(self) -> set[int]:
         return set(self.stage.engine.instruments()) | {iid for iid, _ in self.stage.indicators}
-
-
-P = TypeVar("P")
-
-
-class PartitionedState(Generic[P]):
-    """State kept per input partition: loaded when the partition's first message comes,
-    dropped when the partition goes to another worker."""
-
-    partitions: dict[int, P]
-
-    def loaded(self, partition: int) -> bool:
-        return partition in self.partitions
-
-    def evict(self, partitions: set[int]) -> list[int]:
-        gone = [p for p in partitions if p in self.partitions]
-        for p in gone:
-            del self.partitions[p]
-        return gone
 
 
 class BarSet(PartitionedState[BarPartition]):

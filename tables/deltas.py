@@ -30,8 +30,8 @@ import orjson
 from models.bar_events import LATE_TRADES
 from models.intervals import parse_interval
 from models.mbo import F_LAST, UNDEF_PRICE, instrument_key
-from tables.bar_state import PartitionedState
 from tables.book_engine import complete_events
+from tables.partitioned_state import PartitionedState
 
 SECOND_NS = 1_000_000_000
 BOOKS, BARS = "books", "bars"  # the two agents whose parts make a delta

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from models.mbo import instrument_key
-from tables.bar_state import PartitionedState, partition_key
 from tables.ifd import PRESSURE, SIGNALS, IfdConfig, IfdStage
 from tables.options import OptionInfo
+from tables.partitioned_state import PartitionedState, partition_key
 from tables.pressure import FlowState
 from tables.signals import SignalConfig
 

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tables.bar_state import PartitionedState, partition_key
 from tables.ifd import IfdConfig
 from tables.options import OPTIONS_PRESSURE, OptionsAggregator, Row
+from tables.partitioned_state import PartitionedState, partition_key
 from tables.signals import SignalConfig
 
 Get = Callable[[bytes], bytes | None]

@@ -37,11 +37,11 @@ from app.feeds.mbo_files import InputError
 from app.feeds.watermarks import partitioner
 from app.settings import Settings
 from models.mbo import instrument_key
-from tables.bar_state import partition_key
 from tables.ifd import IfdStage
 from tables.ifd_state import baseline_key
 from tables.options import OptionsAggregator
 from tables.options_state import group_baseline_key, group_key
+from tables.partitioned_state import partition_key
 
 Rows = dict[int, list[tuple[bytes, bytes]]]  # changelog partition -> (key, value)
 
