@@ -1,4 +1,5 @@
-"""`faust -A app <command>`: replay, backfill."""
+"""`faust -A app <command>`: replay, backfill, baselines, config, mbp, ohlcv, version; one
+module each."""
 
 from __future__ import annotations
 
