@@ -70,6 +70,7 @@ checkpoints = Checkpointer(
     ],
     topic=RAW_MBO,
     forget=lambda partition: _forget_bounds(partition),
+    contiguous=True,  # replay and the feeds write the raw topic outside transactions
 )
 ifd_set.set_signal_config(control.current.signal)
 lag_watch = LagWatch(settings.lag_limit)

@@ -26,7 +26,9 @@ from app import metrics
 from app.transport import (
     as_event,
     commit_guards,
+    committed_offset,
     flush_buffered,
+    give_up,
     partition_states,
     stall_guard,
 )
@@ -54,9 +56,12 @@ class Checkpointer:
         states: list[tuple[Any, CheckpointedState]],
         topic: str,
         forget: Callable[[int], None] | None = None,
+        contiguous: bool = False,
     ) -> None:
         """`topic`: the agent's input, whose partitions its state follows; `forget(p)`: what
-        else of partition p the agent keeps, dropped when p is revoked."""
+        else of partition p the agent keeps, dropped when p is revoked; `contiguous`: whether
+        the input's offsets run without gaps (written outside transactions, so no markers),
+        which lets `admit` check where each assignment starts."""
         self.app = app
         self.name = name
         self.states = states  # (table, state) pairs
@@ -72,6 +77,11 @@ class Checkpointer:
         # Partition -> the consumer generation in which it was lost (`fence`): its events
         # are refused until the group assigns partitions again.
         self.fenced: dict[int, int] = {}
+        self.contiguous = contiguous
+        # Partition -> the generation whose first event was checked against the committed
+        # offset, and the committed offset at which a hole was found (`_starts_where_committed`).
+        self.started: dict[int, int] = {}
+        self.holes: dict[int, int] = {}
         commit_guards.append(self.at_commit)
         partition_states.append(self)
 
@@ -91,8 +101,48 @@ class Checkpointer:
         if not current or fenced or not self.app.flow_control.is_active():
             metrics.messages_stale.labels(self.name).inc()
             return False
+        if self.contiguous and self.started.get(message.partition) != message.generation_id:
+            if not self._starts_where_committed(message):
+                return False
+            self.started[message.partition] = message.generation_id
         self.unacked.setdefault(message.partition, []).append(event)
         return True
+
+    def _starts_where_committed(self, message: Any) -> bool:
+        """Whether the first event of a partition's assignment is the one at its committed
+        offset. Seen under exactly_once when a worker was assigned a partition again: Faust
+        handed out its first message 18 offsets past the committed one, the messages between
+        were never delivered, and its next commit went past them (records lost). Such a
+        partition is given up and read again from the committed offset at the next
+        assignment. A hole found again at the same committed offset is not a race (the
+        broker no longer has those offsets): it is logged and the partition goes on."""
+        committed = committed_offset(self.app, message.tp)
+        if committed is None or message.offset <= committed:
+            return True
+        partition = message.partition
+        if self.holes.get(partition) == committed:
+            log.error(
+                "%s: partition %d starts at offset %d again, past its committed offset %d",
+                self.name,
+                partition,
+                message.offset,
+                committed,
+            )
+            return True
+        self.holes[partition] = committed
+        log.warning(
+            "%s: partition %d's first message is at offset %d, past its committed offset %d: "
+            "giving the partition up to read it again from there",
+            self.name,
+            partition,
+            message.offset,
+            committed,
+        )
+        metrics.assignment_holes.inc()
+        # Refused from now on; the rest of the give-up waits for the agent to be still.
+        self.fenced[partition] = message.generation_id
+        give_up(self.app, {partition})
+        return False
 
     def _take(self) -> Checkpoint:
         writes: dict[int, Writes] = {}

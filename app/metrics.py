@@ -43,6 +43,11 @@ messages_dropped_fenced = Counter(
     "output messages dropped because their partition's transactions were fenced or lost "
     "(their events are processed again by the partition's owner)",
 )
+assignment_holes = Counter(
+    "tapestream_assignment_holes",
+    "partitions given up because the first message of an assignment came past the committed "
+    "offset (the messages between would have been skipped)",
+)
 checkpoint_writes = Counter(
     "tapestream_checkpoint_writes",
     "table keys written or deleted by book checkpoints",

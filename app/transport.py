@@ -455,6 +455,13 @@ FENCED_ERRORS = (ProducerFenced, IllegalOperation)
 _background: set[asyncio.Future[Any]] = set()
 
 
+def committed_offset(app: Any, tp: TP) -> int | None:
+    """The offset Faust sought the partition to at its assignment, or last committed for
+    it since (Faust keeps it privately)."""
+    offset = app.consumer._committed_offset.get(tp)
+    return None if offset is None else int(offset)
+
+
 def _dropped(transactional_id: str) -> asyncio.Future[Any]:
     fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     fut.set_exception(ProducerFenced(f"dropped: transactions of {transactional_id} were fenced"))

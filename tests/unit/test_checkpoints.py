@@ -255,3 +255,41 @@ def test_a_checkpoint_that_waited_out_a_stall_writes_and_acknowledges_nothing(
     assert guard.stood_still()  # so nothing else of generation 3 is sent or committed
     app.consumer_generation_id = 4  # assigned again, after the rejoin
     assert not guard.stood_still()
+
+
+@dataclass
+class RawMessage:
+    partition: int
+    generation_id: int
+    offset: int
+
+    @property
+    def tp(self) -> TP:
+        return TP("raw", self.partition)
+
+
+def test_an_assignment_whose_first_message_comes_past_the_committed_offset_is_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen under exactly_once: a worker assigned a partition again got its first message 18
+    offsets past the committed one, never got those between, and committed past them."""
+    given_up: list[set[int]] = []
+    monkeypatch.setattr(checkpoints, "give_up", lambda app, partitions: given_up.append(partitions))
+    committed = {TP("raw", 0): 4290, TP("raw", 1): 2963}
+    app = SimpleNamespace(
+        consumer_generation_id=3,
+        flow_control=FlowControl(),
+        consumer=SimpleNamespace(_committed_offset=committed),
+    )
+    books = Checkpointer(app, "books", [], topic="raw", contiguous=True)
+    assert books.admit(Event(RawMessage(1, 3, 2963)))  # where it was committed
+    assert books.admit(Event(RawMessage(1, 3, 2964)))
+    assert not books.admit(Event(RawMessage(0, 3, 4308)))  # 4290-4307 would be skipped
+    assert given_up == [{0}]
+    assert not books.admit(Event(RawMessage(0, 3, 4309)))  # nor anything after, this generation
+    app.consumer_generation_id = 4  # assigned again: read from the committed offset
+    assert books.admit(Event(RawMessage(0, 4, 4290)))
+    # A hole found again at the same committed offset is not a race: logged, and it goes on.
+    app.consumer_generation_id = 5
+    assert books.admit(Event(RawMessage(0, 5, 4295)))
+    assert given_up == [{0}]
