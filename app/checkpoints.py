@@ -78,9 +78,9 @@ class Checkpointer:
         # are refused until the group assigns partitions again.
         self.fenced: dict[int, int] = {}
         self.contiguous = contiguous
-        # Partition -> the generation whose first event was checked against the committed
-        # offset, and the committed offset at which a hole was found (`_starts_where_committed`).
-        self.started: dict[int, int] = {}
+        # Partition -> (generation, the offset its next event must have), and the offsets at
+        # which a hole was found (`_in_sequence`).
+        self.expected: dict[int, tuple[int, int]] = {}
         self.holes: dict[int, int] = {}
         commit_guards.append(self.at_commit)
         partition_states.append(self)
@@ -101,46 +101,49 @@ class Checkpointer:
         if not current or fenced or not self.app.flow_control.is_active():
             metrics.messages_stale.labels(self.name).inc()
             return False
-        if self.contiguous and self.started.get(message.partition) != message.generation_id:
-            if not self._starts_where_committed(message):
-                return False
-            self.started[message.partition] = message.generation_id
+        if self.contiguous and not self._in_sequence(message):
+            return False
         self.unacked.setdefault(message.partition, []).append(event)
         return True
 
-    def _starts_where_committed(self, message: Any) -> bool:
-        """Whether the first event of a partition's assignment is the one at its committed
-        offset. Seen under exactly_once when a worker was assigned a partition again: Faust
-        handed out its first message 18 offsets past the committed one, the messages between
-        were never delivered, and its next commit went past them (records lost). Such a
-        partition is given up and read again from the committed offset at the next
-        assignment. A hole found again at the same committed offset is not a race (the
-        broker no longer has those offsets): it is logged and the partition goes on."""
-        committed = committed_offset(self.app, message.tp)
-        if committed is None or message.offset <= committed:
+    def _in_sequence(self, message: Any) -> bool:
+        """Whether no message of the partition was skipped before this one: the first of an
+        assignment is the one at the committed offset, each next one follows the last. Seen
+        under exactly_once around rebalances: Faust handed an agent a partition's messages
+        from past the committed offset, or went on after a run of messages it never handed
+        out (11-18 offsets), and the next commit went past them (records lost). Such a
+        partition is given up and read again from its committed offset at the next
+        assignment. A hole found again at the same offset is not a race (the broker no
+        longer has those offsets): it is logged and the partition goes on."""
+        partition, generation = message.partition, message.generation_id
+        seen = self.expected.get(partition)
+        if seen is not None and seen[0] == generation:
+            expected: int | None = seen[1]
+        else:
+            expected = committed_offset(self.app, message.tp)
+        if expected is None or message.offset <= expected or self.holes.get(partition) == expected:
+            if expected is not None and message.offset > expected:
+                log.error(
+                    "%s: partition %d skips from offset %d to %d again; going on",
+                    self.name,
+                    partition,
+                    expected,
+                    message.offset,
+                )
+            self.expected[partition] = (generation, max(message.offset + 1, expected or 0))
             return True
-        partition = message.partition
-        if self.holes.get(partition) == committed:
-            log.error(
-                "%s: partition %d starts at offset %d again, past its committed offset %d",
-                self.name,
-                partition,
-                message.offset,
-                committed,
-            )
-            return True
-        self.holes[partition] = committed
+        self.holes[partition] = expected
         log.warning(
-            "%s: partition %d's first message is at offset %d, past its committed offset %d: "
-            "giving the partition up to read it again from there",
+            "%s: partition %d's next message is at offset %d, not %d: giving the partition up "
+            "to read it again from its committed offset",
             self.name,
             partition,
             message.offset,
-            committed,
+            expected,
         )
         metrics.assignment_holes.inc()
         # Refused from now on; the rest of the give-up waits for the agent to be still.
-        self.fenced[partition] = message.generation_id
+        self.fenced[partition] = generation
         give_up(self.app, {partition})
         return False
 

@@ -45,8 +45,8 @@ messages_dropped_fenced = Counter(
 )
 assignment_holes = Counter(
     "tapestream_assignment_holes",
-    "partitions given up because the first message of an assignment came past the committed "
-    "offset (the messages between would have been skipped)",
+    "partitions given up because a message came past the offset expected next (the messages "
+    "between would have been skipped)",
 )
 checkpoint_writes = Counter(
     "tapestream_checkpoint_writes",
