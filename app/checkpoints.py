@@ -61,7 +61,7 @@ class Checkpointer:
         """`topic`: the agent's input, whose partitions its state follows; `forget(p)`: what
         else of partition p the agent keeps, dropped when p is revoked; `contiguous`: whether
         the input's offsets run without gaps (written outside transactions, so no markers),
-        which lets `admit` check where each assignment starts."""
+        which lets `admit` check that no message was skipped."""
         self.app = app
         self.name = name
         self.states = states  # (table, state) pairs
@@ -111,7 +111,7 @@ class Checkpointer:
         assignment is the one at the committed offset, each next one follows the last. Seen
         under exactly_once around rebalances: Faust handed an agent a partition's messages
         from past the committed offset, or went on after a run of messages it never handed
-        out (11-18 offsets), and the next commit went past them (records lost). Such a
+        out (4-18 offsets), and the next commit went past them (records lost). Such a
         partition is given up and read again from its committed offset at the next
         assignment. A hole found again at the same offset is not a race (the broker no
         longer has those offsets): it is logged and the partition goes on."""
