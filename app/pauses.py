@@ -25,7 +25,6 @@ class PauseClock:
         self.last = time.monotonic()
         # A stretch longer than this counts as a stall (`start` sets it).
         self.limit = math.inf
-        self.stalls = 0
         self.on_stall: Callable[[float], None] | None = None
         self._handle: asyncio.TimerHandle | None = None
 
@@ -55,7 +54,6 @@ class PauseClock:
         self.last = now
         if stood <= self.limit:
             return False
-        self.stalls += 1
         if self.on_stall is not None:
             self.on_stall(stood)
         return True

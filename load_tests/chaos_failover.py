@@ -38,6 +38,7 @@ from load_tests.gen_mbo import GenConfig, write
 from load_tests.worker_proc import (
     ROOT,
     comparable_counts,
+    counts_differing,
     delete_deployment,
     get_json,
     spawn_worker,
@@ -234,7 +235,9 @@ def run_round(
                 got_counts = comparable_counts(w.get("/instruments/")["instruments"])
                 if got_counts != want["stats"]:
                     wrong_counts.append(w.name)
-                    short.setdefault(w.name, _short_instruments(got_counts, want["stats"], args))
+                    short.setdefault(
+                        w.name, counts_differing(got_counts, want["stats"], args.partitions)
+                    )
             except OSError:
                 wrong_counts.append(w.name)
         crashed = [w.name for w in workers if not w.alive()]
@@ -269,24 +272,6 @@ WATCHED_METRICS = (
     "tapestream_pauses_past_session_timeout_total",
     "tapestream_messages_processed_total",
 )
-
-
-def _short_instruments(
-    got: list[dict], want: list[dict], args: argparse.Namespace
-) -> dict[str, Any]:
-    """Instruments whose records counted differ from backfill's, with their partition and the
-    difference: which partitions lost or repeated work."""
-    from app.feeds.watermarks import partitioner
-
-    partition_of = partitioner(args.partitions)
-    have = {s["instrument_id"]: s.get("records", 0) for s in got}
-    out = {}
-    for s in want:
-        iid = s["instrument_id"]
-        diff = have.get(iid, 0) - s.get("records", 0)
-        if diff:
-            out[str(iid)] = {"partition": partition_of(iid), "records_diff": diff}
-    return out
 
 
 def where_it_stands(workers: list[ChaosWorker], env: dict[str, str]) -> dict[str, Any]:

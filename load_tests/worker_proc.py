@@ -46,6 +46,22 @@ def comparable_counts(stats: list[dict]) -> list[dict]:
     return [{k: v for k, v in s.items() if k != "messages"} for s in stats]
 
 
+def counts_differing(got: list[dict], want: list[dict], partitions: int) -> dict[int, dict]:
+    """Instrument -> its partition and records counted less `want`'s, where they differ:
+    which partitions lost or repeated work."""
+    from app.feeds.watermarks import partitioner
+
+    partition_of = partitioner(partitions)
+    have = {s["instrument_id"]: s.get("records", 0) for s in got}
+    out = {}
+    for s in want:
+        iid = s["instrument_id"]
+        diff = have.get(iid, 0) - s.get("records", 0)
+        if diff:
+            out[iid] = {"partition": partition_of(iid), "records_diff": diff}
+    return out
+
+
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as r:
         return orjson.loads(r.read())

@@ -21,10 +21,9 @@ import pytest
 import requests
 
 from app.commands.backfill import BOOK_TABLE_DEPTH, BackfillResult, backfill_files
-from app.feeds.watermarks import partitioner
 from app.settings import load_settings
 from load_tests.gen_mbo import GenConfig, write
-from load_tests.worker_proc import comparable_counts
+from load_tests.worker_proc import comparable_counts, counts_differing
 from models import book_events
 from tests.integration.conftest import Deployment, Worker, consume_all, wait_for
 
@@ -223,20 +222,14 @@ def assert_as_backfill(
     assert [orjson.loads(v)["reason"] for _, v, _, _ in dead] == []
 
 
-def _short_instruments(workers: list[Worker], result: BackfillResult) -> dict[int, tuple]:
-    """Instrument -> (partition, records counted less backfill's) where they differ."""
-    partition_of = partitioner(4)
-    want = {s["instrument_id"]: s["records"] for s in result.tables["instrument-stats"]}
+def _short_instruments(workers: list[Worker], result: BackfillResult) -> dict[int, dict]:
+    """Where the first worker that answers counts otherwise than backfill."""
     for w in workers:
         try:
-            got = {s["instrument_id"]: s["records"] for s in w.get("/instruments/")["instruments"]}
+            got = w.get("/instruments/")["instruments"]
         except Exception:
             continue
-        return {
-            iid: (partition_of(iid), got.get(iid, 0) - n)
-            for iid, n in want.items()
-            if got.get(iid, 0) != n
-        }
+        return counts_differing(got, result.tables["instrument-stats"], partitions=4)
     return {}
 
 
