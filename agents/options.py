@@ -1,5 +1,6 @@
-"""Options aggregated by group: `options.parts` in (each option's closed pressure windows as
-parts of its groups, and every source partition's pressure watermark), `options.pressure` and
+"""The Faust driver of the stage keyed by group (pipeline/graph.py, `option-groups`):
+`options.parts` in (each option's closed pressure windows as parts of its groups, and every
+source partition's pressure watermark, from the flow stage), `options.pressure` and
 `options.signals` out, keyed by group (tables/options.py; docs/flow-detection.md, "Options
 aggregation"). Each partition's groups are checkpointed in the `options` table
 (tables/options_state.py gives the keys; app/checkpoints.py says when).
@@ -23,21 +24,23 @@ from app.checkpoints import Checkpointer
 from app.dead_letters import processing_failed, send_dead_letter
 from app.faust_app import app, settings
 from app.feeds.watermarks import WM_HEADER, header
-from app.state_tables import options as options_table
+from app.option_parts import parts_of
+from app.state_tables import TABLES
 from app.topics import OPTION_TOPICS, ensure_declared, option_parts
 from app.transport import source_partition
-from tables.options import Part, check_part
-from tables.options_state import OptionsSet
+from pipeline.stages import OptionGroups
 
 AGENT = "options"
 log = logging.getLogger(__name__)
 
-groups = OptionsSet(settings.ifd_config(), settings.partitions)
+groups = OptionGroups(settings.stage_config())
 # Group windows are scored with the same runtime thresholds as instruments' windows.
-groups.set_signal_config(control.current.signal)
-control.on_change(lambda config: groups.set_signal_config(config.signal))
+groups.groups.set_signal_config(control.current.signal)
+control.on_change(lambda config: groups.groups.set_signal_config(config.signal))
 PARTS = option_parts.get_topic_name()
-checkpoints = Checkpointer(app, AGENT, [(options_table, groups)], topic=PARTS)
+checkpoints = Checkpointer(
+    app, AGENT, [(TABLES[name], state) for name, state in groups.states], topic=PARTS
+)
 
 
 @app.agent(option_parts, name=AGENT)
@@ -55,16 +58,15 @@ async def aggregate_options(stream):  # type: ignore[no-untyped-def]
                 if source is None or not 0 <= source < settings.partitions:
                     raise ValueError(f"no valid src-part header (got {source})")
                 watermark = header(msg.headers, WM_HEADER)
-                parts = _parts_of(event.value) if event.value else []
+                parts = parts_of(event.value) if event.value else []
             except (ValueError, orjson.JSONDecodeError) as exc:
                 await send_dead_letter(AGENT, event, "malformed", str(exc))
                 continue
             try:
-                if not groups.loaded(msg.partition):
-                    groups.load(msg.partition, options_table.get)
-                for part in parts:
-                    if not groups.add(msg.partition, *part):
-                        metrics.messages_duplicate.labels(AGENT).inc()
+                groups.restore(msg.partition, lambda name: TABLES[name].get)
+                repeats = groups.add(msg.partition, parts)
+                if repeats:
+                    metrics.messages_duplicate.labels(AGENT).inc(repeats)
                 rows = []
                 if watermark is not None:
                     rows = groups.advance(msg.partition, source, watermark)
@@ -76,11 +78,3 @@ async def aggregate_options(stream):  # type: ignore[no-untyped-def]
                 metrics.messages_processed.labels(AGENT).inc()
             except Exception as exc:
                 await processing_failed(AGENT, event, exc)
-
-
-def _parts_of(value: bytes) -> list[Part]:
-    """Every part of a message, checked before any is applied."""
-    body = orjson.loads(value)
-    if not isinstance(body, dict) or not isinstance(body.get("parts"), list):
-        raise ValueError('an options.parts message is a JSON object with a "parts" list')
-    return [check_part(item) for item in body["parts"]]

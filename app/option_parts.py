@@ -1,5 +1,5 @@
 """Sending one partition's option parts and pressure watermark to `options.parts`
-(tables/options.py says what a part is), from the books agent.
+(tables/options.py says what a part is), from the instruments agent (the flow stage's parts).
 
 Parts go to the partition of their group, in one message per target partition for what one
 input message closed (more only past MAX_BATCH_BYTES): JSON `{"parts": [part, ...]}`, no key,
@@ -13,12 +13,17 @@ watermarks in order, so a watermark never arrives before the parts it covers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from app.delta_parts import send_batched
+import orjson
+
 from app.feeds.watermarks import WM_HEADER, Passed, encode_ns
 from app.topics import option_parts, partition_of
 from app.transport import SOURCE_PARTITION_HEADER
+from tables.options import Part, check_part
+
+MAX_BATCH_BYTES = 256 * 1024
 
 
 class OptionPartSender:
@@ -41,3 +46,46 @@ class OptionPartSender:
 
     def forget(self, partition: int) -> None:
         self._told.forget(partition)
+
+
+def send_batched(
+    topic: Any,
+    partition: int,
+    items: Sequence[Any],
+    source: tuple[str, bytes],
+    wm: tuple[str, bytes] | None,
+) -> None:
+    """Items in as few messages as `json_batches` allows (one empty one for none), each with
+    the `source` header, the last also with `wm`: a watermark never precedes what it covers."""
+    batches = json_batches(items) if items else [b""]
+    for i, value in enumerate(batches):
+        last = i == len(batches) - 1
+        topic.send_soon(
+            key=None,
+            value=value,
+            partition=partition,
+            headers=[source, wm] if last and wm else [source],
+        )
+
+
+def json_batches(items: Sequence[Any]) -> list[bytes]:
+    """Items as `{"parts": [item, ...]}` JSON messages of about MAX_BATCH_BYTES at most."""
+    encoded = [orjson.dumps(item) for item in items]
+    out, batch, size = [], [], 0
+    for item in encoded:
+        if batch and size + len(item) > MAX_BATCH_BYTES:
+            out.append(b'{"parts":[' + b",".join(batch) + b"]}")
+            batch, size = [], 0
+        batch.append(item)
+        size += len(item) + 1
+    out.append(b'{"parts":[' + b",".join(batch) + b"]}")
+    return out
+
+
+def parts_of(value: bytes) -> list[Part]:
+    """Every part of an `options.parts` message, checked before any is applied; ValueError
+    for one that is not as `send_batched` makes."""
+    body = orjson.loads(value)
+    if not isinstance(body, dict) or not isinstance(body.get("parts"), list):
+        raise ValueError('an options.parts message is a JSON object with a "parts" list')
+    return [check_part(item) for item in body["parts"]]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 if TYPE_CHECKING:
+    from pipeline.stages import StageConfig
     from tables.ifd import IfdConfig
     from tables.patterns import PatternConfig
 
@@ -173,6 +174,19 @@ class Settings(BaseModel, frozen=True):
             breakout_pct=self.pattern_breakout_pct,
             rsi_high=self.pattern_rsi_high,
             rsi_low=self.pattern_rsi_low,
+        )
+
+    def stage_config(self) -> StageConfig:
+        """What the stages of the graph (pipeline/) are built with."""
+        from pipeline.stages import StageConfig
+
+        return StageConfig(
+            bar_intervals_ns=self.bar_intervals_ns,
+            lateness_ns=self.lateness_ns,
+            patterns=self.pattern_config(),
+            ifd=self.ifd_config(),
+            delta_depth=self.delta_depth,
+            partitions=self.partitions,
         )
 
     @field_validator("store")

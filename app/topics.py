@@ -11,9 +11,9 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from app.faust_app import app, settings
 from app.transport import cross_sources, output_sources
-from models.bar_events import INDICATORS, LATE_TRADES, bars_topic
-from tables.ifd import PRESSURE, SIGNALS
-from tables.options import OPTION_PARTS, OPTIONS_PRESSURE, OPTIONS_SIGNALS
+from models.intervals import interval_name
+from pipeline.graph import COLUMNAR, GROUP, INSTRUMENT, public_topics
+from tables.options import OPTION_PARTS
 
 # Raw Databento MBO: each value is one or more consecutive 56-byte MBO records of one
 # instrument, normally ending at an F_LAST boundary (see app/feeds/batching.py).
@@ -46,46 +46,31 @@ def partition_of(key: bytes) -> int:
 
 raw_mbo = _topic(RAW_MBO, internal=True)
 dead_letters = _topic(DEAD_LETTERS, internal=True)
-# What the books agent publishes: columnar JSON, one message per input message and instrument
-# (models/book_events.py describes the fields).
-book_deltas = _topic(settings.topic("book.deltas"))
-bbo = _topic(settings.topic("bbo"))
-trades = _topic(settings.topic("trades"))
-BOOK_TOPICS = {"book.deltas": book_deltas, "bbo": bbo, "trades": trades}
-for _out in (dead_letters, book_deltas, bbo, trades):
-    output_sources[_out.get_topic_name()] = RAW_MBO
-# What the bars agent publishes from `trades`: JSON, one message per bar, indicator update or
-# late trade (models/bar_events.py describes them).
-BAR_TOPICS = {
+# What the instruments agent publishes (the graph's stages keyed by instrument,
+# pipeline/graph.py), every topic from the transaction of the raw partition it comes from.
+# Books: columnar JSON, one message per input message and instrument (models/book_events.py).
+BOOK_TOPICS = {name: _topic(settings.topic(name)) for name in COLUMNAR}
+trades = BOOK_TOPICS["trades"]
+# Rows: JSON, one message per bar, indicator update, late trade (models/bar_events.py),
+# pressure window or signal (docs/flow-detection.md), or one-second delta (docs/topics.md).
+_INTERVALS = [interval_name(iv) for iv in settings.bar_intervals_ns]
+ROW_TOPICS = {
     name: _topic(settings.topic(name))
-    for name in [*(bars_topic(iv) for iv in settings.bar_intervals_ns), INDICATORS, LATE_TRADES]
+    for name in public_topics(_INTERVALS, INSTRUMENT)
+    if name not in COLUMNAR
 }
-for _out in BAR_TOPICS.values():
-    output_sources[_out.get_topic_name()] = trades.get_topic_name()
-# What the books agent publishes for institutional flow detection: JSON, one message per closed
-# pressure window or signal (docs/flow-detection.md describes them).
-IFD_TOPICS = {name: _topic(settings.topic(name)) for name in (PRESSURE, SIGNALS)}
-for _out in IFD_TOPICS.values():
+deltas = ROW_TOPICS["deltas"]
+for _out in (dead_letters, *BOOK_TOPICS.values(), *ROW_TOPICS.values()):
     output_sources[_out.get_topic_name()] = RAW_MBO
 
-# The one-second delta stream (tables/deltas.py): the books and bars agents write their parts
-# of each second to `delta.parts` (JSON, with the writer and its watermark in headers), and the
-# deltas agent merges them into `deltas` (docs/topics.md, "The delta topic"). Every topic with this
-# partition count falls in one of Faust's copartitioned groups, so both writers of a
-# `delta.parts` partition share the transaction of that partition's raw input.
-delta_parts = _topic(settings.topic("delta.parts"), internal=True)
-deltas = _topic(settings.topic("deltas"))
-for _out in (delta_parts, deltas):
-    output_sources[_out.get_topic_name()] = RAW_MBO
-
-# Options aggregated by group (tables/options.py): the books agent sends each option's closed
+# Options aggregated by group (tables/options.py): the flow stage sends each option's closed
 # pressure windows, as parts of its groups, to the partition of each group on `options.parts`,
 # with its partition's pressure watermark; the options agent adds them up into
 # `options.pressure` and `options.signals`, keyed by group. A part joins the transaction of
 # the raw partition it comes from (app/transport.py, `cross_sources`).
 option_parts = _topic(settings.topic(OPTION_PARTS), internal=True)
 cross_sources[option_parts.get_topic_name()] = RAW_MBO
-OPTION_TOPICS = {name: _topic(settings.topic(name)) for name in (OPTIONS_PRESSURE, OPTIONS_SIGNALS)}
+OPTION_TOPICS = {name: _topic(settings.topic(name)) for name in public_topics(_INTERVALS, GROUP)}
 for _out in OPTION_TOPICS.values():
     output_sources[_out.get_topic_name()] = RAW_MBO
 
@@ -93,13 +78,8 @@ for _out in OPTION_TOPICS.values():
 # start, and `ensure_declared` covers a send that comes before that task has run.
 OUTPUT_TOPICS = [
     dead_letters,
-    book_deltas,
-    bbo,
-    trades,
-    *BAR_TOPICS.values(),
-    *IFD_TOPICS.values(),
-    delta_parts,
-    deltas,
+    *BOOK_TOPICS.values(),
+    *ROW_TOPICS.values(),
     option_parts,
     *OPTION_TOPICS.values(),
 ]

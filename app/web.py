@@ -25,17 +25,12 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.web import Request, Response, View
 from faust.web import exceptions as web_exceptions
 
-from agents.bars import bar_set
-from agents.books import book_set, checkpoints, ensure_loaded, ifd_set
 from agents.control import control
-from agents.options import groups as option_groups
+from agents.instruments import checkpoints, restore_books, stages
+from agents.options import groups as option_groups_stage
 from app.faust_app import app
 from app.recovery_status import log_progress, recovery_status
-from app.state_tables import bars as bars_table
-from app.state_tables import books as books_table
-from app.state_tables import ifd as ifd_table
-from app.state_tables import instrument_stats
-from app.state_tables import options as options_table
+from app.state_tables import TABLES
 from app.topics import partition_of
 from models.intervals import interval_name, parse_interval
 from models.mbo import instrument_key
@@ -43,6 +38,12 @@ from tables.bar_state import bars_key
 from tables.instrument_stats import InstrumentStats
 
 log = logging.getLogger(__name__)
+book_set = stages.books.books
+bar_set = stages.bars.bars
+ifd_set = stages.flow.flow
+option_groups = option_groups_stage.groups
+books_table, bars_table, ifd_table = TABLES["books"], TABLES["bars"], TABLES["ifd"]
+instrument_stats, options_table = TABLES["instrument-stats"], TABLES["options"]
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=5)
 MAX_DEPTH = 1000
 MAX_SIGNALS = 1000
@@ -128,7 +129,7 @@ async def _local_books() -> list[dict[str, Any]]:
         # Books load when their next message arrives; a listing loads the rest from the table.
         for key in list(books_table.keys()):
             if b"/" not in key:
-                ensure_loaded(int(key), partition_of(key))
+                restore_books(int(key), partition_of(key))
         return [
             {"instrument_id": iid, "books": book_set.bbo(iid)}
             for iid in sorted(book_set.instruments)
@@ -161,7 +162,7 @@ class BookView(View):
         if not book_set.loaded(iid) and books_table.get(key) is None:
             return self.json({"error": f"no book for instrument {iid}"}, status=404)
         async with checkpoints.state_lock:
-            ensure_loaded(iid, partition_of(key))
+            restore_books(iid, partition_of(key))
             view = book_set.view(iid, int(raw_depth))
         if not view["books"]:
             return self.json({"error": f"no book for instrument {iid}"}, status=404)
@@ -287,7 +288,7 @@ class OptionSignalsView(View):
 
 
 def _local_signals(iid: int | None) -> list[dict[str, Any]]:
-    """Flow signals (kept by the books agent) and patterns (by the bars agent): from memory for
+    """Flow signals (kept by the flow stage) and patterns (by the bars stage): from memory for
     partitions loaded here, from their tables' checkpoints for the rest."""
     out: list[dict[str, Any]] = []
     for state, table, suffix in (

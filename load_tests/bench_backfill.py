@@ -24,8 +24,8 @@ from pathlib import Path
 
 import orjson
 
-from app.commands.backfill import backfill_files
-from app.commands.backfill_outputs import DiscardOutputs
+from app.file_driver import run_files
+from app.file_outputs import DiscardOutputs
 from app.settings import load_settings
 from load_tests.gen_mbo import GenConfig, option_definitions, write, write_definitions
 from load_tests.worker_proc import BENCH_DIR
@@ -54,7 +54,7 @@ def _chain() -> Path:
 
 def _run(inputs: list[Path]) -> tuple[float, int, int]:
     t0 = time.perf_counter()
-    result = backfill_files(
+    result = run_files(
         [str(p) for p in inputs], load_settings({}), progress=False, outputs=DiscardOutputs()
     )
     seconds = time.perf_counter() - t0

@@ -52,9 +52,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from app.commands import baselines
-from app.commands.backfill import backfill_files
 from app.commands.replay import PACE_TICK_S, ensure_topic, replay_files
 from app.feeds.mbo_files import open_mbo
+from app.file_driver import run_files
 from app.settings import Settings, load_settings
 from app.transport import freeze_heap
 from load_tests.gen_mbo import GenConfig, option_definitions, write, write_definitions
@@ -115,7 +115,7 @@ def _chain(instruments: int) -> Path:
 
 def _options(broker: str, guarantee: str, fast: Path, total: int, chain: Path) -> dict:
     files = [str(chain), str(fast)]
-    made = backfill_files(files, load_settings(OPTIONS_ENV), progress=False).row_topics
+    made = run_files(files, load_settings(OPTIONS_ENV), progress=False).row_topics
     groups = len(made[OPTIONS_PRESSURE]) + len(made[OPTIONS_SIGNALS])
     env = {"TAPESTREAM_PROCESSING_GUARANTEE": guarantee, **OPTIONS_ENV}
     with bench_worker(broker, **env) as w:

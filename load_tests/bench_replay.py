@@ -24,10 +24,10 @@ from pathlib import Path
 
 import orjson
 
-from app.commands.backfill import backfill_files
 from app.commands.replay import replay_files
 from app.feeds.batching import Batcher
 from app.feeds.mbo_files import open_mbo
+from app.file_driver import run_files
 from app.settings import load_settings
 from load_tests.gen_mbo import GenConfig, write
 from load_tests.worker_proc import bench_worker
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             assert n == total
             r[name] = total / secs
         t0 = time.perf_counter()
-        res = backfill_files([str(path)], settings, progress=False)
+        res = run_files([str(path)], settings, progress=False)
         r["backfill"] = res.records / (time.perf_counter() - t0)
         if not args.no_broker:
             w = _worker_run(path, total, broker)

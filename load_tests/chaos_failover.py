@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from app.commands.backfill import BOOK_TABLE_DEPTH, backfill_files
+from app.file_driver import BOOK_TABLE_DEPTH, run_files
 from app.settings import load_settings
 from load_tests.gen_mbo import GenConfig, write
 from load_tests.worker_proc import (
@@ -312,7 +312,7 @@ def where_it_stands(workers: list[ChaosWorker], env: dict[str, str]) -> dict[str
         await c.start()
         try:
             lag = {}
-            for topic in ("mbo.raw", "trades", "delta.parts", "options.parts"):
+            for topic in ("mbo.raw", "options.parts"):
                 tps = [TopicPartition(settings.topic(topic), p) for p in range(settings.partitions)]
                 ends = await c.end_offsets(tps)
                 for tp in tps:
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         path = Path(tempfile.mkdtemp(prefix="chaos-gen-")) / "chaos.mbo.dbn.zst"
         write(path, GenConfig(records=args.records, instruments=args.instruments, seed=args.seed))
-    result = backfill_files([str(path)], load_settings({}), progress=False)
+    result = run_files([str(path)], load_settings({}), progress=False)
     want = {
         "records": result.records,
         "books": {r["instrument_id"]: r for r in result.tables["books"]},

@@ -31,7 +31,7 @@ from models.bar_events import LATE_TRADES
 from models.intervals import parse_interval
 from models.mbo import F_LAST, UNDEF_PRICE, instrument_key
 from tables.book_engine import complete_events
-from tables.partitioned_state import PartitionedState
+from tables.partitioned_state import PartitionedState, partition_key
 
 SECOND_NS = 1_000_000_000
 BOOKS, BARS = "books", "bars"  # the two agents whose parts make a delta
@@ -70,6 +70,11 @@ def tops_key(instrument_id: int) -> bytes:
     return instrument_key(instrument_id) + b"/tops"
 
 
+def open_seconds_key(partition: int) -> bytes:
+    """The partition's instruments with a second still open, in the books table."""
+    return partition_key(partition) + b"/open-seconds"
+
+
 class BookSeconds:
     """Top-N levels per book at the end of each second, as changes. The books agent hands it to
     `BookSet.process`, which applies a message in pieces cut where a new second starts, so
@@ -81,6 +86,8 @@ class BookSeconds:
         self.state: dict[int, _Tops] = {}
         self.closed: list[tuple[int, int, Part]] = []  # (instrument, second, part) to send
         self.released: dict[int, int] = {}  # partition -> seconds before this are closed
+        # Partitions whose instruments with an open second are all loaded (`restore_open`)
+        self.restored: set[int] = set()
 
     # -- state ------------------------------------------------------------------------------
     def loaded(self, instrument_id: int) -> bool:
@@ -94,12 +101,25 @@ class BookSeconds:
             st.open = saved["open"]
             st.last = {int(p): (v[0], v[1]) for p, v in saved["last"].items()}
 
+    def open_in(self, partition: int, get: Get) -> list[int]:
+        """The instruments of the partition whose second was open at its last checkpoint.
+        They must all be loaded before the partition's watermark moves: an instrument loaded
+        only with its next message would close its open second after the merge had published
+        that second without it."""
+        raw = get(open_seconds_key(partition))
+        return [] if raw is None else list(orjson.loads(raw))
+
     def checkpoint(self) -> dict[int, list[tuple[bytes, bytes | None]]]:
         out: dict[int, list[tuple[bytes, bytes | None]]] = {}
         for iid, st in self.state.items():
             if st.dirty:
                 out.setdefault(st.partition, []).append((tops_key(iid), orjson.dumps(st.export())))
                 st.dirty = False
+        for p, rows in out.items():
+            opened = sorted(
+                i for i, st in self.state.items() if st.partition == p and st.open is not None
+            )
+            rows.append((open_seconds_key(p), orjson.dumps(opened)))
         return out
 
     def evict(self, partitions: set[int]) -> None:
@@ -107,6 +127,7 @@ class BookSeconds:
             del self.state[iid]
         for p in partitions:
             self.released.pop(p, None)
+            self.restored.discard(p)
 
     # -- cutting messages at seconds --------------------------------------------------------
     def cuts(self, instrument_id: int, records: np.ndarray) -> list[tuple[int, int]]:
@@ -338,10 +359,6 @@ def delta(instrument_id: int, second: int, pending: _Pending) -> dict[str, Any]:
     return out
 
 
-def meta_key(partition: int) -> bytes:
-    return f"~partition/{partition}".encode()
-
-
 def pending_key(instrument_id: int, second: int) -> bytes:
     return instrument_key(instrument_id) + f"/{second}".encode()
 
@@ -366,7 +383,7 @@ class DeltaSet(PartitionedState[_MergeState]):
     def load(self, partition: int, get: Get) -> DeltaMerge:
         merge = DeltaMerge()
         state = self.partitions[partition] = _MergeState(merge)
-        raw = get(meta_key(partition))
+        raw = get(partition_key(partition))
         if raw is None:
             return merge
         meta = orjson.loads(raw)
@@ -427,7 +444,7 @@ class DeltaSet(PartitionedState[_MergeState]):
             # The meta stops naming a published second before its key goes: a checkpoint cut
             # short (a kill under at_least_once, where nothing is transactional) then leaves
             # the previous meta with every key it names, at worst a key no meta names.
-            rows.append((meta_key(p), orjson.dumps(meta)))
+            rows.append((partition_key(p), orjson.dumps(meta)))
             out[p] = rows + deletes
             state.changed.clear()
             state.dirty = False

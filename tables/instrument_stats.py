@@ -124,6 +124,10 @@ class StatsSet:
         self._dirty.add(instrument_id)
         return True
 
+    def public_rows(self) -> list[dict[str, Any]]:
+        """Every instrument's counts as the view shows them, by instrument."""
+        return [self._stats[iid].public() for iid in sorted(self._stats)]
+
     def checkpoint(self) -> dict[int, list[tuple[bytes, bytes]]]:
         """Table writes for what changed since the last checkpoint, by partition."""
         writes: dict[int, list[tuple[bytes, bytes]]] = {}

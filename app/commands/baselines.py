@@ -29,12 +29,12 @@ from aiokafka.partitioner import DefaultPartitioner
 from faust.cli import argument, option
 
 from app.commands import exit_with
-from app.commands.backfill import BackfillResult, backfill_files
-from app.commands.backfill_outputs import DiscardOutputs
 from app.commands.replay import ensure_topic
 from app.faust_app import app
 from app.feeds.mbo_files import InputError
 from app.feeds.watermarks import partitioner
+from app.file_driver import FileRun, run_files
+from app.file_outputs import DiscardOutputs
 from app.settings import Settings
 from models.mbo import instrument_key
 from tables.ifd import IfdStage
@@ -145,9 +145,9 @@ async def _held(settings: Settings, topic: str, partitions: int) -> int:
     return sum(ends[tp] - starts[tp] for tp in tps)
 
 
-def build(paths: Sequence[str], settings: Settings, progress: bool) -> BackfillResult:
+def build(paths: Sequence[str], settings: Settings, progress: bool) -> FileRun:
     # Only the final state is used: the rows are counted, not kept.
-    return backfill_files(paths, settings, progress=progress, outputs=DiscardOutputs())
+    return run_files(paths, settings, progress=progress, outputs=DiscardOutputs())
 
 
 @app.command(

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from app.commands.backfill import backfill_files
+from app.file_driver import run_files
 from app.settings import load_settings
 from load_tests.gen_mbo import GenConfig, write
 from tests.integration.conftest import Deployment, Worker, consume_all, wait_for
@@ -25,7 +25,7 @@ def bars_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     with what backfill makes of it."""
     path = tmp_path_factory.mktemp("gen") / "bars.mbo.dbn.zst"
     write(path, GenConfig(records=150_000, instruments=6, events_per_second=100, seed=3))
-    result = backfill_files([str(path)], load_settings({}), progress=False)
+    result = run_files([str(path)], load_settings({}), progress=False)
     want = {t: result.row_topics[t] for t in TOPICS}
     assert len(want["bars.1m"]) > 50 and len(want["bars.15m"]) >= 6
     assert result.row_topics["trades.late"] == []

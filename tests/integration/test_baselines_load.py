@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app.commands.backfill import backfill_files
+from app.file_driver import run_files
 from app.settings import load_settings
 from load_tests.gen_mbo import GenConfig, option_definitions, write, write_definitions
 from tables.baselines import window_values
@@ -36,10 +36,10 @@ def test_loaded_baselines_score_the_first_live_windows(
         tmp_path / "chain.definition.dbn", option_definitions([1000, 1001], ("SYN",), ts=T0)
     )
     settings = load_settings(IFD_ENV)
-    built = backfill_files([str(defs), str(history)], settings, progress=False)
+    built = run_files([str(defs), str(history)], settings, progress=False)
     past, past_groups = built.ifd, built.options
     assert past is not None and past_groups is not None
-    fresh = backfill_files([str(later)], settings, progress=False).row_topics["pressure"]
+    fresh = run_files([str(later)], settings, progress=False).row_topics["pressure"]
 
     deployment.base_env.update(IFD_ENV)
     out = tmp_path / "baselines.jsonl"

@@ -14,8 +14,8 @@ import numpy as np
 import orjson
 import pytest
 
-from app.commands.backfill import BackfillResult, backfill_files
 from app.feeds.mbo_files import open_mbo
+from app.file_driver import FileRun, run_files
 from app.settings import load_settings
 from load_tests.delta_consumer import consume
 from load_tests.gen_mbo import GenConfig, write
@@ -28,11 +28,11 @@ DEPTH = 10
 
 
 @pytest.fixture(scope="module")
-def deltas_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BackfillResult]:
+def deltas_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, FileRun]:
     """About 6 minutes of event time for 6 instruments, with what backfill makes of it."""
     path = tmp_path_factory.mktemp("gen") / "deltas.mbo.dbn.zst"
     write(path, GenConfig(records=60_000, instruments=6, events_per_second=100, seed=5))
-    result = backfill_files([str(path)], load_settings({}), progress=False)
+    result = run_files([str(path)], load_settings({}), progress=False)
     deltas = result.row_topics["deltas"]
     assert len(deltas) > 2000 and sum("bars" in d for d in deltas) > 30
     assert sum("pressure" in d for d in deltas) >= 6
@@ -62,7 +62,9 @@ def live_deltas(d: Deployment, expected: int) -> tuple[list[dict], dict[int, lis
 
 def assert_same_deltas(d: Deployment, want: list[dict]) -> None:
     got, order = live_deltas(d, len(want))
-    assert len(got) == len(want)
+    keys = {(r["instrument_id"], r["start"]) for r in got}
+    wanted = {(r["instrument_id"], r["start"]) for r in want}
+    assert len(got) == len(want), f"missing {sorted(wanted - keys)}, extra {sorted(keys - wanted)}"
     for g, e in zip(got, sorted(want, key=lambda r: (r["instrument_id"], r["start"])), strict=True):
         assert g == e
     for sequence in order.values():  # seconds in order, instruments in order within one
@@ -89,7 +91,7 @@ def _books_before(path: Path, end_ns: int) -> dict[tuple[int, int], tuple[list, 
 )
 def test_live_deltas_equal_backfill_and_rebuild_books_and_bars(
     deployment: Deployment,
-    deltas_file: tuple[Path, BackfillResult],
+    deltas_file: tuple[Path, FileRun],
     partitions: str,
     batch: str,
     pace: list[str],
@@ -122,7 +124,7 @@ def test_live_deltas_equal_backfill_and_rebuild_books_and_bars(
 
 
 def test_a_kill9_mid_replay_changes_no_delta(
-    deployment: Deployment, deltas_file: tuple[Path, BackfillResult]
+    deployment: Deployment, deltas_file: tuple[Path, FileRun]
 ) -> None:
     path, result = deltas_file
     w = start(deployment, "4", "1000", TAPESTREAM_PROCESSING_GUARANTEE="exactly_once")

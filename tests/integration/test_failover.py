@@ -20,7 +20,7 @@ import orjson
 import pytest
 import requests
 
-from app.commands.backfill import BOOK_TABLE_DEPTH, BackfillResult, backfill_files
+from app.file_driver import BOOK_TABLE_DEPTH, FileRun, run_files
 from app.settings import load_settings
 from load_tests.gen_mbo import GenConfig, write
 from load_tests.worker_proc import comparable_counts, counts_differing
@@ -39,15 +39,15 @@ SPEED = "10"
 
 
 @pytest.fixture(scope="module")
-def failover_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BackfillResult]:
+def failover_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, FileRun]:
     path = tmp_path_factory.mktemp("gen") / "failover.mbo.dbn.zst"
     write(path, CONFIG)
-    result = backfill_files([str(path)], load_settings({}), progress=False)
+    result = run_files([str(path)], load_settings({}), progress=False)
     assert result.records >= CONFIG.records
     return path, result
 
 
-def expected_rows(result: BackfillResult) -> dict[str, list[bytes]]:
+def expected_rows(result: FileRun) -> dict[str, list[bytes]]:
     """Per output topic, backfill's rows, each as canonical JSON."""
     out = {t: [_canon(r) for r in result.topic_rows(t)] for t in result.topics}
     # with the topics it leaves empty (late trades, signals, option groups): so must live
@@ -116,7 +116,7 @@ def two_workers_replaying(
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_kill9_wipe_and_join_across_workers_change_no_output(
-    deployment: Deployment, failover_file: tuple[Path, BackfillResult], guarantee: str
+    deployment: Deployment, failover_file: tuple[Path, FileRun], guarantee: str
 ) -> None:
     path, result = failover_file
     a, b, replay = two_workers_replaying(deployment, path, guarantee)
@@ -148,7 +148,7 @@ def test_kill9_wipe_and_join_across_workers_change_no_output(
 # on two instruments, in one run of three). docs/state-and-recovery.md says so.
 @pytest.mark.parametrize("guarantee", ["exactly_once"])
 def test_a_worker_paused_past_its_session_timeout_rejoins_and_changes_no_output(
-    deployment: Deployment, failover_file: tuple[Path, BackfillResult], guarantee: str
+    deployment: Deployment, failover_file: tuple[Path, FileRun], guarantee: str
 ) -> None:
     """A worker that stands still (SIGSTOP) until the group gives its partitions away wakes
     up as a zombie: its commit timer is overdue and, under exactly_once, its transactions have
@@ -181,7 +181,7 @@ def _metric(w: Worker, name: str) -> float:
 
 
 def assert_as_backfill(
-    deployment: Deployment, workers: list[Worker], result: BackfillResult, guarantee: str
+    deployment: Deployment, workers: list[Worker], result: FileRun, guarantee: str
 ) -> None:
     """Every record processed with every worker up; every output topic equal to backfill's,
     record for record (repeats allowed, identical, under at_least_once); every worker serving
@@ -222,7 +222,7 @@ def assert_as_backfill(
     assert [orjson.loads(v)["reason"] for _, v, _, _ in dead] == []
 
 
-def _short_instruments(workers: list[Worker], result: BackfillResult) -> dict[int, dict]:
+def _short_instruments(workers: list[Worker], result: FileRun) -> dict[int, dict]:
     """Where the first worker that answers counts otherwise than backfill."""
     for w in workers:
         try:
@@ -260,7 +260,7 @@ def _where_it_stands(d: Deployment, workers: list[Worker]) -> str:
         await c.start()
         out = []
         try:
-            for topic in ("mbo.raw", "trades", "delta.parts", "options.parts"):
+            for topic in ("mbo.raw", "options.parts"):
                 tps = [TopicPartition(f"{d.prefix}{topic}", p) for p in range(4)]
                 ends = await c.end_offsets(tps)
                 for tp in tps:

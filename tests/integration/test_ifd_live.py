@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.commands.backfill import backfill_files
+from app.file_driver import run_files
 from app.settings import load_settings
 from load_tests.gen_mbo import GenConfig, option_definitions, write, write_definitions
 from tables.options import OPTIONS_PRESSURE, OPTIONS_SIGNALS
@@ -32,7 +32,7 @@ CONFIG = GenConfig(records=100_000, instruments=6, events_per_second=0.4, seed=4
 def ifd_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[dict]]]:
     path = tmp_path_factory.mktemp("gen") / "ifd.mbo.dbn.zst"
     write(path, CONFIG)
-    result = backfill_files([str(path)], load_settings(IFD_ENV), progress=False)
+    result = run_files([str(path)], load_settings(IFD_ENV), progress=False)
     want = {t: result.row_topics[t] for t in TOPICS}
     assert len(want["pressure"]) > 1000
     assert sum(s["kind"] == "ifd" for s in want["signals"]) > 20
@@ -50,7 +50,7 @@ def chain(
         tmp_path_factory.mktemp("chain") / "chain.definition.dbn.zst",
         option_definitions([1000, 1001, 1002, 1003, 1004], ts=CONFIG.start_ns),
     )
-    result = backfill_files([str(defs), str(path)], load_settings(IFD_ENV), progress=False)
+    result = run_files([str(defs), str(path)], load_settings(IFD_ENV), progress=False)
     assert all(result.row_topics[t] == want[t] for t in TOPICS)  # definitions change neither
     groups = {t: result.row_topics[t] for t in OPTION_TOPICS}
     assert len(groups[OPTIONS_PRESSURE]) > 1000 and len(groups[OPTIONS_SIGNALS]) > 20

@@ -64,12 +64,12 @@ def test_bad_messages_are_dead_lettered_and_counted(deployment: Deployment, brok
     kinds = ["bad_definition", "bad_key", "bad_length", "empty", "key_mismatch"]
     bodies = {b["kind"]: b for b in found}
     assert len(found) == 5 and sorted(bodies) == kinds
-    assert all(b["topic"] == raw and b["agent"] == "books" for b in bodies.values())
+    assert all(b["topic"] == raw and b["agent"] == "instruments" for b in bodies.values())
     assert "record 0 is instrument 6, key says 5" in bodies["key_mismatch"]["reason"]
     assert bodies["bad_length"]["payload_bytes"] == 105
     metrics = w.get_raw("/metrics").text
     for kind in kinds:
-        assert f'tapestream_dead_letters_total{{agent="books",kind="{kind}"}} 1.0' in metrics
+        assert f'tapestream_dead_letters_total{{agent="instruments",kind="{kind}"}} 1.0' in metrics
     assert w.get("/instruments/5/")["messages"] == 2
     book = w.get("/books/5/")["books"][0]
     assert book["orders"] == 0 and book["counters"]["bad_records"] == 5  # A with size 0

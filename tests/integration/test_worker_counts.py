@@ -65,9 +65,8 @@ def test_counts_through_a_real_worker_equal_the_file(
     assert read_jsonl(out / "instrument-stats.table.jsonl") == w.get("/instruments/")["instruments"]
 
     metrics = w.get_raw("/metrics").text
-    assert (
-        f'tapestream_records_processed_total{{agent="books"}} {float(truth["records"])}' in metrics
-    )
+    records = float(truth["records"])
+    assert f'tapestream_records_processed_total{{agent="instruments"}} {records}' in metrics
 
 
 def test_two_workers_split_partitions_and_route_reads(

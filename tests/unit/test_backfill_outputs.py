@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app.commands.backfill import backfill_files
-from app.commands.backfill_outputs import FileOutputs
+from app.file_driver import run_files
+from app.file_outputs import FileOutputs
 from app.settings import load_settings
 from load_tests.gen_mbo import GenConfig, write
 
@@ -31,9 +31,9 @@ def _lines(path: Path) -> list[bytes]:
 
 def test_files_hold_the_rows_the_result_holds(mbo_file: Path, tmp_path: Path) -> None:
     settings = load_settings({})
-    kept = backfill_files([str(mbo_file)], settings, progress=False)
+    kept = run_files([str(mbo_file)], settings, progress=False)
     outputs = FileOutputs(tmp_path / "out")
-    streamed = backfill_files([str(mbo_file)], settings, progress=False, outputs=outputs)
+    streamed = run_files([str(mbo_file)], settings, progress=False, outputs=outputs)
     paths = {p.name for p in outputs.commit()}
     assert streamed.counts == kept.counts and kept.counts["book.deltas"] > 10_000
     assert kept.counts["bars.1m"] > 0 and kept.counts["deltas"] > 0

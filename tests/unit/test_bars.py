@@ -351,7 +351,7 @@ def test_intervals_parse_and_print() -> None:
 def test_backfill_bars_and_indicators_equal_the_reference_over_the_files_trades(
     tmp_path: Path,
 ) -> None:
-    from app.commands.backfill import backfill_files
+    from app.file_driver import run_files
     from app.settings import load_settings
     from load_tests.gen_mbo import GenConfig, write
     from tables.indicators import Indicators
@@ -359,7 +359,7 @@ def test_backfill_bars_and_indicators_equal_the_reference_over_the_files_trades(
     path = tmp_path / "g.mbo.dbn.zst"
     write(path, GenConfig(records=150_000, instruments=6, events_per_second=100, seed=3))
     settings = load_settings({"TAPESTREAM_BAR_INTERVALS": "1m,5m"})
-    result = backfill_files([str(path)], settings, progress=False)
+    result = run_files([str(path)], settings, progress=False)
     mbo = np.concatenate(list(open_trades(path).chunks()))
     stream = [
         (

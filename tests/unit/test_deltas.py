@@ -240,25 +240,6 @@ def test_merge_output_depends_on_the_parts_only(
         assert {k for k in store if not k.startswith(b"~")} == set()
 
 
-def test_parts_travel_in_batches_and_bad_ones_are_refused() -> None:
-    from app.delta_parts import MAX_BATCH_BYTES, json_batches, parts_of
-
-    parts = [
-        (7, s, {"books": [{"publisher_id": 1, "bids": [[0, s, 1, 1]] * 50}]}) for s in range(2000)
-    ]
-    batches = json_batches(parts)
-    assert len(batches) > 1 and all(len(b) <= MAX_BATCH_BYTES + 4096 for b in batches)
-    assert [p for b in batches for p in parts_of(b)] == parts
-    for bad, why in [
-        (b"[]", "JSON object"),
-        (b'{"parts": [[1, 2]]}', r"\[instrument_id, second"),
-        (b'{"parts": [["1", 2, {}]]}', "integer"),
-        (b'{"parts": [[1, 2, {"books": 3}]]}', "must be lists"),
-    ]:
-        with pytest.raises(ValueError, match=why):
-            parts_of(bad)
-
-
 def test_a_checkpoint_cut_short_leaves_a_loadable_one() -> None:
     """A kill under at_least_once can land after any write of a checkpoint: the table must
     still load, whichever of its writes arrived. (Deleting a published second's key before

@@ -304,7 +304,7 @@ def test_quote_rule_on_real_itch_trades_agrees_with_databento_books() -> None:
 
 
 def test_backfill_pressure_and_signals_do_not_depend_on_batch_size(tmp_path) -> None:
-    from app.commands.backfill import backfill_files
+    from app.file_driver import run_files
     from app.settings import load_settings
     from load_tests.gen_mbo import GenConfig, write
 
@@ -313,7 +313,7 @@ def test_backfill_pressure_and_signals_do_not_depend_on_batch_size(tmp_path) -> 
     got = []
     for batch in ("300", "4096"):
         s = load_settings({"TAPESTREAM_BATCH_RECORDS": batch, "TAPESTREAM_PRESSURE_INTERVAL": "1m"})
-        r = backfill_files([str(path)], s, progress=False)
+        r = run_files([str(path)], s, progress=False)
         got.append((r.row_topics["pressure"], r.row_topics["signals"], r.tables["baselines"]))
     assert len(got[0][0]) > 30
     for a, b in zip(got[0], got[1], strict=True):

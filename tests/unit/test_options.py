@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.commands.backfill import backfill_files
 from app.feeds.mbo_files import InputError, is_definition_file, read_definitions
+from app.file_driver import run_files
 from app.settings import load_settings
 from load_tests.gen_mbo import GenConfig, option_definitions, write, write_definitions
 from models.definitions import encode, is_definition, parse_definitions
@@ -124,7 +124,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[int, Opti
     defs = option_definitions([1000, 1001, 1002, 1003, 1004], ts=cfg.start_ns)
     write_definitions(tmp / "chain.definition.dbn.zst", defs)
     env = {**ENV, "TAPESTREAM_OPTION_GROUPS": "underlying+right,underlying+expiration+right"}
-    result = backfill_files(
+    result = run_files(
         [str(tmp / "chain.definition.dbn.zst"), str(tmp / "flow.mbo.dbn.zst")],
         load_settings(env),
         progress=False,
@@ -174,7 +174,7 @@ def test_a_real_contract_alone_in_its_group_scores_as_itself(tmp_path: Path) -> 
     (d,) = option_definitions([5602], ("ES",), ts=1_715_126_400 * 10**9)
     defs = write_definitions(tmp_path / "esm4.definition.dbn", [d])
     env = {"TAPESTREAM_PRESSURE_INTERVAL": "1s", "TAPESTREAM_ALLOWED_LATENESS": "0"}
-    result = backfill_files([str(defs), str(require(ESM4_MBO))], load_settings(env), progress=False)
+    result = run_files([str(defs), str(require(ESM4_MBO))], load_settings(env), progress=False)
     own = result.row_topics["pressure"]
     assert own and sum(r["ofi_steps"] for r in own) > 0
     groups = result.row_topics[OPTIONS_PRESSURE]
@@ -189,7 +189,7 @@ def test_backfill_refuses_an_option_it_cannot_place(tmp_path: Path) -> None:
     (d,) = option_definitions([1000], ("",))
     path = write_definitions(tmp_path / "bad.definition.dbn", [d])
     with pytest.raises(InputError, match="instrument 1000: option 1000 has neither"):
-        backfill_files([str(path)], load_settings({}), progress=False)
+        run_files([str(path)], load_settings({}), progress=False)
 
 
 # -- the aggregation across partitions -----------------------------------------------------------
@@ -318,3 +318,16 @@ def test_runtime_thresholds_reach_every_partitions_groups() -> None:
     state.load(1, {}.get)
     assert state.partitions[0].agg.signals.config == stricter
     assert state.partitions[1].agg.signals.config == stricter
+
+
+def test_parts_travel_in_batches_and_bad_messages_are_refused() -> None:
+    from app.option_parts import MAX_BATCH_BYTES, json_batches, parts_of
+
+    part = ["ES|*|*|C", 0, 1, 1, [5, 0, 5, 1, 0, 500, 0, 0, 3, 100]]
+    parts = [[part[0], start, *part[2:]] for start in range(0, 20_000 * 300, 300)]
+    batches = json_batches(parts)
+    assert len(batches) > 1 and all(len(b) <= MAX_BATCH_BYTES + 4096 for b in batches)
+    assert [p for b in batches for p in parts_of(b)] == [check_part(p) for p in parts]
+    for bad in (b"[]", b'{"parts": 3}', b'{"parts": [["ES|C", 0, 1, 1, []]]}'):
+        with pytest.raises(ValueError):
+            parts_of(bad)

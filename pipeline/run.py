@@ -1,0 +1,94 @@
+"""The stages keyed by instrument, run in the graph's order for one message at a time: what the
+Faust agent (agents/instruments.py) and the file driver (app/commands/backfill.py) both call.
+
+Restoring happens here and only here: before a message's stages run, each restores the state
+of the message's instrument and partition from its table (`restore`) if it does not hold it
+already. Checkpointing is the runtime's: `states()` names every state with its table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pipeline.graph import INSTRUMENT, segment
+from pipeline.stages import (
+    Bars,
+    Books,
+    CheckpointedState,
+    Deltas,
+    Flow,
+    InstrumentCounts,
+    StageConfig,
+    Step,
+    Tables,
+)
+from tables.options import OptionInfo
+
+
+class InstrumentStages:
+    def __init__(
+        self,
+        config: StageConfig,
+        tables: Tables,
+        publishes: Callable[[int], bool] = lambda instrument_id: True,
+    ) -> None:
+        """`tables(name)` reads a table's checkpoint; `publishes(instrument_id)` says whether
+        its signals go out (runtime control)."""
+        self.stages = [spec.make(config) for spec in segment(INSTRUMENT)]
+        self.tables = tables
+        self.publishes = publishes
+        self.books: Books = self._one(Books)
+        self.counts: InstrumentCounts = self._one(InstrumentCounts)
+        self.bars: Bars = self._one(Bars)
+        self.flow: Flow = self._one(Flow)
+        self.deltas: Deltas = self._one(Deltas)
+
+    def _one(self, kind: type) -> Any:
+        (stage,) = (s for s in self.stages if isinstance(s, kind))
+        return stage
+
+    def states(self) -> list[tuple[str, CheckpointedState]]:
+        """(table, state) for every state the stages keep, in stage order."""
+        return [pair for stage in self.stages for pair in stage.states]
+
+    def restore(self, partition: int, instrument_id: int | None = None) -> None:
+        """The state of the partition (and instrument) from the last checkpoint, for every
+        stage that does not hold it yet."""
+        for stage in self.stages:
+            stage.restore(partition, instrument_id, self.tables)
+
+    def message(
+        self,
+        partition: int,
+        offset: int,
+        instrument_id: int,
+        records: np.ndarray,
+        bound: int | None = None,
+    ) -> Step:
+        """One raw message of one instrument through every stage; `step.repeat` when its
+        offset was applied already (nothing else happens then)."""
+        self.restore(partition, instrument_id)
+        step = Step(partition, offset, instrument_id, records, bound, self.publishes)
+        for stage in self.stages:
+            stage.apply(step)
+            if step.repeat:
+                return step
+        for stage in self.stages:
+            stage.advance(step)
+        return step
+
+    def watermark(self, partition: int, offset: int, bound: int) -> Step:
+        """A source watermark with no records: what it closes."""
+        self.restore(partition)
+        step = Step(partition, offset, bound=bound, publishes=self.publishes)
+        for stage in self.stages:
+            stage.advance(step)
+        return step
+
+    def define(self, partition: int, instrument_id: int, info: OptionInfo | None) -> None:
+        """An instrument's definition (options count in their groups from here on)."""
+        self.restore(partition)
+        self.flow.define(partition, instrument_id, info)
