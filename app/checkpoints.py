@@ -1,5 +1,5 @@
 """Checkpoint-at-commit for an agent whose state lives in memory and whose table holds the
-checkpoint (the books and bars agents).
+checkpoint (the instruments and options agents).
 
 The agent applies events under `state_lock` without acknowledging them (`unacked`). At every
 commit (`app.transport.commit_guards`) the states' changes since the last checkpoint are written

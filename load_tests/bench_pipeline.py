@@ -8,10 +8,10 @@
 
 For each processing guarantee, each run starts a fresh worker (its own topics and state) and:
   throughput  replays a generated file at full speed (--max) and measures events/s from the
-              start of the replay until the books agent has applied every record (the replay
+              start of the replay until the instruments agent has applied every record (the replay
               shares the machine's two cores with the broker and the worker);
   backlog     the same file, already in the topic when a fresh worker starts: events/s from
-              the first record the books agent applied to the last;
+              the first record the instruments agent applied to the last;
   latency     replays a second file paced at --rate records/s and, with a read_committed
               consumer of book.deltas in the same process, measures for every published level
               change the time from when replay sent its event until the consumer had it;
@@ -29,12 +29,13 @@ For each processing guarantee, each run starts a fresh worker (its own topics an
   options     the throughput phase twice with one-second pressure windows, so that every
               instrument closes a window each second of event time: without definitions, then
               with every instrument defined as an option (two underlyings, calls and puts, two
-              expiries: 12 groups by default), until the books agent has applied every record
+              expiries: 12 groups by default), until the instruments agent has applied every record
               and the options agent has published every group window backfill makes of the
               same files; events/s of each and their ratio, taken in the same run.
-The worker runs every agent (books with counts and flow detection, bars with indicators and
-patterns, deltas) as a deployment does. The broker must be
-running (`make broker-start`). Medians over runs are printed, with every run's figures.
+The worker runs every agent as a deployment does (the instruments agent with every stage:
+books, counts, bars with indicators and patterns, flow detection, deltas; and option groups).
+The broker must be running (`make broker-start`). Medians over runs are printed, with every
+run's figures.
 """
 
 from __future__ import annotations
@@ -84,14 +85,14 @@ def _file(records: int, instruments: int, rate: float, days_before: int = 0) -> 
 def _throughput(
     w: BenchWorker, path: Path, total: int, before: tuple[Path, ...] = (), groups: int = 0
 ) -> dict[str, float]:
-    """Replay `before` (definitions) and the file at full speed: events/s until the books agent
-    has applied every record and the options agent has published `groups` rows."""
+    """Replay `before` (definitions) and the file at full speed: events/s until the instruments
+    agent has applied every record and the options agent has published `groups` rows."""
     settings = load_settings(w.env)
     t0 = time.monotonic()
     inputs = [str(p) for p in (*before, path)]
     summary = asyncio.run(replay_files(inputs, settings, progress=False))
     replay_s = time.monotonic() - t0
-    done = w.wait_processed("books", total)
+    done = w.wait_processed("instruments", total)
     if groups:
         done = max(done, w.wait_processed("options", groups))
     return {
@@ -138,10 +139,10 @@ def _backlog(path: Path, total: int, broker: str, guarantee: str) -> dict[str, f
         asyncio.run(replay_files([str(path)], load_settings(env), progress=False))
 
     with bench_worker(broker, fill, TAPESTREAM_PROCESSING_GUARANTEE=guarantee) as w:
-        while (first := w.processed("books")) == 0:
+        while (first := w.processed("instruments")) == 0:
             time.sleep(0.01)
         t0 = time.monotonic()
-        done = w.wait_processed("books", total)
+        done = w.wait_processed("instruments", total)
     return {"events_per_s": (total - first) / (done - t0)}
 
 

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     with bench_worker(broker, keep=True) as w:
         env = dict(w.env)
         asyncio.run(replay_files([str(path)], load_settings(env), progress=False))
-        w.wait_processed("books", truth["records"], limit_s=900)
+        w.wait_processed("instruments", truth["records"], limit_s=900)
         time.sleep(2 * float(env.get("TAPESTREAM_COMMIT_INTERVAL", "1.0")))
     results: dict[str, list[float]] = {"kept": [], "wiped": []}
     for _ in range(args.runs):

@@ -1,4 +1,4 @@
-"""What the books agent publishes, per input message and instrument: `book.deltas`, `bbo` and
+"""What the books stage publishes, per input message and instrument: `book.deltas`, `bbo` and
 `trades`, as columnar JSON (orjson; one array per field, one element per row).
 
 Columnar because a message carries a thousand events: building one JSON object per row in

@@ -69,7 +69,7 @@ _MESSAGE_COLUMNS: Final = ("publisher_id", "sequence", "ts_event", "ts_recv", "p
 
 
 def trades_from_columns(message: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(trades, their book event numbers) of a trades message as the books agent builds it
+    """(trades, their book event numbers) of a trades message as the books stage builds it
     (models/book_events.py), before or after JSON."""
     side = message["side"]
     out = empty_trades(len(side))

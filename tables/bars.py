@@ -1,5 +1,5 @@
 """Bars on event time: tumbling windows per instrument, closed by a watermark, never by the
-wall clock. No Faust here; the bars agent, `ohlcv` and backfill all drive this class.
+wall clock. No Faust here; the bars stage (pipeline/stages.py) and `ohlcv` drive this class.
 
 A trade belongs to the window of its `ts_event`. Lateness is measured on when it was received
 (`ts_recv`): a trade is late when its window ended more than the allowed lateness before it

@@ -1,5 +1,5 @@
 """Books as recoverable state: the engine's books of each instrument, checkpointed into a
-key-value table as pages, with the input position they cover. No Faust here; the books agent
+key-value table as pages, with the input position they cover. No Faust here; the books stage
 supplies the table's get and put.
 
 Keys (bytes; the instrument's key is its id in ASCII, the raw topic's key):

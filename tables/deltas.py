@@ -8,14 +8,15 @@ thing alone, never on when a worker happened to see it:
   - a bar, its indicators, a pattern, a pressure window or a flow signal, to the second in which
     its window's end plus the allowed lateness falls: the moment the source watermark closes it.
 
-Three pieces make the stream:
-  - `BookSeconds` (books agent): the top-N levels of each book at the end of every second in
+Three pieces make the stream (pipeline/stages.py runs them):
+  - `BookSeconds` (books stage): the top-N levels of each book at the end of every second in
     which they changed, as the levels that differ from the ones last published;
-  - `item_parts` (books and bars agents): bars, indicators, patterns, pressure and signals,
+  - `item_parts` (bars and flow stages): bars, indicators, patterns, pressure and signals,
     grouped by instrument and second;
-  - `DeltaMerge` (deltas agent): puts both agents' parts together and publishes a second once
-    both agents' watermarks have passed its end, seconds in order, instruments in order within
-    a second. Its output is therefore the same at any pace, batch size or partition count.
+  - `DeltaMerge` (deltas stage): puts the parts together and publishes a second once the
+    watermarks of both sources (books, and the windows' items) have passed its end, seconds in
+    order, instruments in order within a second. Its output is therefore the same at any pace,
+    batch size or partition count.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tables.book_engine import complete_events
 from tables.partitioned_state import PartitionedState, partition_key
 
 SECOND_NS = 1_000_000_000
-BOOKS, BARS = "books", "bars"  # the two agents whose parts make a delta
+BOOKS, BARS = "books", "bars"  # the two sources whose parts make a delta
 SOURCES = (BOOKS, BARS)
 Levels = list[list[int]]  # [[price, size, count], ...] best first
 Part = dict[str, Any]
@@ -76,7 +77,7 @@ def open_seconds_key(partition: int) -> bytes:
 
 
 class BookSeconds:
-    """Top-N levels per book at the end of each second, as changes. The books agent hands it to
+    """Top-N levels per book at the end of each second, as changes. The books stage hands it to
     `BookSet.process`, which applies a message in pieces cut where a new second starts, so
     each second is closed on the book exactly as it stood at its end."""
 
@@ -318,8 +319,8 @@ class DeltaMerge:
         self.repeats = 0
 
     def add(self, instrument_id: int, second: int, part: Part) -> bool:
-        """A part from either agent; False (and nothing changes) for a part of a second already
-        published: an agent repeating itself after a restart."""
+        """A part from either source; False (and nothing changes) for a part of a second already
+        published: a source repeating itself after a restart."""
         if self.through is not None and second < self.through:
             self.repeats += 1
             return False
@@ -333,7 +334,7 @@ class DeltaMerge:
         return True
 
     def advance(self, source: str, bound: int) -> list[dict[str, Any]]:
-        """An agent's watermark; the deltas of every second both have now passed."""
+        """A source's watermark; the deltas of every second both have now passed."""
         if source not in SOURCES:
             raise ValueError(f"unknown delta source {source!r}")
         if bound <= self.watermarks.get(source, bound - 1):
@@ -372,10 +373,10 @@ class _MergeState:
 
 
 class DeltaSet(PartitionedState[_MergeState]):
-    """The deltas agent's merge of each partition, checkpointed as a key per pending
+    """The deltas stage's merge of each partition, checkpointed as a key per pending
     (instrument, second), written when it changes and deleted once published, and the
-    partition's watermarks under `~partition/<p>`. How much is pending depends on how far the
-    bars agent runs behind the books agent: at full replay speed, minutes."""
+    partition's watermarks under `~partition/<p>`. What is pending is the seconds the source
+    watermark has not passed yet: about a second's worth."""
 
     def __init__(self) -> None:
         self.partitions: dict[int, _MergeState] = {}

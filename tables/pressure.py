@@ -1,7 +1,7 @@
 """Pressure: per instrument, event-time tumbling windows of who is trading and how the top of
 the book moves (see "Institutional flow detection" in ../shared/design.md). No Faust here.
 
-Inputs come in book order per instrument, as the books agent makes them from one raw message:
+Inputs come in book order per instrument, as the books stage makes them from one raw message:
 its trades (`models.trades` records with the book event each belongs to) and its top-of-book
 after every event that changed it. `FlowState` turns them into classified trades and OFI
 increments; `PressureEngine` folds those into windows with the bars engine's rules (window by
@@ -70,7 +70,7 @@ class FlowState:
         self, trades: np.ndarray, trade_events: np.ndarray, bbo: dict[str, Any] | None
     ) -> Flow:
         """Classify `trades` (in book order, with their book event numbers) and take OFI steps
-        from `bbo` (columns of the books agent's bbo message: event, ts_event, ts_recv,
+        from `bbo` (columns of the books stage's bbo message: event, ts_event, ts_recv,
         bid_px, bid_sz, ask_px, ask_sz), then carry the state on."""
         if bbo is not None and len(bbo["event"]):
             b_ev = np.asarray(bbo["event"], np.int64)

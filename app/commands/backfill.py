@@ -39,7 +39,7 @@ from app.file_outputs import FileOutputs
 async def backfill(
     self: object, inputs: tuple[str, ...], out_dir: str, limit: int | None, no_progress: bool
 ) -> None:
-    """Run the agents' logic over MBO files with no broker, writing JSON lines."""
+    """Run the stage graph over MBO files with no broker, writing JSON lines."""
     from app.faust_app import settings
 
     if limit is not None and limit < 1:

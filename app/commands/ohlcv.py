@@ -1,7 +1,7 @@
 """`faust -A app ohlcv INPUT... [--interval 1m] [--out FILE]`: OHLCV bars from trades, no broker.
 
 Inputs are trades-schema DBN files or any MBO input (its T records). Bars are built by
-`tables.bars.BarEngine` on `ts_event`, as the bars agent builds them, with the same allowed
+`tables.bars.BarEngine` on `ts_event`, as the bars stage builds them, with the same allowed
 lateness (`TAPESTREAM_ALLOWED_LATENESS`); a trade later than that is left out, counted on
 stderr. Empty windows make no row.
 

@@ -8,8 +8,9 @@ it. A partition with nothing to send gets a marker instead (no key, empty value,
 only), and when a replay ends every partition gets one at the last ts_recv read, so the same
 windows are closed live as by backfill over the same files.
 
-The books agent passes the bound on to the `trades` topic, where the bars agent moves its
-watermark by it (tables/bars.py says why lateness never depends on it).
+The instruments agent hands the bound to every stage with the message it came on
+(pipeline/run.py); the flow stage passes its pressure watermark on to the option groups in the
+`wm` header of `options.parts` (app/option_parts.py), the one hop between agents.
 """
 
 from __future__ import annotations
@@ -22,9 +23,6 @@ from app.feeds.batching import Batcher
 from models.mbo import instrument_key
 
 WM_HEADER = "wm"
-# The raw offset a derived message came from: under at-least-once a restarted books agent can
-# send a message again, and the bars agent drops what it has seen by this.
-SOURCE_OFFSET_HEADER = "src-offset"
 
 
 def encode_ns(ns: int) -> bytes:

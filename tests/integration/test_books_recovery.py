@@ -1,4 +1,4 @@
-"""The books agent under kill -9: a real worker killed in the middle of a replay and restarted
+"""The books under kill -9: a real worker killed in the middle of a replay and restarted
 (local state kept or wiped) ends with books equal to the generator's ground truth, and
 `book.deltas`, read with read_committed from the start and applied as an L2 feed, reproduces
 them exactly: nothing lost, nothing doubled (under at-least-once, repeats carry an event number

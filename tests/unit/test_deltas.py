@@ -153,12 +153,12 @@ def _part(iid: int, second: int, n: int) -> dict:
     return {"items": [["bars.1m", {"instrument_id": iid, "interval": "1m", "start": n}]]}
 
 
-def test_merge_waits_for_both_agents_and_publishes_seconds_in_order() -> None:
+def test_merge_waits_for_both_sources_and_publishes_seconds_in_order() -> None:
     m = DeltaMerge()
     m.add(2, 5, _part(2, 5, 1))
     m.add(1, 5, {"books": [{"publisher_id": 1}]})
     m.add(1, 4, _part(1, 4, 2))
-    assert m.advance(BOOKS, 7 * SECOND_NS) == []  # the bars agent has said nothing yet
+    assert m.advance(BOOKS, 7 * SECOND_NS) == []  # the items source has said nothing yet
     out = m.advance(BARS, 5 * SECOND_NS + 1)
     assert [(d["start"] // SECOND_NS, d["instrument_id"]) for d in out] == [(4, 1)]
     out = m.advance(BARS, 6 * SECOND_NS)
@@ -191,7 +191,7 @@ def _write(store: dict[bytes, bytes], merges: DeltaSet) -> None:
 def test_merge_output_depends_on_the_parts_only(
     parts: list[tuple[int, int, int, bool]], marks: list[tuple[bool, int]], every: int, crash: int
 ) -> None:
-    """Any interleaving of parts and watermarks (each part before its agent's watermark passes
+    """Any interleaving of parts and watermarks (each part before its source's watermark passes
     its second), with repeated parts, checkpoints every few messages and a crash anywhere
     (restored from the last checkpoint, the messages after it delivered again), gives the
     deltas of a single pass; what a crash repeats is identical."""

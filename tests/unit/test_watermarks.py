@@ -1,5 +1,5 @@
-"""Passing watermarks on: every hop (replay's markers, the books agent to `trades`, both
-agents' delta parts, option parts) tells a partition a new watermark only when it is news."""
+"""Passing watermarks on: every hop (replay's markers, the flow stage's option parts) tells a
+partition a new watermark only when it is news."""
 
 from __future__ import annotations
 
