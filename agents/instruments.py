@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import aclosing
 from typing import Any
 
 import orjson
@@ -95,10 +96,8 @@ async def run_stages(stream):  # type: ignore[no-untyped-def]
     """raw MBO -> books, counts, bars, indicators, flow, signals and deltas per instrument"""
     for topic in (*BOOK_TOPICS.values(), *ROW_TOPICS.values(), option_parts):
         await ensure_declared(topic)
-    async for event in stream.noack().events():
-        async with checkpoints.state_lock:
-            if not checkpoints.admit(event):
-                continue
+    async with aclosing(checkpoints.events(stream)) as events:
+        async for event in events:
             partition, offset = event.message.partition, event.message.offset
             bound = header(event.message.headers, WM_HEADER)
             try:

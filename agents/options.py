@@ -15,6 +15,7 @@ window again: drop repeats by (group, start), signals by id.
 from __future__ import annotations
 
 import logging
+from contextlib import aclosing
 
 import orjson
 
@@ -48,10 +49,8 @@ async def aggregate_options(stream):  # type: ignore[no-untyped-def]
     """per-option parts -> option group aggregates (options.*)"""
     for topic in OPTION_TOPICS.values():
         await ensure_declared(topic)
-    async for event in stream.noack().events():
-        async with checkpoints.state_lock:
-            if not checkpoints.admit(event):
-                continue
+    async with aclosing(checkpoints.events(stream)) as events:
+        async for event in events:
             msg = event.message
             try:
                 source = source_partition(msg.headers)

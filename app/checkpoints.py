@@ -85,6 +85,17 @@ class Checkpointer:
         commit_guards.append(self.at_commit)
         partition_states.append(self)
 
+    async def events(self, stream: Any) -> AsyncIterator[EventT]:
+        """The agent loop every checkpointed agent runs: each event of `stream` it may apply
+        (`admit`), handed out with `state_lock` held until the agent asks for the next one, so
+        a checkpoint never sees half an event applied. Events are acknowledged by the
+        checkpoint that covers them, never by Faust on the way in. Run it under
+        `contextlib.aclosing`, so that an agent stopped mid-event releases the lock at once."""
+        async for event in stream.noack().events():
+            async with self.state_lock:
+                if self.admit(event):
+                    yield event
+
     def admit(self, event: EventT) -> bool:
         """Whether the agent may apply the event, which it then acknowledges with the next
         checkpoint. Faust drops events of an earlier consumer generation when it hands them

@@ -71,6 +71,40 @@ def _fresh_registries(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(module, "partition_states", states)
 
 
+class Stream:
+    def __init__(self, events: list[Event]) -> None:
+        self._events = events
+
+    def noack(self) -> Stream:
+        return self
+
+    async def events(self) -> Any:
+        for event in self._events:
+            yield event
+
+
+async def test_the_agent_loop_holds_the_state_lock_per_event_and_lets_go_when_stopped() -> None:
+    """Each admitted event is handed out with the state lock held (a checkpoint never sees
+    half an event); an agent stopped mid-event lets the lock go at once."""
+    from contextlib import aclosing
+
+    app = App()
+    c = Checkpointer(app, "books", [], topic="raw")
+    stale = Event(Message(0, generation_id=2))
+    events = [Event(Message(0, 3)), stale, Event(Message(1, 3))]
+    seen = []
+    async with aclosing(c.events(Stream(events))) as admitted:
+        async for event in admitted:
+            assert c.state_lock.locked()
+            seen.append(event)
+    assert seen == [events[0], events[2]] and not c.state_lock.locked()
+    with pytest.raises(RuntimeError):
+        async with aclosing(c.events(Stream(events))) as admitted:
+            async for _ in admitted:
+                raise RuntimeError("stopped")
+    assert not c.state_lock.locked()
+
+
 def test_only_events_of_the_current_generation_with_the_flow_on_are_applied() -> None:
     app = App()
     c = Checkpointer(app, "books", [], topic="raw")
