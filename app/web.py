@@ -34,8 +34,8 @@ from app.state_tables import TABLES
 from app.topics import partition_of
 from models.intervals import interval_name, parse_interval
 from models.mbo import instrument_key
-from tables.bar_state import bars_key
 from tables.instrument_stats import InstrumentStats
+from tables.state_keys import bars_key
 
 log = logging.getLogger(__name__)
 book_set = stages.books.books

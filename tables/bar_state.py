@@ -1,13 +1,9 @@
 """Bars, indicators and recent bars per partition, as checkpointed state. No Faust here: the bars
-agent drives `BarSet` and writes what `checkpoint()` returns to its table; backfill drives one
-`BarStage` over a whole file.
+stage (pipeline/stages.py) drives `BarSet`, whose `checkpoint()` the runtime writes to the
+`bars` table.
 
-Table keys (bytes; values JSON, with the standard json module because window sums can exceed 64
-bits):
-  b"<iid>"              the instrument's open windows, price tracks, indicator and pattern state
-  b"<iid>/bars/<iv>"    its last `keep` bars of interval <iv> (what the /bars/ view serves)
-  b"<iid>/patterns"     its last `keep` pattern signals (served by /signals/)
-  b"~partition/<p>"     the partition's watermark, late count, last input offset, instruments
+Table keys: tables/state_keys.py (`bars`). Values are JSON, with the standard json module
+because window sums can exceed 64 bits.
 """
 
 from __future__ import annotations
@@ -26,8 +22,9 @@ from models.mbo import instrument_key
 from tables.bars import Added, Bar, BarEngine
 from tables.ifd import SIGNALS
 from tables.indicators import Indicators
-from tables.partitioned_state import PartitionedState, partition_key
+from tables.partitioned_state import PartitionedState
 from tables.patterns import PatternConfig, Patterns
+from tables.state_keys import bars_key, partition_key, patterns_key
 
 Row = tuple[str, dict[str, Any]]  # (topic base name, row)
 
@@ -75,14 +72,6 @@ class BarStage:
             {"instrument_id": iid, "interval": interval_name(iv), "bars": ind.count, **ind.values}
             for (iid, iv), ind in sorted(self.indicators.items())
         ]
-
-
-def patterns_key(instrument_id: int) -> bytes:
-    return instrument_key(instrument_id) + b"/patterns"
-
-
-def bars_key(instrument_id: int, interval_ns: int) -> bytes:
-    return instrument_key(instrument_id) + f"/bars/{interval_name(interval_ns)}".encode()
 
 
 @dataclass

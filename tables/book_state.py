@@ -2,10 +2,10 @@
 key-value table as pages, with the input position they cover. No Faust here; the books stage
 supplies the table's get and put.
 
-Keys (bytes; the instrument's key is its id in ASCII, the raw topic's key):
-- `<iid>`: the instrument's meta, JSON: input position applied, records held back (an event
-  whose F_LAST has not arrived), and per publisher the book's scalars and its page list.
-- `<iid>/<publisher>/<page>/<gen>`: one page of a book's orders, PAGE_DTYPE rows.
+Keys (tables/state_keys.py, `books`): the instrument's meta under its key, JSON: input position
+applied, records held back (an event whose F_LAST has not arrived), and per publisher the
+book's scalars and its page list; each page of a book's orders (PAGE_DTYPE rows) under
+`page_key`.
 
 A checkpoint writes the pages that changed, then the meta. A page is written under the other
 of its two generation keys and the meta names the generation to read, so a checkpoint cut
@@ -33,6 +33,7 @@ from tables.book_engine import (
     fresh_book_row,
 )
 from tables.order_book import ASK, BID
+from tables.state_keys import page_key
 
 PAGE_DTYPE = np.dtype(
     [
@@ -47,10 +48,6 @@ PAGE_DTYPE = np.dtype(
 
 Get = Callable[[bytes], bytes | None]
 Write = tuple[bytes, bytes | None]  # (key, value); None deletes
-
-
-def page_key(instrument_id: int, publisher_id: int, page: int, gen: int) -> bytes:
-    return f"{instrument_id}/{publisher_id}/{page}/{gen}".encode()
 
 
 class BookError(Exception):

@@ -30,9 +30,10 @@ import orjson
 
 from models.bar_events import LATE_TRADES
 from models.intervals import parse_interval
-from models.mbo import F_LAST, UNDEF_PRICE, instrument_key
+from models.mbo import F_LAST, UNDEF_PRICE
 from tables.book_engine import complete_events
-from tables.partitioned_state import PartitionedState, partition_key
+from tables.partitioned_state import PartitionedState
+from tables.state_keys import open_seconds_key, partition_key, pending_key, tops_key
 
 SECOND_NS = 1_000_000_000
 BOOKS, BARS = "books", "bars"  # the two sources whose parts make a delta
@@ -65,15 +66,6 @@ class _Tops:
 
     def export(self) -> dict[str, Any]:
         return {"open": self.open, "last": {str(p): list(v) for p, v in self.last.items()}}
-
-
-def tops_key(instrument_id: int) -> bytes:
-    return instrument_key(instrument_id) + b"/tops"
-
-
-def open_seconds_key(partition: int) -> bytes:
-    """The partition's instruments with a second still open, in the books table."""
-    return partition_key(partition) + b"/open-seconds"
 
 
 class BookSeconds:
@@ -358,10 +350,6 @@ def delta(instrument_id: int, second: int, pending: _Pending) -> dict[str, Any]:
         topic, row = pending.items[key]
         out.setdefault(_field(topic), []).append(row)
     return out
-
-
-def pending_key(instrument_id: int, second: int) -> bytes:
-    return instrument_key(instrument_id) + f"/{second}".encode()
 
 
 @dataclass

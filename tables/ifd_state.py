@@ -1,14 +1,10 @@
-"""Institutional flow detection per partition, as checkpointed state. No Faust here: the books
-agent drives `IfdSet` with what it publishes for each raw message (the IFD needs the trades and
-the top of book in the book's own order, which only that agent has) and writes what
-`checkpoint()` returns to the `ifd` table.
+"""Institutional flow detection per partition, as checkpointed state. No Faust here: the flow
+stage (pipeline/stages.py) drives `IfdSet` with what the books stage published for each raw
+message (the IFD needs the trades and the top of book in the book's own order), and the runtime
+writes what `checkpoint()` returns to the `ifd` table.
 
-Table keys (bytes; values JSON via the standard json module, since window sums can pass 64 bits):
-  b"<iid>"                   side-rule memory, open pressure windows, cooldowns, and what
-                             an option's definition says (tables/options.py)
-  b"<iid>/baseline/<bucket>" the bucket's last sessions of log volume, TFI and OFI
-  b"<iid>/signals"           the instrument's last `keep` signals (what /signals/ serves)
-  b"~partition/<p>"          the partition's watermark, late count and instruments
+Table keys: tables/state_keys.py (`ifd`). Values are JSON via the standard json module,
+since window sums can pass 64 bits.
 """
 
 from __future__ import annotations
@@ -24,19 +20,12 @@ import numpy as np
 from models.mbo import instrument_key
 from tables.ifd import PRESSURE, SIGNALS, IfdConfig, IfdStage
 from tables.options import OptionInfo
-from tables.partitioned_state import PartitionedState, partition_key
+from tables.partitioned_state import PartitionedState
 from tables.pressure import FlowState
 from tables.signals import SignalConfig
+from tables.state_keys import baseline_key, partition_key, signals_key
 
 Row = tuple[str, dict[str, Any]]
-
-
-def baseline_key(instrument_id: int, bucket: int) -> bytes:
-    return instrument_key(instrument_id) + f"/baseline/{bucket}".encode()
-
-
-def signals_key(instrument_id: int) -> bytes:
-    return instrument_key(instrument_id) + b"/signals"
 
 
 @dataclass
@@ -110,6 +99,17 @@ class IfdSet(PartitionedState["IfdPartition"]):
         part = self.partitions[partition]
         part.stage.define(instrument_id, info)
         part.dirty.add(instrument_id)
+        part.changed = True
+
+    def add_baseline(
+        self, partition: int, instrument_id: int, bucket: int, rows: list[list[Any]]
+    ) -> None:
+        """A bucket's baseline built elsewhere (`faust -A app baselines --load`), written with
+        the next checkpoint as the workers would have written it."""
+        part = self.partitions[partition]
+        part.stage.signals.baselines.restore(instrument_id, bucket, rows)
+        part.dirty.add(instrument_id)
+        part.dirty_baselines.add((instrument_id, bucket))
         part.changed = True
 
     def take_option_parts(self, partition: int) -> list[list[Any]]:

@@ -19,22 +19,11 @@ from typing import Any
 
 from tables.ifd import IfdConfig
 from tables.options import OPTIONS_PRESSURE, OptionsAggregator, Row
-from tables.partitioned_state import PartitionedState, partition_key
+from tables.partitioned_state import PartitionedState
 from tables.signals import SignalConfig
+from tables.state_keys import group_baseline_key, group_key, group_signals_key, partition_key
 
 Get = Callable[[bytes], bytes | None]
-
-
-def group_key(group: str) -> bytes:
-    return group.encode()
-
-
-def group_baseline_key(group: str, bucket: int) -> bytes:
-    return group_key(group) + f"/baseline/{bucket}".encode()
-
-
-def group_signals_key(group: str) -> bytes:
-    return group_key(group) + b"/signals"
 
 
 @dataclass
@@ -48,12 +37,8 @@ class _Partition:
 
 
 class OptionsSet(PartitionedState[_Partition]):
-    """Every aggregating partition's `OptionsAggregator`, checkpointed to the `options` table:
-    b"<group>"                   pending windows' parts, cooldowns, buckets, venue publisher
-    b"<group>/baseline/<bucket>" the bucket's last sessions
-    b"<group>/signals"           the group's last `keep` signals (the /options/ view)
-    b"~partition/<p>"            the sources' watermarks, what is published, the groups
-    """
+    """Every aggregating partition's `OptionsAggregator`, checkpointed to the `options` table
+    (keys: tables/state_keys.py)."""
 
     def __init__(self, config: IfdConfig, sources: int, keep: int = 200) -> None:
         self.config = config
@@ -105,6 +90,18 @@ class OptionsSet(PartitionedState[_Partition]):
             return False
         p.dirty.add(group)
         return True
+
+    def add_baseline(
+        self, partition: int, group: str, bucket: int, rows: list[list[Any]], publisher: int | None
+    ) -> None:
+        """A group bucket's baseline built elsewhere (`faust -A app baselines --load`)."""
+        p = self.partitions[partition]
+        p.agg.signals.baselines.restore(group, bucket, rows)  # type: ignore[arg-type]
+        if publisher is not None:
+            p.agg.publishers[group] = publisher
+        p.dirty.add(group)
+        p.dirty_baselines.add((group, bucket))
+        p.changed = True
 
     def advance(self, partition: int, source: int, watermark: int) -> list[Row]:
         p = self.partitions[partition]

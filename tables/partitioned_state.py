@@ -10,11 +10,6 @@ from typing import Generic, TypeVar
 P = TypeVar("P")
 
 
-def partition_key(partition: int) -> bytes:
-    """The key of a partition's own record; `~` sorts it after every instrument key."""
-    return f"~partition/{partition}".encode()
-
-
 class PartitionedState(Generic[P]):
     """State kept per input partition: loaded when the partition's first message comes,
     dropped when the partition goes to another worker."""

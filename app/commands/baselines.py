@@ -18,7 +18,6 @@ the partition of its changelog that holds the group.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,67 +35,46 @@ from app.feeds.watermarks import partitioner
 from app.file_driver import FileRun, run_files
 from app.file_outputs import DiscardOutputs
 from app.settings import Settings
-from models.mbo import instrument_key
 from tables.ifd import IfdStage
-from tables.ifd_state import baseline_key
+from tables.ifd_state import IfdSet
 from tables.options import OptionsAggregator
-from tables.options_state import group_baseline_key, group_key
-from tables.partitioned_state import partition_key
+from tables.options_state import OptionsSet
+from tables.state_keys import group_key
 
-Rows = dict[int, list[tuple[bytes, bytes]]]  # changelog partition -> (key, value)
+Rows = dict[int, list[tuple[bytes, bytes | None]]]  # changelog partition -> (key, value)
 
 
 def table_rows(stage: IfdStage, partitions: int) -> Rows:
-    """What the workers would have written for these baselines, by changelog partition."""
-    baselines = stage.signals.baselines
+    """What the workers would have written for these baselines, by changelog partition: each
+    partition's flow state holding its instruments' baselines, checkpointed."""
     of = partitioner(partitions)
-    buckets: dict[int, list[int]] = {}
-    for iid, bucket in baselines.buckets():
-        buckets.setdefault(iid, []).append(bucket)
-    out: dict[int, list[tuple[bytes, bytes]]] = {}
-    for iid, mine in sorted(buckets.items()):
-        rows = out.setdefault(of(iid), [])
-        for bucket in sorted(mine):
-            rows.append(
-                (baseline_key(iid, bucket), json.dumps(baselines.export(iid, bucket)).encode())
-            )
-        state = {"flow": [None, None, 0], "windows": [], "cooldown": {}, "buckets": sorted(mine)}
-        rows.append((instrument_key(iid), json.dumps(state).encode()))
-    for p, rows in out.items():
-        iids = sorted(iid for iid in buckets if of(iid) == p)
-        meta = {"watermark": None, "late": 0, "instruments": iids}
-        rows.append((partition_key(p), json.dumps(meta).encode()))
-    return out
+    state = IfdSet(stage.config)
+    baselines = stage.signals.baselines
+    for iid, bucket in sorted(baselines.buckets()):
+        p = of(iid)
+        if not state.loaded(p):
+            state.load(p, _nothing)
+        state.add_baseline(p, iid, bucket, baselines.export(iid, bucket))
+    return state.checkpoint()
 
 
 def group_rows(agg: OptionsAggregator, partitions: int) -> Rows:
     """What the options agents would have written for the groups' baselines, by partition."""
-    baselines = agg.signals.baselines
     parts = list(range(partitions))
     choose = DefaultPartitioner()
-    buckets: dict[str, list[int]] = {}
-    for group, bucket in baselines.buckets():
-        buckets.setdefault(group, []).append(bucket)  # type: ignore[arg-type]
-    out: dict[int, list[tuple[bytes, bytes]]] = {}
-    mine: dict[int, list[str]] = {}
-    for group, bs in sorted(buckets.items()):
-        p = int(choose(group_key(group), parts, parts))
-        rows = out.setdefault(p, [])
-        mine.setdefault(p, []).append(group)
-        for bucket in sorted(bs):
-            data = baselines.export(group, bucket)  # type: ignore[arg-type]
-            rows.append((group_baseline_key(group, bucket), json.dumps(data).encode()))
-        state = {
-            "pending": [],
-            "publisher": agg.publishers.get(group),
-            "cooldown": {},
-            "buckets": sorted(bs),
-        }
-        rows.append((group_key(group), json.dumps(state).encode()))
-    for p, rows in out.items():
-        meta = {"watermarks": {}, "closed_through": None, "repeats": 0, "groups": mine[p]}
-        rows.append((partition_key(p), json.dumps(meta).encode()))
-    return out
+    state = OptionsSet(agg.config, agg.sources)
+    baselines = agg.signals.baselines
+    for group, bucket in sorted(baselines.buckets()):
+        p = int(choose(group_key(group), parts, parts))  # type: ignore[arg-type]
+        if not state.loaded(p):
+            state.load(p, _nothing)
+        data = baselines.export(group, bucket)  # type: ignore[arg-type]
+        state.add_baseline(p, group, bucket, data, agg.publishers.get(group))  # type: ignore[arg-type]
+    return state.checkpoint()
+
+
+def _nothing(key: bytes) -> bytes | None:
+    return None
 
 
 async def load(settings: Settings, tables: dict[str, Rows], force: bool) -> int:
