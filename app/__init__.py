@@ -6,8 +6,7 @@ Importing this package builds the app and registers its agents, tables, web view
 from __future__ import annotations
 
 # Agents, web views and commands register themselves with the app on import.
-from agents import instruments, options  # noqa: F401
-from app import web  # noqa: F401
+from agents import instruments, options, web  # noqa: F401
 from app.commands import backfill, baselines, config, mbp, ohlcv, replay, version  # noqa: F401
 from app.faust_app import app, settings
 
