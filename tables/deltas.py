@@ -405,7 +405,15 @@ class DeltaSet(PartitionedState[_MergeState]):
         state = self.partitions[partition]
         state.dirty = True
         out = state.merge.advance(source, bound)
-        state.changed.update((d["start"] // SECOND_NS, d["instrument_id"]) for d in out)
+        for d in out:
+            key = (d["start"] // SECOND_NS, d["instrument_id"])
+            # A published second is deleted from the table if a checkpoint wrote it, and is
+            # forgotten if none did: `changed` holds what is pending, never the history (the
+            # file driver never checkpoints).
+            if key in state.written:
+                state.changed.add(key)
+            else:
+                state.changed.discard(key)
         return out
 
     def checkpoint(self) -> dict[int, list[tuple[bytes, bytes | None]]]:

@@ -264,3 +264,17 @@ def test_a_checkpoint_cut_short_leaves_a_loadable_one() -> None:
             else:
                 partial[key] = value
         DeltaSet().load(0, partial.get)
+
+
+def test_a_merge_never_checkpointed_keeps_only_what_is_pending() -> None:
+    """The file driver never checkpoints: what the merge tracks for its next checkpoint must
+    not grow with every second ever published (a day of a sparse feed is millions)."""
+    merges = DeltaSet()
+    merges.load(0, {}.get)
+    for second in range(10_000):
+        merges.add(0, 7, second, {"books": [{"publisher_id": 1}]})
+        bound = (second + 1) * SECOND_NS
+        merges.advance(0, BOOKS, bound)
+        merges.advance(0, BARS, bound)
+    state = merges.partitions[0]
+    assert len(state.merge.pending) == 0 and len(state.changed) == 0
