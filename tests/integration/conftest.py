@@ -50,6 +50,25 @@ def broker() -> str:
     return BOOTSTRAP
 
 
+async def _create_topics(names: list[str], partitions: int) -> None:
+    """The topics a worker consumes, made before it starts. A worker creates them itself, but
+    one it creates just before it subscribes can still be missing from the broker's metadata at
+    its first assignment, and the worker then reads it only after its next metadata refresh,
+    minutes later (seen once: a test's worker never read the raw topic)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        missing = [n for n in names if n not in set(await admin.list_topics())]
+        if missing:
+            await admin.create_topics([NewTopic(n, partitions, 1) for n in missing])
+        while not set(names) <= set(await admin.list_topics()):
+            await asyncio.sleep(0.05)
+    finally:
+        await admin.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -157,6 +176,12 @@ class Deployment:
                 **extra,
             ),
             log_path=self.tmp / f"{name}.log",
+        )
+        asyncio.run(
+            _create_topics(
+                [f"{self.prefix}mbo.raw", f"{self.prefix}options.parts"],
+                int(w.env["TAPESTREAM_PARTITIONS"]),
+            )
         )
         w.start()
         self.workers.append(w)
