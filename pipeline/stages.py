@@ -100,9 +100,18 @@ class Books:
         with a second still open loads with the partition, before a watermark can pass it."""
         get = tables("books")
         if partition not in self.seconds.restored:
+            complete = True
             for other in self.seconds.open_in(partition, get):
-                self._load(partition, other, get)
-            self.seconds.restored.add(partition)
+                if other == instrument_id:
+                    continue  # loaded below: its failure is its own message's
+                try:
+                    self._load(partition, other, get)
+                except Exception:
+                    # One instrument's unreadable checkpoint fails its own messages, never
+                    # its partition's; the partition tries it again with its next message.
+                    complete = False
+            if complete:
+                self.seconds.restored.add(partition)
         if instrument_id is not None:
             self._load(partition, instrument_id, get)
 
