@@ -52,7 +52,8 @@ class Settings(BaseModel, frozen=True):
     session_starts: str = Field("", description="TAPESTREAM_SESSION_STARTS")
     baseline_sessions: int = Field(20, ge=1, le=400, description="TAPESTREAM_BASELINE_SESSIONS")
     signal_z_volume: float = Field(2.0, gt=0, description="TAPESTREAM_SIGNAL_Z_VOLUME")
-    signal_z_flow: float = Field(2.0, gt=0, description="TAPESTREAM_SIGNAL_Z_FLOW")
+    signal_z_net: float = Field(3.5, gt=0, description="TAPESTREAM_SIGNAL_Z_NET")
+    signal_z_flow: float = Field(0.0, ge=0, description="TAPESTREAM_SIGNAL_Z_FLOW")
     signal_volume_floor: int = Field(100, ge=0, description="TAPESTREAM_SIGNAL_VOLUME_FLOOR")
     signal_min_sessions: int = Field(5, ge=1, description="TAPESTREAM_SIGNAL_MIN_SESSIONS")
     signal_cooldown: float = Field(900.0, ge=0, description="TAPESTREAM_SIGNAL_COOLDOWN")
@@ -157,6 +158,7 @@ class Settings(BaseModel, frozen=True):
             option_groups=parse_groups(self.option_groups),
             signal=SignalConfig(
                 z_volume=self.signal_z_volume,
+                z_net=self.signal_z_net,
                 z_flow=self.signal_z_flow,
                 volume_floor=self.signal_volume_floor,
                 min_sessions=self.signal_min_sessions,

@@ -21,7 +21,7 @@ import argparse
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -324,21 +324,28 @@ class MboGenerator:
         return self._random_order(book)
 
 
-def write(path: str | Path, config: GenConfig, progress: bool = False) -> dict:
-    """Write the file and its truth; return the truth."""
+def write_dbn(
+    path: str | Path,
+    records: Iterable[np.ndarray],
+    *,
+    start_ns: int,
+    symbols: list[str],
+    dataset: str = DATASET,
+    on_chunk: Callable[[], None] | None = None,
+) -> None:
+    """MBO records (MBO_DTYPE chunks) as a DBN file, `.dbn` or `.dbn.zst`, written under a
+    temporary name and renamed into place, so no half file is ever read."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    gen = MboGenerator(config)
     meta = databento_dbn.Metadata(
-        dataset=DATASET,
+        dataset=dataset,
         schema=databento_dbn.Schema.MBO,
-        start=config.start_ns,
+        start=start_ns,
         stype_in=databento_dbn.SType.INSTRUMENT_ID,
         stype_out=databento_dbn.SType.INSTRUMENT_ID,
-        symbols=[str(b.iid) for b in gen.books],
+        symbols=symbols,
     )
     tmp = out.with_name(out.name + ".part")
-    t0 = time.monotonic()
     with open(tmp, "wb") as raw:
         sink = (
             zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False)
@@ -346,22 +353,39 @@ def write(path: str | Path, config: GenConfig, progress: bool = False) -> dict:
             else raw
         )
         sink.write(meta.encode())
-        for chunk in gen.chunks():
+        for chunk in records:
             sink.write(chunk.tobytes())
-            if progress:
-                rate = gen.emitted / max(1e-9, time.monotonic() - t0)
-                print(
-                    f"\rgenerated {gen.emitted:,}/{config.records:,} records ({rate:,.0f}/s)",
-                    end="",
-                    file=sys.stderr,
-                )
+            if on_chunk is not None:
+                on_chunk()
         if sink is not raw:
             sink.close()
+    tmp.rename(out)
+
+
+def write(path: str | Path, config: GenConfig, progress: bool = False) -> dict:
+    """Write the file and its truth; return the truth."""
+    gen = MboGenerator(config)
+    t0 = time.monotonic()
+
+    def show() -> None:
+        rate = gen.emitted / max(1e-9, time.monotonic() - t0)
+        print(
+            f"\rgenerated {gen.emitted:,}/{config.records:,} records ({rate:,.0f}/s)",
+            end="",
+            file=sys.stderr,
+        )
+
+    write_dbn(
+        path,
+        gen.chunks(),
+        start_ns=config.start_ns,
+        symbols=[str(b.iid) for b in gen.books],
+        on_chunk=show if progress else None,
+    )
     if progress:
         print(file=sys.stderr)
     truth = gen.truth()
-    truth_path(out).write_bytes(orjson.dumps(truth))
-    tmp.rename(out)
+    truth_path(path).write_bytes(orjson.dumps(truth))
     return truth
 
 

@@ -4,10 +4,12 @@ last N sessions (see "Institutional flow detection" in ../shared/design.md). No 
 A window's session is the trading day it falls in, counted from a configurable session start
 (time of day, UTC; per venue, since CME's day starts at 17:00 Chicago and Nasdaq's at midnight);
 its bucket is its offset within the session, in windows. Per (instrument, bucket), the baseline
-keeps the values of log volume, TFI and OFI from the last `sessions` sessions, at most one per
-session, and reports their mean, standard deviation (population, floored so a quiet history
-cannot make every small move extreme) and count. `update` comes after the window is scored, and
-`stats` excludes the window's own session, so a window never sees itself in its baseline.
+keeps the values of log volume, TFI, OFI and the net score from the last `sessions` sessions, at
+most one per session, and reports their mean and standard deviation (population, floored so a
+quiet history cannot make every small move extreme) over the sessions that are not outliers
+(`trimmed_stat`: an earlier flow in the bucket must not hide the next), and their count.
+`update` comes after the window is scored, and `stats` excludes the window's own session, so a
+window never sees itself in its baseline.
 """
 
 from __future__ import annotations
@@ -20,23 +22,50 @@ from typing import Any, Final
 from tables.venues import venue_of
 
 DAY_NS: Final = 86_400_000_000_000
-METRICS: Final = ("log_volume", "tfi", "ofi")
+METRICS: Final = ("log_volume", "tfi", "ofi", "net_score")
 # Floors of the standard deviation, per metric: log volume in natural-log units (0.25: about
-# ±28% volume), TFI in [-1, 1], OFI in contracts.
-DEFAULT_STD_FLOORS: Final = {"log_volume": 0.25, "tfi": 0.05, "ofi": 1.0}
+# ±28% volume), TFI in [-1, 1], OFI in contracts, and the net score at 1, its spread were every
+# trade's side a fair coin (tables/pressure.py): a history of quiet sessions cannot make an
+# ordinary coin-flip imbalance look extreme.
+DEFAULT_STD_FLOORS: Final = {"log_volume": 0.25, "tfi": 0.05, "ofi": 1.0, "net_score": 1.0}
 
 
 @dataclass(frozen=True, slots=True)
 class Stat:
     mean: float
     std: float  # floored
-    n: int
+    n: int  # sessions in the history
+    trimmed: int = 0  # of them, outliers left out of mean and std
 
     def z(self, value: float) -> float:
         return (value - self.mean) / self.std
 
     def as_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "n": self.n}
+        return {"mean": self.mean, "std": self.std, "n": self.n, "trimmed": self.trimmed}
+
+
+# Sessions further than this many robust deviations (1.4826 x the median absolute deviation,
+# at least the floor) from the median are outliers: left out of the mean and std.
+TRIM_DEVIATIONS: Final = 3.0
+
+
+def trimmed_stat(xs: list[float], floor: float) -> Stat:
+    """Mean and floored population std of `xs` without its outliers. A flow that happened in
+    this bucket in an earlier session would otherwise widen the std enough to hide the next
+    one (measured: load_tests/flow_power.py); the median and MAD that pick the outliers are
+    not moved by one or two of them."""
+    xs_sorted = sorted(xs)
+    median = _median(xs_sorted)
+    spread = max(1.4826 * _median(sorted(abs(x - median) for x in xs)), floor)
+    kept = [x for x in xs if abs(x - median) <= TRIM_DEVIATIONS * spread]
+    mean = math.fsum(kept) / len(kept)
+    var = math.fsum((x - mean) ** 2 for x in kept) / len(kept)
+    return Stat(mean, max(math.sqrt(var), floor), len(xs), len(xs) - len(kept))
+
+
+def _median(xs: list[float]) -> float:
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +126,13 @@ class Baselines:
             return None
         out = {}
         for m in METRICS:
-            xs = [r[m] for r in rows]
-            mean = math.fsum(xs) / len(xs)
-            var = math.fsum((x - mean) ** 2 for x in xs) / len(xs)
-            out[m] = Stat(mean, max(math.sqrt(var), self.floors[m]), len(xs))
+            xs = [r[m] for r in rows if m in r]
+            if not xs:
+                # History written before the metric existed: its fair-coin null, mean 0 and the
+                # floor, until sessions that carry it come in.
+                out[m] = Stat(0.0, self.floors[m], 0)
+                continue
+            out[m] = trimmed_stat(xs, self.floors[m])
         return out
 
     def update(
@@ -143,6 +175,11 @@ class Baselines:
         self._h[(instrument_id, bucket)] = _History(deque((int(s), dict(v)) for s, v in rows))
 
 
-def window_values(volume: int, tfi: float, ofi: int) -> dict[str, float]:
+def window_values(volume: int, tfi: float, ofi: int, net_score: float) -> dict[str, float]:
     """The metrics a window contributes to its baseline."""
-    return {"log_volume": math.log1p(volume), "tfi": tfi, "ofi": float(ofi)}
+    return {
+        "log_volume": math.log1p(volume),
+        "tfi": tfi,
+        "ofi": float(ofi),
+        "net_score": net_score,
+    }

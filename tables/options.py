@@ -53,9 +53,12 @@ SUMS: Final = (
     "pv",
     "ofi",
     "ofi_steps",
+    "sq",
     "last_ts",
     "last_px",
 )
+# Parts from a worker older than the `sq` sum: ten sums, `sq` absent.
+_OLD_SUMS: Final = len(SUMS) - 1
 
 Row = tuple[str, dict[str, Any]]
 Part = tuple[str, int, int, int | None, list[Any]]  # group, start, instrument, publisher, sums
@@ -137,6 +140,7 @@ def window_sums(w: PressureWindow) -> list[int | None]:
         w.pv,
         w.ofi,
         w.ofi_steps,
+        w.sq,
         w.last_ts,
         w.last_price,
     ]
@@ -162,6 +166,7 @@ def check_part(item: Any) -> Part:
         raise ValueError("an option part needs integer start and instrument_id")
     if publisher is not None and not isinstance(publisher, int):
         raise ValueError("an option part's publisher is an integer or null")
+    sums = current_sums(sums)
     if not (
         isinstance(sums, list)
         and len(sums) == len(SUMS)
@@ -172,17 +177,31 @@ def check_part(item: Any) -> Part:
     return group, start, iid, publisher, sums
 
 
+def current_sums(sums: Any) -> Any:
+    """A part's sums in today's layout: ten sums from a worker (or checkpoint) older than
+    `sq` get the classified volume in its place, a lower bound (sizes are at least 1) that
+    only the windows open across an upgrade carry. Anything else is returned as it is."""
+    if (
+        isinstance(sums, list)
+        and len(sums) == _OLD_SUMS
+        and isinstance(sums[0], int)
+        and isinstance(sums[1], int)
+    ):
+        return [*sums[:8], sums[0] + sums[1], *sums[8:]]
+    return sums
+
+
 def _add_up(group: str, interval_ns: int, start: int, members: dict[int, list]) -> PressureWindow:
-    totals = [0] * 8
+    totals = [0] * 9
     last_ts, last_px, last_iid = -1, None, -1
     for iid in sorted(members):
         s = members[iid]
-        for i in range(8):
+        for i in range(9):
             totals[i] += s[i]
         # the latest trade of any contract; at a tie, the highest instrument id (any fixed rule)
-        if s[8] > last_ts or (s[8] == last_ts and s[8] >= 0 and iid > last_iid):
-            last_ts, last_px, last_iid = s[8], s[9], iid
-    buy, sell, volume, trades, large, pv, ofi, ofi_steps = totals
+        if s[9] > last_ts or (s[9] == last_ts and s[9] >= 0 and iid > last_iid):
+            last_ts, last_px, last_iid = s[9], s[10], iid
+    buy, sell, volume, trades, large, pv, ofi, ofi_steps, sq = totals
     return PressureWindow(
         instrument_id=group,  # type: ignore[arg-type]  # a group scores as an instrument would
         interval_ns=interval_ns,
@@ -198,6 +217,7 @@ def _add_up(group: str, interval_ns: int, start: int, members: dict[int, list]) 
         last_price=last_px,
         pv=pv,
         last_ts=last_ts,
+        sq=sq,
     )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tables.ifd import IfdConfig
-from tables.options import OPTIONS_PRESSURE, OptionsAggregator, Row
+from tables.options import OPTIONS_PRESSURE, OptionsAggregator, Row, current_sums
 from tables.partitioned_state import PartitionedState
 from tables.signals import SignalConfig
 from tables.state_keys import group_baseline_key, group_key, group_signals_key, partition_key
@@ -67,7 +67,9 @@ class OptionsSet(PartitionedState[_Partition]):
             if saved is not None:
                 state = json.loads(saved)
                 for start, members in state["pending"]:
-                    agg.pending[(group, start)] = {int(i): s for i, s in members.items()}
+                    agg.pending[(group, start)] = {
+                        int(i): current_sums(s) for i, s in members.items()
+                    }
                 if state["publisher"] is not None:
                     agg.publishers[group] = state["publisher"]
                 for direction, start in state["cooldown"].items():

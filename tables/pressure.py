@@ -22,6 +22,7 @@ in contracts (shares). A side that is empty in either state contributes nothing 
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -169,6 +170,8 @@ class _Acc:
     ofi_steps: int = 0
     last_ts: int = -1
     last_px: int | None = None
+    # sum of squared sizes of the classified trades; last, so rows written before it restore
+    sq: int = 0
 
     def to_list(self) -> list[Any]:
         return [getattr(self, f) for f in self.__slots__]  # type: ignore[attr-defined]
@@ -191,6 +194,7 @@ class PressureWindow:
     # What a sum over contracts needs (tables/options.py); not published.
     pv: int = 0  # sum of price x size, exact
     last_ts: int = -1  # ts_event of the trade that set last_price
+    sq: int = 0  # sum of squared sizes of the classified trades (what net_score divides by)
 
     @property
     def end(self) -> int:
@@ -201,6 +205,19 @@ class PressureWindow:
         """(buy - sell) / (buy + sell), in [-1, 1]; 0 with no classified volume."""
         total = self.buy_volume + self.sell_volume
         return (self.buy_volume - self.sell_volume) / total if total else 0.0
+
+    @property
+    def net_score(self) -> float:
+        """Net signed volume (buy - sell) in units of its own standard error: divided by the
+        square root of the sum of the classified trades' squared sizes. Were each trade's side a
+        fair coin, this would be about standard normal whatever the window's volume or sizes,
+        which is why it separates a large one-sided window from a quiet lopsided one where TFI
+        cannot. 0 with no classified volume."""
+        classified = self.buy_volume + self.sell_volume
+        if not classified:
+            return 0.0
+        # sq >= classified for sizes >= 1: the bound also covers windows opened before sq existed
+        return (self.buy_volume - self.sell_volume) / math.sqrt(max(self.sq, classified))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -214,6 +231,7 @@ class PressureWindow:
             "trades": self.trades,
             "large_volume": self.large_volume,
             "tfi": self.tfi,
+            "net_score": self.net_score,
             "ofi": self.ofi,
             "ofi_steps": self.ofi_steps,
             "vwap": self.vwap,
@@ -264,8 +282,11 @@ class PressureEngine(Watermarked):
                 m = s == start
                 acc = self._acc(instrument_id, start)
                 sz = size[m]
-                acc.buy += int(sz[sign[m] == BUY].sum())
-                acc.sell += int(sz[sign[m] == SELL].sum())
+                sg = sign[m]
+                acc.buy += int(sz[sg == BUY].sum())
+                acc.sell += int(sz[sg == SELL].sum())
+                classified = sz[sg != 0]
+                acc.sq += exact_dot(classified, classified)
                 acc.trades += int(m.sum())
                 acc.volume += int(sz.sum())
                 acc.large += int(sz[sz >= self.large_size].sum())
@@ -327,4 +348,5 @@ class PressureEngine(Watermarked):
             last_price=a.last_px,
             pv=a.pv,
             last_ts=a.last_ts,
+            sq=a.sq,
         )

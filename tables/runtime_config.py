@@ -40,7 +40,8 @@ def _percent(v: float) -> bool:
 
 KEYS: dict[str, Key] = {
     "signal.z_volume": Key(float, _positive, "a number > 0", "z-score threshold on log volume"),
-    "signal.z_flow": Key(float, _positive, "a number > 0", "z-score threshold on TFI"),
+    "signal.z_net": Key(float, _positive, "a number > 0", "z-score threshold on net flow"),
+    "signal.z_flow": Key(float, _not_negative, "a number >= 0", "TFI z threshold (0: off)"),
     "signal.volume_floor": Key(int, _not_negative, "an integer >= 0", "least window volume"),
     "signal.min_sessions": Key(int, _positive, "an integer >= 1", "least baseline sessions"),
     "signal.cooldown": Key(float, _not_negative, "seconds >= 0", "same-direction cooldown"),
@@ -82,6 +83,7 @@ class RuntimeConfig:
         s, p = self.signal, self.patterns
         return {
             "signal.z_volume": s.z_volume,
+            "signal.z_net": s.z_net,
             "signal.z_flow": s.z_flow,
             "signal.volume_floor": s.volume_floor,
             "signal.min_sessions": s.min_sessions,

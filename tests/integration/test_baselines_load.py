@@ -74,10 +74,13 @@ def test_loaded_baselines_score_the_first_live_windows(
         if stats is None:
             assert "z_vol" not in row
             continue
-        values = window_values(row["volume"], row["tfi"], row["ofi"])
+        values = window_values(row["volume"], row["tfi"], row["ofi"], row["net_score"])
         assert row["baseline_sessions"] == stats["log_volume"].n
         assert row["z_vol"] == pytest.approx(stats["log_volume"].z(values["log_volume"]), rel=1e-12)
         assert row["z_flow"] == pytest.approx(stats["tfi"].z(values["tfi"]), rel=1e-12, abs=1e-12)
+        assert row["z_net"] == pytest.approx(
+            stats["net_score"].z(values["net_score"]), rel=1e-12, abs=1e-12
+        )
         scored += 1
     assert scored > 20
 
@@ -98,7 +101,7 @@ def test_loaded_baselines_score_the_first_live_windows(
         if stats is None:
             continue
         assert row["baseline_sessions"] == stats["log_volume"].n
-        values = window_values(row["volume"], row["tfi"], row["ofi"])
+        values = window_values(row["volume"], row["tfi"], row["ofi"], row["net_score"])
         assert row["z_vol"] == pytest.approx(stats["log_volume"].z(values["log_volume"]), rel=1e-12)
         scored += 1
     assert scored > 10

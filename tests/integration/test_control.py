@@ -28,11 +28,11 @@ def test_config_changes_reach_a_running_worker(
     w = start(deployment, "4", "1000")
     wait_for(lambda: w.alive() and w.get("/config/")["caught_up"], 60, "the worker up")
 
-    bad = deployment.cli("config", "set", "signal.z_flow", "0")
-    assert bad.returncode == 2 and "signal.z_flow must be a number > 0" in bad.stderr
+    bad = deployment.cli("config", "set", "signal.z_net", "0")
+    assert bad.returncode == 2 and "signal.z_net must be a number > 0" in bad.stderr
     bad = deployment.cli("config", "set", "signal.nope", "1")
     assert bad.returncode == 2 and "unknown setting" in bad.stderr
-    assert _show(deployment)["signal.z_flow"] == 2.0  # nothing was written
+    assert _show(deployment)["signal.z_net"] == 3.5  # nothing was written
 
     # Publish one instrument's signals only, and no volume spikes at all.
     iid = max({s["instrument_id"] for s in want["signals"] if s["kind"] == "ifd"})

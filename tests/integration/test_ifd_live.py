@@ -17,11 +17,13 @@ from tests.integration.conftest import Deployment
 from tests.integration.test_bars_live import assert_same, live_rows, replay_all, start
 
 # Three days of generated trading, so windows have baselines from earlier sessions; one session
-# of history is enough to score, and any volume counts, so that signals fire.
+# of history is enough to score, any volume counts and the net-flow threshold is low, so that
+# signals fire.
 IFD_ENV = {
     "TAPESTREAM_PRESSURE_INTERVAL": "15m",
     "TAPESTREAM_SIGNAL_MIN_SESSIONS": "1",
     "TAPESTREAM_SIGNAL_VOLUME_FLOOR": "1",
+    "TAPESTREAM_SIGNAL_Z_NET": "1.0",
 }
 TOPICS = ("pressure", "signals")
 OPTION_TOPICS = (OPTIONS_PRESSURE, OPTIONS_SIGNALS)

@@ -11,7 +11,7 @@ import pytest
 
 from models.mbo import UNDEF_PRICE
 from models.trades import empty_trades
-from tables.baselines import Baselines, SessionClock
+from tables.baselines import Baselines, SessionClock, Stat
 from tables.ifd import PRESSURE, IfdConfig, IfdStage
 from tables.pressure import BUY, SELL, FlowState, PressureEngine, PressureWindow
 from tables.signals import SignalConfig, SignalEngine
@@ -157,8 +157,11 @@ def test_a_window_never_sees_itself_in_its_baseline(planted) -> None:
         key = (row["instrument_id"], row["bucket"])
         before = [v for s, v in history.get(key, []) if s < row["session"]][-20:]
         if before:
-            mean = math.fsum(before) / len(before)
-            std = max(math.sqrt(math.fsum((x - mean) ** 2 for x in before) / len(before)), 0.25)
+            a = np.array(before)
+            median = np.median(a)
+            spread = max(1.4826 * np.median(np.abs(a - median)), 0.25)
+            kept = a[np.abs(a - median) <= 3 * spread]
+            mean, std = kept.mean(), max(kept.std(), 0.25)
             assert row["z_vol"] == pytest.approx((math.log1p(row["volume"]) - mean) / std)
             assert row["baseline_sessions"] == len(before)
         else:
@@ -169,6 +172,29 @@ def test_a_window_never_sees_itself_in_its_baseline(planted) -> None:
     w = PressureWindow(1, WINDOW, T0, 60, 40, 100, 10, 0, 0, 0, 1.0, 1)
     first, again = engine.score(w), engine.score(w)
     assert first.baseline is None and again.baseline is None
+
+
+def test_an_earlier_flow_in_the_bucket_does_not_hide_the_next() -> None:
+    """One session's flow is an outlier of its bucket's history: it is left out of the mean
+    and std (and counted), so the next flow in that bucket scores as far out as the first."""
+    ordinary = np.linspace(-2.0, 2.0, 19).tolist()
+    base = Baselines()
+    for s, v in enumerate([*ordinary, 14.0]):  # the last session held a flow
+        base.update(1, 0, s, {"log_volume": 5.0, "tfi": 0.0, "ofi": 0.0, "net_score": v})
+    st = base.stats(1, 0, 20)["net_score"]
+    clean = np.array(ordinary)
+    assert st.trimmed == 1 and st.n == 20
+    assert st.mean == pytest.approx(clean.mean()) and st.std == pytest.approx(clean.std())
+    assert st.z(14.0) > 8
+
+
+def test_history_from_before_the_net_score_scores_against_the_fair_coin() -> None:
+    """Baselines restored from a checkpoint written before the net score existed hold no
+    values of it: until sessions carrying it come in, it scores against mean 0 and std 1."""
+    base = Baselines()
+    base.restore(1, 0, [[s, {"log_volume": 5.0, "tfi": 0.1, "ofi": 2.0}] for s in range(6)])
+    st = base.stats(1, 0, 6)
+    assert st["net_score"] == Stat(0.0, 1.0, 0) and st["log_volume"].n == 6
 
 
 def test_cooldown_holds_per_direction() -> None:

@@ -209,7 +209,8 @@ def _stream(seed: int, sources: int) -> list[list[tuple]]:
             for iid in rng.sample(range(s * 10, s * 10 + 5), rng.randint(0, 3)):
                 group = ["ES|*|*|C", "ES|*|*|P", "NQ|*|*|C"][iid % 3]
                 v = rng.randint(1, 50)
-                sums = [v, rng.randint(0, v), v * 2, 3, 0, v * 100, rng.randint(-5, 5), 2, w, 100]
+                sell = rng.randint(0, v)
+                sums = [v, sell, v * 2, 3, 0, v * 100, rng.randint(-5, 5), 2, v + sell, w, 100]
                 out[s].append(("part", group, w * IV, iid, 1, sums))
             out[s].append(("wm", (w + 1) * IV + rng.randint(0, IV // 2)))
     return out
@@ -282,20 +283,20 @@ def test_any_interleaving_with_repeats_and_crashes_publishes_each_window_once(
 
 def test_a_window_waits_for_every_source() -> None:
     agg = OptionsAggregator(CONFIG, sources=2)
-    agg.add("ES|*|*|C", 0, 1, 1, [5, 0, 5, 1, 0, 500, 0, 0, 3, 100])
+    agg.add("ES|*|*|C", 0, 1, 1, [5, 0, 5, 1, 0, 500, 0, 0, 5, 3, 100])
     assert agg.advance(0, IV) == []  # source 1 has said nothing yet
     assert agg.advance(1, IV - 1) == []  # source 1 not past the end
     ((topic, row),) = agg.advance(1, IV)
     assert topic == OPTIONS_PRESSURE and row["volume"] == 5 and row["vwap"] == 100
     # a repeat from a restarted source is dropped and counted
-    assert not agg.add("ES|*|*|C", 0, 1, 1, [5, 0, 5, 1, 0, 500, 0, 0, 3, 100])
+    assert not agg.add("ES|*|*|C", 0, 1, 1, [5, 0, 5, 1, 0, 500, 0, 0, 5, 3, 100])
     assert agg.repeats == 1
     with pytest.raises(ValueError, match=r"outside 0\.\.1"):
         agg.advance(2, IV)
 
 
 def test_malformed_parts_are_refused() -> None:
-    good = ["ES|*|*|C", 0, 1, 1, [5, 0, 5, 1, 0, 500, 0, 0, 3, 100]]
+    good = ["ES|*|*|C", 0, 1, 1, [5, 0, 5, 1, 0, 500, 0, 0, 5, 3, 100]]
     assert check_part(good)[0] == "ES|*|*|C"
     for bad in (
         ["ES|C", *good[1:]],
@@ -305,6 +306,13 @@ def test_malformed_parts_are_refused() -> None:
     ):
         with pytest.raises(ValueError):
             check_part(bad)
+
+
+def test_a_part_from_a_worker_before_the_sum_of_squares_still_counts() -> None:
+    """Parts in flight across an upgrade carry ten sums: the classified volume stands in for
+    the sum of squared sizes (its lower bound), and nothing is refused."""
+    old = ["ES|*|*|C", 0, 1, 1, [5, 2, 9, 3, 0, 500, 0, 0, 3, 100]]
+    assert check_part(old)[4] == [5, 2, 9, 3, 0, 500, 0, 0, 7, 3, 100]
 
 
 def test_runtime_thresholds_reach_every_partitions_groups() -> None:
@@ -323,7 +331,7 @@ def test_runtime_thresholds_reach_every_partitions_groups() -> None:
 def test_parts_travel_in_batches_and_bad_messages_are_refused() -> None:
     from app.option_parts import MAX_BATCH_BYTES, json_batches, parts_of
 
-    part = ["ES|*|*|C", 0, 1, 1, [5, 0, 5, 1, 0, 500, 0, 0, 3, 100]]
+    part = ["ES|*|*|C", 0, 1, 1, [5, 0, 5, 1, 0, 500, 0, 0, 5, 3, 100]]
     parts = [[part[0], start, *part[2:]] for start in range(0, 20_000 * 300, 300)]
     batches = json_batches(parts)
     assert len(batches) > 1 and all(len(b) <= MAX_BATCH_BYTES + 4096 for b in batches)
