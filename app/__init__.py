@@ -7,7 +7,16 @@ from __future__ import annotations
 
 # Agents, web views and commands register themselves with the app on import.
 from agents import instruments, options, web  # noqa: F401
-from app.commands import backfill, baselines, config, mbp, ohlcv, replay, version  # noqa: F401
+from app.commands import (  # noqa: F401
+    backfill,
+    baselines,
+    config,
+    evaluate,
+    mbp,
+    ohlcv,
+    replay,
+    version,
+)
 from app.faust_app import app, settings
 
 __all__ = ["app", "settings"]

@@ -42,6 +42,7 @@ from app.settings import Settings
 from load_tests.gen_mbo import write_dbn
 from models.mbo import F_LAST, MBO_DTYPE, MBO_LENGTH_WORDS, MBO_RTYPE
 from tables.baselines import DAY_NS, Baselines, SessionClock, trimmed_stat
+from tables.evaluation import match_truth
 from tables.signals import SignalConfig, SignalEngine
 
 MIN_NS = 60_000_000_000
@@ -310,36 +311,21 @@ def score(
     flows: list[dict[str, Any]],
     min_sessions: int,
 ) -> dict[str, Any]:
-    """Recall, wrong directions and false signals per 1,000 ordinary windows."""
-    window_of = {}
-    for k, f in enumerate(flows):
-        for w in range(f["windows"]):
-            window_of[(f["instrument_id"], f["start"] + w * WINDOW_NS)] = k
-    hit, wrong = set(), set()
-    false = 0
-    for iid, start, direction in signals:
-        k = window_of.get((iid, start))
-        if k is None:
-            false += 1
-        elif direction == flows[k]["direction"]:
-            hit.add(k)
-        else:
-            wrong.add(k)
+    """Recall, wrong directions and false signals per 1,000 ordinary windows (windows with
+    enough baseline to be scored that hold no flow)."""
+    out = match_truth([(i, s, WINDOW_NS, d) for i, s, d in signals], flows)
+    planted = {
+        (f["instrument_id"], f["start"] + w * WINDOW_NS) for f in flows for w in range(f["windows"])
+    }
     ordinary = sum(
         1
         for r in pressure
         if r.get("baseline_sessions", 0) >= min_sessions
-        and (r["instrument_id"], r["start"]) not in window_of
+        and (r["instrument_id"], r["start"]) not in planted
     )
-    return {
-        "flows": len(flows),
-        "found": len(hit),
-        "recall": len(hit) / len(flows) if flows else None,
-        "wrong_direction": len(wrong),
-        "false_signals": false,
-        "ordinary_windows": ordinary,
-        "false_per_1000": 1000 * false / ordinary if ordinary else None,
-    }
+    out["ordinary_windows"] = ordinary
+    out["false_per_1000"] = 1000 * out["false_signals"] / ordinary if ordinary else None
+    return out
 
 
 def run_one(cfg: FlowGen, settings: Settings, workdir: Path) -> dict[str, Any]:
@@ -452,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--z-volume", type=float, help="threshold on z_vol (default: the engine's)")
     ap.add_argument("--z-net", type=float, help="threshold on z_net (default: the engine's)")
     ap.add_argument("--png", type=Path, help="save the ROC plot here")
+    ap.add_argument(
+        "--write",
+        type=Path,
+        help="only write the first seed's sessions here (DBN MBO) with <file>.truth.json, to "
+        "backfill and evaluate yourself",
+    )
     args = ap.parse_args(argv)
 
     base = Settings()
@@ -463,21 +455,29 @@ def main(argv: list[str] | None = None) -> int:
     settings = base.model_copy(update=overrides)
     config = settings.ifd_config().signal
     seeds = [int(s) for s in args.seeds.split(",")]
+
+    def gen_config(seed: int, noise: str) -> FlowGen:
+        return FlowGen(
+            seed=seed,
+            noise=noise,
+            sizes=args.sizes,
+            multiple=args.multiple,
+            one_sided=args.one_sided,
+            duration=args.duration,
+            flows=args.flows,
+            sessions=args.sessions,
+        )
+
+    if args.write is not None:
+        flows = generate(args.write, gen_config(seeds[0], args.noise.split(",")[0]))
+        print(f"wrote {args.write} and {truth_file(args.write)} ({len(flows)} flows)")
+        return 0
     table = []
     runs = []
     with tempfile.TemporaryDirectory(prefix="flow-power-") as tmp:
         for noise in args.noise.split(","):
             for seed in seeds:
-                cfg = FlowGen(
-                    seed=seed,
-                    noise=noise,
-                    sizes=args.sizes,
-                    multiple=args.multiple,
-                    one_sided=args.one_sided,
-                    duration=args.duration,
-                    flows=args.flows,
-                    sessions=args.sessions,
-                )
+                cfg = gen_config(seed, noise)
                 r = run_one(cfg, settings, Path(tmp))
                 r["noise"] = noise
                 runs.append(r)
