@@ -10,20 +10,27 @@ GET /signals/?instrument_id=&limit=N  the latest N signals, newest first (from a
 GET /options/?group=&limit=N    the latest N option-group signals, newest first (all workers)
 GET /config/                      the runtime settings this worker applies (control topic)
 GET /metrics                      Prometheus metrics (Faust's and tapestream's)
-GET /health                       200 once the worker is up
+GET /health                       200 while the worker runs, with whether it is ready
+GET /ready                        200 once it owns partitions with their tables restored, else 503
+
+A view for one instrument is answered by the worker that owns it. While that cannot be known
+or reached (a worker's first seconds, a peer that does not answer) it answers 503 with
+Retry-After, never 500.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from faust.exceptions import SameNode
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.web import Request, Response, View
-from faust.web import exceptions as web_exceptions
 
 from agents.control import control
 from agents.instruments import checkpoints, restore_books, stages
@@ -32,6 +39,7 @@ from app.faust_app import app
 from app.recovery_status import log_progress, recovery_status
 from app.state_tables import TABLES
 from app.topics import partition_of
+from app.transport import table_owner
 from models.intervals import interval_name, parse_interval
 from models.mbo import instrument_key
 from tables.instrument_stats import InstrumentStats
@@ -47,6 +55,7 @@ instrument_stats, options_table = TABLES["instrument-stats"], TABLES["options"]
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=5)
 MAX_DEPTH = 1000
 MAX_SIGNALS = 1000
+RETRY_AFTER_S = 2
 
 setup_prometheus_sensors(app, pattern="/metrics")
 
@@ -97,6 +106,39 @@ async def _gather(
     return items, errors
 
 
+def _unavailable(view: View, reason: str) -> Response:
+    return view.json(
+        {"error": f"{reason}; try again shortly", "retry_after_s": RETRY_AFTER_S},
+        status=503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+def routed(table: Any, match_info: str) -> Callable[[Handler], Handler]:
+    """Faust's `table_route`, answered by the worker that owns the key, with a 503 and
+    Retry-After (never a 500) while the owner cannot be known or does not answer."""
+
+    def decorator(fun: Handler) -> Handler:
+        @functools.wraps(fun)
+        async def get(view: View, request: Request, *args: Any, **kwargs: Any) -> Response:
+            key = request.match_info[match_info]
+            if table_owner(app, table, key) is None:
+                return _unavailable(view, "this worker does not know the key's owner yet")
+            try:
+                return await app.router.route_req(table.name, key, view.web, request)
+            except SameNode:
+                return await fun(view, request, *args, **kwargs)
+            except (aiohttp.ClientError, TimeoutError):
+                return _unavailable(view, "the worker that owns this key did not answer")
+
+        return get
+
+    return decorator
+
+
 def _with_errors(body: dict[str, Any], errors: list[str]) -> dict[str, Any]:
     if errors:
         body["partial"] = True
@@ -122,9 +164,10 @@ def _recovering() -> bool:
     return bool(app.in_recovery or app.rebalancing)
 
 
-async def _local_books() -> list[dict[str, Any]]:
+async def _local_books() -> list[dict[str, Any]] | None:
+    """This worker's books, or None while its tables are being restored."""
     if _recovering():
-        raise web_exceptions.ServiceUnavailable("tables are being restored; try again shortly")
+        return None
     async with checkpoints.state_lock:
         # Books load when their next message arrives; a listing loads the rest from the table.
         for key in list(books_table.keys()):
@@ -139,13 +182,16 @@ async def _local_books() -> list[dict[str, Any]]:
 @app.page("/books/")
 class BooksView(View):
     async def get(self, request: Request) -> Response:
-        items, errors = await _gather(request, "/books/", "instruments", await _local_books())
+        local = await _local_books()
+        if local is None:
+            return _unavailable(self, "tables are being restored")
+        items, errors = await _gather(request, "/books/", "instruments", local)
         return self.json(_with_errors({"instruments": items, "count": len(items)}, errors))
 
 
 @app.page("/books/{instrument_id}/")
 class BookView(View):
-    @app.table_route(table=books_table, match_info="instrument_id")
+    @routed(books_table, "instrument_id")
     async def get(self, request: Request, instrument_id: str) -> Response:
         if not instrument_id.isdigit():
             return self.json({"error": f"not an instrument id: {instrument_id!r}"}, status=400)
@@ -158,7 +204,7 @@ class BookView(View):
         iid = int(instrument_id)
         key = instrument_id.encode()
         if not book_set.loaded(iid) and _recovering():
-            return self.json({"error": "tables are being restored; try again shortly"}, status=503)
+            return _unavailable(self, "tables are being restored")
         if not book_set.loaded(iid) and books_table.get(key) is None:
             return self.json({"error": f"no book for instrument {iid}"}, status=404)
         async with checkpoints.state_lock:
@@ -193,7 +239,7 @@ class _BarView(View):
     """One instrument and interval, answered by the worker that owns the instrument: from
     memory once its partition has had trades here, else from the table's checkpoint."""
 
-    @app.table_route(table=bars_table, match_info="instrument_id")
+    @routed(bars_table, "instrument_id")
     async def get(self, request: Request, instrument_id: str) -> Response:
         try:
             iid, iv = _bar_query(request, instrument_id)
@@ -307,7 +353,7 @@ def _local_signals(iid: int | None) -> list[dict[str, Any]]:
 
 @app.page("/instruments/{instrument_id}/")
 class InstrumentView(View):
-    @app.table_route(table=instrument_stats, match_info="instrument_id")
+    @routed(instrument_stats, "instrument_id")
     async def get(self, request: Request, instrument_id: str) -> Response:
         if not instrument_id.isdigit():
             return self.json({"error": f"not an instrument id: {instrument_id!r}"}, status=400)
@@ -339,16 +385,22 @@ class HealthView(View):
 
     async def get(self, request: Request) -> Response:
         actives = sorted(f"{tp.topic}:{tp.partition}" for tp in app.assignor.assigned_actives())
+        status = recovery_status(app)
         return self.json(
             {
                 "ok": True,
+                "ready": _ready(status),
                 "app": app.conf.id,
                 "rebalancing": bool(app.rebalancing),
                 "active_partitions": actives,
                 "standby_partitions": len(app.assignor.assigned_standbys()),
-                "recovery": recovery_status(app),
+                "recovery": status,
             }
         )
+
+
+def _ready(status: dict[str, Any]) -> bool:
+    return not status["recovering"] and bool(app.assignor.assigned_actives())
 
 
 @app.page("/ready")
@@ -358,8 +410,10 @@ class ReadyView(View):
 
     async def get(self, request: Request) -> Response:
         status = recovery_status(app)
-        ready = not status["recovering"] and bool(app.assignor.assigned_actives())
-        return self.json({"ready": ready, **status}, status=200 if ready else 503)
+        if _ready(status):
+            return self.json({"ready": True, **status})
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        return self.json({"ready": False, **status}, status=503, headers=headers)
 
 
 @app.timer(5.0)

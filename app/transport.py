@@ -462,6 +462,17 @@ def committed_offset(app: Any, tp: TP) -> int | None:
     return None if offset is None else int(offset)
 
 
+def table_owner(app: Any, table: Any, key: str) -> Any | None:
+    """The web URL of the worker that owns `key` in `table`; None while that cannot be known:
+    before the assignor has a map of the group (Faust raises KeyError) or while this worker's
+    producer has no metadata for the table's changelog topic yet (aiokafka's partitioner then
+    iterates None and raises TypeError: the first seconds of a worker)."""
+    try:
+        return app.router.key_store(table.name, key)
+    except (KeyError, TypeError):
+        return None
+
+
 def _dropped(transactional_id: str) -> asyncio.Future[Any]:
     fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     fut.set_exception(ProducerFenced(f"dropped: transactions of {transactional_id} were fenced"))
