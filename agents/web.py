@@ -10,6 +10,7 @@ GET /signals/?instrument_id=&limit=N  the latest N signals, newest first (from a
 GET /options/?group=&limit=N    the latest N option-group signals, newest first (all workers)
 GET /config/                      the runtime settings this worker applies (control topic)
 GET /metrics                      Prometheus metrics (Faust's and tapestream's)
+GET /ws                           WebSocket: subscribe, a snapshot, then updates (app/websocket.py)
 GET /health                       200 while the worker runs, with whether it is ready
 GET /ready                        200 once it owns partitions with their tables restored, else 503
 
@@ -28,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from aiohttp.web import WebSocketResponse
 from faust.exceptions import SameNode
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.web import Request, Response, View
@@ -35,11 +37,14 @@ from faust.web import Request, Response, View
 from agents.control import control
 from agents.instruments import checkpoints, restore_books, stages
 from agents.options import groups as option_groups_stage
-from app.faust_app import app
+from app import metrics
+from app.faust_app import app, settings
 from app.recovery_status import log_progress, recovery_status
 from app.state_tables import TABLES
+from app.topic_feed import TopicFeed
 from app.topics import partition_of
 from app.transport import table_owner
+from app.websocket import EVENT_CHANNELS, STATE_CHANNELS, TOO_SLOW, Hub
 from models.intervals import interval_name, parse_interval
 from models.mbo import instrument_key
 from tables.instrument_stats import InstrumentStats
@@ -416,6 +421,58 @@ class ReadyView(View):
         return self.json({"ready": False, **status}, status=503, headers=headers)
 
 
+_BARS = [f"bars.{interval_name(iv)}" for iv in settings.bar_intervals_ns]
+hub = Hub([interval_name(iv) for iv in settings.bar_intervals_ns], max_pending=settings.ws_queue)
+feed = TopicFeed(
+    hub,
+    settings.bootstrap_servers,
+    {c: settings.topic(c) for c in (*STATE_CHANNELS, *EVENT_CHANNELS, *_BARS)},
+    settings.partitions,
+    settings.ws_warm,
+)
+hub.read_from(feed.start_channel)
+
+
+@app.page("/ws")
+class WebSocketView(View):
+    """The WebSocket feed: a client subscribes to channels and gets a snapshot, then updates."""
+
+    async def get(self, request: Request) -> Any:
+        ws = WebSocketResponse(heartbeat=30.0, max_msg_size=64 * 1024)
+        await ws.prepare(request)  # type: ignore[arg-type]  # aiohttp's own request
+        client = hub.connect(ws.send_str)
+        metrics.ws_clients.set(len(hub.clients))
+        writer = asyncio.ensure_future(client.writer())
+        reader = asyncio.ensure_future(_read(ws, client))
+        try:
+            # The writer stops only for a client too slow to keep, the reader when it leaves.
+            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if client.closed and client.closed.startswith("too slow"):
+                metrics.ws_closed_slow.inc()
+                await ws.close(code=TOO_SLOW, message=client.closed.encode()[:120])
+        finally:
+            hub.disconnect(client)
+            metrics.ws_clients.set(len(hub.clients))
+            for task in (reader, writer):
+                task.cancel()
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+
+async def _read(ws: WebSocketResponse, client: Any) -> None:
+    async for msg in ws:
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            await client.request(msg.data)
+        elif msg.type == aiohttp.WSMsgType.BINARY:
+            await client.request("binary frames are not read")
+
+
 @app.timer(5.0)
 async def _log_recovery() -> None:
     log_progress(app)
+
+
+@app.on_before_shutdown.connect
+async def _stop_feed(app: Any, **kwargs: Any) -> None:
+    await feed.stop()

@@ -67,3 +67,12 @@ processing_lag = Gauge(
     "wall-clock time from a message's broker timestamp until the agent applied it (latest)",
     ["agent"],
 )
+ws_clients = Gauge("tapestream_ws_clients", "WebSocket clients connected to this worker")
+ws_frames_sent = Counter("tapestream_ws_frames_sent_total", "WebSocket frames sent to clients")
+ws_events_dropped = Counter(
+    "tapestream_ws_events_dropped_total",
+    "Signals a slow WebSocket client's full queue dropped (each announced by a gap frame)",
+)
+ws_closed_slow = Counter(
+    "tapestream_ws_closed_slow_total", "WebSocket clients closed for reading too slowly"
+)

@@ -65,6 +65,8 @@ class Settings(BaseModel, frozen=True):
     pattern_rsi_high: float = Field(70.0, gt=0, lt=100, description="TAPESTREAM_PATTERN_RSI_HIGH")
     pattern_rsi_low: float = Field(30.0, gt=0, lt=100, description="TAPESTREAM_PATTERN_RSI_LOW")
     delta_depth: int = Field(10, ge=1, le=50, description="TAPESTREAM_DELTA_DEPTH")
+    ws_queue: int = Field(1000, ge=10, le=1_000_000, description="TAPESTREAM_WS_QUEUE")
+    ws_warm: int = Field(1000, ge=0, le=1_000_000, description="TAPESTREAM_WS_WARM")
     option_groups: str = Field(
         "underlying+right,underlying+expiration+right", description="TAPESTREAM_OPTION_GROUPS"
     )
