@@ -8,6 +8,7 @@ from __future__ import annotations
 # Agents, web views and commands register themselves with the app on import.
 from agents import instruments, options, web  # noqa: F401
 from app.commands import (  # noqa: F401
+    alerts,
     backfill,
     baselines,
     config,

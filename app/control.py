@@ -63,7 +63,11 @@ class Control:
 
 
 async def ensure_control_topic(settings: Settings) -> str:
-    name = settings.topic(CONTROL)
+    return await ensure_compacted_topic(settings, settings.topic(CONTROL))
+
+
+async def ensure_compacted_topic(settings: Settings, name: str) -> str:
+    """A one-partition compacted topic (settings, delivery logs): created if missing."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 MAX_PAYLOAD_KEPT = 64 * 1024
 
 
-def _body(
+def letter(
     agent: str,
     kind: str,
     reason: str,
@@ -49,7 +49,7 @@ def _body(
 
 async def send_dead_letter(agent: str, event: EventT, kind: str, reason: str) -> None:
     msg = event.message
-    body = _body(
+    body = letter(
         agent,
         kind,
         reason,
@@ -93,4 +93,4 @@ def oversized_output(
     payload = value or b""
     reason = f"{len(payload):,} bytes to {topic}, over the {limit:,}-byte message limit"
     log.error("dead letter instead of an output message: %s", reason)
-    return _body("output", "oversized_output", reason, topic, partition, key, payload)
+    return letter("output", "oversized_output", reason, topic, partition, key, payload)

@@ -76,3 +76,9 @@ ws_events_dropped = Counter(
 ws_closed_slow = Counter(
     "tapestream_ws_closed_slow_total", "WebSocket clients closed for reading too slowly"
 )
+alerts = Counter(
+    "tapestream_alerts_total",
+    "Alert deliveries by channel and outcome: sent, retry, failed (dead-lettered), repeat "
+    "(a signal id the channel already had)",
+    ["channel", "outcome"],
+)
