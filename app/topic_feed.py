@@ -117,7 +117,8 @@ class TopicFeed:
             return None
         base = self.channel_of[topic]
         if base in COLUMNAR:
-            return book_events.rows(doc)
+            # a state channel: only each book's last row in the message can be the latest
+            return book_events.last_rows(doc)
         return [doc] if isinstance(doc, dict) else None
 
     async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:

@@ -7,7 +7,7 @@ Protocol (JSON text frames; docs/web.md#websocket has the whole schema):
     -> {"op": "subscribe", "channel": "bars.1m", "instrument_id": 7, "ref": "any"}
     <- {"type": "subscribed", "sub": 1, "channel": "bars.1m", "ref": "any", "seq": 0,
         "snapshot": [...]}
-    <- {"type": "update", "sub": 1, "seq": 1, "data": {...}}
+    <- {"type": "update", "sub": 1, "seq": 1, "data": {...}, "sent": ns}
     -> {"op": "unsubscribe", "sub": 1}
     -> {"op": "ping"}                      <- {"type": "pong"}
     <- {"type": "heartbeat", "ts": ns}     every HEARTBEAT_S
@@ -65,6 +65,8 @@ def state_key(channel: str, row: dict[str, Any]) -> tuple[Any, ...]:
     """What a state channel keeps one latest value of."""
     if channel == "indicators":
         return (row.get("instrument_id"), row.get("interval"))
+    if channel == "bbo":  # one book per publisher of the instrument
+        return (row.get("instrument_id"), row.get("publisher_id"))
     return (row.get("instrument_id"),)
 
 
@@ -246,6 +248,7 @@ class Client:
                 if sub not in self.subs:
                     raise RequestError(f"no subscription {sub!r}")
                 del self.subs[sub]
+                self.hub.listening(self)
                 self.queue.stop(sub)
                 await self._send({"type": "unsubscribed", "sub": sub, "ref": ref})
             elif op == "ping":
@@ -269,6 +272,7 @@ class Client:
         snapshot = self.hub.cache.snapshot(s)
         self.queue.start(s.sub)
         self.subs[s.sub] = s
+        self.hub.listening(self)
         frame_out = {
             "type": "subscribed",
             "sub": s.sub,
@@ -294,8 +298,10 @@ class Client:
                 self.closed = f"too slow: more than {self.queue.max_dropped} signals dropped"
                 return
             frames = self.queue.take() or [{"type": "heartbeat", "ts": time.time_ns()}]
+            sent = time.time_ns()
             async with self.hub.send_lock(self):
                 for f in frames:
+                    f["sent"] = sent
                     try:
                         text = orjson.dumps(f).decode()
                         await asyncio.wait_for(self.send(text), self.hub.send_timeout)
@@ -328,6 +334,8 @@ class Hub:
         self._start_channel = start_channel
         self._channels: dict[str, asyncio.Future[None]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        # channel -> the clients subscribed to it: a row visits only those
+        self._listeners: dict[str, dict[int, Client]] = {}
         self.sent = 0
         self.errors = 0
 
@@ -344,6 +352,8 @@ class Hub:
 
     def disconnect(self, c: Client) -> None:
         self.clients.pop(c.id, None)
+        for clients in self._listeners.values():
+            clients.pop(c.id, None)
         self._locks.pop(c.id, None)
         c.closed = c.closed or "disconnected"
         c.wake.set()
@@ -360,10 +370,22 @@ class Hub:
             fut = self._channels[channel] = asyncio.ensure_future(self._start_channel(channel))
         await asyncio.shield(fut)
 
+    def listening(self, c: Client) -> None:
+        """A client's subscriptions changed: which (channel, instrument or None for all) it
+        gets, so a row visits only the clients that may want it."""
+        wanted = {(s.channel, s.instrument_id) for s in c.subs.values()}
+        for key, clients in self._listeners.items():
+            if key not in wanted:
+                clients.pop(c.id, None)
+        for key in wanted:
+            self._listeners.setdefault(key, {})[c.id] = c
+
     def publish(self, channel: str, rows: Iterable[dict[str, Any]]) -> None:
+        every = self._listeners.get((channel, None), {})
         for row in rows:
             self.cache.add(channel, row)
-            for c in self.clients.values():
+            mine = self._listeners.get((channel, row.get("instrument_id")))
+            for c in ({**every, **mine} if mine else every).values():
                 c.publish(channel, row)
 
     def stats(self) -> dict[str, int]:

@@ -33,6 +33,20 @@ def encode(message: dict) -> bytes:
     return orjson.dumps(message, option=_OPTS)
 
 
+def last_rows(message: dict) -> list[dict[str, Any]]:
+    """The last row of each book (publisher) in a message: where only the latest state counts
+    (the WebSocket feed's `bbo`), without building the rows before it."""
+    iid = message["instrument_id"]
+    pubs = message["publisher_id"]
+    last: dict[Any, int] = {}
+    for i in range(len(pubs) - 1, -1, -1):
+        last.setdefault(pubs[i], i)
+    cols = [k for k in message if k != "instrument_id"]
+    return [
+        {"instrument_id": iid, **{k: message[k][i] for k in cols}} for i in sorted(last.values())
+    ]
+
+
 def rows(message: dict) -> list[dict[str, Any]]:
     """One dict per row of a columnar message (decoded from JSON, or as `messages` made it)."""
     iid = message["instrument_id"]

@@ -5,10 +5,6 @@ that was there from the start; a client that never reads is closed, and delays n
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
-import socket
-import struct
 import threading
 import time
 from pathlib import Path
@@ -20,6 +16,7 @@ import pytest
 
 from app.file_driver import run_files
 from app.settings import load_settings
+from load_tests.ws_clients import never_reading_client
 from tests.integration.conftest import Deployment, wait_for
 from tests.integration.test_bars_live import start
 from tests.integration.test_ifd_live import IFD_ENV, ifd_file  # noqa: F401  (a fixture)
@@ -79,29 +76,6 @@ class FeedClient:
     def seqs(self, ref: str) -> list[int]:
         sub = self.subs()[ref]
         return [f["seq"] for f in list(self.frames) if f.get("sub") == sub and "seq" in f]
-
-
-def never_reading_client(port: int) -> socket.socket:
-    """A WebSocket client that subscribes to everything busy and then never reads a byte."""
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert b" 101 " in head.split(b"\r\n")[0], head
-    for channel in ("bbo", "signals", "bars.1m", "indicators", "pressure"):
-        payload = orjson.dumps({"op": "subscribe", "channel": channel})
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        sock.sendall(struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + masked)
-    return sock
 
 
 @pytest.fixture(scope="module")
