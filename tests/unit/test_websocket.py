@@ -106,3 +106,16 @@ async def test_a_snapshot_then_updates_in_order_and_a_stuck_client_delays_no_one
     assert writers[1].done() and not writers[0].done()
     for w in writers:
         w.cancel()
+
+
+def test_the_feed_takes_each_books_last_row_of_a_bbo_message() -> None:
+    from models.book_events import last_rows, rows
+
+    message = {
+        "instrument_id": 7,
+        "publisher_id": [1, 2, 1, 1],
+        "event": [10, 4, 11, 12],
+        "bid_px": [100, 200, 101, 102],
+    }
+    every = rows(message)
+    assert last_rows(message) == [every[1], every[3]]
