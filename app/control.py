@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from app.settings import Settings
 from tables.runtime_config import RuntimeConfig, parse
@@ -66,10 +66,24 @@ async def ensure_control_topic(settings: Settings) -> str:
     return await ensure_compacted_topic(settings, settings.topic(CONTROL))
 
 
+BOOTSTRAP_ATTEMPTS = 8  # about 30 s of backoff in all
+
+
 async def ensure_compacted_topic(settings: Settings, name: str) -> str:
     """A one-partition compacted topic (settings, delivery logs): created if missing."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
+    for attempt in range(1, BOOTSTRAP_ATTEMPTS + 1):
+        # A worker's first connection has been refused now and then by a broker that was up
+        # (seen on a loaded machine): without a retry the worker's start failed with it.
+        try:
+            await admin.start()
+            break
+        except KafkaConnectionError:
+            if attempt == BOOTSTRAP_ATTEMPTS:
+                raise
+            delay = min(8.0, 0.25 * 2**attempt)
+            log.warning("broker not reachable for %s; retrying in %.1f s", name, delay)
+            await asyncio.sleep(delay)
     try:
         if name not in await admin.list_topics():
             with contextlib.suppress(TopicAlreadyExistsError):
