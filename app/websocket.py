@@ -368,7 +368,15 @@ class Hub:
         fut = self._channels.get(channel)
         if fut is None:
             fut = self._channels[channel] = asyncio.ensure_future(self._start_channel(channel))
-        await asyncio.shield(fut)
+        try:
+            await asyncio.shield(fut)
+        except Exception as exc:
+            # Not for good: the next subscription to the channel tries again.
+            if self._channels.get(channel) is fut:
+                del self._channels[channel]
+            raise RequestError(
+                f"the feed could not read {channel} ({type(exc).__name__}); try again"
+            ) from None
 
     def listening(self, c: Client) -> None:
         """A client's subscriptions changed: which (channel, instrument or None for all) it

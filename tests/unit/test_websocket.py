@@ -119,3 +119,21 @@ def test_the_feed_takes_each_books_last_row_of_a_bbo_message() -> None:
     }
     every = rows(message)
     assert last_rows(message) == [every[1], every[3]]
+
+
+async def test_a_channel_the_feed_could_not_start_is_tried_again() -> None:
+    calls = []
+
+    async def start(channel: str) -> None:
+        calls.append(channel)
+        if len(calls) == 1:
+            raise ConnectionError("broker away")
+
+    hub = Hub(INTERVALS)
+    hub.read_from(start)
+    sock = Socket()
+    c = hub.connect(sock.send)
+    await c.request('{"op": "subscribe", "channel": "signals", "ref": 1}')
+    await c.request('{"op": "subscribe", "channel": "signals", "ref": 2}')
+    assert sock.frames[0]["type"] == "error" and "ConnectionError" in sock.frames[0]["error"]
+    assert sock.frames[1]["type"] == "subscribed" and calls == ["signals", "signals"]
