@@ -130,20 +130,24 @@ class AlertSink:
         pacer = Pacer(channel.per_minute)
         while True:
             signal, p = await q.get()
-            try:
-                await self._deliver(channel, signal, pacer)
-            except Exception:  # a bug here must not stop the channel
-                log.exception("alert channel %s failed on a signal", channel.name)
-            finally:
-                p.left -= 1
+            while True:
+                try:
+                    await self._deliver(channel, signal, pacer)
+                    break
+                except Exception:
+                    # The log or the dead letters could not be written (the broker away):
+                    # the signal is not done, so its offset waits, and it is tried again.
+                    log.exception("alert to %s could not be recorded; retrying", channel.name)
+                    await asyncio.sleep(5.0)
+            p.left -= 1
 
     async def _deliver(self, channel: Channel, signal: dict[str, Any], pacer: Pacer) -> None:
         key = f"{channel.name}|{signal.get('id')}"
         if key in self.log_state:
             metrics.alerts.labels(channel.name, "repeat").inc()
             return
-        self.log_state[key] = "claimed"
         await self.record(key, {"state": "claimed", "signal": signal})
+        self.log_state[key] = "claimed"
         for attempt in range(1, self.attempts + 1):
             await pacer.wait()
             try:

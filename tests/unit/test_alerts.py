@@ -201,3 +201,30 @@ async def test_a_stuck_channel_holds_back_only_its_own_offsets() -> None:
     assert ("desk", "second") in rec.sent and ("hook", "second") in rec.sent
     assert sink.committable() == {}  # offset 1 is not finished, so nothing after it commits
     await sink.stop()
+
+
+async def test_a_log_that_cannot_be_written_holds_the_offset_and_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rec = Recorder()
+    failures = [ConnectionError("broker away")]
+
+    async def record(key: str, entry: dict) -> None:
+        if failures:
+            raise failures.pop()
+        await rec.record(key, entry)
+
+    real_sleep = asyncio.sleep
+
+    async def no_wait(_: float) -> None:
+        await real_sleep(0)
+
+    monkeypatch.setattr("app.alert_sink.asyncio.sleep", no_wait)
+    sink = AlertSink(_config(), record, rec.dead_letter, rec.send, attempts=3, base_backoff=0.01)
+    sink.start()
+    sink.add("tp", 3, {**SIGNAL, "strength": "weak", "kind": "volume_spike"})  # nowhere
+    sink.add("tp", 4, {**SIGNAL, "strength": "weak"})  # desk and hook
+    await _settle(sink)
+    await sink.stop()
+    assert sorted(rec.sent) == [("desk", "abc123"), ("hook", "abc123")]
+    assert sink.committable() == {"tp": 5}
