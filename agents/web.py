@@ -10,6 +10,7 @@ GET /signals/?instrument_id=&limit=N  the latest N signals, newest first (from a
 GET /options/?group=&limit=N    the latest N option-group signals, newest first (all workers)
 GET /config/                      the runtime settings this worker applies (control topic)
 GET /metrics                      Prometheus metrics (Faust's and tapestream's)
+GET /openapi.json                 the OpenAPI document of these views (app/openapi.py)
 GET /ws                           WebSocket: subscribe, a snapshot, then updates (app/websocket.py)
 GET /health                       200 while the worker runs, with whether it is ready
 GET /ready                        200 once it owns partitions with their tables restored, else 503
@@ -37,7 +38,7 @@ from faust.web import Request, Response, View
 from agents.control import control
 from agents.instruments import checkpoints, restore_books, stages
 from agents.options import groups as option_groups_stage
-from app import metrics
+from app import metrics, openapi
 from app.faust_app import app, settings
 from app.recovery_status import log_progress, recovery_status
 from app.state_tables import TABLES
@@ -431,6 +432,14 @@ feed = TopicFeed(
     settings.ws_warm,
 )
 hub.read_from(feed.start_channel)
+
+
+@app.page("/openapi.json")
+class OpenApiView(View):
+    """The OpenAPI document of these views (app/openapi.py)."""
+
+    async def get(self, request: Request) -> Response:
+        return self.json(openapi.document())
 
 
 @app.page("/ws")

@@ -1,11 +1,13 @@
 """Views while workers start and join: an instrument's view answers 503 with Retry-After, never
-500, until the worker knows who owns the instrument; `/ready` says when it does."""
+500, until the worker knows who owns the instrument; `/ready` says when it does. The OpenAPI
+document validates, and every path in it answers as it says."""
 
 from __future__ import annotations
 
 import time
 
 import requests
+from openapi_spec_validator import validate
 
 from tests.integration.conftest import Deployment, Worker
 
@@ -48,3 +50,19 @@ def test_views_answer_503_with_retry_after_never_500_while_workers_start_and_joi
             assert w.get_raw(path.format(iid=1000 + i)).status_code == 404
     for w in (w1, w2):
         assert "Error handling request" not in w.log_path.read_text(errors="replace")
+
+
+def test_the_openapi_document_is_valid_and_every_path_answers_as_it_says(
+    deployment: Deployment,
+) -> None:
+    w1, w2 = deployment.worker("w1"), deployment.worker("w2")
+    deployment.wait_assigned(w1, w2)
+    doc = w1.get("/openapi.json")
+    validate(doc)
+    assert doc == w2.get("/openapi.json")
+    for path, item in doc["paths"].items():
+        if path == "/ws":  # an upgrade, not a request; tests/integration/test_websocket.py
+            continue
+        for w in (w1, w2):
+            r = w.get_raw(path.replace("{instrument_id}", "1000"))
+            assert str(r.status_code) in item["get"]["responses"], (path, r.status_code, r.text)

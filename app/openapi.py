@@ -1,0 +1,199 @@
+"""The OpenAPI document of each worker's HTTP views (agents/web.py), served at `/openapi.json`.
+
+Written here by hand, next to nothing it could drift from unseen: a test fetches it from a
+running worker, validates it against the OpenAPI 3.1 schema, and calls every path it lists.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string", "description": "what is wrong, and why"}},
+}
+RETRY = {
+    "Retry-After": {
+        "description": "seconds to wait before asking again",
+        "schema": {"type": "integer"},
+    }
+}
+OBJECT = {"type": "object", "additionalProperties": True}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("tapestream")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schema or OBJECT}},
+    }
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "a parameter is malformed; the error names it and the rule",
+        404: "no such instrument, or nothing of that kind for it",
+        503: "the owner of the instrument is not known or not answering yet, or its tables are"
+        " being restored; try again after Retry-After",
+    }
+    out = {str(c): _json(text[c], ERROR) for c in codes}
+    if 503 in codes:
+        out["503"]["headers"] = RETRY
+    return out
+
+
+def _param(name: str, where: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "description": description,
+        "schema": schema,
+    }
+
+
+INSTRUMENT = _param("instrument_id", "path", "the instrument id", {"type": "integer", "minimum": 0})
+SCOPE = _param(
+    "scope",
+    "query",
+    "`local`: only this worker's, without asking the others",
+    {"type": "string", "enum": ["local"]},
+)
+LIMIT = _param("limit", "query", "how many, newest first", {"type": "integer", "minimum": 1})
+INTERVAL = _param(
+    "interval", "query", "a configured bar interval (default: the first)", {"type": "string"}
+)
+
+
+def _get(summary: str, params: list[dict[str, Any]], ok: str, *errors: int) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": params,
+            "responses": {"200": _json(ok), **_errors(*errors)},
+        }
+    }
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tapestream worker",
+            "version": _version(),
+            "description": "Live state of the market-data stream processor, served by every"
+            " worker; requests for one instrument are answered by the worker that owns it."
+            " Prices are integers in units of 1e-9 and times nanoseconds since the epoch, as"
+            " on the topics (docs/topics.md).",
+        },
+        "paths": {
+            "/instruments/": _get(
+                "every instrument with its record, message and action counts",
+                [SCOPE],
+                "`instruments`, `count`, `records`; `partial` and `errors` if a worker did not"
+                " answer",
+            ),
+            "/instruments/{instrument_id}/": _get(
+                "one instrument's counts", [INSTRUMENT], "its counts", 400, 404, 503
+            ),
+            "/books/": _get(
+                "every instrument's books with their best bid and offer",
+                [SCOPE],
+                "`instruments`, `count`",
+                503,
+            ),
+            "/books/{instrument_id}/": _get(
+                "the instrument's books: top levels, live orders, counters",
+                [
+                    INSTRUMENT,
+                    _param(
+                        "depth",
+                        "query",
+                        "levels a side (default 10)",
+                        {"type": "integer", "minimum": 1, "maximum": 1000},
+                    ),
+                ],
+                "`books`, one per publisher",
+                400,
+                404,
+                503,
+            ),
+            "/bars/{instrument_id}/": _get(
+                "the instrument's latest closed bars, oldest first",
+                [INSTRUMENT, INTERVAL, LIMIT],
+                "`instrument_id`, `interval`, `count`, `bars`",
+                400,
+                404,
+                503,
+            ),
+            "/indicators/{instrument_id}/": _get(
+                "the indicators after the instrument's latest closed bar",
+                [INSTRUMENT, INTERVAL],
+                "`instrument_id`, `interval`, `bars` and each indicator",
+                400,
+                404,
+                503,
+            ),
+            "/signals/": _get(
+                "the latest signals, newest first, from every worker",
+                [
+                    _param("instrument_id", "query", "one instrument's only", {"type": "integer"}),
+                    LIMIT,
+                    SCOPE,
+                ],
+                "`signals`, `count`",
+                400,
+            ),
+            "/options/": _get(
+                "the latest option-group signals, newest first, from every worker",
+                [
+                    _param("group", "query", "one group's only (`ES|*|*|C`)", {"type": "string"}),
+                    LIMIT,
+                    SCOPE,
+                ],
+                "`signals`, `count`",
+                400,
+            ),
+            "/config/": _get(
+                "the runtime settings this worker applies", [], "`caught_up`, `settings`"
+            ),
+            "/health": _get(
+                "liveness (always 200 while the worker runs), readiness, partitions, recovery",
+                [],
+                "`ok`, `ready`, `rebalancing`, `active_partitions`, `recovery`",
+            ),
+            "/ready": _get(
+                "readiness: 200 once the worker owns partitions with their tables restored",
+                [],
+                "`ready`: true, and the recovery's fields",
+                503,
+            ),
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "the text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/ws": {
+                "get": {
+                    "summary": "the WebSocket feed (docs/web.md#websocket): upgrade, then JSON"
+                    " frames: subscribe, a snapshot, numbered updates",
+                    "responses": {"101": {"description": "switching to the WebSocket protocol"}},
+                }
+            },
+            "/openapi.json": _get("this document", [], "the OpenAPI 3.1 document"),
+        },
+    }
