@@ -256,10 +256,8 @@ class Client:
             else:
                 raise RequestError(f"unknown op {op!r} (subscribe, unsubscribe, ping)")
         except orjson.JSONDecodeError:
-            self.hub.errors += 1
             await self._send({"type": "error", "error": "not JSON", "ref": None})
         except RequestError as exc:
-            self.hub.errors += 1
             await self._send({"type": "error", "error": str(exc), "ref": ref})
 
     async def _subscribe(self, frame: dict[str, Any], ref: Any) -> None:
@@ -310,7 +308,6 @@ class Client:
                             f"too slow: a frame waited more than {self.hub.send_timeout:g} s"
                         )
                         return
-            self.hub.sent += len(frames)
             metrics.ws_frames_sent.inc(len(frames))
 
 
@@ -320,7 +317,6 @@ class Hub:
     def __init__(
         self,
         bar_intervals: Iterable[str],
-        start_channel: Callable[[str], Any] | None = None,
         max_pending: int = 1000,
         keep_events: int = 1000,
         send_timeout: float = SEND_TIMEOUT_S,
@@ -330,14 +326,12 @@ class Hub:
         self.clients: dict[int, Client] = {}
         self.cache = Cache(keep_events)
         self.max_pending = max_pending
-        # awaitable: starts reading a channel's topic and returns once caught up with it
-        self._start_channel = start_channel
+        # awaitable: starts reading a channel's topic and returns once caught up (read_from)
+        self._start_channel: Callable[[str], Any] | None = None
         self._channels: dict[str, asyncio.Future[None]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
-        # channel -> the clients subscribed to it: a row visits only those
-        self._listeners: dict[str, dict[int, Client]] = {}
-        self.sent = 0
-        self.errors = 0
+        # (channel, instrument or None for all) -> the clients subscribed: a row visits only those
+        self._listeners: dict[tuple[str, int | None], dict[int, Client]] = {}
 
     def read_from(self, start_channel: Callable[[str], Any]) -> None:
         """Where channels come from: `start_channel(name)` starts reading one and returns
@@ -395,12 +389,3 @@ class Hub:
             mine = self._listeners.get((channel, row.get("instrument_id")))
             for c in ({**every, **mine} if mine else every).values():
                 c.publish(channel, row)
-
-    def stats(self) -> dict[str, int]:
-        return {
-            "clients": len(self.clients),
-            "sent": self.sent,
-            "errors": self.errors,
-            "dropped": sum(c.queue.dropped_total for c in self.clients.values()),
-            "conflated": sum(c.queue.conflated_total for c in self.clients.values()),
-        }
