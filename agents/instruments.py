@@ -32,7 +32,7 @@ from app.dead_letters import processing_failed, send_dead_letter
 from app.faust_app import app, settings
 from app.feeds.watermarks import WM_HEADER, header
 from app.option_parts import OptionPartSender
-from app.state_tables import TABLES
+from app.state_tables import TABLES, journal
 from app.topics import BOOK_TOPICS, RAW_MBO, ROW_TOPICS, ensure_declared, option_parts, raw_mbo
 from models import book_events
 from models.definitions import is_definition, parse_definitions
@@ -60,6 +60,7 @@ checkpoints = Checkpointer(
     topic=RAW_MBO,
     forget=option_sender.forget,
     contiguous=True,  # replay and the feeds write the raw topic outside transactions
+    journal=journal,
 )
 lag_watch = LagWatch(settings.lag_limit)
 

@@ -26,7 +26,7 @@ from app.dead_letters import processing_failed, send_dead_letter
 from app.faust_app import app, settings
 from app.feeds.watermarks import WM_HEADER, header
 from app.option_parts import parts_of
-from app.state_tables import TABLES
+from app.state_tables import TABLES, journal
 from app.topics import OPTION_TOPICS, ensure_declared, option_parts
 from app.transport import source_partition
 from pipeline.stages import OptionGroups
@@ -40,7 +40,11 @@ groups.groups.set_signal_config(control.current.signal)
 control.on_change(lambda config: groups.groups.set_signal_config(config.signal))
 PARTS = option_parts.get_topic_name()
 checkpoints = Checkpointer(
-    app, AGENT, [(TABLES[name], state) for name, state in groups.states], topic=PARTS
+    app,
+    AGENT,
+    [(TABLES[name], state) for name, state in groups.states],
+    topic=PARTS,
+    journal=journal,
 )
 
 

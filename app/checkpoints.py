@@ -8,7 +8,9 @@ acknowledged: committed offsets never run ahead of table state. Under exactly_on
 stays still from the checkpoint until the transaction commits, or outputs of events after the
 checkpoint would commit with it and repeat after a crash; under at_least_once only taking the
 checkpoint stops it, and outputs are flushed before the checkpoint that covers them is written,
-so a crash can repeat outputs but never lose them.
+so a crash can repeat outputs but never lose them. There, each partition's checkpoint goes to
+its journal first (app/checkpoint_journal.py), so a checkpoint cut short by a crash is completed
+when the partition is taken up again instead of leaving the tables at two different positions.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Protocol
 
 from faust.types import EventT
 
-from app import metrics
+from app import checkpoint_journal, metrics
 from app.transport import (
     as_event,
     commit_guards,
@@ -57,14 +59,20 @@ class Checkpointer:
         topic: str,
         forget: Callable[[int], None] | None = None,
         contiguous: bool = False,
+        journal: Any | None = None,
     ) -> None:
         """`topic`: the agent's input, whose partitions its state follows; `forget(p)`: what
         else of partition p the agent keeps, dropped when p is revoked; `contiguous`: whether
         the input's offsets run without gaps (written outside transactions, so no markers),
-        which lets `admit` check that no message was skipped."""
+        which lets `admit` check that no message was skipped; `journal`: the table that makes
+        at_least_once checkpoints whole (app/checkpoint_journal.py), shared by every agent."""
         self.app = app
         self.name = name
         self.states = states  # (table, state) pairs
+        self.journal = journal
+        self.tables = {table.name: table for table, _ in states} if journal is not None else {}
+        # Partition -> the consumer generation in which its journal was last settled.
+        self.settled: dict[int, int] = {}
         self.topic = topic
         self.forget = forget
         # Held while a message is applied and while a checkpoint is taken: a checkpoint never
@@ -94,6 +102,7 @@ class Checkpointer:
         async for event in stream.noack().events():
             async with self.state_lock:
                 if self.admit(event):
+                    await self._settle(event)
                     yield event
 
     def admit(self, event: EventT) -> bool:
@@ -178,14 +187,75 @@ class Checkpointer:
     def _write(taken: Checkpoint) -> None:
         for events, writes in taken.values():
             with as_event(events[-1]):
-                for table, key, value in writes:
-                    if value is None:
-                        del table[key]
-                    else:
-                        table[key] = value
-                    metrics.checkpoint_writes.inc()
+                _put(writes)
             for ev in events:
                 ev.ack()
+
+    def _write_journal(self, taken: Checkpoint) -> None:
+        for partition, (events, writes) in taken.items():
+            rows = [(table.name, key, value) for table, key, value in writes]
+            chunks = checkpoint_journal.encode(checkpoint_journal.new_id(), rows)
+            with as_event(events[-1]):
+                self._put_journal(partition, chunks)
+
+    def _put_journal(self, partition: int, chunks: list[bytes]) -> None:
+        for i, chunk in enumerate(chunks):
+            self.journal[checkpoint_journal.key(self.name, partition, i)] = chunk
+            metrics.checkpoint_journal_bytes.inc(len(chunk))
+
+    async def _settle(self, event: EventT) -> None:
+        """Once per partition and assignment, before its state is read: the partition's last
+        checkpoint made whole from its journal. Under at_least_once its chunks and rows are
+        written again even where this worker's store holds them already: a worker killed
+        with them on their way kept them in its local store while the changelog, which any
+        other worker restores from, never got them. Under exactly_once a journal left by an
+        at_least_once run is applied once and deleted (a later one would be stale)."""
+        message = event.message
+        partition, generation = message.partition, message.generation_id
+        if self.journal is None or self.settled.get(partition) == generation:
+            return
+        self.settled[partition] = generation
+        with as_event(event):
+            try:
+                chunks = checkpoint_journal.read(self.journal.get, self.name, partition)
+                writes = [
+                    (self.tables[name], key, value)
+                    for chunk in chunks or ()
+                    for name, key, value in checkpoint_journal.rows(chunk)
+                ]
+            except (checkpoint_journal.JournalError, KeyError) as exc:
+                log.error(
+                    "%s: partition %d's checkpoint journal is unreadable: %s",
+                    self.name,
+                    partition,
+                    exc,
+                )
+                return
+            if chunks is None:
+                return
+            behind = any(table.get(key) != value for table, key, value in writes)
+            if self.app.in_transaction:
+                for i in range(len(chunks)):
+                    del self.journal[checkpoint_journal.key(self.name, partition, i)]
+            else:
+                self._put_journal(partition, chunks)
+        if not self.app.in_transaction:
+            await flush_buffered(self.app.producer)  # the journal whole before any row
+        with as_event(event):
+            _put(writes)
+        if behind:
+            log.warning(
+                "%s: partition %d's last checkpoint was cut short; completed from its journal",
+                self.name,
+                partition,
+            )
+            metrics.checkpoint_journal_replays.inc()
+            # State read before the rows were put back (a view may have loaded a book) is
+            # read again.
+            for _, state in self.states:
+                state.evict({partition})
+            if self.forget is not None:
+                self.forget(partition)
 
     @asynccontextmanager
     async def at_commit(self) -> AsyncIterator[None]:
@@ -205,12 +275,17 @@ class Checkpointer:
                 taken = self._take()
                 taken_s = time.perf_counter() - t0
             if taken:
-                # Outputs first: a checkpoint never covers outputs that could be lost.
+                # Outputs first: a checkpoint never covers outputs that could be lost. Then the
+                # journal, whole, before any row: a crash leaves either the rows of the last
+                # checkpoint to be completed from it, or none of them.
                 await flush_buffered(self.app.producer)
+                if self.journal is not None and not stall_guard.stood_still():
+                    self._write_journal(taken)
+                    await flush_buffered(self.app.producer)
                 if stall_guard.stood_still():
-                    # The flush waited out a stall: the partitions may be another worker's
-                    # now, and this checkpoint would land after its writes as stale state.
-                    # Nothing is acknowledged; the partitions are being given up.
+                    # A flush waited out a stall: the partitions may be another worker's now,
+                    # and this checkpoint would land after its writes as stale state. Nothing
+                    # is acknowledged; the partitions are being given up.
                     yield
                     return
                 t0 = time.perf_counter()
@@ -234,3 +309,13 @@ class Checkpointer:
     def fence(self, partitions: set[int]) -> None:
         self.release(partitions)
         self.fenced.update(dict.fromkeys(partitions, self.app.consumer_generation_id))
+
+
+def _put(writes: Writes) -> None:
+    for table, key, value in writes:
+        if value is None:
+            if table.get(key) is not None:
+                del table[key]
+        else:
+            table[key] = value
+        metrics.checkpoint_writes.inc()

@@ -50,7 +50,16 @@ assignment_holes = Counter(
 )
 checkpoint_writes = Counter(
     "tapestream_checkpoint_writes",
-    "table keys written or deleted by book checkpoints",
+    "table keys written or deleted by checkpoints",
+)
+checkpoint_journal_bytes = Counter(
+    "tapestream_checkpoint_journal_bytes",
+    "bytes written to the checkpoint journal (at_least_once: each checkpoint's rows, first)",
+)
+checkpoint_journal_replays = Counter(
+    "tapestream_checkpoint_journal_replays",
+    "partitions taken up whose last checkpoint had not fully reached the tables, completed "
+    "from its journal",
 )
 checkpoint_seconds = Histogram(
     "tapestream_checkpoint_seconds",

@@ -31,3 +31,7 @@ books = TABLES["books"]
 bars = TABLES["bars"]
 ifd = TABLES["ifd"]
 options = TABLES["options"]
+# Not a stage's: the runtime's journal of at_least_once checkpoints (app/checkpoint_journal.py).
+journal = _bytes_table(
+    "checkpoint-journal", "each partition's last checkpoint, written before its rows"
+)
