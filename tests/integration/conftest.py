@@ -295,6 +295,9 @@ def deployment(broker: str, tmp_path: Path) -> Iterator[Deployment]:
     yield d
     for w in d.workers:
         w.stop()
+    if os.environ.get("TAPESTREAM_TEST_KEEP_TOPICS"):  # to look into a failure afterwards
+        print(f"topics kept: {tag}.*, {tag}-*", file=sys.stderr)
+        return
     # Each test's topics hold up to hundreds of MB; a broker kept across runs would fill up.
     from app.commands.replay import delete_topics
 

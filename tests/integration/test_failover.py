@@ -141,11 +141,11 @@ def test_kill9_wipe_and_join_across_workers_change_no_output(
     assert_as_backfill(deployment, [a, b, c], result, guarantee)
 
 
-# Under exactly_once only. At-least-once cannot fence a stopped worker's writes, and a
-# checkpoint is many changelog records: one the worker was sending as it stopped is partly in
-# the changelog when the new owner restores, which then holds a book ahead of the counts and
-# one-second tops derived from it (seen: 2 of 3072 deltas rows, or about 200 records uncounted
-# on two instruments, in one run of three). docs/state-and-recovery.md says so.
+# Under exactly_once only. At-least-once cannot fence a stopped worker's writes: a checkpoint
+# the worker was sending as it stopped lands after the new owner has restored and written its
+# own (the checkpoint journal makes a checkpoint cut short whole, not one that arrives late),
+# and a later restore can take that older state (seen: 2 of 3072 deltas rows, or about 200
+# records uncounted on two instruments, in one run of three). docs/state-and-recovery.md says so.
 @pytest.mark.parametrize("guarantee", ["exactly_once"])
 def test_a_worker_paused_past_its_session_timeout_rejoins_and_changes_no_output(
     deployment: Deployment, failover_file: tuple[Path, FileRun], guarantee: str
