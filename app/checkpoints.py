@@ -27,6 +27,7 @@ from faust.types import EventT
 from app import checkpoint_journal, metrics
 from app.transport import (
     as_event,
+    checkpoint_acks,
     commit_guards,
     committed_offset,
     flush_buffered,
@@ -188,8 +189,9 @@ class Checkpointer:
         for events, writes in taken.values():
             with as_event(events[-1]):
                 _put(writes)
-            for ev in events:
-                ev.ack()
+            with checkpoint_acks.granted():
+                for ev in events:
+                    ev.ack()
 
     def _write_journal(self, taken: Checkpoint) -> None:
         for partition, (events, writes) in taken.items():

@@ -474,3 +474,23 @@ def test_an_at_least_once_checkpoint_lands_its_journal_before_any_row(
         ("bars", b"1003", b"r1"),
         ("bars", b"~p/0", b"m1"),
     ]
+
+
+def test_on_a_checkpointed_input_only_the_checkpoint_acknowledges() -> None:
+    """Faust's stream acknowledges the events it skips while the flow is stopped; on the
+    instruments agent's input that moved the committed offset past 17 messages the state had
+    never applied (a bar 32 trades short after the rebalance)."""
+    app = SimpleNamespace(consumer_generation_id=3, rebalancing=False, flow_control=FlowControl())
+    c = Checkpointer(app, "instruments", [], topic="raw")
+    assert c in transport.partition_states
+    raw, other = (
+        SimpleNamespace(topic="raw", generation_id=3),
+        SimpleNamespace(topic="control", generation_id=3),
+    )
+    assert not transport.acknowledgeable(app, raw)  # a stream skipping it
+    assert transport.acknowledgeable(app, other)
+    with transport.checkpoint_acks.granted():
+        assert transport.acknowledgeable(app, raw)
+        stale = SimpleNamespace(topic="raw", generation_id=2)
+        assert not transport.acknowledgeable(app, stale)
+    assert not transport.checkpoint_acks.active
