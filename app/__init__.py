@@ -13,6 +13,7 @@ from app.commands import (  # noqa: F401
     baselines,
     config,
     evaluate,
+    lake,
     mbp,
     ohlcv,
     replay,

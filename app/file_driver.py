@@ -156,6 +156,7 @@ def run_files(
     default they are kept in the result (`topics`, `row_topics`)."""
     defined = [(str(p), read_definitions(p)) for p in paths if is_definition_file(p)]
     files = [open_mbo(p) for p in paths if not is_definition_file(p)]
+    defined += [(str(f.path), d) for f in files if (d := f.definitions())]  # a lake's
     out = MemoryOutputs() if outputs is None else outputs
     driver = FileDriver(settings, out)
     for path, definitions in defined:  # before any MBO, as replay sends them

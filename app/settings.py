@@ -70,6 +70,15 @@ class Settings(BaseModel, frozen=True):
     option_groups: str = Field(
         "underlying+right,underlying+expiration+right", description="TAPESTREAM_OPTION_GROUPS"
     )
+    lake_root: str = Field("var/lake", description="TAPESTREAM_LAKE_ROOT")
+    lake_topics: str = Field(
+        "mbo.raw,trades,bars,indicators,pressure,signals,deltas",
+        description="TAPESTREAM_LAKE_TOPICS",
+    )
+    lake_roll: float = Field(300.0, gt=0, le=86_400, description="TAPESTREAM_LAKE_ROLL")
+    lake_file_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, le=4 * 1024**3, description="TAPESTREAM_LAKE_FILE_BYTES"
+    )
 
     @field_validator("broker")
     @classmethod

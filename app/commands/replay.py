@@ -224,6 +224,7 @@ async def replay_files(
     # every file must exist before anything is sent
     defined = [read_definitions(p) for p in paths if is_definition_file(p)]
     files = [open_mbo(p) for p in paths if not is_definition_file(p)]
+    defined += [d for d in (f.definitions() for f in files) if d]  # a lake's
     summary = ReplaySummary(topic=topic)
     partitions = await ensure_topic(settings, topic, settings.partitions)
     producer = AIOKafkaProducer(

@@ -98,8 +98,30 @@ class MboFile:
             from app.feeds.lobster import lobster_chunks
 
             yield from lobster_chunks(self, chunk_records)
+        elif self.format == "lake":
+            from app.feeds.lake_reader import lake_chunks
+
+            def read(size: int) -> None:
+                self.bytes_read += size
+
+            for chunk in lake_chunks(self.path, chunk_records, read):
+                self.records_read += len(chunk)
+                yield chunk
         else:
             yield from _dbn_chunks(self, chunk_records)
+
+    def definitions(self) -> list[databento_dbn.InstrumentDefMsg]:
+        """The instrument definitions a lake holds (none in a file: those come in definition
+        files of their own)."""
+        if self.format != "lake":
+            return []
+        from app.feeds.lake_reader import definitions
+        from models.definitions import parse_definitions
+
+        out: list[databento_dbn.InstrumentDefMsg] = []
+        for raw in definitions(self.path):
+            out += parse_definitions(str(int.from_bytes(raw[4:8], "little")).encode(), raw)
+        return out
 
 
 def open_mbo(path: str | Path) -> MboFile:
@@ -107,8 +129,15 @@ def open_mbo(path: str | Path) -> MboFile:
     p = Path(path)
     if not p.exists():
         raise InputError(p, "open", "no such file")
+    from app.feeds.lake_reader import is_lake, raw_files
+
+    if is_lake(p) or (p.is_file() and p.name.endswith(".parquet")):
+        files = [f for fs in raw_files(p).values() for f in fs]
+        if not files:
+            raise InputError(p, "open", "a lake with no raw MBO files")
+        return MboFile(path=p, format="lake", size=sum(f.stat().st_size for f in files))
     if not p.is_file():
-        raise InputError(p, "open", "not a regular file")
+        raise InputError(p, "open", "not a regular file, nor a lake (docs/lake.md)")
     name = p.name.lower()
     if name.endswith(".dbn.zst"):
         fmt = "dbn.zst"
@@ -119,7 +148,9 @@ def open_mbo(path: str | Path) -> MboFile:
 
         fmt = "lobster" if is_lobster(p) else "csv"
     else:
-        raise InputError(p, "open", "unsupported file type (expected .dbn, .dbn.zst or .csv)")
+        raise InputError(
+            p, "open", "unsupported file type (expected .dbn, .dbn.zst, .csv or a lake)"
+        )
     return MboFile(path=p, format=fmt, size=p.stat().st_size)
 
 

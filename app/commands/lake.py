@@ -1,0 +1,118 @@
+"""`faust -A app lake [--root DIR|URI] [--topics a,b] [--roll-seconds S] [--file-mb N]
+[--instance NAME] [--metrics-port N]`: the cold tier. Writes the chosen topics to Parquet under
+the lake root, each record exactly once (app/lake_sink.py, docs/lake.md). A long-running process
+beside the workers, in its own consumer group; Ctrl-C or SIGTERM stops it after writing what it
+holds. Run several to share the partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from faust.cli import option
+
+from app.commands import exit_with
+from app.commands.replay import ensure_topic
+from app.faust_app import app, settings
+from app.lake_files import Lake
+from app.lake_rows import layout_of
+from app.lake_sink import LakeSink, run
+from app.settings import Settings
+from app.topics import RAW_MBO_BASE
+from models.intervals import interval_name
+from pipeline.graph import COLUMNAR, public_topics
+
+log = logging.getLogger(__name__)
+
+
+def lake_topics(settings: Settings, spec: str) -> list[str]:
+    """The base names `spec` lists (`bars` for every bar interval, `all` for every topic);
+    raises ValueError naming what is unknown."""
+    intervals = [interval_name(iv) for iv in settings.bar_intervals_ns]
+    known = [RAW_MBO_BASE, *public_topics(intervals)]
+    out: list[str] = []
+    for name in (n.strip() for n in spec.split(",")):
+        if not name:
+            continue
+        if name == "all":
+            chosen = known
+        elif name == "bars":
+            chosen = [t for t in known if t.startswith("bars.")]
+        elif name in known:
+            chosen = [name]
+        else:
+            raise ValueError(f"unknown topic {name!r} (known: all, bars, {', '.join(known)})")
+        out += [t for t in chosen if t not in out]
+    if not out:
+        raise ValueError("no topics chosen")
+    return out
+
+
+async def sink(
+    settings: Settings, root: str, bases: list[str], roll_s: float, file_bytes: int, instance: str
+) -> dict:
+    lake = Lake(root)
+    layouts = {settings.topic(b): (b, layout_of(b, RAW_MBO_BASE, COLUMNAR)) for b in bases}
+    for topic in layouts:  # the workers may not have made them yet
+        await ensure_topic(settings, topic, settings.partitions)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=f"{settings.app_id}-lake",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=settings.fetch_bytes,
+        session_timeout_ms=int(settings.session_timeout * 1000),
+        # Static membership: a sink restarted under the same name takes its partitions back
+        # at once, where a new member waits for the group to give up on the old one.
+        group_instance_id=f"{settings.app_id}-lake-{instance}" if instance else None,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(s, stop.set)
+    progress = await run(consumer, lake, LakeSink(layouts, roll_s, file_bytes), stop)
+    return {"records": progress.records, "files": progress.files, "bytes": progress.bytes}
+
+
+@app.command(
+    option("--root", default="", help="Lake root: a directory or a pyarrow URI (s3://...)."),
+    option("--topics", default="", help="Comma-separated base names; `bars`, `all`."),
+    option("--roll-seconds", type=float, default=0.0, help="Longest a file stays open."),
+    option("--file-mb", type=float, default=0.0, help="Input MB after which a file rolls."),
+    option("--instance", default="", help="A name for this sink, the same across restarts."),
+    option("--metrics-port", type=int, default=0, help="Serve Prometheus metrics (0: none)."),
+)
+async def lake(
+    self: object,
+    root: str,
+    topics: str,
+    roll_seconds: float,
+    file_mb: float,
+    instance: str,
+    metrics_port: int,
+) -> None:
+    """Write topics to a Parquet lake, each record exactly once."""
+    try:
+        bases = lake_topics(settings, topics or settings.lake_topics)
+    except ValueError as exc:
+        exit_with(str(exc), 2)
+    if roll_seconds < 0 or file_mb < 0:
+        exit_with("--roll-seconds and --file-mb must be positive", 2)
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=settings.web_host)
+    root = root or settings.lake_root
+    roll_s = roll_seconds or settings.lake_roll
+    file_bytes = int(file_mb * 1024 * 1024) or settings.lake_file_bytes
+    log.info("lake: %s -> %s (roll after %.0f s or %d bytes)", bases, root, roll_s, file_bytes)
+    summary = await sink(settings, root, bases, roll_s, file_bytes, instance)
+    print(orjson.dumps(summary).decode(), file=sys.stderr)

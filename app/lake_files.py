@@ -1,0 +1,115 @@
+"""The lake's files: where each goes, how one is put in place whole, and where each topic
+partition resumes.
+
+    <root>/<topic>/date=YYYY-MM-DD/hour=HH/p<partition>-<first offset>-<last offset>.parquet
+
+Offsets are zero-padded, so names sort in offset order. A file holds whole messages of one
+partition with consecutive offsets (markers and gaps included in the range); the next file of
+the partition starts after its last. So the highest last offset on disk says where the
+partition resumes, and no second store can disagree with it.
+
+On a local disk a file is written under a name starting with a dot and ending in `.tmp`,
+synced, renamed into place and its directory synced: a reader never sees part of a file, and a
+crash leaves at most a temporary file, which the next start removes. An object store (any
+`pyarrow.fs` URI such as `s3://bucket/lake`) gets the file under its final name in one PUT,
+which such stores make visible whole.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+_NAME = re.compile(r"^p(\d+)-(\d+)-(\d+)\.parquet$")
+COMPRESSION = "zstd"
+
+
+@dataclass(frozen=True)
+class Span:
+    partition: int
+    first: int
+    last: int
+
+
+def file_name(span: Span) -> str:
+    return f"p{span.partition:04d}-{span.first:020d}-{span.last:020d}.parquet"
+
+
+def parse_name(name: str) -> Span | None:
+    m = _NAME.match(name)
+    return Span(int(m[1]), int(m[2]), int(m[3])) if m else None
+
+
+def hour_dir(hour: int) -> str:
+    t = datetime.fromtimestamp(hour * 3600, UTC)
+    return f"date={t:%Y-%m-%d}/hour={t:%H}"
+
+
+class Lake:
+    """A lake root: a local directory or a pyarrow filesystem URI."""
+
+    def __init__(self, root: str) -> None:
+        if "://" in root:
+            self.fs, self.root = pafs.FileSystem.from_uri(root)
+        else:
+            os.makedirs(root, exist_ok=True)
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(root)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def topic_dir(self, topic: str) -> str:
+        return f"{self.root}/{topic}"
+
+    def files(self, topic: str) -> list[tuple[str, Span]]:
+        """Every file of the topic, with its span, in (partition, offset) order."""
+        selector = pafs.FileSelector(self.topic_dir(topic), recursive=True, allow_not_found=True)
+        out = []
+        for info in self.fs.get_file_info(selector):
+            span = parse_name(info.base_name) if info.type == pafs.FileType.File else None
+            if span is not None:
+                out.append((info.path, span))
+        return sorted(out, key=lambda f: (f[1].partition, f[1].first))
+
+    def resume_offsets(self, topic: str) -> dict[int, int]:
+        """Partition -> the offset after its last file."""
+        out: dict[int, int] = {}
+        for _, span in self.files(topic):
+            out[span.partition] = max(out.get(span.partition, 0), span.last + 1)
+        return out
+
+    def remove_leftovers(self, topic: str) -> int:
+        """Temporary files a crash left behind (never visible as part of the lake)."""
+        if not self.local:
+            return 0
+        selector = pafs.FileSelector(self.topic_dir(topic), recursive=True, allow_not_found=True)
+        gone = 0
+        for info in self.fs.get_file_info(selector):
+            if info.type == pafs.FileType.File and info.base_name.endswith(".tmp"):
+                self.fs.delete_file(info.path)
+                gone += 1
+        return gone
+
+    def write(self, topic: str, hour: int, span: Span, table: pa.Table) -> tuple[str, int]:
+        """Put a file in place, whole; returns its path and size."""
+        directory = f"{self.topic_dir(topic)}/{hour_dir(hour)}"
+        path = f"{directory}/{file_name(span)}"
+        if not self.local:
+            pq.write_table(table, path, filesystem=self.fs, compression=COMPRESSION)
+            return path, self.fs.get_file_info(path).size
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{directory}/.{file_name(span)}.tmp"
+        pq.write_table(table, tmp, compression=COMPRESSION)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return path, os.path.getsize(path)

@@ -1,0 +1,228 @@
+"""The lake sink: chosen topics to Parquet files, each record exactly once (docs/lake.md).
+
+Each topic partition has at most one file open, in memory: whole messages with consecutive
+offsets, all of one hour of event time. It is written (app/lake_files.py: whole, or not at all)
+when a message of another hour comes, when it holds `file_bytes` of input, when it has been open
+`roll_s`, when its partition goes to another sink, and when the sink stops. The files on disk
+say where each partition resumes; the consumer group's committed offsets follow them, for lag
+monitoring only.
+
+No Faust here: `run` drives an aiokafka consumer in its own group, so the sink never slows the
+market path, and `LakeSink` holds the files and their rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from app import metrics
+from app.lake_files import Lake, Span
+from app.lake_rows import BadMessage, Layout, hour_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OpenFile:
+    hour: int
+    first: int
+    last: int
+    opened: float
+    pieces: list[Any] = field(default_factory=list)
+    input_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A file closed in memory, to be written."""
+
+    topic: str  # the lake's name for it: the topic without the deployment's prefix
+    hour: int
+    span: Span
+    layout: Layout
+    pieces: list[Any]
+
+
+class LakeSink:
+    def __init__(
+        self,
+        layouts: dict[str, tuple[str, Layout]],
+        roll_s: float,
+        file_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`layouts`: topic -> (its name in the lake, its layout)."""
+        self.layouts = layouts
+        self.roll_s = roll_s
+        self.file_bytes = file_bytes
+        self.clock = clock
+        self.open: dict[tuple[str, int], OpenFile] = {}
+
+    def add(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> list[Ready]:
+        """One message; the files it closed. A message that is not of its topic's layout
+        leaves no row (the workers dead-letter it) and is counted; its offset still counts
+        as read."""
+        name, layout = self.layouts[topic]
+        try:
+            piece = layout.rows(key, value, partition, offset)
+        except BadMessage as exc:
+            metrics.lake_bad_messages.labels(name).inc()
+            log.warning("lake: %s[%d] offset %d left out: %s", name, partition, offset, exc)
+            piece = None
+        current = self.open.get((topic, partition))
+        if piece is None:  # a marker or a bad message: only the range moves on
+            if current is not None:
+                current.last = offset
+            return []
+        hour = hour_of(layout.event_ns(piece))
+        ready = []
+        if current is not None and (current.hour != hour or current.input_bytes >= self.file_bytes):
+            ready += self._close(topic, partition)
+            current = None
+        if current is None:
+            current = self.open[(topic, partition)] = OpenFile(hour, offset, offset, self.clock())
+        current.pieces.append(piece)
+        current.last = offset
+        current.input_bytes += len(value or b"")
+        return ready
+
+    def due(self) -> list[Ready]:
+        """The files open longer than `roll_s`."""
+        now = self.clock()
+        old = [k for k, f in self.open.items() if now - f.opened >= self.roll_s]
+        return [r for topic, partition in old for r in self._close(topic, partition)]
+
+    def close(self, partitions: set[tuple[str, int]] | None = None) -> list[Ready]:
+        """The open files of the given (topic, partition)s, or of all."""
+        keys = [k for k in self.open if partitions is None or k in partitions]
+        return [r for topic, partition in keys for r in self._close(topic, partition)]
+
+    def _close(self, topic: str, partition: int) -> list[Ready]:
+        f = self.open.pop((topic, partition))
+        if not f.pieces:
+            return []
+        name, layout = self.layouts[topic]
+        return [Ready(name, f.hour, Span(partition, f.first, f.last), layout, f.pieces)]
+
+
+def write(lake: Lake, ready: Ready) -> tuple[str, int, int]:
+    """Write one closed file; (path, bytes, rows)."""
+    table = ready.layout.table(ready.pieces)
+    path, size = lake.write(ready.topic, ready.hour, ready.span, table)
+    metrics.lake_records.labels(ready.topic).inc(table.num_rows)
+    metrics.lake_files.labels(ready.topic).inc()
+    metrics.lake_bytes.labels(ready.topic).inc(size)
+    return path, size, table.num_rows
+
+
+@dataclass
+class Progress:
+    records: int = 0
+    files: int = 0
+    bytes: int = 0
+    input_bytes: int = 0
+
+
+async def run(
+    consumer: AIOKafkaConsumer,
+    lake: Lake,
+    sink: LakeSink,
+    stop: asyncio.Event,
+    report_s: float = 30.0,
+) -> Progress:
+    """Read the sink's topics into the lake until `stop`; then write what is open."""
+    progress = Progress()
+    topics = list(sink.layouts)
+    for topic in topics:
+        gone = lake.remove_leftovers(sink.layouts[topic][0])
+        if gone:
+            log.info("lake: removed %d temporary file(s) a crash left in %s", gone, topic)
+
+    # Partition -> the offset its next message must have at least: what the lake resumes
+    # from, then past each message taken. A message fetched before a rebalance and handed
+    # out after it (the partition sought back to where the lake ends) is below it, and so is
+    # one of a partition no longer assigned.
+    expected: dict[TopicPartition, int] = {}
+    writing = asyncio.Lock()
+
+    async def put(ready: list[Ready]) -> None:
+        # In order, one at a time (a rebalance writes too): a partition's files must land in
+        # offset order, or a crash between two could leave a hole the next start steps over.
+        async with writing:
+            await _put(ready)
+
+    async def _put(ready: list[Ready]) -> None:
+        for r in ready:
+            _, size, rows = await asyncio.to_thread(write, lake, r)
+            progress.files += 1
+            progress.bytes += size
+            progress.records += rows
+            # Informational (lag): the files are what the sink resumes from.
+            tp = TopicPartition(_topic_of(sink, r.topic), r.span.partition)
+            try:
+                await consumer.commit({tp: r.span.last + 1})
+            except KafkaError as exc:  # mid-rebalance: the next file's commit covers it
+                log.debug("lake: offset commit for %s skipped: %s", tp, exc)
+
+    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+            for tp in revoked:
+                expected.pop(tp, None)
+            await put(sink.close({(tp.topic, tp.partition) for tp in revoked}))
+
+        async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+            resume: dict[str, dict[int, int]] = {}
+            for tp in sorted(assigned):
+                name = sink.layouts[tp.topic][0]
+                if name not in resume:
+                    resume[name] = await asyncio.to_thread(lake.resume_offsets, name)
+                at = resume[name].get(tp.partition)
+                if at is None:
+                    await consumer.seek_to_beginning(tp)
+                    expected[tp] = 0
+                else:
+                    consumer.seek(tp, at)
+                    expected[tp] = at
+
+    consumer.subscribe(topics, listener=Listener())
+    await consumer.start()
+    t0 = last_report = time.monotonic()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for tp, messages in batch.items():
+                for m in messages:
+                    if m.offset < expected.get(tp, m.offset + 1):
+                        continue
+                    expected[tp] = m.offset + 1
+                    progress.input_bytes += len(m.value or b"")
+                    await put(sink.add(tp.topic, tp.partition, m.offset, m.key, m.value))
+            await put(sink.due())
+            now = time.monotonic()
+            if now - last_report >= report_s:
+                log.info(
+                    "lake: %d records in %d files (%.1f MB) so far, %.0f records/s",
+                    progress.records,
+                    progress.files,
+                    progress.bytes / 1e6,
+                    progress.records / max(now - t0, 1e-9),
+                )
+                last_report = now
+        await put(sink.close())
+    finally:
+        await consumer.stop()
+    return progress
+
+
+def _topic_of(sink: LakeSink, name: str) -> str:
+    return next(t for t, (n, _) in sink.layouts.items() if n == name)

@@ -1,0 +1,143 @@
+"""The lake sink's cost, printed as JSON.
+
+    python -m load_tests.bench_lake [--records 1000000] [--instruments 100] [--runs 3]
+
+offline   the sink's own work on a generated file's raw MBO with no broker (4,096-record
+          messages into `LakeSink`, files written as the sink writes them): records/s, and the
+          lake's bytes per record against the raw topic's 56.
+pipeline  per run, two fresh workers, each fed the same file by replay at full speed: one alone,
+          one with `faust -A app lake --topics all` running beside it from the start. Events/s
+          until the instruments agent applied every record, for each, and their ratio (the
+          market path's throughput with the sink over without, taken in the same run); the
+          seconds until the lake held every raw record, and its bytes per raw record.
+Medians over runs, with every run's figures. The broker must be running (`make broker-start`);
+the sink shares the machine's two cores with the worker, the replay and the broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow.parquet as pq
+
+from app.feeds.mbo_files import open_mbo
+from app.lake_files import Lake
+from app.lake_rows import RawLayout
+from app.lake_sink import LakeSink, write
+from app.settings import load_settings
+from load_tests.bench_pipeline import _file, _throughput
+from load_tests.worker_proc import BENCH_DIR, ROOT, bench_worker
+from models.mbo import MBO_SIZE
+
+MESSAGE_RECORDS = 4096
+
+
+def offline(path: Path) -> dict[str, float]:
+    records = np.concatenate(list(open_mbo(path).chunks()))
+    root = Path(tempfile.mkdtemp(dir=BENCH_DIR))
+    try:
+        lake = Lake(str(root))
+        sink = LakeSink({"raw": ("mbo.raw", RawLayout())}, roll_s=1e9, file_bytes=64 << 20)
+        t0 = time.perf_counter()
+        for offset, at in enumerate(range(0, len(records), MESSAGE_RECORDS)):
+            piece = records[at : at + MESSAGE_RECORDS]
+            for r in sink.add("raw", 0, offset, b"1", piece.tobytes()):
+                write(lake, r)
+        for r in sink.close():
+            write(lake, r)
+        seconds = time.perf_counter() - t0
+        size = sum(p.stat().st_size for p in root.rglob("*.parquet"))
+        return {
+            "records_per_s": len(records) / seconds,
+            "bytes_per_record": size / len(records),
+            "raw_bytes_per_record": MBO_SIZE,
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _lake_rows(root: Path) -> int:
+    total = 0
+    for f in (root / "mbo.raw").rglob("*.parquet"):
+        total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def pipeline(broker: str, path: Path, total: int) -> dict[str, float]:
+    with bench_worker(broker) as w:
+        alone = _throughput(w, path, total)["events_per_s"]
+    with bench_worker(broker) as w:
+        root = Path(tempfile.mkdtemp(dir=BENCH_DIR))
+        log = open(root.with_suffix(".log"), "ab")  # noqa: SIM115 - the process keeps it
+        command = ["lake", "--root", str(root), "--topics", "all", "--roll-seconds", "5"]
+        sink = subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "app", *command],
+            cwd=ROOT,
+            env=w.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            t0 = time.monotonic()
+            with_sink = _throughput(w, path, total)["events_per_s"]
+            while _lake_rows(root) < total:
+                if sink.poll() is not None or time.monotonic() - t0 > 600:
+                    raise RuntimeError(f"the sink stopped or stalled; see {log.name}")
+                time.sleep(0.5)
+            lake_s = time.monotonic() - t0
+            raw_bytes = sum(p.stat().st_size for p in (root / "mbo.raw").rglob("*.parquet"))
+        finally:
+            sink.terminate()
+            sink.wait(timeout=60)
+            shutil.rmtree(root, ignore_errors=True)
+    return {
+        "events_per_s_alone": alone,
+        "events_per_s_with_sink": with_sink,
+        "ratio": with_sink / alone,
+        "lake_caught_up_s": lake_s,
+        "lake_raw_bytes_per_record": raw_bytes / total,
+    }
+
+
+def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--instruments", type=int, default=100)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--phases", default="offline,pipeline")
+    args = ap.parse_args(argv)
+    path = _file(args.records, args.instruments, 50_000)
+    total = sum(len(c) for c in open_mbo(path).chunks())
+    broker = load_settings().broker
+    out: dict[str, object] = {"records": total}
+    phases = args.phases.split(",")
+    for name, run in (
+        ("offline", lambda: offline(path)),
+        ("pipeline", lambda: pipeline(broker, path, total)),
+    ):
+        if name not in phases:
+            continue
+        runs = []
+        for i in range(args.runs):
+            runs.append(run())
+            print(f"{name} run {i + 1}: {runs[-1]}", file=sys.stderr)
+        out[name] = {"median": _medians(runs), "runs": runs}
+    print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

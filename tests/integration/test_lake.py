@@ -1,0 +1,192 @@
+"""The lake sink against the real broker: every record of every topic exactly once in the lake
+through kill -9s of the sink, the files readable by DuckDB, and the lake's raw MBO a source
+that gives the same MBP-10 as the original file."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from app.feeds.mbo_files import open_mbo
+from app.lake_files import parse_name
+from models.definitions import is_definition
+from models.mbo import MBO_SIZE
+from pipeline.graph import COLUMNAR
+from tests.conftest import ARL_MBO_CSV, ROOT, require
+from tests.integration.conftest import Deployment, consume_all, wait_for
+
+pytestmark = pytest.mark.integration
+
+KILLS = 10
+
+
+def _sink(d: Deployment, root: Path, *args: str) -> subprocess.Popen:
+    log = open(d.tmp / "lake.log", "ab")  # noqa: SIM115 - the process keeps it
+    return subprocess.Popen(
+        [sys.executable, "-m", "faust", "-A", "app", "lake", "--root", str(root), *args],
+        cwd=ROOT,
+        env=d.env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _rows_per_message(base: str, value: bytes | None) -> int:
+    if not value:
+        return 0
+    if base == "mbo.raw":
+        return len(value) // 520 if is_definition(value) else len(value) // MBO_SIZE
+    if base in COLUMNAR:
+        return len(orjson.loads(value)["ts_recv"])
+    return 1
+
+
+def _topic_rows(d: Deployment, base: str) -> Counter:
+    """(partition, offset) -> rows its message makes, for every message of the topic."""
+    bootstrap = d.base_env["KAFKA_BROKER"].removeprefix("kafka://")
+    out: Counter = Counter()
+    for _, value, partition, offset in consume_all(bootstrap, d.prefix + base, timeout=5):
+        n = _rows_per_message(base, value)
+        if n:
+            out[(partition, offset)] = n
+    return out
+
+
+def _lake_rows(root: Path, base: str) -> Counter:
+    files = list((root / base).rglob("*.parquet"))
+    if not files:
+        return Counter()
+    rows = duckdb.sql(
+        f"SELECT kafka_partition, kafka_offset, count(*) FROM read_parquet("
+        f"'{root / base}/**/*.parquet', union_by_name=true, hive_partitioning=false) "
+        "GROUP BY ALL"
+    ).fetchall()
+    return Counter({(p, o): n for p, o, n in rows})
+
+
+def _assert_files_sound(root: Path) -> None:
+    """No temporary file visible; each partition's files in order, their spans apart; each
+    file's rows in offset order within its span."""
+    assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+    for topic_dir in (p for p in root.iterdir() if p.is_dir()):
+        spans: dict[int, list] = {}
+        for f in topic_dir.rglob("*.parquet"):
+            span = parse_name(f.name)
+            assert span is not None, f
+            offsets = pq.read_table(f, columns=["kafka_offset"])["kafka_offset"].to_numpy()
+            assert (np.diff(offsets) >= 0).all(), f
+            assert span.first <= offsets[0] and offsets[-1] <= span.last, f
+            spans.setdefault(span.partition, []).append((span.first, span.last))
+        for partition, ranges in spans.items():
+            ranges.sort()
+            for (_, last), (first, _) in itertools.pairwise(ranges):
+                assert first > last, (topic_dir.name, partition, ranges)
+
+
+@pytest.fixture(scope="module")
+def lake_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 25 minutes of six instruments: bars, pressure windows and deltas to write."""
+    from load_tests.gen_mbo import GenConfig, write
+
+    path = tmp_path_factory.mktemp("gen") / "lake.mbo.dbn.zst"
+    write(path, GenConfig(records=100_000, instruments=6, events_per_second=100, seed=5))
+    return path
+
+
+def test_the_lake_holds_every_record_once_through_kill9s_of_the_sink(
+    deployment: Deployment, lake_input: Path
+) -> None:
+    seed = int(os.environ.get("TAPESTREAM_TEST_SEED", time.time()))
+    rng = random.Random(seed)
+    w = deployment.worker("w1")
+    records = np.concatenate(list(open_mbo(lake_input).chunks()))
+    span_s = (int(records["ts_recv"].max()) - int(records["ts_recv"].min())) / 1e9
+    root = deployment.tmp / "lake"
+    args = ("--topics", "all", "--roll-seconds", "1", "--file-mb", "0.05", "--instance", "a")
+    sink = _sink(deployment, root, *args)
+    replay = deployment.replay(lake_input, "--speed", str(span_s / 50))
+    kills = []
+    try:
+        for _ in range(KILLS):
+            time.sleep(rng.uniform(3.0, 6.0))  # the sink starts in about 3 s
+            assert sink.poll() is None, (deployment.tmp / "lake.log").read_text()[-3000:]
+            sink.send_signal(signal.SIGKILL)
+            sink.wait(timeout=30)
+            kills.append(len(list(root.rglob("*.parquet"))))
+            sink = _sink(deployment, root, *args)
+        _, err = replay.communicate(timeout=180)
+        assert replay.returncode == 0, err
+        wait_for(lambda: w.get("/instruments/"), 30, "the worker serving")
+
+        differing: dict[str, str] = {}
+
+        def caught_up() -> bool:
+            topics = {p.name for p in root.iterdir() if p.is_dir()}
+            differing.clear()
+            for t in topics:
+                got, want = _lake_rows(root, t), _topic_rows(deployment, t)
+                if got != want:
+                    extra, missing = got - want, want - got
+                    differing[t] = f"{len(extra)} extra {sorted(extra)[:3]}, " + (
+                        f"{len(missing)} missing {sorted(missing)[:3]}"
+                    )
+            return {"mbo.raw", "trades", "bars.1m", "deltas"} <= topics and not differing
+
+        try:
+            wait_for(caught_up, 120, "the lake to hold every topic")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: seed {seed}, kills {kills}, {differing}") from None
+        sink.send_signal(signal.SIGTERM)
+        assert sink.wait(timeout=60) == 0
+    finally:
+        for p in (sink, replay):
+            if p.poll() is None:
+                p.kill()
+    _assert_files_sound(root)
+    # Per instrument, what a user would ask DuckDB, against the file itself.
+    got = dict(
+        duckdb.sql(
+            f"SELECT instrument_id, count(*) FROM read_parquet('{root}/mbo.raw/**/*.parquet', "
+            "hive_partitioning=true) WHERE rtype = 160 GROUP BY ALL"
+        ).fetchall()
+    )
+    ids, counts = np.unique(records["instrument_id"], return_counts=True)
+    assert got == dict(zip(ids.tolist(), counts.tolist(), strict=True))
+
+
+def test_the_lakes_raw_mbo_gives_the_mbp10_of_the_original_file(deployment: Deployment) -> None:
+    """ARL's 3,928 MBP-10 rows, from the lake as from the CSV."""
+    arl = require(ARL_MBO_CSV)
+    root = deployment.tmp / "lake"
+    run = deployment.cli("replay", str(arl), "--speed", "1000000", "--no-progress")
+    assert run.returncode == 0, run.stderr
+    sink = _sink(deployment, root, "--topics", "mbo.raw", "--roll-seconds", "1")
+    try:
+        wait_for(
+            lambda: sum(_lake_rows(root, "mbo.raw").values()) == 5886, 60, "the lake's ARL records"
+        )
+        sink.send_signal(signal.SIGTERM)
+        assert sink.wait(timeout=60) == 0
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+    outs = []
+    for source in (arl, root):
+        out = deployment.tmp / f"{source.name}.mbp.csv"
+        run = deployment.cli("mbp", str(source), "--out", str(out))
+        assert run.returncode == 0, run.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] and outs[0].count(b"\n") == 3928 + 1

@@ -1,0 +1,188 @@
+"""The lake's pieces without a broker: its layouts, its file rules, putting a file in place whole,
+where a partition resumes, and reading the raw MBO back in order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from app.feeds.lake_reader import definitions, lake_chunks, to_records
+from app.feeds.mbo_files import InputError, open_mbo, read_definitions
+from app.lake_files import Lake, Span, parse_name
+from app.lake_rows import NS_PER_HOUR, ColumnarLayout, RawLayout, RowLayout
+from app.lake_sink import LakeSink, write
+from models import definitions as defs
+from models.mbo import MBO_DTYPE
+from tests.conftest import ESM4_MBO, SHARED_DATA, require
+
+HOUR0 = 1_700_000_000 // 3600 * 3600 * 1_000_000_000  # the start of an hour, in ns
+
+
+def _records(n: int, ts0: int, iid: int = 7, step: int = 1_000) -> np.ndarray:
+    r = np.zeros(n, MBO_DTYPE)
+    r["length"], r["rtype"], r["publisher_id"], r["instrument_id"] = 14, 0xA0, 1, iid
+    r["ts_recv"] = ts0 + np.arange(n) * step
+    r["ts_event"] = r["ts_recv"] - 10
+    r["action"], r["side"] = ord("A"), ord("B")
+    r["price"], r["size"], r["order_id"] = 100_250_000_000, 5, np.arange(n) + 1
+    return r
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _sink(roll_s: float = 60, file_bytes: int = 1 << 20) -> tuple[LakeSink, Clock]:
+    clock = Clock()
+    layouts = {"t.mbo.raw": ("mbo.raw", RawLayout()), "t.bars.1m": ("bars.1m", RowLayout())}
+    return LakeSink(layouts, roll_s, file_bytes, clock=clock), clock
+
+
+def test_a_file_holds_whole_messages_of_one_hour_and_rolls_on_size_and_age() -> None:
+    sink, clock = _sink(roll_s=30, file_bytes=3 * 56 * 10)
+    assert sink.add("t.mbo.raw", 2, 10, b"7", _records(10, HOUR0).tobytes()) == []
+    assert sink.add("t.mbo.raw", 2, 11, None, b"") == []  # a marker: the range moves on
+    assert sink.add("t.mbo.raw", 2, 12, b"7", _records(10, HOUR0 + 5).tobytes()) == []
+    # The next hour closes the file, whatever its size.
+    (ready,) = sink.add("t.mbo.raw", 2, 13, b"7", _records(10, HOUR0 + NS_PER_HOUR).tobytes())
+    assert ready.span == Span(2, 10, 12) and ready.hour == HOUR0 // NS_PER_HOUR
+    assert sink.add("t.mbo.raw", 2, 14, b"7", _records(10, HOUR0 + NS_PER_HOUR).tobytes()) == []
+    assert sink.add("t.mbo.raw", 2, 15, b"7", _records(10, HOUR0 + NS_PER_HOUR).tobytes()) == []
+    # Full: the next message opens another.
+    (ready,) = sink.add("t.mbo.raw", 2, 16, b"7", _records(1, HOUR0 + NS_PER_HOUR).tobytes())
+    assert ready.span == Span(2, 13, 15)
+    clock.now = 29
+    assert sink.due() == []
+    clock.now = 31
+    (ready,) = sink.due()
+    assert ready.span == Span(2, 16, 16) and sink.open == {}
+
+
+def test_a_message_not_of_its_layout_leaves_no_row_and_is_counted() -> None:
+    from app import metrics
+
+    sink, _ = _sink()
+    before = metrics.lake_bad_messages.labels("bars.1m")._value.get()
+    sink.add("t.bars.1m", 0, 3, b"7", b'{"start": 1}')
+    sink.add("t.bars.1m", 0, 4, b"7", b"not json")
+    sink.add("t.mbo.raw", 0, 9, b"7", b"\x00" * 57)  # not a whole record
+    assert metrics.lake_bad_messages.labels("bars.1m")._value.get() == before + 1
+    ready = sink.close()
+    assert [(r.topic, r.span) for r in ready] == [("bars.1m", Span(0, 3, 4))]
+
+
+def test_a_file_is_put_in_place_whole_and_says_where_its_partition_resumes(tmp_path: Path) -> None:
+    lake = Lake(str(tmp_path))
+    sink, _ = _sink()
+    records = _records(100, HOUR0)
+    for offset in range(5):
+        sink.add("t.mbo.raw", 1, offset, b"7", records[offset * 20 : offset * 20 + 20].tobytes())
+    (ready,) = sink.close()
+    path, size, rows = write(lake, ready)
+    assert rows == 100 and size > 0
+    assert path.endswith(f"mbo.raw/date=2023-11-14/hour=22/p0001-{0:020d}-{4:020d}.parquet")
+    assert parse_name(Path(path).name) == Span(1, 0, 4)
+    assert lake.resume_offsets("mbo.raw") == {1: 5}
+    assert not list(tmp_path.rglob("*.tmp"))
+    back = to_records(pq.read_table(path))
+    assert (back == records).all()
+    # A crash mid-write leaves a temporary file, never a visible one; the next start removes it.
+    (Path(path).parent / ".p0001-x.parquet.tmp").write_bytes(b"half")
+    assert lake.resume_offsets("mbo.raw") == {1: 5}
+    assert lake.remove_leftovers("mbo.raw") == 1
+
+
+def test_definitions_travel_whole_through_the_lake(tmp_path: Path) -> None:
+    source = require(SHARED_DATA / "definitions" / "glbx-mdp3-es-calls.definition.dbn.zst")
+    records = [defs.encode(d) for d in read_definitions(source)[:5]]
+    sink, _ = _sink()
+    for offset, raw in enumerate(records):
+        sink.add("t.mbo.raw", 0, offset, str(offset).encode(), raw)
+    for r in sink.close():
+        write(Lake(str(tmp_path)), r)
+    assert definitions(tmp_path) == records
+    # As replay and backfill take them from a lake: decoded, sent before any MBO.
+    assert [defs.encode(d) for d in open_mbo(tmp_path).definitions()] == records
+    table = pq.read_table(next(tmp_path.rglob("*.parquet")))
+    assert set(table["rtype"].to_pylist()) == {0x13}
+    assert table["ts_recv"].type == pa.timestamp("ns", tz="UTC")
+
+
+def test_columnar_and_row_messages_become_typed_columns() -> None:
+    message = {
+        "instrument_id": 7,
+        "publisher_id": [1, 1],
+        "event": [4, 5],
+        "ts_event": [HOUR0, HOUR0 + 1],
+        "ts_recv": [HOUR0 + 2, HOUR0 + 3],
+        "side": "BA",
+        "price": [100, 101],
+    }
+    c = ColumnarLayout()
+    t = c.table([c.rows(b"7", orjson.dumps(message), 3, 40)])
+    assert t["side"].to_pylist() == ["B", "A"] and t["instrument_id"].to_pylist() == [7, 7]
+    assert t["ts_recv"].type == pa.timestamp("ns", tz="UTC")
+    assert t["kafka_offset"].to_pylist() == [40, 40]
+    r = RowLayout()
+    bar = {"instrument_id": 7, "start": HOUR0, "open": 100, "vwap": 100.5, "sma_20": None}
+    t = r.table([r.rows(b"7", orjson.dumps(bar), 3, 41)])
+    assert t["start"].type == pa.timestamp("ns", tz="UTC") and t["vwap"].to_pylist() == [100.5]
+
+
+def test_the_lake_reads_back_merged_by_ts_recv_keeping_each_partitions_order(
+    tmp_path: Path,
+) -> None:
+    lake = Lake(str(tmp_path))
+    a, b = _records(50, HOUR0, iid=1, step=2), _records(50, HOUR0 + 1, iid=2, step=2)
+    b["ts_recv"][10] = b["ts_recv"][9] - 100  # a step back in one partition's clock
+    sink, _ = _sink()
+    ready = []
+    for partition, records in ((0, a), (1, b)):
+        for offset in range(5):
+            piece = records[offset * 10 : offset * 10 + 10].tobytes()
+            ready += sink.add("t.mbo.raw", partition, offset, b"1", piece)
+    for r in ready + sink.close():
+        write(lake, r)
+    assert len(lake.files("mbo.raw")) == 4  # partition 1's step back went to the hour before
+    merged = np.concatenate(list(lake_chunks(tmp_path, 7)))
+    assert len(merged) == 100
+    for iid, records in ((1, a), (2, b)):
+        assert (merged[merged["instrument_id"] == iid] == records).all()
+    keys = np.maximum.accumulate(merged["ts_recv"])
+    assert (np.diff(keys.astype(np.int64)) >= 0).all()
+
+
+def test_a_lake_opens_wherever_an_mbo_file_does(tmp_path: Path) -> None:
+    records = np.concatenate(list(open_mbo(require(ESM4_MBO)).chunks()))[:3000]
+    sink, _ = _sink()
+    for offset in range(3):
+        piece = records[offset * 1000 : offset * 1000 + 1000].tobytes()
+        sink.add("t.mbo.raw", 0, offset, b"1", piece)
+    for r in sink.close():
+        write(Lake(str(tmp_path)), r)
+    f = open_mbo(tmp_path)
+    assert f.format == "lake"
+    assert (np.concatenate(list(f.chunks())) == records).all()
+    empty = tmp_path / "empty"
+    (empty / "mbo.raw").mkdir(parents=True)
+    with pytest.raises(InputError, match="no raw MBO"):
+        open_mbo(empty)
+
+
+def test_lake_topics_are_checked_by_name() -> None:
+    from app.commands.lake import lake_topics
+    from app.settings import load_settings
+
+    settings = load_settings({})
+    assert lake_topics(settings, "mbo.raw,bars") == ["mbo.raw", "bars.1m", "bars.5m", "bars.15m"]
+    assert "options.signals" in lake_topics(settings, "all")
+    with pytest.raises(ValueError, match="unknown topic 'bar'"):
+        lake_topics(settings, "bar")
