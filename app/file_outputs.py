@@ -1,5 +1,6 @@
-"""Where backfill's output goes: to files as it is made (the command), into memory (tests and
-callers that read the result), or nowhere (baselines, which keeps only the final state).
+"""Where backfill's output goes: to JSON-lines or Parquet files as it is made (the command), into
+memory (tests and callers that read the result), or nowhere (baselines, which keeps only the
+final state).
 
 Columnar messages (book.deltas, bbo, trades: models/book_events.py) are written one row per
 line, like every other topic's rows. Files are written as `<name>.part` and renamed into place
@@ -13,7 +14,10 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import orjson
+import pyarrow as pa
 
+from app.lake_rows import columnar_columns, rows_table
+from app.parquet_out import ParquetFile
 from models import book_events
 
 
@@ -118,6 +122,10 @@ class FileOutputs:
     def counts(self) -> dict[str, int]:
         return {name.removesuffix(".jsonl"): n for name, n in self.rows.items()}
 
+    def table(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
+        """A table's final state, one row per key."""
+        self.write(f"{table}.table.jsonl", rows)
+
     def commit(self) -> list[Path]:
         """Every file into place; returns their paths."""
         for fh in self.files.values():
@@ -135,6 +143,71 @@ class FileOutputs:
             with contextlib.suppress(OSError):
                 fh.close()
             self._part(name).unlink(missing_ok=True)
+        for path in self.committed:
+            path.unlink(missing_ok=True)
+        self.files.clear()
+
+
+class ParquetOutputs:
+    """Each topic as `<topic>.parquet` in `out_dir`, with the lake's column types (docs/lake.md),
+    written in parts as rows are made and joined into place when the whole run succeeded."""
+
+    BATCH_ROWS = 10_000
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.files: dict[str, ParquetFile] = {}
+        self.pending: dict[str, list[dict[str, Any]]] = {}
+        self.committed: list[Path] = []
+
+    def _file(self, name: str) -> ParquetFile:
+        f = self.files.get(name)
+        if f is None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            f = self.files[name] = ParquetFile(self.out_dir / name)
+        return f
+
+    def declare(self, topic: str, columnar: bool = False) -> None:
+        self._file(f"{topic}.parquet")
+
+    def message(self, topic: str, message: dict[str, Any]) -> None:
+        self._file(f"{topic}.parquet").add(pa.table(columnar_columns(message)))
+
+    def row(self, topic: str, row: dict[str, Any]) -> None:
+        self.write(f"{topic}.parquet", (row,))
+
+    def table(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
+        self.write(f"{table}.table.parquet", rows)
+
+    def write(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
+        self._file(name)
+        pending = self.pending.setdefault(name, [])
+        pending.extend(rows)
+        if len(pending) >= self.BATCH_ROWS:
+            self._flush(name)
+
+    def _flush(self, name: str) -> None:
+        rows = self.pending.pop(name, [])
+        if rows:
+            self.files[name].add(rows_table(rows))
+
+    def counts(self) -> dict[str, int]:
+        return {
+            name.removesuffix(".parquet"): f.rows + len(self.pending.get(name, ()))
+            for name, f in self.files.items()
+        }
+
+    def commit(self) -> list[Path]:
+        for name in list(self.pending):
+            self._flush(name)
+        for f in self.files.values():
+            self.committed.append(f.commit())
+        self.files.clear()
+        return list(self.committed)
+
+    def abort(self) -> None:
+        for f in self.files.values():
+            f.abort()
         for path in self.committed:
             path.unlink(missing_ok=True)
         self.files.clear()

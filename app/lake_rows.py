@@ -138,18 +138,32 @@ class ColumnarLayout:
     def table(self, pieces: list[Any]) -> pa.Table:
         parts = []
         for message, partition, offset in pieces:
-            n = len(message["ts_recv"])
-            cols: dict[str, Any] = {}
-            for name, values in message.items():
-                if isinstance(values, list):
-                    cols[name] = _timestamps(name, pa.array(values))
-                elif isinstance(values, str) and len(values) == n:  # one character per row
-                    cols[name] = pa.array(list(values), pa.string())
-                else:
-                    cols[name] = pa.array([values] * n)
-            cols.update(_origin(n, partition, offset))
+            cols = columnar_columns(message)
+            cols.update(_origin(len(message["ts_recv"]), partition, offset))
             parts.append(pa.table(cols))
         return pa.concat_tables(parts, promote_options="permissive")
+
+
+def columnar_columns(message: dict[str, Any]) -> dict[str, pa.Array]:
+    """A columnar message's rows as typed columns, its scalars repeated on every row."""
+    n = len(message["ts_recv"])
+    cols: dict[str, pa.Array] = {}
+    for name, values in message.items():
+        if isinstance(values, np.ndarray) and values.dtype.kind == "S":
+            values = values.astype("U")
+        if isinstance(values, list | np.ndarray):  # lists on a topic, arrays in the file driver
+            cols[name] = _timestamps(name, pa.array(values))
+        elif isinstance(values, str) and len(values) == n:  # one character per row
+            cols[name] = pa.array(list(values), pa.string())
+        else:
+            cols[name] = pa.array([values] * n)
+    return cols
+
+
+def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """JSON rows as typed columns, nested objects as structs and lists."""
+    t = pa.Table.from_pylist(rows)
+    return pa.table({name: _timestamps(name, t[name]) for name in t.column_names})
 
 
 class RowLayout:
@@ -170,8 +184,7 @@ class RowLayout:
         return 0
 
     def table(self, pieces: list[Any]) -> pa.Table:
-        t = pa.Table.from_pylist(pieces)
-        return pa.table({name: _timestamps(name, t[name]) for name in t.column_names})
+        return rows_table(pieces)
 
 
 def _json(value: bytes | None) -> Any:

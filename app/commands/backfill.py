@@ -4,8 +4,9 @@
 Each output topic is written as `DIR/<topic>.jsonl` as it is made, one row per line (a topic
 message's columns, unrolled: one line per level change, BBO change or trade), so memory holds
 the state (books, open windows), not the output; each table's final state goes to
-`DIR/<table>.table.jsonl`, one JSON object per line, sorted by key. Files appear only when the
-whole run succeeded (app/file_outputs.py).
+`DIR/<table>.table.jsonl`, one JSON object per line, sorted by key. `--format parquet` writes
+`<topic>.parquet` and `<table>.table.parquet` instead, the same rows with the lake's column
+types. Files appear only when the whole run succeeded (app/file_outputs.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from app.commands import exit_with
 from app.faust_app import app
 from app.feeds.mbo_files import InputError
 from app.file_driver import run_files
-from app.file_outputs import FileOutputs
+from app.file_outputs import FileOutputs, ParquetOutputs
 
 
 @app.command(
@@ -34,21 +35,33 @@ from app.file_outputs import FileOutputs
         help="Directory for <topic>.jsonl and <table>.table.jsonl files.",
     ),
     option("--limit", type=int, default=None, help="Stop after this many records."),
+    option(
+        "--format",
+        "fmt",
+        type=click.Choice(["jsonl", "parquet"]),
+        default="jsonl",
+        help="JSON lines, or Parquet with the lake's column types.",
+    ),
     option("--no-progress", is_flag=True, default=False, help="No progress bar."),
 )
 async def backfill(
-    self: object, inputs: tuple[str, ...], out_dir: str, limit: int | None, no_progress: bool
+    self: object,
+    inputs: tuple[str, ...],
+    out_dir: str,
+    limit: int | None,
+    fmt: str,
+    no_progress: bool,
 ) -> None:
-    """Run the stage graph over MBO files with no broker, writing JSON lines."""
+    """Run the stage graph over MBO files with no broker, writing JSON lines or Parquet."""
     from app.faust_app import settings
 
     if limit is not None and limit < 1:
         exit_with("--limit must be at least 1", 2)
-    outputs = FileOutputs(Path(out_dir))
+    outputs = (ParquetOutputs if fmt == "parquet" else FileOutputs)(Path(out_dir))
     try:
         result = run_files(inputs, settings, limit=limit, progress=not no_progress, outputs=outputs)
         for table, rows in result.tables.items():
-            outputs.write(f"{table}.table.jsonl", rows)
+            outputs.table(table, rows)
         paths = outputs.commit()
     except InputError as exc:
         outputs.abort()

@@ -5,17 +5,18 @@ order_id, flags, sequence`, then `bid_px_00, bid_sz_00, bid_ct_00, ask_px_00, as
 ask_ct_00`, ... to depth N-1: the book after that record (see tables/mbp.py for which records
 make rows). Timestamps are ISO 8601 UTC with nanoseconds and prices decimals with 9 places, as
 in Databento's CSV; an undefined price or an empty level leaves the price empty and size and
-count 0.
+count 0. `--out x.parquet` writes the same columns to Parquet, times as UTC timestamps and prices
+as fixed-point integers (1e-9 units; null where the CSV is empty).
 """
 
 from __future__ import annotations
 
 import csv
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, Protocol, TextIO
 
 import orjson
 from faust.cli import argument, option
@@ -23,6 +24,7 @@ from faust.cli import argument, option
 from app.commands import exit_with
 from app.faust_app import app
 from app.feeds.mbo_files import InputError, open_mbo
+from app.parquet_out import ParquetRows
 from app.progress import Progress
 from models.mbo import UNDEF_PRICE
 from tables.mbp import MbpBuilder, MbpRow
@@ -62,36 +64,53 @@ def fmt_ts(ns: int) -> str:
     return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:09d}Z"
 
 
-def row_values(row: MbpRow, depth: int) -> list[str | int]:
+def is_price(column: str) -> bool:
+    return column in ("price", "open", "high", "low", "close") or "_px_" in column
+
+
+class CsvRows:
+    """Typed rows as Databento's CSV: times (`ts_*`) ISO 8601 UTC with nanoseconds, prices
+    decimals with 9 places, an undefined price or a missing value empty."""
+
+    def __init__(self, out: TextIO, columns: list[str]) -> None:
+        self.writer = csv.writer(out, lineterminator="\n")
+        self.writer.writerow(columns)
+        self.formats = [
+            fmt_ts if c.startswith("ts_") else fmt_price if is_price(c) else None for c in columns
+        ]
+
+    def writerow(self, values: list[Any]) -> None:
+        self.writer.writerow(
+            [
+                "" if v is None else v if f is None else f(v)
+                for f, v in zip(self.formats, values, strict=True)
+            ]
+        )
+
+
+class Rows(Protocol):
+    def writerow(self, values: list[Any]) -> None: ...
+
+
+def row_values(row: MbpRow, depth: int) -> list[Any]:
     (_, _, _, iid, ts_event, oid, price, size, flags, _, action, side, ts_recv, _, seq) = row.record
-    out: list[str | int] = [
-        fmt_ts(ts_recv),
-        fmt_ts(ts_event),
-        iid,
-        chr(action),
-        chr(side),
-        fmt_price(price),
-        size,
-        oid,
-        flags,
-        seq,
-    ]
+    out: list[Any] = [ts_recv, ts_event, iid, chr(action), chr(side), price, size, oid, flags, seq]
     for i in range(depth):
         for lv in (row.bids, row.asks):
             if i < len(lv):
                 p, sz, ct = lv[i]
-                out += [fmt_price(p), sz, ct]
+                out += [p, sz, ct]
             else:
-                out += ["", 0, 0]
+                out += [UNDEF_PRICE, 0, 0]
     return out
 
 
-def write_mbp(paths: Iterable[str], depth: int, out: TextIO, progress: bool = True) -> int:
+def write_mbp(paths: Iterable[str], depth: int, out: TextIO | Rows, progress: bool = True) -> int:
+    """MBP-N rows of the inputs to `out`: a text stream (CSV) or `ParquetRows`."""
     files = [open_mbo(p) for p in paths]
     # LOBSTER input makes one row per message, as its orderbook files do.
     builder = MbpBuilder(depth, every_event=all(f.format == "lobster" for f in files))
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header(depth))
+    writer = out if isinstance(out, ParquetRows) else CsvRows(out, header(depth))  # type: ignore[arg-type]
     rows = 0
     for f in files:
         bar = Progress(f.path.name, f.size, enabled=progress)
@@ -108,10 +127,33 @@ def write_mbp(paths: Iterable[str], depth: int, out: TextIO, progress: bool = Tr
     return rows
 
 
+def write_out(out_path: str, columns: list[str], write: Callable[[TextIO | Rows], Any]) -> Any:
+    """`write` into OUT_PATH, whole or not at all: Parquet when the name ends in `.parquet`
+    (the same columns, typed as docs/lake.md says), CSV otherwise."""
+    if out_path.endswith(".parquet"):
+        rows = ParquetRows(Path(out_path), columns, is_price)
+        try:
+            result = write(rows)
+            rows.commit()
+        except BaseException:
+            rows.abort()
+            raise
+        return result
+    tmp = Path(out_path + ".part")
+    try:
+        with open(tmp, "w", newline="") as fh:
+            result = write(fh)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(out_path)
+    return result
+
+
 @app.command(
     argument("inputs", nargs=-1, required=True),
     option("--depth", type=int, default=10, help="Levels per side (1-50)."),
-    option("--out", "out_path", default=None, help="Output CSV (default: stdout)."),
+    option("--out", "out_path", default=None, help="Output CSV or .parquet (default: stdout)."),
     option("--no-progress", is_flag=True, default=False, help="No progress bar."),
 )
 async def mbp(
@@ -124,10 +166,11 @@ async def mbp(
         if out_path is None:
             rows = write_mbp(inputs, depth, sys.stdout, progress=False)
         else:
-            tmp = Path(out_path + ".part")
-            with open(tmp, "w", newline="") as fh:
-                rows = write_mbp(inputs, depth, fh, progress=not no_progress)
-            tmp.replace(out_path)
+            rows = write_out(
+                out_path,
+                header(depth),
+                lambda out: write_mbp(inputs, depth, out, progress=not no_progress),
+            )
     except InputError as exc:
         exit_with(f"{exc}\nmbp stopped; no output file was written")
     print(orjson.dumps({"rows": rows, "depth": depth}).decode(), file=sys.stderr)

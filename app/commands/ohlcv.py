@@ -8,24 +8,25 @@ stderr. Empty windows make no row.
 Columns follow Databento's OHLCV CSV: `ts_event` (the bar's start, ISO 8601 UTC with
 nanoseconds), `rtype` (32/33/34/35 for 1s/1m/1h/1d, Databento's own; empty for intervals it has
 no record type for), `publisher_id`, `instrument_id`, `open, high, low, close` (decimals with 9
-places), `volume`, `symbol` (from the DBN metadata, when it maps the instrument).
+places), `volume`, `symbol` (from the DBN metadata, when it maps the instrument). `--out x.parquet`
+writes the same columns to Parquet, `ts_event` as a UTC timestamp and prices as fixed-point
+integers (1e-9 units).
 """
 
 from __future__ import annotations
 
-import csv
 import sys
 from collections.abc import Iterable
-from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import orjson
 from faust.cli import argument, option
 
 from app.commands import exit_with
-from app.commands.mbp import fmt_price, fmt_ts
+from app.commands.mbp import CsvRows, Rows, write_out
 from app.faust_app import app, settings
 from app.feeds.mbo_files import InputError, open_trades
+from app.parquet_out import ParquetRows
 from app.progress import Progress
 from models.intervals import NS, parse_interval
 from tables.bars import Bar, BarEngine
@@ -45,28 +46,32 @@ HEADER = [
 OHLCV_RTYPES = {NS["s"]: 32, NS["m"]: 33, NS["h"]: 34, NS["d"]: 35}
 
 
-def row_values(bar: Bar, symbols: dict[int, str]) -> list[str | int]:
+def row_values(bar: Bar, symbols: dict[int, str]) -> list[Any]:
     return [
-        fmt_ts(bar.start),
-        OHLCV_RTYPES.get(bar.interval_ns, ""),
+        bar.start,
+        OHLCV_RTYPES.get(bar.interval_ns),
         bar.publisher_id,
         bar.instrument_id,
-        fmt_price(bar.open),
-        fmt_price(bar.high),
-        fmt_price(bar.low),
-        fmt_price(bar.close),
+        bar.open,
+        bar.high,
+        bar.low,
+        bar.close,
         bar.volume,
         symbols.get(bar.instrument_id, ""),
     ]
 
 
 def write_ohlcv(
-    paths: Iterable[str], interval_ns: int, lateness_ns: int, out: TextIO, progress: bool = True
+    paths: Iterable[str],
+    interval_ns: int,
+    lateness_ns: int,
+    out: TextIO | Rows,
+    progress: bool = True,
 ) -> dict[str, int]:
+    """Bars of the inputs to `out`: a text stream (CSV) or `ParquetRows`."""
     files = [open_trades(p) for p in paths]
     engine = BarEngine([interval_ns], lateness_ns)
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(HEADER)
+    writer = out if isinstance(out, ParquetRows) else CsvRows(out, HEADER)  # type: ignore[arg-type]
     symbols: dict[int, str] = {}
     rows = trades = 0
     for f in files:
@@ -93,7 +98,7 @@ def write_ohlcv(
 @app.command(
     argument("inputs", nargs=-1, required=True),
     option("--interval", default="1m", help="Bar interval: <n>s, <n>m, <n>h or <n>d."),
-    option("--out", "out_path", default=None, help="Output CSV (default: stdout)."),
+    option("--out", "out_path", default=None, help="Output CSV or .parquet (default: stdout)."),
     option("--no-progress", is_flag=True, default=False, help="No progress bar."),
 )
 async def ohlcv(
@@ -108,12 +113,13 @@ async def ohlcv(
         if out_path is None:
             summary = write_ohlcv(inputs, interval_ns, settings.lateness_ns, sys.stdout, False)
         else:
-            tmp = Path(out_path + ".part")
-            with open(tmp, "w", newline="") as fh:
-                summary = write_ohlcv(
-                    inputs, interval_ns, settings.lateness_ns, fh, progress=not no_progress
-                )
-            tmp.replace(out_path)
+            summary = write_out(
+                out_path,
+                HEADER,
+                lambda out: write_ohlcv(
+                    inputs, interval_ns, settings.lateness_ns, out, progress=not no_progress
+                ),
+            )
     except InputError as exc:
         exit_with(f"{exc}\nohlcv stopped; no output file was written")
     print(orjson.dumps({**summary, "interval": interval}).decode(), file=sys.stderr)

@@ -186,3 +186,46 @@ def test_lake_topics_are_checked_by_name() -> None:
     assert "options.signals" in lake_topics(settings, "all")
     with pytest.raises(ValueError, match="unknown topic 'bar'"):
         lake_topics(settings, "bar")
+
+
+@pytest.mark.parametrize("command", ["mbp", "ohlcv"])
+def test_mbp_and_ohlcv_write_parquet_with_the_csv_columns(tmp_path: Path, command: str) -> None:
+    """The same rows as the CSV, typed: written back as CSV they are the CSV."""
+    import io
+
+    from app.commands.mbp import CsvRows, header, write_mbp, write_out
+    from app.commands.ohlcv import HEADER, write_ohlcv
+    from models.intervals import parse_interval
+    from models.mbo import UNDEF_PRICE
+    from tests.conftest import ARL_MBO_CSV
+
+    source = [str(require(ARL_MBO_CSV))]
+    if command == "mbp":
+        columns = header(10)
+
+        def run(out: object) -> object:
+            return write_mbp(source, 10, out, progress=False)  # type: ignore[arg-type]
+    else:
+        columns = HEADER
+
+        def run(out: object) -> object:
+            return write_ohlcv(source, parse_interval("1m"), 0, out, progress=False)  # type: ignore[arg-type]
+
+    csv_path, parquet_path = tmp_path / "x.csv", tmp_path / "x.parquet"
+    write_out(str(csv_path), columns, run)
+    write_out(str(parquet_path), columns, run)
+    table = pq.read_table(parquet_path)
+    assert table.column_names == columns and table.num_rows > 20
+    assert table["ts_event"].type == pa.timestamp("ns", tz="UTC")
+    again = io.StringIO()
+    rows = CsvRows(again, columns)
+    ints = pa.table(
+        {
+            n: c.cast(pa.int64()) if pa.types.is_timestamp(c.type) else c
+            for n, c in zip(table.column_names, table.columns, strict=True)
+        }
+    )
+    for r in ints.to_pylist():
+        rows.writerow([UNDEF_PRICE if v is None and "px" in k else v for k, v in r.items()])
+    assert again.getvalue() == csv_path.read_text()
+    assert not list(tmp_path.glob(".*"))
