@@ -92,8 +92,11 @@ async def ensure_compacted_topic(settings: Settings, name: str) -> str:
                         NewTopic(
                             name,
                             num_partitions=1,
-                            replication_factor=1,
-                            topic_configs={"cleanup.policy": "compact"},
+                            replication_factor=settings.replication,
+                            topic_configs={
+                                "cleanup.policy": "compact",
+                                "min.insync.replicas": str(settings.min_insync),
+                            },
                         )
                     ]
                 )

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
 if TYPE_CHECKING:
     from pipeline.stages import StageConfig
@@ -70,6 +70,10 @@ class Settings(BaseModel, frozen=True):
     option_groups: str = Field(
         "underlying+right,underlying+expiration+right", description="TAPESTREAM_OPTION_GROUPS"
     )
+    replication: int = Field(1, ge=1, le=16, description="TAPESTREAM_REPLICATION")
+    min_insync: int = Field(1, ge=1, le=16, description="TAPESTREAM_MIN_INSYNC")
+    retention: str = Field("7d", description="TAPESTREAM_RETENTION")
+    retention_bytes: int = Field(-1, ge=-1, description="TAPESTREAM_RETENTION_BYTES")
     lake_root: str = Field("var/lake", description="TAPESTREAM_LAKE_ROOT")
     lake_topics: str = Field(
         "mbo.raw,trades,bars,indicators,pressure,signals,deltas",
@@ -84,6 +88,40 @@ class Settings(BaseModel, frozen=True):
     @classmethod
     def _broker_url(cls, v: str) -> str:
         return v if "://" in v else f"kafka://{v}"
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, v: str) -> str:
+        if v.strip() not in ("-1", "forever"):
+            from models.intervals import parse_interval
+
+            parse_interval(v)
+        return v.strip()
+
+    @field_validator("min_insync")
+    @classmethod
+    def _min_insync(cls, v: int, info: ValidationInfo) -> int:
+        replication = info.data.get("replication", 1)
+        if v > replication:
+            raise ValueError(f"must not exceed TAPESTREAM_REPLICATION ({replication})")
+        return v
+
+    @property
+    def retention_ms(self) -> int:
+        """retention.ms of the raw and output topics; -1 keeps everything."""
+        if self.retention in ("-1", "forever"):
+            return -1
+        from models.intervals import parse_interval
+
+        return parse_interval(self.retention) // 1_000_000
+
+    def topic_configs(self) -> dict[str, str]:
+        """What every raw and output topic is created with (docs/topics.md, "Retention")."""
+        return {
+            "retention.ms": str(self.retention_ms),
+            "retention.bytes": str(self.retention_bytes),
+            "min.insync.replicas": str(self.min_insync),
+        }
 
     @field_validator("bar_intervals")
     @classmethod

@@ -22,6 +22,8 @@ def _bytes_table(name: str, help: str) -> Any:
         partitions=settings.partitions,
         default=None,
         help=help,
+        # Compacted by Faust, kept whole: a changelog is the table (docs/topics.md).
+        extra_topic_configs={"min.insync.replicas": str(settings.min_insync)},
     )
 
 

@@ -33,6 +33,8 @@ def _topic(name: str, *, internal: bool = False) -> faust.TopicT:
         key_serializer="raw",
         value_serializer="raw",
         partitions=settings.partitions,
+        replicas=settings.replication,
+        config=settings.topic_configs(),
         internal=internal,
     )
 

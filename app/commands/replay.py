@@ -101,9 +101,13 @@ async def ensure_topic(settings: Settings, name: str, partitions: int) -> int:
     try:
         if name not in await admin.list_topics():
             with contextlib.suppress(TopicAlreadyExistsError):  # a worker made it meanwhile
-                await admin.create_topics(
-                    [NewTopic(name, num_partitions=partitions, replication_factor=1)]
+                topic = NewTopic(
+                    name,
+                    num_partitions=partitions,
+                    replication_factor=settings.replication,
+                    topic_configs=settings.topic_configs(),
                 )
+                await admin.create_topics([topic])
         for _ in range(50):
             described = await admin.describe_topics([name])
             parts = described[0].get("partitions") or []
