@@ -17,6 +17,7 @@ from app.commands import (  # noqa: F401
     mbp,
     ohlcv,
     replay,
+    snapshots,
     version,
 )
 from app.faust_app import app, settings

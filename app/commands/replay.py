@@ -94,8 +94,11 @@ class ReplaySummary:
         }
 
 
-async def ensure_topic(settings: Settings, name: str, partitions: int) -> int:
-    """Create the topic if it is missing; return its partition count."""
+async def ensure_topic(
+    settings: Settings, name: str, partitions: int, configs: dict[str, str] | None = None
+) -> int:
+    """Create the topic if it is missing (with the settings' topic configs, `configs` over
+    them); return its partition count."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
@@ -105,7 +108,7 @@ async def ensure_topic(settings: Settings, name: str, partitions: int) -> int:
                     name,
                     num_partitions=partitions,
                     replication_factor=settings.replication,
-                    topic_configs=settings.topic_configs(),
+                    topic_configs={**settings.topic_configs(), **(configs or {})},
                 )
                 await admin.create_topics([topic])
         for _ in range(50):

@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 import databento_dbn
 import numpy as np
+import pyarrow as pa
 import zstandard
 
 from models.mbo import (
@@ -104,9 +105,14 @@ class MboFile:
             def read(size: int) -> None:
                 self.bytes_read += size
 
-            for chunk in lake_chunks(self.path, chunk_records, read):
-                self.records_read += len(chunk)
-                yield chunk
+            try:
+                for chunk in lake_chunks(self.path, chunk_records, read):
+                    self.records_read += len(chunk)
+                    yield chunk
+            except (pa.ArrowException, KeyError) as exc:  # not a lake file, or not raw MBO
+                raise InputError(
+                    self.path, f"after {self.records_read} records", f"not a lake's raw MBO: {exc}"
+                ) from None
         else:
             yield from _dbn_chunks(self, chunk_records)
 

@@ -137,3 +137,53 @@ def test_a_kill9_mid_replay_changes_no_delta(
         speed="50",
     )
     assert_same_deltas(deployment, result.row_topics["deltas"])
+
+
+def test_a_late_joiner_from_the_snapshots_holds_what_a_reader_from_the_start_holds(
+    deployment: Deployment, deltas_file: tuple[Path, FileRun]
+) -> None:
+    """The warm tier: `faust -A app snapshots` (killed with SIGKILL and restarted once) writes
+    each instrument's state; a consumer that joins mid-replay from the snapshots, and one that
+    joins after it, end with the books, bars, indicators and pressure of a consumer that read
+    the delta topic from its start."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.integration.conftest import wait_for
+
+    path, result = deltas_file
+    start(deployment, "4", "1000")
+    bootstrap = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
+    deltas, snaps = f"{deployment.prefix}deltas", f"{deployment.prefix}deltas.snapshots"
+
+    def writer() -> subprocess.Popen:
+        log = open(deployment.tmp / "snapshots.log", "ab")  # noqa: SIM115 - the process keeps it
+        command = [sys.executable, "-m", "faust", "-A", "app", "snapshots", "--interval", "20s"]
+        return subprocess.Popen(
+            command, cwd=ROOT, env=deployment.env(), stdout=log, stderr=subprocess.STDOUT
+        )
+
+    records = np.concatenate(list(open_mbo(path).chunks()))
+    span_s = (int(records["ts_recv"].max()) - int(records["ts_recv"].min())) / 1e9
+    snap = writer()
+    replay = deployment.replay(path, "--speed", str(span_s / 40))
+    try:
+        wait_for(lambda: len(consume_all(bootstrap, snaps, timeout=2)) >= 12, 60, "snapshots")
+        snap.send_signal(signal.SIGKILL)
+        snap.wait(timeout=30)
+        snap = writer()
+        late = asyncio.run(consume(bootstrap, deltas, None, 1e9, snapshots=snaps, idle=15))
+        _, err = replay.communicate(timeout=120)
+        assert replay.returncode == 0, err
+        full = asyncio.run(consume(bootstrap, deltas, None, 1e9, idle=5))
+        assert full.applied == len(result.row_topics["deltas"])
+        time.sleep(3)  # the writer's last snapshots
+        after = asyncio.run(consume(bootstrap, deltas, None, 1e9, snapshots=snaps, idle=5))
+    finally:
+        for p in (snap, replay):
+            if p.poll() is None:
+                p.kill()
+    assert late.same_as(full) and after.same_as(full)
+    assert late.applied < full.applied and after.applied < late.applied

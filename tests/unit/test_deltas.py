@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from app.feeds.batching import Batcher
 from app.feeds.mbo_files import open_mbo
-from load_tests.delta_consumer import Book, DeltaState
+from models.delta_state import Book, DeltaState
 from tables.book_state import BookSet
 from tables.deltas import (
     BARS,
@@ -278,3 +278,44 @@ def test_a_merge_never_checkpointed_keeps_only_what_is_pending() -> None:
         merges.advance(0, BARS, bound)
     state = merges.partitions[0]
     assert len(state.merge.pending) == 0 and len(state.changed) == 0
+
+
+def test_a_snapshot_goes_out_at_an_instruments_first_delta_and_each_new_interval() -> None:
+    """The snapshot writer (`faust -A app snapshots`): a snapshot loaded into a fresh state,
+    with the deltas after it applied, holds what applying every delta holds."""
+    from app.commands.snapshots import SnapshotWriter
+
+    second = 1_000_000_000
+    deltas = [
+        {
+            "instrument_id": 7,
+            "start": t * second,
+            "books": [
+                {
+                    "publisher_id": 1,
+                    "bid_depth": 2,
+                    "ask_depth": 1,
+                    "bids": [[0, 100 + t, t, 1]],
+                    "asks": [[0, 200 + t, 1, 1]],
+                }
+            ],
+            "bars": [{"interval": "1m", "start": t // 60 * 60 * second, "close": 100 + t}],
+        }
+        for t in range(0, 50, 3)
+    ]
+    writer = SnapshotWriter(10 * second)
+    out = [(i, s) for i, d in enumerate(deltas) if (s := writer.add(0, i, d)) is not None]
+    assert [i for i, _ in out] == [0, 4, 7, 10, 14]  # at 0 s, then 12, 21, 30 and 42 s
+    full = DeltaState()
+    for d in deltas:
+        full.apply(d)
+    offset, snap = out[-1]
+    late = DeltaState()
+    late.load(snap)
+    for i, d in enumerate(deltas):
+        if i > snap["offset"]:
+            late.apply(d)
+    assert late.same_as(full) and snap["offset"] == offset
+    # A writer restarted from its snapshot goes on without repeating what it covers.
+    again = SnapshotWriter(10 * second, late, {7: offset})
+    assert again.add(0, offset, deltas[offset]) is None

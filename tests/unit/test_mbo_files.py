@@ -85,10 +85,17 @@ def test_missing_file() -> None:
 
 
 def test_unsupported_extension(tmp_path: Path) -> None:
-    p = tmp_path / "x.parquet"
+    p = tmp_path / "x.txt"
     p.write_bytes(b"PAR1")
     with pytest.raises(InputError, match="unsupported file type"):
         open_mbo(p)
+
+
+def test_a_parquet_file_that_is_not_the_lakes_raw_mbo_names_itself(tmp_path: Path) -> None:
+    p = tmp_path / "x.parquet"
+    p.write_bytes(b"PAR1")
+    with pytest.raises(InputError, match=r"x\.parquet: after 0 records: not a lake's raw MBO"):
+        list(open_mbo(p).chunks())
 
 
 def test_wrong_schema_names_it() -> None:
