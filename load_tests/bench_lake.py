@@ -1,12 +1,14 @@
 """The lake sink's cost, printed as JSON.
 
     python -m load_tests.bench_lake [--records 1000000] [--instruments 100] [--runs 3]
+        [--phases offline,pipeline] [--sink-args '--topics all --nice 0']
 
 offline   the sink's own work on a generated file's raw MBO with no broker (4,096-record
           messages into `LakeSink`, files written as the sink writes them): records/s, and the
           lake's bytes per record against the raw topic's 56.
 pipeline  per run, two fresh workers, each fed the same file by replay at full speed: one alone,
-          one with `faust -A app lake --topics all` running beside it from the start. Events/s
+          one with `faust -A app lake` (default topics, at its default lower CPU priority;
+          --sink-args to change them) running beside it from the start. Events/s
           until the instruments agent applied every record, for each, and their ratio (the
           market path's throughput with the sink over without, taken in the same run); the
           seconds until the lake held every raw record, and its bytes per raw record.
@@ -72,13 +74,13 @@ def _lake_rows(root: Path) -> int:
     return total
 
 
-def pipeline(broker: str, path: Path, total: int) -> dict[str, float]:
+def pipeline(broker: str, path: Path, total: int, sink_args: list[str]) -> dict[str, float]:
     with bench_worker(broker) as w:
         alone = _throughput(w, path, total)["events_per_s"]
     with bench_worker(broker) as w:
         root = Path(tempfile.mkdtemp(dir=BENCH_DIR))
         log = open(root.with_suffix(".log"), "ab")  # noqa: SIM115 - the process keeps it
-        command = ["lake", "--root", str(root), "--topics", "all", "--roll-seconds", "5"]
+        command = ["lake", "--root", str(root), "--roll-seconds", "5", *sink_args]
         sink = subprocess.Popen(
             [sys.executable, "-m", "faust", "-A", "app", *command],
             cwd=ROOT,
@@ -118,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instruments", type=int, default=100)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--phases", default="offline,pipeline")
+    ap.add_argument(
+        "--sink-args", default="", help="more `faust -A app lake` options, e.g. '--topics all'"
+    )
     args = ap.parse_args(argv)
     path = _file(args.records, args.instruments, 50_000)
     total = sum(len(c) for c in open_mbo(path).chunks())
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     phases = args.phases.split(",")
     for name, run in (
         ("offline", lambda: offline(path)),
-        ("pipeline", lambda: pipeline(broker, path, total)),
+        ("pipeline", lambda: pipeline(broker, path, total, args.sink_args.split())),
     ):
         if name not in phases:
             continue

@@ -1,8 +1,8 @@
 """`faust -A app lake [--root DIR|URI] [--topics a,b] [--roll-seconds S] [--file-mb N]
-[--instance NAME] [--metrics-port N]`: the cold tier. Writes the chosen topics to Parquet under
-the lake root, each record exactly once (app/lake_sink.py, docs/lake.md). A long-running process
-beside the workers, in its own consumer group; Ctrl-C or SIGTERM stops it after writing what it
-holds. Run several to share the partitions.
+[--instance NAME] [--nice N] [--metrics-port N]`: the cold tier. Writes the chosen topics to
+Parquet under the lake root, each record exactly once (app/lake_sink.py, docs/lake.md). A
+long-running process beside the workers, in its own consumer group; Ctrl-C or SIGTERM stops it
+after writing what it holds. Run several to share the partitions.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 
+import click
 import orjson
 from aiokafka import AIOKafkaConsumer
 from faust.cli import option
@@ -88,6 +90,12 @@ async def sink(
     option("--roll-seconds", type=float, default=0.0, help="Longest a file stays open."),
     option("--file-mb", type=float, default=0.0, help="Input MB after which a file rolls."),
     option("--instance", default="", help="A name for this sink, the same across restarts."),
+    option(
+        "--nice",
+        type=click.IntRange(0, 19),
+        default=10,
+        help="CPU priority below the workers' (0: the same).",
+    ),
     option("--metrics-port", type=int, default=0, help="Serve Prometheus metrics (0: none)."),
 )
 async def lake(
@@ -97,9 +105,13 @@ async def lake(
     roll_seconds: float,
     file_mb: float,
     instance: str,
+    nice: int,
     metrics_port: int,
 ) -> None:
     """Write topics to a Parquet lake, each record exactly once."""
+    # On a machine the workers share, the sink takes the CPU they leave: it falls behind for
+    # a while rather than slow the market path (load_tests/bench_lake.py).
+    os.nice(nice)
     try:
         bases = lake_topics(settings, topics or settings.lake_topics)
     except ValueError as exc:
