@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator
 # (table name, key, value or None to delete)
 Row = tuple[str, bytes, bytes | None]
 
-_HEADER = struct.Struct(">QII")  # checkpoint id, chunk index, chunk count
+# checkpoint id, chunk index, chunk count, the input offset of the last event it covers
+_HEADER = struct.Struct(">QIIq")
 _ROW = struct.Struct(">HIi")  # table name length, key length, value length (-1: delete)
 # A chunk is cut once it holds this many bytes (a longer row travels alone): well under the
 # broker's and the producer's message size limits, which the rows already respect one by one.
@@ -47,8 +48,11 @@ def new_id() -> int:
     return secrets.randbits(64)
 
 
-def encode(checkpoint_id: int, rows: list[Row], chunk_bytes: int = CHUNK_BYTES) -> list[bytes]:
-    """The journal of one partition's checkpoint, as chunk values in chunk order."""
+def encode(
+    checkpoint_id: int, rows: list[Row], offset: int = -1, chunk_bytes: int = CHUNK_BYTES
+) -> list[bytes]:
+    """The journal of one partition's checkpoint, covering its input up to `offset`, as chunk
+    values in chunk order."""
     bodies: list[list[bytes]] = [[]]
     size = 0
     for table, k, value in rows:
@@ -66,11 +70,14 @@ def encode(checkpoint_id: int, rows: list[Row], chunk_bytes: int = CHUNK_BYTES) 
         bodies[-1] += parts
         size += row_size
     count = len(bodies)
-    return [_HEADER.pack(checkpoint_id, i, count) + b"".join(body) for i, body in enumerate(bodies)]
+    return [
+        _HEADER.pack(checkpoint_id, i, count, offset) + b"".join(body)
+        for i, body in enumerate(bodies)
+    ]
 
 
-def header(chunk: bytes) -> tuple[int, int, int]:
-    """(checkpoint id, chunk index, chunk count) of a chunk."""
+def header(chunk: bytes) -> tuple[int, int, int, int]:
+    """(checkpoint id, chunk index, chunk count, input offset covered) of a chunk."""
     if len(chunk) < _HEADER.size:
         raise JournalError(f"a journal chunk of {len(chunk)} bytes has no header")
     return _HEADER.unpack_from(chunk)
@@ -100,7 +107,7 @@ def read(get: Callable[[bytes], bytes | None], agent: str, partition: int) -> li
     first = get(key(agent, partition, 0))
     if first is None:
         return None
-    checkpoint_id, _, count = header(first)
+    checkpoint_id, _, count, _ = header(first)
     chunks = [first]
     for i in range(1, count):
         chunk = get(key(agent, partition, i))

@@ -16,6 +16,7 @@ when the partition is taken up again instead of leaving the tables at two differ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -196,7 +197,8 @@ class Checkpointer:
     def _write_journal(self, taken: Checkpoint) -> None:
         for partition, (events, writes) in taken.items():
             rows = [(table.name, key, value) for table, key, value in writes]
-            chunks = checkpoint_journal.encode(checkpoint_journal.new_id(), rows)
+            offset = events[-1].message.offset
+            chunks = checkpoint_journal.encode(checkpoint_journal.new_id(), rows, offset)
             with as_event(events[-1]):
                 self._put_journal(partition, chunks)
 
@@ -235,6 +237,20 @@ class Checkpointer:
                 return
             if chunks is None:
                 return
+            covered = checkpoint_journal.header(chunks[0])[3]
+            committed = committed_offset(self.app, message.tp)
+            if committed is not None and covered + 1 < committed:
+                # The newest checkpoint covers at least what was committed: this journal is
+                # older, left by a worker that stood still and wrote it late.
+                log.warning(
+                    "%s: partition %d's journal covers offset %d, older than the committed %d: "
+                    "left alone",
+                    self.name,
+                    partition,
+                    covered,
+                    committed,
+                )
+                return
             behind = any(table.get(key) != value for table, key, value in writes)
             if self.app.in_transaction:
                 for i in range(len(chunks)):
@@ -243,8 +259,12 @@ class Checkpointer:
                 self._put_journal(partition, chunks)
         if not self.app.in_transaction:
             await flush_buffered(self.app.producer)  # the journal whole before any row
+            if stall_guard.stood_still():
+                return  # the partition may be another worker's now; it is being given up
         with as_event(event):
-            _put(writes)
+            # Tombstones too, even for keys this store no longer holds: the changelog may
+            # never have had them.
+            _put(writes, tombstones=True)
         if behind:
             log.warning(
                 "%s: partition %d's last checkpoint was cut short; completed from its journal",
@@ -313,11 +333,12 @@ class Checkpointer:
         self.fenced.update(dict.fromkeys(partitions, self.app.consumer_generation_id))
 
 
-def _put(writes: Writes) -> None:
+def _put(writes: Writes, tombstones: bool = False) -> None:
     for table, key, value in writes:
         if value is None:
-            if table.get(key) is not None:
-                del table[key]
+            if tombstones or table.get(key) is not None:
+                with contextlib.suppress(KeyError):  # sent to the changelog before it raises
+                    del table[key]
         else:
             table[key] = value
         metrics.checkpoint_writes.inc()

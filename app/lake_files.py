@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 
 _NAME = re.compile(r"^p(\d+)-(\d+)-(\d+)\.parquet$")
 COMPRESSION = "zstd"
+LEFTOVER_S = 600
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,10 @@ def hour_dir(hour: int) -> str:
 class Lake:
     """A lake root: a local directory or a pyarrow filesystem URI."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, instance: str = "") -> None:
+        """`instance`: the sink's name, in its temporary files' names (its process id when
+        it has none), so that a sink clears only what it or a dead sink left."""
+        self.instance = instance or f"pid{os.getpid()}"
         if "://" in root:
             self.fs, self.root = pafs.FileSystem.from_uri(root)
         else:
@@ -83,13 +88,18 @@ class Lake:
         return out
 
     def remove_leftovers(self, topic: str) -> int:
-        """Temporary files a crash left behind (never visible as part of the lake)."""
+        """Temporary files a crash left behind (never visible as part of the lake): this
+        sink's own, and any older than LEFTOVER_S (another sink's would be in place by then)."""
         if not self.local:
             return 0
         selector = pafs.FileSelector(self.topic_dir(topic), recursive=True, allow_not_found=True)
         gone = 0
+        now = time.time()
         for info in self.fs.get_file_info(selector):
-            if info.type == pafs.FileType.File and info.base_name.endswith(".tmp"):
+            if info.type != pafs.FileType.File or not info.base_name.endswith(".tmp"):
+                continue
+            old = info.mtime is not None and now - info.mtime.timestamp() > LEFTOVER_S
+            if info.base_name.endswith(f".{self.instance}.tmp") or old:
                 self.fs.delete_file(info.path)
                 gone += 1
         return gone
@@ -102,7 +112,7 @@ class Lake:
             pq.write_table(table, path, filesystem=self.fs, compression=COMPRESSION)
             return path, self.fs.get_file_info(path).size
         os.makedirs(directory, exist_ok=True)
-        tmp = f"{directory}/.{file_name(span)}.tmp"
+        tmp = f"{directory}/.{file_name(span)}.{self.instance}.tmp"
         pq.write_table(table, tmp, compression=COMPRESSION)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())

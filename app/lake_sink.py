@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
@@ -75,16 +76,15 @@ class LakeSink:
         name, layout = self.layouts[topic]
         try:
             piece = layout.rows(key, value, partition, offset)
-        except BadMessage as exc:
-            metrics.lake_bad_messages.labels(name).inc()
-            log.warning("lake: %s[%d] offset %d left out: %s", name, partition, offset, exc)
+            hour = hour_of(layout.event_ns(piece)) if piece is not None else 0
+        except (BadMessage, ValueError, IndexError) as exc:
+            left_out(name, partition, offset, exc)
             piece = None
         current = self.open.get((topic, partition))
         if piece is None:  # a marker or a bad message: only the range moves on
             if current is not None:
                 current.last = offset
             return []
-        hour = hour_of(layout.event_ns(piece))
         ready = []
         if current is not None and (current.hour != hour or current.input_bytes >= self.file_bytes):
             ready += self._close(topic, partition)
@@ -115,9 +115,42 @@ class LakeSink:
         return [Ready(name, f.hour, Span(partition, f.first, f.last), layout, f.pieces)]
 
 
+def left_out(name: str, partition: int, offset: int, exc: Exception) -> None:
+    metrics.lake_bad_messages.labels(name).inc()
+    log.warning("lake: %s[%d] offset %d left out: %s", name, partition, offset, exc)
+
+
+def _table(ready: Ready) -> pa.Table:
+    """The file's rows. A message whose rows cannot be typed (a field that is a number in one
+    message and text in the next, a time past 2262) is left out and counted, one message at a
+    time; the others are written."""
+    try:
+        return ready.layout.table(ready.pieces)
+    except (BadMessage, pa.ArrowException, ValueError, OverflowError):
+        pass
+    tables = []
+    for piece in ready.pieces:
+        try:
+            t = ready.layout.table([piece])
+            if tables:
+                pa.concat_tables([tables[0], t], promote_options="permissive")
+            tables.append(t)
+        except (BadMessage, pa.ArrowException, ValueError, OverflowError) as exc:
+            offset = _offset_of(piece)
+            left_out(ready.topic, ready.span.partition, offset, exc)
+    if not tables:
+        return pa.table({"kafka_offset": pa.array([], pa.int64())})
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _offset_of(piece: Any) -> int:
+    """The offset of the message a piece came from (every layout ends its piece with it)."""
+    return int(piece["kafka_offset"] if isinstance(piece, dict) else piece[-1])
+
+
 def write(lake: Lake, ready: Ready) -> tuple[str, int, int]:
     """Write one closed file; (path, bytes, rows)."""
-    table = ready.layout.table(ready.pieces)
+    table = _table(ready)
     path, size = lake.write(ready.topic, ready.hour, ready.span, table)
     metrics.lake_records.labels(ready.topic).inc(table.num_rows)
     metrics.lake_files.labels(ready.topic).inc()

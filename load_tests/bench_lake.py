@@ -8,7 +8,7 @@ offline   the sink's own work on a generated file's raw MBO with no broker (4,09
           lake's bytes per record against the raw topic's 56.
 pipeline  per run, two fresh workers, each fed the same file by replay at full speed: one alone,
           one with `faust -A app lake` (default topics, at its default lower CPU priority;
-          --sink-args to change them) running beside it from the start. Events/s
+          --sink-args to change them) started 10 s before the replay and running beside it. Events/s
           until the instruments agent applied every record, for each, and their ratio (the
           market path's throughput with the sink over without, taken in the same run); the
           seconds until the lake held every raw record, and its bytes per raw record.
@@ -89,6 +89,11 @@ def pipeline(broker: str, path: Path, total: int, sink_args: list[str]) -> dict[
             stderr=subprocess.STDOUT,
         )
         try:
+            # Up and in its group before the clock starts: its start (importing the app takes
+            # a few seconds of CPU) is not what a running deployment pays.
+            time.sleep(10)
+            if sink.poll() is not None:
+                raise RuntimeError(f"the sink did not start; see {log.name}")
             t0 = time.monotonic()
             with_sink = _throughput(w, path, total)["events_per_s"]
             while _lake_rows(root) < total:

@@ -34,6 +34,7 @@ class DeltaState:
     last_start: dict[int, int] = field(default_factory=dict)
     applied: int = 0
     repeats: int = 0
+    keep_signals: bool = True  # False for a process that runs for ever (the snapshot writer)
 
     def apply(self, delta: dict[str, Any]) -> bool:
         """Apply one delta; False for a repeat (an instrument's deltas come in time order)."""
@@ -52,7 +53,8 @@ class DeltaState:
             self.indicators[(iid, row["interval"])] = row
         for row in delta.get("pressure", ()):
             self.pressure[iid] = row
-        self.signals.extend(delta.get("signals", ()))
+        if self.keep_signals:
+            self.signals.extend(delta.get("signals", ()))
         self.applied += 1
         return True
 
@@ -113,14 +115,14 @@ async def partitions(consumer: Any, topic: str) -> list[Any]:
 
 
 async def read_snapshots(
-    bootstrap: str, topic: str
+    bootstrap: str, topic: str, state: DeltaState | None = None
 ) -> tuple[DeltaState, dict[int, int], dict[int, int]]:
     """The state the snapshot topic holds, read to its end (compacted: each instrument's
     latest); the delta offset each instrument's snapshot covers; and where each partition of
     the delta topic goes on from (after the earliest delta a snapshot in it covers)."""
     from aiokafka import AIOKafkaConsumer
 
-    state = DeltaState()
+    state = DeltaState() if state is None else state
     covered: dict[int, int] = {}  # instrument -> delta offset its snapshot covers
     resume: dict[int, int] = {}  # delta partition -> offset to read on from
     consumer = AIOKafkaConsumer(

@@ -59,7 +59,7 @@ def lake_topics(settings: Settings, spec: str) -> list[str]:
 async def sink(
     settings: Settings, root: str, bases: list[str], roll_s: float, file_bytes: int, instance: str
 ) -> dict:
-    lake = Lake(root)
+    lake = Lake(root, instance)
     layouts = {settings.topic(b): (b, layout_of(b, RAW_MBO_BASE, COLUMNAR)) for b in bases}
     for topic in layouts:  # the workers may not have made them yet
         await ensure_topic(settings, topic, settings.partitions)

@@ -1,7 +1,8 @@
 """`faust -A app snapshots [--interval 1m]`: the warm tier. Applies the `deltas` topic as any
 consumer does (models/delta_state.py) and writes each instrument's state to the compacted
 `deltas.snapshots` topic each time its deltas cross into a new `--interval` of event time (and
-at its first delta), stamped with the delta second it covers and that delta's partition and
+at its first delta, and every `--interval` of wall time for an instrument whose latest deltas no
+snapshot covers yet), stamped with the delta second it covers and that delta's partition and
 offset. A consumer that starts at any time reads the snapshots, then the deltas after them, and
 holds what a consumer that read the delta topic from its start holds (docs/topics.md,
 "Snapshots for late joiners"; load_tests/delta_consumer.py --snapshots).
@@ -45,9 +46,11 @@ class SnapshotWriter:
         covered: dict[int, int] | None = None,
     ) -> None:
         self.interval_ns = interval_ns
-        self.state = state or DeltaState()
+        self.state = state or DeltaState(keep_signals=False)
         self.covered = dict(covered or {})  # instrument -> delta offset its snapshot covers
         self.last = dict(self.state.last_start)  # instrument -> start of its last snapshot
+        # Instruments with deltas no snapshot covers yet: (partition, offset) of the last.
+        self.pending: dict[int, tuple[int, int]] = {}
 
     def add(self, partition: int, offset: int, delta: dict[str, Any]) -> dict[str, Any] | None:
         """One delta; the instrument's snapshot if this one starts a new interval."""
@@ -58,8 +61,19 @@ class SnapshotWriter:
         self.covered[iid] = offset
         last, start = self.last.get(iid), self.state.last_start[iid]
         if last is not None and start // self.interval_ns == last // self.interval_ns:
+            self.pending[iid] = (partition, offset)
             return None
-        self.last[iid] = start
+        return self._snapshot(iid, partition, offset)
+
+    def flush(self) -> list[dict[str, Any]]:
+        """A snapshot of every instrument with deltas no snapshot covers: an instrument that
+        went quiet mid-interval would otherwise leave its last deltas only in the delta topic,
+        until retention removes them."""
+        return [self._snapshot(iid, *at) for iid, at in list(self.pending.items())]
+
+    def _snapshot(self, iid: int, partition: int, offset: int) -> dict[str, Any]:
+        self.pending.pop(iid, None)
+        self.last[iid] = self.state.last_start[iid]
         return {**self.state.snapshot(iid), "partition": partition, "offset": offset}
 
 
@@ -69,7 +83,9 @@ async def run(settings: Settings, interval_ns: int, stop: asyncio.Event) -> dict
     await ensure_topic(
         settings, snapshots, settings.partitions, configs={"cleanup.policy": "compact"}
     )
-    state, covered, resume = await read_snapshots(settings.bootstrap_servers, snapshots)
+    state, covered, resume = await read_snapshots(
+        settings.bootstrap_servers, snapshots, DeltaState(keep_signals=False)
+    )
     writer = SnapshotWriter(interval_ns, state, covered)
     log.info("snapshots: %d instruments restored; resuming at %s", len(covered), resume)
     producer = AIOKafkaProducer(
@@ -79,27 +95,36 @@ async def run(settings: Settings, interval_ns: int, stop: asyncio.Event) -> dict
         bootstrap_servers=settings.bootstrap_servers,
         enable_auto_commit=False,
         isolation_level="read_committed",
+        # Where a snapshot's offset is gone (retention), from the earliest still there.
+        auto_offset_reset="earliest",
     )
     counts = {"deltas": 0, "snapshots": 0}
     await producer.start()
     await consumer.start()
     try:
         await read_deltas_from(consumer, deltas, resume)
-        last_report = time.monotonic()
+
+        async def send(snaps: list[dict[str, Any]]) -> None:
+            for snap in snaps:
+                key = str(snap["instrument_id"]).encode()
+                await producer.send_and_wait(snapshots, orjson.dumps(snap), key=key)
+                counts["snapshots"] += 1
+
+        last_report = last_flush = time.monotonic()
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             for tp, records in batch.items():
                 for rec in records:
                     counts["deltas"] += 1
                     snap = writer.add(tp.partition, rec.offset, orjson.loads(rec.value))
-                    if snap is not None:
-                        key = str(snap["instrument_id"]).encode()
-                        await producer.send(snapshots, orjson.dumps(snap), key=key)
-                        counts["snapshots"] += 1
+                    await send([snap] if snap is not None else [])
+            if time.monotonic() - last_flush > interval_ns / 1e9:
+                await send(writer.flush())
+                last_flush = time.monotonic()
             if time.monotonic() - last_report > 30:
                 log.info("snapshots: %s", counts)
                 last_report = time.monotonic()
-        await producer.flush()
+        await send(writer.flush())
     finally:
         await consumer.stop()
         await producer.stop()

@@ -40,12 +40,18 @@ class App:
     flow_control: FlowControl = field(default_factory=FlowControl)
     in_transaction: bool = False
     producer: Any = None
+    consumer: Any = field(default_factory=lambda: SimpleNamespace(_committed_offset={}))
 
 
 @dataclass
 class Message:
     partition: int
     generation_id: int
+    offset: int = 0
+
+    @property
+    def tp(self) -> TP:
+        return TP("raw", self.partition)
 
 
 @dataclass
@@ -451,6 +457,7 @@ def test_an_at_least_once_checkpoint_lands_its_journal_before_any_row(
         in_transaction=False,
         flow_control=FlowControl(),
         producer=None,
+        consumer=SimpleNamespace(_committed_offset={}),
     )
     states = [
         (books, DirtyState({0: [(b"1003", b"b1")]})),
@@ -494,3 +501,29 @@ def test_on_a_checkpointed_input_only_the_checkpoint_acknowledges() -> None:
         stale = SimpleNamespace(topic="raw", generation_id=2)
         assert not transport.acknowledgeable(app, stale)
     assert not transport.checkpoint_acks.active
+
+
+def test_a_journal_older_than_the_committed_offset_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that stood still can write its last journal after the partition's new owner
+    went on: older than what was committed since, it must not be put back over newer rows."""
+    from app import checkpoint_journal as J
+
+    async def flush(producer: Any) -> None:
+        pass
+
+    monkeypatch.setattr(checkpoints, "flush_buffered", flush)
+    books, bars = NamedTable("books", {b"1003": b"newer"}), NamedTable("bars", {b"1003": b"newer"})
+    rows = [("books", b"1003", b"older"), ("bars", b"1003", b"older")]
+    journal = {J.key("instruments", 0, i): c for i, c in enumerate(J.encode(J.new_id(), rows, 5))}
+    app = App()
+    app.consumer._committed_offset[TP("raw", 0)] = 40
+    c = _checkpointer(app, books, bars, journal)
+
+    async def take_up() -> None:
+        async for _ in c.events(Stream([Event(Message(0, 3, offset=40))])):
+            pass
+
+    asyncio.run(take_up())
+    assert books == {b"1003": b"newer"} and bars == {b"1003": b"newer"}

@@ -316,6 +316,12 @@ def test_a_snapshot_goes_out_at_an_instruments_first_delta_and_each_new_interval
         if i > snap["offset"]:
             late.apply(d)
     assert late.same_as(full) and snap["offset"] == offset
+    # An instrument gone quiet mid-interval: its last deltas go out on the writer's timer.
+    (tail,) = writer.flush()
+    assert tail["offset"] == len(deltas) - 1 and writer.flush() == []
+    caught_up = DeltaState()
+    caught_up.load(tail)
+    assert caught_up.same_as(full)
     # A writer restarted from its snapshot goes on without repeating what it covers.
     again = SnapshotWriter(10 * second, late, {7: offset})
     assert again.add(0, offset, deltas[offset]) is None

@@ -95,7 +95,8 @@ def test_a_file_is_put_in_place_whole_and_says_where_its_partition_resumes(tmp_p
     back = to_records(pq.read_table(path))
     assert (back == records).all()
     # A crash mid-write leaves a temporary file, never a visible one; the next start removes it.
-    (Path(path).parent / ".p0001-x.parquet.tmp").write_bytes(b"half")
+    (Path(path).parent / f".p0001-x.parquet.{lake.instance}.tmp").write_bytes(b"half")
+    (Path(path).parent / ".p0001-y.parquet.another.tmp").write_bytes(b"another sink's")
     assert lake.resume_offsets("mbo.raw") == {1: 5}
     assert lake.remove_leftovers("mbo.raw") == 1
 
@@ -229,3 +230,16 @@ def test_mbp_and_ohlcv_write_parquet_with_the_csv_columns(tmp_path: Path, comman
         rows.writerow([UNDEF_PRICE if v is None and "px" in k else v for k, v in r.items()])
     assert again.getvalue() == csv_path.read_text()
     assert not list(tmp_path.glob(".*"))
+
+
+def test_a_message_whose_rows_cannot_be_typed_is_left_out_and_the_rest_written(
+    tmp_path: Path,
+) -> None:
+    sink, _ = _sink()
+    sink.add("t.bars.1m", 0, 1, b"7", b'{"start": 1, "x": 1}')
+    sink.add("t.bars.1m", 0, 2, b"7", b'{"start": 2, "x": "text"}')  # x was a number
+    sink.add("t.bars.1m", 0, 3, b"7", b'{"start": 3, "x": 3}')
+    (ready,) = sink.close()
+    _, _, rows = write(Lake(str(tmp_path)), ready)
+    assert rows == 2
+    assert Lake(str(tmp_path)).resume_offsets("bars.1m") == {0: 4}
