@@ -4,8 +4,8 @@ Each topic partition has at most one file open, in memory: whole messages with c
 offsets, all of one hour of event time. It is written (app/lake_files.py: whole, or not at all)
 when a message of another hour comes, when it holds `file_bytes` of input, when it has been open
 `roll_s`, when its partition goes to another sink, and when the sink stops. The files on disk
-say where each partition resumes; the consumer group's committed offsets follow them, for lag
-monitoring only.
+say where each partition resumes; the sink commits no offsets (a commit that failed mid-rebalance
+asked the group to rebalance again).
 
 No Faust here: `run` drives an aiokafka consumer in its own group, so the sink never slows the
 market path, and `LakeSink` holds the files and their rules.
@@ -22,7 +22,6 @@ from typing import Any
 
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
 
 from app import metrics
 from app.lake_files import Lake, Span
@@ -200,12 +199,6 @@ async def run(
             progress.files += 1
             progress.bytes += size
             progress.records += rows
-            # Informational (lag): the files are what the sink resumes from.
-            tp = TopicPartition(_topic_of(sink, r.topic), r.span.partition)
-            try:
-                await consumer.commit({tp: r.span.last + 1})
-            except KafkaError as exc:  # mid-rebalance: the next file's commit covers it
-                log.debug("lake: offset commit for %s skipped: %s", tp, exc)
 
     class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -214,6 +207,12 @@ async def run(
             await put(sink.close({(tp.topic, tp.partition) for tp in revoked}))
 
         async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+            # Under the write lock: where each partition resumes is read from files that a
+            # write under way could still be adding to.
+            async with writing:
+                await self._assigned(assigned)
+
+        async def _assigned(self, assigned: set[TopicPartition]) -> None:
             resume: dict[str, dict[int, int]] = {}
             for tp in sorted(assigned):
                 name = sink.layouts[tp.topic][0]
@@ -234,8 +233,11 @@ async def run(
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
             for tp, messages in batch.items():
+                if tp not in expected:
+                    log.warning("lake: %d messages of %s (not assigned) left", len(messages), tp)
+                    continue
                 for m in messages:
-                    if m.offset < expected.get(tp, m.offset + 1):
+                    if m.offset < expected[tp]:
                         continue
                     expected[tp] = m.offset + 1
                     progress.input_bytes += len(m.value or b"")
@@ -255,7 +257,3 @@ async def run(
     finally:
         await consumer.stop()
     return progress
-
-
-def _topic_of(sink: LakeSink, name: str) -> str:
-    return next(t for t, (n, _) in sink.layouts.items() if n == name)
