@@ -104,7 +104,7 @@ class Checkpointer:
         async for event in stream.noack().events():
             async with self.state_lock:
                 if self.admit(event):
-                    await self._settle(event)
+                    self._settle(event)
                     yield event
 
     def admit(self, event: EventT) -> bool:
@@ -207,7 +207,7 @@ class Checkpointer:
             self.journal[checkpoint_journal.key(self.name, partition, i)] = chunk
             metrics.checkpoint_journal_bytes.inc(len(chunk))
 
-    async def _settle(self, event: EventT) -> None:
+    def _settle(self, event: EventT) -> None:
         """Once per partition and assignment, before its state is read: the partition's last
         checkpoint made whole from its journal. Under at_least_once its chunks and rows are
         written again even where this worker's store holds them already: a worker killed
@@ -257,10 +257,12 @@ class Checkpointer:
                     del self.journal[checkpoint_journal.key(self.name, partition, i)]
             else:
                 self._put_journal(partition, chunks)
-        if not self.app.in_transaction:
-            await flush_buffered(self.app.producer)  # the journal whole before any row
-            if stall_guard.stood_still():
-                return  # the partition may be another worker's now; it is being given up
+        if stall_guard.stood_still():
+            return  # the partition may be another worker's now; it is being given up
+        # No flush between the journal and the rows here: the agent holds its lock and must
+        # not wait on the producer (a commit waiting for the lock would wait with it). The
+        # journal goes first in the producer's order; a second crash within the moment it
+        # takes to leave could still land rows without their journal.
         with as_event(event):
             # Tombstones too, even for keys this store no longer holds: the changelog may
             # never have had them.
