@@ -488,7 +488,12 @@ def test_on_a_checkpointed_input_only_the_checkpoint_acknowledges() -> None:
     """Faust's stream acknowledges the events it skips while the flow is stopped; on the
     instruments agent's input that moved the committed offset past 17 messages the state had
     never applied (a bar 32 trades short after the rebalance)."""
-    app = SimpleNamespace(consumer_generation_id=3, rebalancing=False, flow_control=FlowControl())
+    app = SimpleNamespace(
+        consumer_generation_id=3,
+        rebalancing=False,
+        flow_control=FlowControl(),
+        in_transaction=False,
+    )
     c = Checkpointer(app, "instruments", [], topic="raw")
     assert c in transport.partition_states
     raw, other = (
