@@ -1,14 +1,15 @@
 """The lake sink's cost, printed as JSON.
 
     python -m load_tests.bench_lake [--records 1000000] [--instruments 100] [--runs 3]
-        [--phases offline,pipeline] [--sink-args '--topics all --nice 0']
+        [--phases offline,pipeline] [--lead 10] [--sink-args '--topics all --nice 0']
 
 offline   the sink's own work on a generated file's raw MBO with no broker (4,096-record
           messages into `LakeSink`, files written as the sink writes them): records/s, and the
           lake's bytes per record against the raw topic's 56.
 pipeline  per run, two fresh workers, each fed the same file by replay at full speed: one alone,
           one with `faust -A app lake` (default topics, at its default lower CPU priority;
-          --sink-args to change them) started 10 s before the replay and running beside it. Events/s
+          --sink-args to change them) started --lead seconds (10) before the replay and
+          running beside it. Events/s
           until the instruments agent applied every record, for each, and their ratio (the
           market path's throughput with the sink over without, taken in the same run); the
           seconds until the lake held every raw record, and its bytes per raw record.
@@ -74,7 +75,9 @@ def _lake_rows(root: Path) -> int:
     return total
 
 
-def pipeline(broker: str, path: Path, total: int, sink_args: list[str]) -> dict[str, float]:
+def pipeline(
+    broker: str, path: Path, total: int, sink_args: list[str], lead_s: float
+) -> dict[str, float]:
     with bench_worker(broker) as w:
         alone = _throughput(w, path, total)["events_per_s"]
     with bench_worker(broker) as w:
@@ -91,7 +94,7 @@ def pipeline(broker: str, path: Path, total: int, sink_args: list[str]) -> dict[
         try:
             # Up and in its group before the clock starts: its start (importing the app takes
             # a few seconds of CPU) is not what a running deployment pays.
-            time.sleep(10)
+            time.sleep(lead_s)
             if sink.poll() is not None:
                 raise RuntimeError(f"the sink did not start; see {log.name}")
             t0 = time.monotonic()
@@ -125,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instruments", type=int, default=100)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--phases", default="offline,pipeline")
+    ap.add_argument("--lead", type=float, default=10.0, help="seconds the sink starts first")
     ap.add_argument(
         "--sink-args", default="", help="more `faust -A app lake` options, e.g. '--topics all'"
     )
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     phases = args.phases.split(",")
     for name, run in (
         ("offline", lambda: offline(path)),
-        ("pipeline", lambda: pipeline(broker, path, total, args.sink_args.split())),
+        ("pipeline", lambda: pipeline(broker, path, total, args.sink_args.split(), args.lead)),
     ):
         if name not in phases:
             continue
