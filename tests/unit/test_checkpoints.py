@@ -453,13 +453,7 @@ def test_an_at_least_once_checkpoint_lands_its_journal_before_any_row(
         seen.append((len(journal), len(books) + len(bars)))
 
     monkeypatch.setattr(checkpoints, "flush_buffered", flush)
-    app = SimpleNamespace(
-        consumer_generation_id=3,
-        in_transaction=False,
-        flow_control=FlowControl(),
-        producer=None,
-        consumer=SimpleNamespace(_committed_offset={}),
-    )
+    app = App()
     states = [
         (books, DirtyState({0: [(b"1003", b"b1")]})),
         (bars, DirtyState({0: [(b"1003", b"r1"), (b"~p/0", b"m1")]})),
