@@ -102,9 +102,13 @@ def reference(stream: list[tuple], intervals: list[int], lateness: int) -> tuple
             w = wins.pop(key)
             tr = tracks[(iid, iv)]
             end = start + iv
-            area = w["area"]
-            if tr["clock"] < end:
-                area += tr["px"] * (end - max(tr["clock"], w["from"]))
+            # The price path: each trade's price stands from its (never decreasing) time
+            # until the next trade's, the last one on past the window's end.
+            path = tr["path"]
+            area = 0
+            for i, (t, px) in enumerate(path):
+                upto = path[i + 1][0] if i + 1 < len(path) else end
+                area += px * max(0, min(upto, end) - max(t, w["from"]))
             bars.append(
                 (
                     iid,
@@ -119,7 +123,9 @@ def reference(stream: list[tuple], intervals: list[int], lateness: int) -> tuple
                     w["b"],
                     w["s"],
                     w["pv"] / w["v"],
-                    area / (end - w["from"]),
+                    # no time to weight by (the instrument's first trade came after this
+                    # window's end, in event time): the close, as the engine gives it
+                    area / (end - w["from"]) if end > w["from"] else float(w["c"]),
                 )
             )
 
@@ -129,7 +135,7 @@ def reference(stream: list[tuple], intervals: list[int], lateness: int) -> tuple
             if start + iv <= recv - lateness:
                 late.append((iv, iid, ts))
                 continue
-            tr = tracks.setdefault((iid, iv), {"px": None, "clock": 0, "first": None})
+            tr = tracks.setdefault((iid, iv), {"clock": 0, "first": None, "path": []})
             eff = max(ts, tr["clock"])
             if tr["first"] is None:
                 tr["first"] = eff
@@ -147,7 +153,6 @@ def reference(stream: list[tuple], intervals: list[int], lateness: int) -> tuple
                     "b": 0,
                     "s": 0,
                     "pv": 0,
-                    "area": 0,
                     "from": max(start, tr["first"]),
                 }
             if ts < w["ot"]:
@@ -160,13 +165,8 @@ def reference(stream: list[tuple], intervals: list[int], lateness: int) -> tuple
             w["b"] += sz if side == ord("B") else 0
             w["s"] += sz if side == ord("A") else 0
             w["pv"] += px * sz
-            if tr["px"] is not None and eff > tr["clock"]:
-                for (wi, wiv, ws), other in wins.items():
-                    if wi == iid and wiv == iv:
-                        ov = min(eff, ws + iv) - max(tr["clock"], ws)
-                        if ov > 0:
-                            other["area"] += tr["px"] * ov
-            tr["px"], tr["clock"] = px, eff
+            tr["path"].append((eff, px))
+            tr["clock"] = eff
         close(recv - lateness)
     wins_left = sorted(wins, key=lambda k: (k[2] + k[1], k[1], k[0]))
     close_all = max(k[2] + k[1] for k in wins_left) if wins_left else 0
