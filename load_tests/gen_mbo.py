@@ -69,6 +69,7 @@ class _Book:
     ids: list[int] = field(default_factory=list)  # live order ids, for O(1) random picks
     pos: dict[int, int] = field(default_factory=dict)
     sequence: int = 0
+    ts_event: int = 0  # the last one: a matching engine's clock never steps back
     records: int = 0
     actions: dict[str, int] = field(default_factory=dict)
 
@@ -165,6 +166,8 @@ class MboGenerator:
         book.sequence += 1
         ts_recv = self.clock
         delta = self.rng.randrange(2_000, 40_000)
+        delta = min(delta, ts_recv - book.ts_event)
+        book.ts_event = ts_recv - delta
         last = len(event) - 1
         for i, (action, side, price, size, oid, flags) in enumerate(event):
             fl = flags | (F_LAST if i == last else 0)
