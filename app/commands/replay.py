@@ -20,35 +20,27 @@ import contextlib
 import logging
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faust.cli import argument, option
 
 from app.commands import exit_with
 from app.faust_app import app
-from app.feeds.batching import Batch, Batcher
+from app.feeds.batching import Batcher
 from app.feeds.mbo_files import InputError, is_definition_file, open_mbo, read_definitions
-from app.feeds.watermarks import SourceWatermarks
 from app.progress import Progress
+from app.raw_sender import Delivered, RawSender, raw_producer
 from app.settings import Settings
 from app.topics import RAW_MBO_BASE
-from models import definitions
-from models.mbo import instrument_key
 
 log = logging.getLogger(__name__)
 
 PACE_TICK_S = 0.02  # paced replay sends what came due in each 20 ms of replay time
-MAX_IN_FLIGHT = 512  # unacknowledged messages before replay waits for the broker
-# An idle partition hears that time moved on once it has moved this far (event time), so
-# markers stay few next to data messages; the end of a replay always tells every partition.
-MARKER_STEP_NS = 100_000_000
 
 
 class ReplayError(Exception):
@@ -56,10 +48,8 @@ class ReplayError(Exception):
 
 
 @dataclass
-class FileSummary:
-    path: str
-    records: int = 0  # records delivered to the broker
-    messages: int = 0
+class FileSummary(Delivered):
+    path: str = ""
     unsent_records: int = 0  # records of an unfinished event left unsent after an input error
 
 
@@ -136,80 +126,6 @@ async def delete_topics(bootstrap: str, prefixes: Sequence[str]) -> list[str]:
         await admin.close()
 
 
-class _Sender:
-    """Sends batches, keeps a bounded number in flight, and counts what was acknowledged."""
-
-    def __init__(
-        self, producer: AIOKafkaProducer, topic: str, summary: ReplaySummary, partitions: int
-    ) -> None:
-        self.producer = producer
-        self.topic = topic
-        self.summary = summary
-        self.wm = SourceWatermarks(partitions)
-        self.in_flight: deque[tuple[asyncio.Future, int, FileSummary | None]] = deque()
-
-    async def step(
-        self, batcher: Batcher, records: np.ndarray, fs: FileSummary, *, flush: bool = False
-    ) -> None:
-        """Hand records (in ts_recv order) to the batcher and send what it cuts, each message
-        stamped with its partition's bound; `flush`: every whole event pending goes too."""
-        if len(records):
-            self.wm.read(int(records["ts_recv"][0]))
-        bounds = self.wm.bounds(batcher)  # before the batcher takes them: a lower bound
-        await self.send(batcher.add(records), fs, bounds)
-        if flush:
-            await self.send(batcher.flush_complete(), fs, bounds)
-        if len(records):
-            self.wm.read(int(records["ts_recv"].max()))
-        await self.mark(self.wm.bounds(batcher), MARKER_STEP_NS)
-
-    async def send(
-        self, batches: Iterable[Batch], fs: FileSummary, bounds: dict[int, int] | None = None
-    ) -> None:
-        for b in batches:
-            p = self.wm.partition_of(b.instrument_id)
-            headers = self.wm.stamp(p, bounds[p]) if bounds else None
-            fut = await self.producer.send(
-                self.topic, b.records.tobytes(), key=b.key, partition=p, headers=headers
-            )
-            self.in_flight.append((fut, len(b.records), fs))
-            self.summary.instruments.add(b.instrument_id)
-            if len(self.in_flight) >= MAX_IN_FLIGHT:
-                await self._settle(MAX_IN_FLIGHT // 2)
-
-    async def define(self, records: Iterable) -> None:
-        for d in records:
-            p = self.wm.partition_of(d.instrument_id)
-            fut = await self.producer.send(
-                self.topic, definitions.encode(d), key=instrument_key(d.instrument_id), partition=p
-            )
-            self.in_flight.append((fut, 0, None))
-            self.summary.definitions += 1
-        await self.drain()
-
-    async def mark(self, bounds: dict[int, int], step: int = 0) -> None:
-        """Markers (no key, no records, the bound in a header) to partitions behind by more
-        than `step`."""
-        for p, bound in self.wm.behind(bounds).items():
-            if self.wm.told.due(p, bound, more_than=step):
-                fut = await self.producer.send(
-                    self.topic, b"", partition=p, headers=self.wm.stamp(p, bound)
-                )
-                self.in_flight.append((fut, 0, None))
-                self.summary.markers += 1
-
-    async def _settle(self, keep: int) -> None:
-        while len(self.in_flight) > keep:
-            fut, n, fs = self.in_flight.popleft()
-            await fut  # raises the broker's error; nothing after it is counted as sent
-            if fs is not None:  # None: a watermark marker or a definition
-                fs.records += n
-                fs.messages += 1
-
-    async def drain(self) -> None:
-        await self._settle(0)
-
-
 async def replay_files(
     paths: Sequence[str],
     settings: Settings,
@@ -234,17 +150,9 @@ async def replay_files(
     defined += [d for d in (f.definitions() for f in files) if d]  # a lake's
     summary = ReplaySummary(topic=topic)
     partitions = await ensure_topic(settings, topic, settings.partitions)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=0 if speed is not None else 5,
-        max_batch_size=max(settings.max_message_bytes + 1024, 1 << 20),
-        max_request_size=settings.max_message_bytes + 65_536,
-        request_timeout_ms=30_000,
-    )
+    producer = raw_producer(settings, paced=speed is not None)
     await producer.start()
-    sender = _Sender(producer, topic, summary, partitions)
+    sender = RawSender(producer, topic, summary, partitions)
     clock = _PaceClock(speed, on_pace_start) if speed is not None else None
     remaining = limit
     t0 = time.monotonic()
@@ -267,7 +175,7 @@ async def replay_files(
                         for piece in clock.slices(chunk):
                             await clock.wait(piece)
                             await sender.step(batcher, piece, fs, flush=True)
-                    bar.update(f.bytes_read, fs.records + _pending(sender, fs))
+                    bar.update(f.bytes_read, fs.records + sender.pending(fs))
                     if remaining == 0:
                         break
             except InputError as exc:
@@ -301,10 +209,6 @@ async def replay_files(
         summary.seconds = time.monotonic() - t0
         await producer.stop()
     return summary
-
-
-def _pending(sender: _Sender, fs: FileSummary) -> int:
-    return sum(n for _, n, s in sender.in_flight if s is fs)
 
 
 def _per_file(summary: ReplaySummary) -> str:

@@ -1,0 +1,158 @@
+"""Sending MBO to the raw topic: the one path `replay` and `live` share.
+
+Records are cut into messages by `app.feeds.batching.Batcher`, keyed by instrument, each
+stamped with its partition's source watermark (`app.feeds.watermarks`); partitions with nothing
+to send get markers. The producer is idempotent with acks=all, so a retried send never
+duplicates or reorders a message within a partition: a partition of the raw topic holds a prefix
+of what was sent to it, which is what lets `live` resume from the topic after a kill -9.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from aiokafka import AIOKafkaProducer
+
+from app.feeds.batching import Batch, Batcher
+from app.feeds.watermarks import SourceWatermarks
+from app.settings import Settings
+from models import definitions
+from models.mbo import instrument_key
+
+MAX_IN_FLIGHT = 512  # unacknowledged messages before the sender waits for the broker
+# An idle partition hears that time moved on once it has moved this far (event time), so
+# markers stay few next to data messages; the end of a replay always tells every partition.
+MARKER_STEP_NS = 100_000_000
+
+
+def raw_producer(settings: Settings, *, paced: bool) -> AIOKafkaProducer:
+    """`paced`: records come at their recorded or live pace, so each send goes at once."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=0 if paced else 5,
+        max_batch_size=max(settings.max_message_bytes + 1024, 1 << 20),
+        max_request_size=settings.max_message_bytes + 65_536,
+        request_timeout_ms=30_000,
+    )
+
+
+@dataclass
+class Delivered:
+    """Records and messages of one source the broker acknowledged."""
+
+    records: int = 0
+    messages: int = 0
+
+
+class SendTally(Protocol):
+    instruments: set[int]
+    markers: int
+    definitions: int
+
+
+@dataclass
+class Tally:
+    instruments: set[int] = field(default_factory=set)
+    markers: int = 0
+    definitions: int = 0
+
+
+class RawSender:
+    """Sends batches, keeps a bounded number in flight, and counts what was acknowledged.
+    `headers`: added to every data message (the live source names its subscription there)."""
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        tally: SendTally,
+        partitions: int,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.summary = tally
+        self.headers = headers or []
+        self.wm = SourceWatermarks(partitions)
+        self.in_flight: deque[tuple[asyncio.Future, int, Delivered | None]] = deque()
+
+    async def step(
+        self, batcher: Batcher, records: np.ndarray, fs: Delivered, *, flush: bool = False
+    ) -> None:
+        """Hand records (in ts_recv order) to the batcher and send what it cuts, each message
+        stamped with its partition's bound; `flush`: every whole event pending goes too."""
+        if len(records):
+            self.wm.read(int(records["ts_recv"][0]))
+        bounds = self.wm.bounds(batcher)  # before the batcher takes them: a lower bound
+        await self.send(batcher.add(records), fs, bounds)
+        if flush:
+            await self.send(batcher.flush_complete(), fs, bounds)
+        if len(records):
+            self.wm.read(int(records["ts_recv"].max()))
+        await self.mark(self.wm.bounds(batcher), MARKER_STEP_NS)
+
+    async def send(
+        self, batches: Iterable[Batch], fs: Delivered, bounds: dict[int, int] | None = None
+    ) -> None:
+        for b in batches:
+            p = self.wm.partition_of(b.instrument_id)
+            headers = self.wm.stamp(p, bounds[p]) if bounds else []
+            fut = await self.producer.send(
+                self.topic,
+                b.records.tobytes(),
+                key=b.key,
+                partition=p,
+                headers=headers + self.headers or None,
+            )
+            self.in_flight.append((fut, len(b.records), fs))
+            self.summary.instruments.add(b.instrument_id)
+            if len(self.in_flight) >= MAX_IN_FLIGHT:
+                await self._settle(MAX_IN_FLIGHT // 2)
+
+    async def define(self, records: Iterable) -> None:
+        """Definitions, each a message of its own to its instrument's partition."""
+        for d in records:
+            p = self.wm.partition_of(d.instrument_id)
+            fut = await self.producer.send(
+                self.topic,
+                definitions.encode(d),
+                key=instrument_key(d.instrument_id),
+                partition=p,
+                headers=self.headers or None,
+            )
+            self.in_flight.append((fut, 0, None))
+            self.summary.definitions += 1
+        await self.drain()
+
+    async def mark(self, bounds: dict[int, int], step: int = 0) -> None:
+        """Markers (no key, no records, the bound in a header) to partitions behind by more
+        than `step`."""
+        for p, bound in self.wm.behind(bounds).items():
+            if self.wm.told.due(p, bound, more_than=step):
+                fut = await self.producer.send(
+                    self.topic, b"", partition=p, headers=self.wm.stamp(p, bound)
+                )
+                self.in_flight.append((fut, 0, None))
+                self.summary.markers += 1
+
+    def pending(self, fs: Delivered) -> int:
+        """Records of `fs` sent and not yet acknowledged."""
+        return sum(n for _, n, s in self.in_flight if s is fs)
+
+    async def _settle(self, keep: int) -> None:
+        while len(self.in_flight) > keep:
+            fut, n, fs = self.in_flight.popleft()
+            await fut  # raises the broker's error; nothing after it is counted as sent
+            if fs is not None:  # None: a watermark marker or a definition
+                fs.records += n
+                fs.messages += 1
+
+    async def drain(self) -> None:
+        await self._settle(0)
