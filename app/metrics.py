@@ -99,3 +99,17 @@ lake_bad_messages = Counter(
     "messages not of their topic's layout, left out of the lake (their offsets still count)",
     ["topic"],
 )
+
+# The live source (`faust -A app live`, app/live/source.py).
+live_records = Counter("tapestream_live_records", "MBO records the live source sent on, new ones")
+live_duplicates = Counter(
+    "tapestream_live_duplicates",
+    "records a resubscription sent again and the live source dropped as already delivered",
+)
+live_reconnects = Counter("tapestream_live_reconnects", "live gateway connections that ended")
+live_gaps = Counter(
+    "tapestream_live_gaps", "gap records written: instruments the gateway could not replay"
+)
+live_lag = Gauge(
+    "tapestream_live_lag_seconds", "wall clock minus ts_recv of the last record sent on"
+)

@@ -1,0 +1,152 @@
+"""Where a restarted live source stopped, read from the raw topic itself.
+
+The topic is the source's only checkpoint: every data message the source sends carries its
+subscription's id in a `src` header, and the producer is idempotent, so each partition holds a
+prefix of what was sent to it, whatever a kill -9 interrupted. Each partition is read backwards
+from its end, in growing steps, until its records of this subscription reach `window_ns` of
+event time below the partition's last one (or the partition's start). The records read give the
+cursor's positions; the partition's floor (last `ts_event` minus the window) stands for every
+instrument of the partition the tail did not show (see `app/live/cursor.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from app.live.cursor import LiveCursor
+from models import definitions
+from models.mbo import MBO_DTYPE, MBO_SIZE
+
+log = logging.getLogger(__name__)
+
+SOURCE_HEADER = "src"
+FIRST_STEP = 256  # messages read back at first; each further step reads four times as many
+MAX_SCAN = 1_000_000  # messages: past this, a partition with none of ours is taken as empty
+
+
+def subscription_id(dataset: str, schema: str, stype_in: str, symbols: list[str]) -> bytes:
+    """Names a subscription in the `src` header: its dataset, schema and symbols, so a restart
+    with the same arguments finds its own messages and no other source's."""
+    text = "|".join([dataset, schema, stype_in, ",".join(sorted(symbols))])
+    return hashlib.sha256(text.encode()).hexdigest()[:16].encode()
+
+
+@dataclass
+class Resumed:
+    cursor: LiveCursor
+    floors: dict[int, int] = field(default_factory=dict)  # partition -> floor (ts_event)
+    records: int = 0  # records of this subscription read back
+    messages_scanned: int = 0
+
+    @property
+    def delivered(self) -> bool:
+        return bool(self.cursor.positions)
+
+
+async def read_positions(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    source: bytes,
+    window_ns: int,
+    partition_of,
+) -> Resumed:
+    """The cursor of subscription `source`, from the tail of each partition of `topic`."""
+    floors: dict[int, int] = {}
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    found: list[np.ndarray] = []
+    scanned = 0
+    try:
+        for p in range(partitions):
+            tp = TopicPartition(topic, p)
+            consumer.assign([tp])
+            begin = (await consumer.beginning_offsets([tp]))[tp]
+            end = (await consumer.end_offsets([tp]))[tp]
+            recs, n, floor = await _scan(consumer, tp, begin, end, source, window_ns)
+            scanned += n
+            if len(recs):
+                found.append(recs)
+            if floor is not None:
+                floors[p] = floor
+    finally:
+        await consumer.stop()
+    cursor = LiveCursor(floor_of=lambda iid: floors.get(partition_of(iid)))
+    total = 0
+    for recs in found:
+        cursor.note_delivered(recs)
+        total += len(recs)
+    return Resumed(cursor, floors, total, scanned)
+
+
+async def _scan(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    begin: int,
+    end: int,
+    source: bytes,
+    window_ns: int,
+) -> tuple[np.ndarray, int, int | None]:
+    """This subscription's records in the tail of one partition (in offset order), messages
+    read, and the partition's floor (None: read to its start, so no floor is needed)."""
+    chunks: list[np.ndarray] = []  # newest step first
+    hi = end
+    step = FIRST_STEP
+    scanned = 0
+    while hi > begin:
+        lo = max(begin, hi - step)
+        recs = await _read_range(consumer, tp, lo, hi, source)
+        scanned += hi - lo
+        if len(recs):
+            chunks.append(recs)
+        hi = lo
+        step *= 4
+        if chunks:
+            last = int(chunks[0]["ts_event"][-1])
+            if int(chunks[-1]["ts_event"][0]) < last - window_ns:
+                ordered = np.concatenate(chunks[::-1])
+                return ordered, scanned, last - window_ns
+        elif scanned >= MAX_SCAN:
+            log.warning(
+                "%s: none of this source's messages in the last %d; taken as empty", tp, scanned
+            )
+            return np.empty(0, MBO_DTYPE), scanned, None
+    ordered = np.concatenate(chunks[::-1]) if chunks else np.empty(0, MBO_DTYPE)
+    return ordered, scanned, None
+
+
+async def _read_range(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, lo: int, hi: int, source: bytes
+) -> np.ndarray:
+    consumer.seek(tp, lo)
+    out: list[np.ndarray] = []
+    pos = lo
+    while pos < hi:
+        batch = await consumer.getmany(tp, timeout_ms=2000, max_records=10_000)
+        msgs = batch.get(tp, [])
+        if not msgs:
+            if await consumer.position(tp) >= hi:
+                break
+            continue
+        for m in msgs:
+            if m.offset >= hi:
+                pos = hi
+                break
+            pos = m.offset + 1
+            value = m.value or b""
+            if not value or definitions.is_definition(value) or len(value) % MBO_SIZE:
+                continue
+            if (SOURCE_HEADER, source) not in list(m.headers or ()):
+                continue
+            out.append(np.frombuffer(value, dtype=MBO_DTYPE))
+    return np.concatenate(out) if out else np.empty(0, MBO_DTYPE)

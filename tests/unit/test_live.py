@@ -1,0 +1,214 @@
+"""The live source's pieces without a broker: the cursor's recovery rule (property-tested
+against streams cut at random points), and the stand-in gateway through the real
+`databento.Live` client: login and refusal, intraday replay, the replay horizon, heartbeats,
+and records of another schema."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import databento as db
+import databento_dbn as dbn
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.commands.live import parse_gateway, parse_time
+from app.feeds.mbo_files import open_mbo
+from app.live.cursor import LiveCursor
+from app.live.gateway import Fault, Feed, GatewayError, StandInGateway
+from models.mbo import MBO_DTYPE
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+ESM4 = DATA / "glbx-mdp3" / "esm4-2024-05-08T00-00-00_00-00-02.mbo.dbn.zst"
+ESM4_DEF = DATA / "glbx-mdp3" / "esm4-2024-05-08.definition.dbn.zst"
+KEY = "db-unit-test-key-00000000000abcde"
+
+
+LATENCY = 25  # the most a record's ts_event trails its place in the stream
+SLACK = 30
+
+
+def _stream(steps: list[tuple[int, int]]) -> np.ndarray:
+    """Records (instrument, latency) in stream order: ts_recv 10 apart, ts_event the latency
+    before it but never before the instrument's previous one (a matching engine's clock), so
+    instruments share and repeat times."""
+    recs = np.zeros(len(steps), dtype=MBO_DTYPE)
+    clock: dict[int, int] = {}
+    for i, (iid, delay) in enumerate(steps):
+        recv = 100 + 10 * i
+        clock[iid] = max(clock.get(iid, 0), recv - delay)
+        recs[i]["instrument_id"] = iid
+        recs[i]["ts_event"] = clock[iid]
+        recs[i]["ts_recv"] = recv
+        recs[i]["order_id"] = i  # tells the records apart
+    return recs
+
+
+def _replay_from(stream: np.ndarray, start: int) -> np.ndarray:
+    """What the gateway sends for `start=`: every record with ts_event >= start, in order."""
+    return stream[stream["ts_event"] >= start]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(st.tuples(st.integers(1, 4), st.integers(0, LATENCY)), min_size=1, max_size=300),
+    cuts=st.lists(st.integers(0, 300), max_size=6),
+    chunk=st.integers(1, 50),
+)
+def test_resubscribing_from_the_cursor_delivers_each_record_once(
+    steps: list[tuple[int, int]], cuts: list[int], chunk: int
+) -> None:
+    stream = _stream(steps)
+    cursor = LiveCursor(slack_ns=SLACK)
+    out: list[np.ndarray] = []
+    # Each connection delivers a prefix of what it is sent (cut at a random point), in chunks.
+    sent = stream
+    for cut in [*sorted(cuts), len(stream)]:
+        delivered = sent[: max(0, cut - (len(stream) - len(sent)))] if cut < len(stream) else sent
+        for i in range(0, len(delivered), chunk):
+            out.append(cursor.admit(delivered[i : i + chunk]))
+        start = cursor.resume_start()
+        sent = stream if start is None else _replay_from(stream, start)
+        cursor.resubscribed()
+    got = np.concatenate(out) if out else np.empty(0, MBO_DTYPE)
+    assert sorted(got["order_id"].tolist()) == list(range(len(stream)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    steps=st.lists(st.tuples(st.integers(1, 6), st.integers(0, LATENCY)), min_size=1, max_size=200),
+    cuts=st.lists(st.integers(0, 200), min_size=3, max_size=3),
+    window=st.integers(LATENCY, 60),
+    partitions=st.integers(1, 3),
+)
+def test_a_restart_from_the_topic_tail_delivers_each_record_once(
+    steps: list[tuple[int, int]], cuts: list[int], window: int, partitions: int
+) -> None:
+    """A killed source leaves each partition a prefix of what it sent (each its own length);
+    the restarted one knows only each partition's tail above its floor."""
+    stream = _stream(steps)
+
+    def part_of(iid: int) -> int:
+        return iid % partitions
+
+    parts = np.array([part_of(int(i)) for i in stream["instrument_id"]])
+    landed = np.arange(len(stream)) < np.array(cuts)[parts]
+    floors: dict[int, int] = {}
+    tail = LiveCursor()
+    for p in range(partitions):
+        mine = stream[landed & (parts == p)]
+        if not len(mine):
+            continue
+        floor = int(mine["ts_event"].max()) - window
+        if int(mine["ts_event"].min()) < floor:  # the scan stopped above the start
+            floors[p] = floor
+            mine = mine[mine["ts_event"] >= floor]
+        tail.note_delivered(mine)
+    cursor = LiveCursor(floor_of=lambda iid: floors.get(part_of(iid)), slack_ns=SLACK)
+    cursor.positions = tail.positions
+    start = cursor.resume_start(list(floors.values()))
+    sent = stream if start is None else _replay_from(stream, start)
+    cursor.resubscribed()
+    after = cursor.admit(sent)
+    got = stream[landed]["order_id"].tolist() + after["order_id"].tolist()
+    assert sorted(got) == list(range(len(stream)))
+
+
+def test_fault_specs_parse_and_bad_ones_are_refused() -> None:
+    assert Fault.parse("stall@12000:20") == Fault("stall", 12000, seconds=20.0)
+    assert Fault.parse("refuse@0:2").count == 2
+    with pytest.raises(GatewayError, match="kind must be one of"):
+        Fault.parse("explode@5")
+    with pytest.raises(GatewayError, match="expected KIND@RECORDS"):
+        Fault.parse("reset@soon")
+
+
+def test_times_and_gateways_parse() -> None:
+    assert parse_time("1715126400000000000") == 1715126400000000000
+    assert parse_time("2024-05-08T00:00:00Z") == 1715126400000000000
+    assert parse_time("2024-05-08T00:00:00") == 1715126400000000000  # UTC without a zone
+    with pytest.raises(ValueError, match="neither nanoseconds"):
+        parse_time("yesterday")
+    assert parse_gateway("127.0.0.1:13001") == ("127.0.0.1", 13001)
+    assert parse_gateway("") == (None, 13000)
+    with pytest.raises(ValueError, match="port must be a number"):
+        parse_gateway("host:x")
+
+
+async def _session(
+    gw: StandInGateway, key: str = KEY, start: int | None = None, limit: int | None = None
+) -> tuple[dict[str, int], list, Exception | None]:
+    client = db.Live(key=key, gateway="127.0.0.1", port=gw.port, heartbeat_interval_s=1)
+    kinds: dict[str, int] = {}
+    records: list = []
+    err: Exception | None = None
+    try:
+        for schema in ("mbo", "definition"):
+            await asyncio.to_thread(
+                client.subscribe, dataset="GLBX.MDP3", schema=schema, symbols=["ESM4"], start=start
+            )
+        async for r in client:
+            kinds[type(r).__name__] = kinds.get(type(r).__name__, 0) + 1
+            records.append(r)
+            if limit is not None and len(records) >= limit:
+                break
+    except Exception as exc:
+        err = exc
+    finally:
+        client.terminate()
+    return kinds, records, err
+
+
+def test_the_stand_in_serves_the_cme_file_to_the_real_client_with_its_definition() -> None:
+    async def run() -> None:
+        gw = StandInGateway(
+            Feed.from_files([str(ESM4_DEF), str(ESM4)]),
+            speed=None,
+            horizon_ns=7 * 86400 * 10**9,
+            faults=[Fault("close", 13_796)],
+            keys=[KEY],
+        )
+        await gw.start()
+        try:
+            first = int(np.concatenate(list(open_mbo(ESM4).chunks()))["ts_event"].min())
+            kinds, records, _ = await _session(gw, start=first)
+            assert kinds["MBOMsg"] == 13_796
+            assert kinds["InstrumentDefMsg"] == 1 and kinds["SymbolMappingMsg"] == 1
+            mbo = b"".join(bytes(r) for r in records if isinstance(r, dbn.MBOMsg))
+            want = np.concatenate(list(open_mbo(ESM4).chunks())).tobytes()
+            assert mbo == want
+            replay_done = [r for r in records if isinstance(r, dbn.SystemMsg)]
+            assert replay_done and replay_done[0].code == dbn.SystemCode.REPLAY_COMPLETED
+
+            # A wrong key is refused at login, with the gateway's words.
+            _, _, err = await _session(gw, key="db-wrong-key-000000000000000xyzab", start=first)
+            assert isinstance(err, db.BentoError) and "Authentication failed" in str(err)
+            # A start before the horizon is refused as aged out.
+            _, records, err = await _session(gw, start=first - 8 * 86400 * 10**9)
+            codes = [r.code for r in records if isinstance(r, dbn.ErrorMsg)]
+            assert codes == [dbn.ErrorCode.REPLAY_DATA_AGED_OUT]
+        finally:
+            await gw.close()
+
+    asyncio.run(run())
+
+
+def test_an_idle_stand_in_sends_heartbeats_and_can_send_another_schema() -> None:
+    async def run() -> None:
+        gw = StandInGateway(
+            Feed.from_files([str(ESM4)]), speed=None, faults=[Fault("wrong_schema", 0)]
+        )
+        await gw.start()
+        try:
+            # Everything is published already and no start is given: nothing but heartbeats.
+            kinds, records, _ = await _session(gw, limit=4)
+            assert kinds.get("MBOMsg", 0) == 0
+            beats = [r for r in records if isinstance(r, dbn.SystemMsg) and r.is_heartbeat()]
+            assert len(beats) >= 1
+        finally:
+            await gw.close()
+
+    asyncio.run(run())
