@@ -99,8 +99,13 @@ class RawSender:
         await self.mark(self.wm.bounds(batcher), MARKER_STEP_NS)
 
     async def send(
-        self, batches: Iterable[Batch], fs: Delivered, bounds: dict[int, int] | None = None
+        self,
+        batches: Iterable[Batch],
+        fs: Delivered,
+        bounds: dict[int, int] | None = None,
+        extra: list[tuple[str, bytes]] | None = None,
     ) -> None:
+        """`extra`: headers for these messages only."""
         for b in batches:
             p = self.wm.partition_of(b.instrument_id)
             headers = self.wm.stamp(p, bounds[p]) if bounds else []
@@ -109,7 +114,7 @@ class RawSender:
                 b.records.tobytes(),
                 key=b.key,
                 partition=p,
-                headers=headers + self.headers or None,
+                headers=headers + self.headers + (extra or []) or None,
             )
             self.in_flight.append((fut, len(b.records), fs))
             self.summary.instruments.add(b.instrument_id)
@@ -151,6 +156,16 @@ class RawSender:
             fut, n, fs = self.in_flight.popleft()
             await fut  # raises the broker's error; nothing after it is counted as sent
             if fs is not None:  # None: a watermark marker or a definition
+                fs.records += n
+                fs.messages += 1
+
+    def settle_done(self) -> None:
+        """Count what the broker has acknowledged so far, without waiting (a long-running
+        source reports it while idle)."""
+        while self.in_flight and self.in_flight[0][0].done():
+            fut, n, fs = self.in_flight.popleft()
+            fut.result()  # raises the broker's error
+            if fs is not None:
                 fs.records += n
                 fs.messages += 1
 

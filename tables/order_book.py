@@ -222,6 +222,16 @@ class OrderBook:
         lvs = self._levels[side]
         return [(p, lvs[p].size, lvs[p].count) for p in chosen]
 
+    def resting(self, side: int) -> list[tuple[int, int, int]]:
+        """(order id, price, size) of every order on a side, best level first, each level in
+        queue priority: the order a snapshot lists them in."""
+        out = []
+        for price, _, _ in self.levels(side, len(self._prices[side])):
+            out.extend(
+                (oid, price, self.orders[oid][2]) for oid in self._levels[side][price].orders
+            )
+        return out
+
     def level_rank(self, side: int, price: int) -> int:
         """How many better levels the side has than `price` (0 = at or better than the touch)."""
         prices = self._prices[side]

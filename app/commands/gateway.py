@@ -56,7 +56,11 @@ async def gateway(
         port=port,
     )
     bound = await gw.start()
-    print(f"stand-in gateway for {feed.dataset} on 127.0.0.1:{bound}", flush=True)
+    print(
+        f"stand-in gateway for {feed.dataset} on 127.0.0.1:{bound}, first record published at "
+        f"{gw.t0_epoch:.6f}",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for s in (signal.SIGINT, signal.SIGTERM):

@@ -64,7 +64,7 @@ async def _serve_status(source: LiveSource, port: int) -> web.AppRunner:
             "status": source.status,
             "subscription": source.source.decode(),
             "symbols": source.cfg.symbols,
-            "resume_from_ts_event": source.cursor.resume_start(list(source.floors.values())),
+            "resume_from_ts_event": source.cursor.resume_start(),
             "instruments": len(source.cursor.positions),
             **source.stats.as_dict(),
         }
@@ -93,6 +93,12 @@ async def _serve_status(source: LiveSource, port: int) -> web.AppRunner:
     option("--heartbeat", type=int, default=30, help="Gateway heartbeat interval, seconds."),
     option("--stall-timeout", type=float, default=0.0, help="Silence that ends a connection."),
     option("--no-definitions", is_flag=True, default=False, help="Do not subscribe them."),
+    option(
+        "--resume-window",
+        type=float,
+        default=10.0,
+        help="Seconds a ts_event may trail the stream: the resume point reaches back this far.",
+    ),
     option("--web-port", type=int, default=0, help="Serve /status and /metrics (0: none)."),
 )
 async def live(
@@ -107,6 +113,7 @@ async def live(
     heartbeat: int,
     stall_timeout: float,
     no_definitions: bool,
+    resume_window: float,
     web_port: int,
 ) -> None:
     """Stream Databento live MBO to the raw MBO topic, gap-free across reconnects and restarts."""
@@ -114,8 +121,8 @@ async def live(
         exit_with(f"--schema {schema}: only mbo is supported", 2)
     if start and snapshot:
         exit_with("give --start or --snapshot, not both", 2)
-    if heartbeat < 1 or stall_timeout < 0:
-        exit_with("--heartbeat must be at least 1 and --stall-timeout positive", 2)
+    if heartbeat < 1 or stall_timeout < 0 or resume_window < 0:
+        exit_with("--heartbeat must be at least 1; --stall-timeout, --resume-window positive", 2)
     try:
         start_ns = parse_time(start) if start else None
         host, port = parse_gateway(gateway or os.environ.get("TAPESTREAM_LIVE_GATEWAY", ""))
@@ -132,6 +139,7 @@ async def live(
         port=port,
         heartbeat_s=heartbeat,
         stall_s=stall_timeout or None,
+        resume_window_ns=int(resume_window * 1e9),
     )
     topic = settings.topic(RAW_MBO_BASE)
     try:

@@ -37,7 +37,8 @@ import numpy as np
 
 from app.feeds.mbo_files import is_definition_file, open_mbo, read_definitions
 from models import definitions as defs
-from models.mbo import MBO_DTYPE
+from models.mbo import F_LAST, F_SNAPSHOT, MBO_DTYPE, MBO_RTYPE, MBO_SIZE, UNDEF_PRICE
+from tables.order_book import OrderBook
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,7 @@ class StandInGateway:
     # -- serving ----------------------------------------------------------------------------
     async def start(self) -> int:
         self._t0_wall = time.monotonic()
+        self.t0_epoch = time.time()  # when the first record was published, wall clock
         self._server = await asyncio.start_server(self._session, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("stand-in gateway on %s:%d, %d records", self.host, self.port, len(self._recv))
@@ -361,6 +363,13 @@ class StandInGateway:
         writer.write(bytes(out))
         await writer.drain()
         ids = np.fromiter(wanted, dtype=np.uint32) if wanted else np.empty(0, np.uint32)
+        if start is None and any(s.snapshot for s in mbo):
+            pos = self.published()
+            snap = self.snapshot(ids, pos)
+            writer.write(snap.tobytes())
+            await writer.drain()
+            await self._send_range(writer, ids, pos, None, heartbeat_s)
+            return
         if start is not None:
             pos = 0
             replay_end = self.published()
@@ -431,6 +440,57 @@ class StandInGateway:
                 await asyncio.sleep(0.05)
             elif pos % (SEND_RECORDS * 16) == 0:
                 await asyncio.sleep(0)  # other sessions get a turn
+
+    def snapshot(self, ids: np.ndarray, published: int) -> np.ndarray:
+        """Each instrument's book as of the first `published` records, as Databento sends an
+        MBO snapshot: an R, then one add per resting order in priority, best levels first,
+        flagged F_SNAPSHOT, F_LAST on the last."""
+        recs = self.feed.records[:published]
+        recs = recs[np.isin(recs["instrument_id"], ids)]
+        books: dict[tuple[int, int], OrderBook] = {}
+        seqs: dict[tuple[int, int], int] = {}
+        for r in recs:
+            key = (int(r["publisher_id"]), int(r["instrument_id"]))
+            book = books.get(key)
+            if book is None:
+                book = books[key] = OrderBook(*key)
+            book.apply(
+                int(r["action"]),
+                int(r["side"]),
+                int(r["price"]),
+                int(r["size"]),
+                int(r["order_id"]),
+                int(r["flags"]),
+            )
+            seqs[key] = int(r["sequence"])
+        now = self._now_ns()
+        rows: list[tuple] = []
+        for (pub, iid), book in sorted(books.items()):
+            event = [(ord("R"), ord("N"), UNDEF_PRICE, 0, 0)]
+            for side in (ord("B"), ord("A")):
+                event += [(ord("A"), side, px, size, oid) for oid, px, size in book.resting(side)]
+            for i, (action, side, price, size, oid) in enumerate(event):
+                flags = F_SNAPSHOT | (F_LAST if i == len(event) - 1 else 0)
+                rows.append(
+                    (
+                        MBO_SIZE // 4,
+                        MBO_RTYPE,
+                        pub,
+                        iid,
+                        now,
+                        oid,
+                        price,
+                        size,
+                        flags,
+                        0,
+                        action,
+                        side,
+                        now,
+                        0,
+                        seqs[(pub, iid)],
+                    )
+                )
+        return np.array(rows, dtype=MBO_DTYPE)
 
     def _next_fault_at(self, pos: int) -> int:
         """A chunk ends where the next scheduled fault is due, so it lands on its count."""

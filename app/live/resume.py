@@ -13,20 +13,30 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.live.cursor import LiveCursor
 from models import definitions
-from models.mbo import MBO_DTYPE, MBO_SIZE
+from models.mbo import F_SNAPSHOT, MBO_DTYPE, MBO_SIZE
 
 log = logging.getLogger(__name__)
 
 SOURCE_HEADER = "src"
+# A gap marker (app/live/source.py) is the source's own record, not the gateway's: it has no
+# place in the recovery rule's counts.
+GAP_HEADER = "gap"
 FIRST_STEP = 256  # messages read back at first; each further step reads four times as many
 MAX_SCAN = 1_000_000  # messages: past this, a partition with none of ours is taken as empty
+READ_TIMEOUT_S = 60.0
+
+
+class ResumeError(Exception):
+    pass
 
 
 def subscription_id(dataset: str, schema: str, stype_in: str, symbols: list[str]) -> bytes:
@@ -39,13 +49,12 @@ def subscription_id(dataset: str, schema: str, stype_in: str, symbols: list[str]
 @dataclass
 class Resumed:
     cursor: LiveCursor
-    floors: dict[int, int] = field(default_factory=dict)  # partition -> floor (ts_event)
     records: int = 0  # records of this subscription read back
     messages_scanned: int = 0
 
     @property
     def delivered(self) -> bool:
-        return bool(self.cursor.positions)
+        return bool(self.cursor.tails)
 
 
 async def read_positions(
@@ -54,9 +63,10 @@ async def read_positions(
     partitions: int,
     source: bytes,
     window_ns: int,
-    partition_of,
+    partition_of: Callable[[int], int],
 ) -> Resumed:
     """The cursor of subscription `source`, from the tail of each partition of `topic`."""
+    tails: dict[int, int] = {}
     floors: dict[int, int] = {}
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -77,16 +87,25 @@ async def read_positions(
             scanned += n
             if len(recs):
                 found.append(recs)
+                tails[p] = _last_event(recs)
             if floor is not None:
                 floors[p] = floor
     finally:
         await consumer.stop()
-    cursor = LiveCursor(floor_of=lambda iid: floors.get(partition_of(iid)))
+    cursor = LiveCursor(window_ns, tails, floors, partition_of)
     total = 0
     for recs in found:
         cursor.note_delivered(recs)
         total += len(recs)
-    return Resumed(cursor, floors, total, scanned)
+    cursor.forget_below_floors()
+    return Resumed(cursor, total, scanned)
+
+
+def _last_event(recs: np.ndarray) -> int:
+    """The highest ts_event of records other than a snapshot's (those carry their orders'
+    own times); a tail of snapshot records alone counts from its receipt."""
+    live = recs["ts_event"][(recs["flags"] & F_SNAPSHOT) == 0]
+    return int(live.max()) if len(live) else int(recs["ts_recv"].max())
 
 
 async def _scan(
@@ -98,7 +117,11 @@ async def _scan(
     window_ns: int,
 ) -> tuple[np.ndarray, int, int | None]:
     """This subscription's records in the tail of one partition (in offset order), messages
-    read, and the partition's floor (None: read to its start, so no floor is needed)."""
+    read, and the partition's floor (None: read to its start, so no floor is needed).
+
+    The scan goes back until a record was received (ts_recv) below the floor: every record
+    before it was received earlier still, so its ts_event, which never exceeds its ts_recv, is
+    below the floor too, and every record at or above the floor has been read."""
     chunks: list[np.ndarray] = []  # newest step first
     hi = end
     step = FIRST_STEP
@@ -112,10 +135,9 @@ async def _scan(
         hi = lo
         step *= 4
         if chunks:
-            last = int(chunks[0]["ts_event"][-1])
-            if int(chunks[-1]["ts_event"][0]) < last - window_ns:
-                ordered = np.concatenate(chunks[::-1])
-                return ordered, scanned, last - window_ns
+            floor = _last_event(np.concatenate(chunks)) - window_ns
+            if int(chunks[-1]["ts_recv"].min()) < floor:
+                return np.concatenate(chunks[::-1]), scanned, floor
         elif scanned >= MAX_SCAN:
             log.warning(
                 "%s: none of this source's messages in the last %d; taken as empty", tp, scanned
@@ -131,8 +153,11 @@ async def _read_range(
     consumer.seek(tp, lo)
     out: list[np.ndarray] = []
     pos = lo
+    deadline = time.monotonic() + READ_TIMEOUT_S
     while pos < hi:
-        batch = await consumer.getmany(tp, timeout_ms=2000, max_records=10_000)
+        if time.monotonic() > deadline:
+            raise ResumeError(f"{tp}: offsets {pos}..{hi} not readable in {READ_TIMEOUT_S:.0f} s")
+        batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
         msgs = batch.get(tp, [])
         if not msgs:
             if await consumer.position(tp) >= hi:
@@ -146,7 +171,8 @@ async def _read_range(
             value = m.value or b""
             if not value or definitions.is_definition(value) or len(value) % MBO_SIZE:
                 continue
-            if (SOURCE_HEADER, source) not in list(m.headers or ()):
+            headers = list(m.headers or ())
+            if (SOURCE_HEADER, source) not in headers or any(k == GAP_HEADER for k, _ in headers):
                 continue
             out.append(np.frombuffer(value, dtype=MBO_DTYPE))
     return np.concatenate(out) if out else np.empty(0, MBO_DTYPE)

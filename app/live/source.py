@@ -35,15 +35,22 @@ import databento as db
 import databento_dbn as dbn
 import numpy as np
 import orjson
+from aiokafka.errors import KafkaError
 
 from app import metrics
 from app.dead_letters import letter
-from app.feeds.batching import Batcher
+from app.feeds.batching import Batch, Batcher
 from app.live.cursor import LiveCursor
-from app.live.resume import SOURCE_HEADER, Resumed, read_positions, subscription_id
+from app.live.resume import (
+    GAP_HEADER,
+    SOURCE_HEADER,
+    Resumed,
+    read_positions,
+    subscription_id,
+)
 from app.raw_sender import Delivered, RawSender, Tally, raw_producer
 from app.settings import Settings
-from models.mbo import MBO_DTYPE, MBO_SIZE
+from models.mbo import F_LAST, F_MAYBE_BAD_BOOK, MBO_DTYPE, MBO_SIZE, UNDEF_PRICE
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,8 @@ class LiveConfig:
     stall_s: float | None = None  # silence that ends a connection; default heartbeat + 10 s
     backoff_s: float = 0.5
     backoff_max_s: float = 30.0
+    # how far a record's ts_event may trail its place in the stream: the resume point's slack
+    # and the depth of the topic's tail read back at a restart
     resume_window_ns: int = 10_000_000_000
     snapshot_on_gap: bool = True
 
@@ -93,6 +102,7 @@ class LiveStats:
     dead_letters: int = 0
     definitions: int = 0
     heartbeats: int = 0
+    broker_errors: int = 0
     resumed_records: int = 0  # records of this subscription read back from the topic at start
     last_error: str = ""
     tally: Tally = field(default_factory=Tally)
@@ -116,8 +126,12 @@ class LiveSource:
         self.topic = topic
         self.stats = LiveStats()
         self.source = subscription_id(cfg.dataset, cfg.schema, cfg.stype_in, cfg.symbols)
-        self.cursor = LiveCursor()
-        self.floors: dict[int, int] = {}
+        self.cursor = LiveCursor(cfg.resume_window_ns)
+        self._pending: list[bytes] = []
+        self._pending_since = 0.0
+        self._last_record = 0.0
+        self._stalled = False
+        self._flush_lock = asyncio.Lock()
         self._defined: set[bytes] = set()
         self._gap_pending: dict[int, int] = {}  # instrument -> last ts_event before a hole
         self._aged_out = False
@@ -125,6 +139,27 @@ class LiveSource:
         logging.getLogger("databento").setLevel(max(logging.INFO, log.getEffectiveLevel()))
 
     async def run(self, stop: asyncio.Event, partitions: int) -> LiveStats:
+        """Until `stop`. A broker error loses track of what was sent, so the source starts
+        over from what the topic holds, as a restarted process would."""
+        delay = self.cfg.backoff_s
+        try:
+            while not stop.is_set():
+                try:
+                    await self._run_once(stop, partitions)
+                    break
+                except KafkaError as exc:
+                    self.stats.broker_errors += 1
+                    self.stats.last_error = repr(exc)[:300]
+                    log.error("the broker failed a send (%r): resuming from the topic", exc)
+                    self.status = "resuming"
+                    with _suppress_timeout():
+                        await asyncio.wait_for(stop.wait(), delay)
+                    delay = min(delay * 2, self.cfg.backoff_max_s)
+        finally:
+            self.status = "stopped"
+        return self.stats
+
+    async def _run_once(self, stop: asyncio.Event, partitions: int) -> None:
         producer = raw_producer(self.settings, paced=True)
         await producer.start()
         self._producer = producer
@@ -132,6 +167,7 @@ class LiveSource:
             producer, self.topic, self.stats.tally, partitions, [(SOURCE_HEADER, self.source)]
         )
         self.batcher = Batcher(self.settings.batch_records, self.settings.max_message_bytes)
+        self._pending = []
         try:
             resumed = await read_positions(
                 self.settings.bootstrap_servers,
@@ -145,28 +181,25 @@ class LiveSource:
             await self._loop(stop)
             await self._flush_all()
         finally:
-            self.status = "stopped"
-            await producer.stop()
-        return self.stats
+            with contextlib.suppress(Exception):
+                await producer.stop()
 
     def _resume(self, resumed: Resumed) -> None:
         self.cursor = resumed.cursor
-        self.floors = resumed.floors
         self.stats.resumed_records = resumed.records
         if resumed.delivered:
             log.info(
                 "resuming %s: %d instruments delivered, from ts_event %s",
                 self.source.decode(),
                 len(resumed.cursor.positions),
-                self.cursor.resume_start(list(self.floors.values())),
+                self.cursor.resume_start(),
             )
 
     def _start(self) -> int | None:
         if self._aged_out:
             return None
-        if self.cursor.positions or self.floors:
-            return self.cursor.resume_start(list(self.floors.values()))
-        return self.cfg.start
+        start = self.cursor.resume_start()
+        return start if start is not None else self.cfg.start
 
     async def _loop(self, stop: asyncio.Event) -> None:
         delay = self.cfg.backoff_s
@@ -175,10 +208,12 @@ class LiveSource:
             before = self.stats.records
             try:
                 await self._session(stop)
+            except KafkaError:
+                raise
             except db.BentoError as exc:
                 self._note_error(str(exc))
-            except (TimeoutError, OSError) as exc:
-                self._note_error(repr(exc))
+            except Exception as exc:  # the client fails in many ways as a connection drops
+                self._note_error(f"{type(exc).__name__}: {exc}")
             if stop.is_set():
                 break
             if self.stats.records > before:
@@ -206,12 +241,12 @@ class LiveSource:
             heartbeat_interval_s=cfg.heartbeat_s,
         )
         start = self._start()
-        snapshot = cfg.snapshot if start is None and not self.cursor.positions else False
+        snapshot = cfg.snapshot if start is None and self.cursor.high is None else False
         if self._aged_out:
             snapshot = cfg.snapshot_on_gap
         try:
             await asyncio.to_thread(self._subscribe, client, start, snapshot)
-            self.cursor.resubscribed()
+            self.cursor.resubscribed(snapshot)
             self.status = "streaming"
             await self._consume(client, stop)
         finally:
@@ -244,58 +279,55 @@ class LiveSource:
         )
 
     async def _consume(self, client: db.Live, stop: asyncio.Event) -> None:
+        """Read the session's records until it ends. The loop only reads: flushing on time,
+        counting acknowledgements and noticing a stall or a stop are the watcher's, so a
+        record costs no timer of its own."""
         it = client.__aiter__()
-        self._pending: list[bytes] = []
-        self._pending_since = 0.0
-        stop_wait = asyncio.ensure_future(stop.wait())
-        nxt: asyncio.Future | None = None
-        quiet_since = time.monotonic()
+        self._last_record = time.monotonic()
+        self._stalled = False
+        watcher = asyncio.create_task(self._watch(client, stop))
+        mbo = dbn.MBOMsg
         try:
-            while not stop.is_set():
-                if nxt is None:
-                    # One read stays outstanding across flushes: cancelling it could leave
-                    # the client's iterator closed under a record.
-                    nxt = asyncio.ensure_future(it.__anext__())
-                timeout = self.cfg.stall_timeout - (time.monotonic() - quiet_since)
-                if self._pending:
-                    timeout = min(timeout, self._pending_since + FLUSH_S - time.monotonic())
-                done, _ = await asyncio.wait(
-                    {nxt, stop_wait}, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED
-                )
-                if stop.is_set():
-                    return
-                if nxt not in done:
-                    if self._pending:
-                        await self._flush_pending()
-                        continue
-                    if time.monotonic() - quiet_since < self.cfg.stall_timeout:
-                        continue
-                    self.stats.stalls += 1
-                    raise db.BentoError(
-                        f"no data for {self.cfg.stall_timeout:.1f} s: the gateway stalled"
-                    )
-                fut, nxt = nxt, None
+            while True:
                 try:
-                    record = fut.result()
+                    record = await it.__anext__()
                 except (StopAsyncIteration, ValueError):  # the connection ended
-                    return
-                quiet_since = time.monotonic()
-                await self._take(record)
-                if len(self._pending) >= FLUSH_RECORDS:
-                    await self._flush_pending()
+                    break
+                self._last_record = time.monotonic()
+                if type(record) is mbo:
+                    # self._pending each time: the watcher swaps it while the read waits
+                    if not self._pending:
+                        self._pending_since = self._last_record
+                    self._pending.append(bytes(record))
+                    if len(self._pending) >= FLUSH_RECORDS:
+                        await self._flush_pending()
+                else:
+                    await self._take(record)
         finally:
-            stop_wait.cancel()
-            if nxt is not None:
-                nxt.cancel()
-                with contextlib.suppress(BaseException):
-                    await nxt
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if self._stalled:
+            self.stats.stalls += 1
+            raise db.BentoError(f"no data for {self.cfg.stall_timeout:.1f} s: the gateway stalled")
+
+    async def _watch(self, client: db.Live, stop: asyncio.Event) -> None:
+        """Every tick: flush records that waited long enough, count acknowledgements, and end
+        the connection on a stop or a stall."""
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            now = time.monotonic()
+            if stop.is_set() or now - self._last_record > self.cfg.stall_timeout:
+                self._stalled = not stop.is_set()
+                client.terminate()
+                return
+            if self._pending and now - self._pending_since >= FLUSH_S:
+                await self._flush_pending()
+            self.sender.settle_done()
 
     async def _take(self, record: object) -> None:
-        if isinstance(record, dbn.MBOMsg):
-            if not self._pending:
-                self._pending_since = time.monotonic()
-            self._pending.append(bytes(record))
-        elif isinstance(record, dbn.InstrumentDefMsg):
+        """A record other than MBO."""
+        if isinstance(record, dbn.InstrumentDefMsg):
             await self._define(record)
         elif isinstance(record, dbn.SystemMsg):
             if record.is_heartbeat():
@@ -325,11 +357,16 @@ class LiveSource:
             return
         self._aged_out = True
         self._gap_pending = {iid: ts for iid, (ts, _) in self.cursor.positions.items()}
-        self.cursor = LiveCursor()  # nothing from now on can be a repeat
-        self.floors = {}
+        self.cursor = LiveCursor(self.cfg.resume_window_ns)  # nothing is a repeat now
 
     async def _flush_pending(self) -> None:
-        if not getattr(self, "_pending", None):
+        """Send what is pending. The reader and the watcher both flush; the lock keeps their
+        sends in the order the records came."""
+        async with self._flush_lock:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
+        if not self._pending:
             return
         raw = b"".join(self._pending)
         self._pending = []
@@ -344,6 +381,7 @@ class LiveSource:
             return
         if self._gap_pending:
             await self._write_gaps(fresh)
+        self._aged_out = False  # records flow again: later reconnects replay from the cursor
         self.stats.records += len(fresh)
         self.stats.bytes += len(fresh) * MBO_SIZE
         metrics.live_records.inc(len(fresh))
@@ -352,24 +390,43 @@ class LiveSource:
         await self.sender.step(self.batcher, fresh, self.stats.delivered, flush=True)
 
     async def _write_gaps(self, fresh: np.ndarray) -> None:
+        """For each instrument past a hole: a gap record on the gaps topic, and ahead of its
+        records a marker on the raw topic (action N, F_MAYBE_BAD_BOOK) that leaves its books
+        suspect until their next clear, which the snapshot brings when there is one."""
         iids = fresh["instrument_id"]
-        for iid in np.unique(iids):
-            before = self._gap_pending.pop(int(iid), None)
-            if before is None:
-                continue
-            after = int(fresh["ts_event"][np.flatnonzero(iids == iid)[0]])
+        gapped = [int(i) for i in np.unique(iids) if int(i) in self._gap_pending]
+        if not gapped:
+            return
+        # what the batcher holds came before the hole, so it goes before the markers
+        await self.sender.send(self.batcher.flush_all(), self.stats.delivered)
+        for iid in gapped:
+            before = self._gap_pending.pop(iid)
+            first = fresh[np.flatnonzero(iids == iid)[0]]
+            after = int(first["ts_recv"])  # a snapshot's ts_event is its order's, not now
             gap = {
-                "instrument_id": int(iid),
+                "instrument_id": iid,
                 "from_ts_event": before,
-                "to_ts_event": after,
+                "to_ts_recv": after,
                 "reason": "the gateway could not replay from the resume point",
             }
             await self._producer.send_and_wait(
-                self.settings.topic(GAPS_TOPIC), orjson.dumps(gap), key=str(int(iid)).encode()
+                self.settings.topic(GAPS_TOPIC), orjson.dumps(gap), key=str(iid).encode()
+            )
+            marker = np.zeros(1, dtype=MBO_DTYPE)
+            for name in ("length", "rtype", "publisher_id", "instrument_id", "ts_event", "ts_recv"):
+                marker[name] = first[name]
+            marker["price"] = UNDEF_PRICE
+            marker["action"] = marker["side"] = ord("N")
+            marker["flags"] = F_MAYBE_BAD_BOOK | F_LAST
+            await self.sender.send(
+                [Batch(iid, marker)],
+                self.stats.delivered,
+                self.sender.wm.bounds(self.batcher),
+                extra=[(GAP_HEADER, b"1")],
             )
             self.stats.gaps += 1
             metrics.live_gaps.inc()
-            log.warning("gap in instrument %d: ts_event %d to %d", iid, before, after)
+            log.warning("gap in instrument %d: from ts_event %d to ts_recv %d", iid, before, after)
 
     async def _dead_letter(self, record: object) -> None:
         payload = bytes(record)  # type: ignore[call-overload]

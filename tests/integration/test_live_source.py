@@ -253,3 +253,66 @@ def test_the_cme_file_comes_through_the_live_path_byte_for_byte(
     )
     defs = [m for m in msgs if m[1] and m[1][1] == 0x13]
     assert len(defs) == 1 and defs[0][0] == b"5602"
+
+
+def test_a_restart_past_the_replay_horizon_writes_gaps_and_a_snapshot_repairs_the_books(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    src = tmp_path / "gap.mbo.dbn"
+    truth = write(
+        src,
+        GenConfig(records=60_000, instruments=6, events_per_second=3_000, orders_per_instrument=60),
+    )
+    first = int(np.concatenate(list(open_mbo(src).chunks()))["ts_event"].min())
+    port = free_port()
+    w = deployment.worker()
+    # About 20 s at the recorded pace; the gateway replays only the last 5 s, and the source
+    # is down for 6.
+    gw = _gateway(
+        deployment, port, str(src), "--dataset", "GLBX.MDP3", "--speed", "1", "--horizon", "5"
+    )
+    args = (
+        "--dataset",
+        "GLBX.MDP3",
+        "--symbols",
+        "ALL_SYMBOLS",
+        "--start",
+        str(first),
+        "--resume-window",
+        "0.5",
+    )
+    bootstrap = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
+    try:
+        live = _live(deployment, port, *args)
+        time.sleep(7)
+        live.kill()
+        live.wait(timeout=10)
+        time.sleep(6)
+        live = _live(deployment, port, *args)
+
+        def books_done() -> bool:
+            for iid, t in truth["instruments"].items():
+                view = w.get(f"/books/{iid}/", depth=1)
+                if view["books"][0]["last_sequence"] != t["last_sequence"]:
+                    return False
+            return True
+
+        wait_for(lambda: w.alive() and books_done(), 90, "the worker's books up to date")
+    finally:
+        live.terminate()
+        live.wait(timeout=30)
+        gw.terminate()
+        gw.wait(timeout=10)
+    for iid, t in truth["instruments"].items():
+        book = w.get(f"/books/{iid}/", depth=1000)["books"][0]
+        assert book["bids"] == t["bids"], iid
+        assert book["asks"] == t["asks"], iid
+        assert not book["suspect"], iid
+    gaps = [
+        orjson.loads(v)
+        for _, v, _, _ in consume_all(bootstrap, f"{deployment.prefix}live.gaps", timeout=10)
+    ]
+    assert sorted(g["instrument_id"] for g in gaps) == sorted(map(int, truth["instruments"]))
+    assert all(g["from_ts_event"] < g["to_ts_recv"] for g in gaps)
+    markers = [m for m in _consume(bootstrap, f"{deployment.prefix}mbo.raw") if "gap" in m[4]]
+    assert len(markers) == len(truth["instruments"])

@@ -19,7 +19,7 @@ from app.commands.live import parse_gateway, parse_time
 from app.feeds.mbo_files import open_mbo
 from app.live.cursor import LiveCursor
 from app.live.gateway import Fault, Feed, GatewayError, StandInGateway
-from models.mbo import MBO_DTYPE
+from models.mbo import F_SNAPSHOT, MBO_DTYPE
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 ESM4 = DATA / "glbx-mdp3" / "esm4-2024-05-08T00-00-00_00-00-02.mbo.dbn.zst"
@@ -62,7 +62,7 @@ def test_resubscribing_from_the_cursor_delivers_each_record_once(
     steps: list[tuple[int, int]], cuts: list[int], chunk: int
 ) -> None:
     stream = _stream(steps)
-    cursor = LiveCursor(slack_ns=SLACK)
+    cursor = LiveCursor(SLACK)
     out: list[np.ndarray] = []
     # Each connection delivers a prefix of what it is sent (cut at a random point), in chunks.
     sent = stream
@@ -83,9 +83,10 @@ def test_resubscribing_from_the_cursor_delivers_each_record_once(
     cuts=st.lists(st.integers(0, 200), min_size=3, max_size=3),
     window=st.integers(LATENCY, 60),
     partitions=st.integers(1, 3),
+    extra=st.integers(0, 40),
 )
 def test_a_restart_from_the_topic_tail_delivers_each_record_once(
-    steps: list[tuple[int, int]], cuts: list[int], window: int, partitions: int
+    steps: list[tuple[int, int]], cuts: list[int], window: int, partitions: int, extra: int
 ) -> None:
     """A killed source leaves each partition a prefix of what it sent (each its own length);
     the restarted one knows only each partition's tail above its floor."""
@@ -96,25 +97,48 @@ def test_a_restart_from_the_topic_tail_delivers_each_record_once(
 
     parts = np.array([part_of(int(i)) for i in stream["instrument_id"]])
     landed = np.arange(len(stream)) < np.array(cuts)[parts]
+    tails: dict[int, int] = {}
     floors: dict[int, int] = {}
-    tail = LiveCursor()
+    read: list[np.ndarray] = []
     for p in range(partitions):
         mine = stream[landed & (parts == p)]
         if not len(mine):
             continue
-        floor = int(mine["ts_event"].max()) - window
-        if int(mine["ts_event"].min()) < floor:  # the scan stopped above the start
+        tails[p] = int(mine["ts_event"].max())
+        floor = tails[p] - window
+        if int(mine["ts_recv"].min()) < floor:  # the scan stopped above the start
             floors[p] = floor
-            mine = mine[mine["ts_event"] >= floor]
-        tail.note_delivered(mine)
-    cursor = LiveCursor(floor_of=lambda iid: floors.get(part_of(iid)), slack_ns=SLACK)
-    cursor.positions = tail.positions
-    start = cursor.resume_start(list(floors.values()))
+            mine = mine[mine["ts_recv"] >= floor - extra]  # whole messages: some from below
+        read.append(mine)
+    cursor = LiveCursor(window, tails, floors, part_of)
+    for mine in read:
+        cursor.note_delivered(mine)
+    cursor.forget_below_floors()
+    start = cursor.resume_start()
     sent = stream if start is None else _replay_from(stream, start)
     cursor.resubscribed()
     after = cursor.admit(sent)
     got = stream[landed]["order_id"].tolist() + after["order_id"].tolist()
     assert sorted(got) == list(range(len(stream)))
+
+
+def test_a_quiet_instrument_does_not_hold_the_resume_point_back() -> None:
+    cursor = LiveCursor(SLACK)
+    cursor.admit(_stream([(1, 0)] + [(2, 0)] * 500))  # instrument 1 once, 2 for long after
+    assert cursor.positions[1][0] == 100
+    assert cursor.resume_start() == cursor.high - SLACK > 4000
+
+
+def test_a_fresh_snapshot_moves_no_position_and_is_never_dropped() -> None:
+    cursor = LiveCursor(SLACK)
+    cursor.admit(_stream([(1, 0)] * 3))
+    before = dict(cursor.positions), cursor.high
+    snap = _stream([(1, 0)] * 4)
+    snap["flags"] = F_SNAPSHOT
+    snap["ts_event"] = 5  # the orders' own, older times
+    cursor.resubscribed(snapshot=True)
+    assert len(cursor.admit(snap)) == 4
+    assert (dict(cursor.positions), cursor.high) == before
 
 
 def test_fault_specs_parse_and_bad_ones_are_refused() -> None:
