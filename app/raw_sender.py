@@ -142,7 +142,7 @@ class RawSender:
         for p, bound in self.wm.behind(bounds).items():
             if self.wm.told.due(p, bound, more_than=step):
                 fut = await self.producer.send(
-                    self.topic, b"", partition=p, headers=self.wm.stamp(p, bound)
+                    self.topic, b"", partition=p, headers=self.wm.stamp(p, bound) + self.headers
                 )
                 self.in_flight.append((fut, 0, None))
                 self.summary.markers += 1

@@ -16,7 +16,8 @@ go out when nothing else did for the session's heartbeat interval.
 
 Faults are scheduled by the count of MBO records served over all sessions (`Fault`), or asked
 for at any time (`inject`): reset the connection, close it cleanly, stall (send nothing, not even
-heartbeats), refuse the next logins, slow down, or send bytes that are not a record.
+heartbeats), refuse the next logins, slow down, send bytes that are not a record, half a record,
+a record of no known type, or a record of another schema.
 """
 
 from __future__ import annotations
@@ -46,7 +47,17 @@ VERSION = "0.0.0-tapestream-standin"
 DEFAULT_HEARTBEAT_S = 30
 DEFAULT_HORIZON_NS = 24 * 3600 * 1_000_000_000
 SEND_RECORDS = 2048  # MBO records per socket write
-FAULT_KINDS = ("reset", "close", "stall", "refuse", "slow", "garbage", "wrong_schema")
+FAULT_KINDS = (
+    "reset",
+    "close",
+    "stall",
+    "refuse",
+    "slow",
+    "garbage",
+    "torn",
+    "unknown_rtype",
+    "wrong_schema",
+)
 
 
 class GatewayError(Exception):
@@ -67,8 +78,8 @@ class Fault:
     @classmethod
     def parse(cls, spec: str) -> Fault:
         """`KIND@AFTER[:ARG]`: reset@5000, close@9000, stall@12000:20 (seconds),
-        refuse@0:2 (logins), slow@3000:500 (records/s, for 5 s), garbage@7000,
-        wrong_schema@8000."""
+        refuse@0:2 (logins), slow@3000:500 (records/s, for 5 s), garbage@7000, torn@7500,
+        unknown_rtype@7800, wrong_schema@8000."""
         kind, _, rest = spec.partition("@")
         if kind not in FAULT_KINDS:
             raise GatewayError(f"fault {spec!r}: kind must be one of {', '.join(FAULT_KINDS)}")
@@ -192,6 +203,8 @@ class StandInGateway:
         self._slow_rate = 0.0
         self._asked: list[Fault] = []
         self._sessions: set[asyncio.Task] = set()
+        self._generation = 0
+        self._current = 0
 
     # -- the clock --------------------------------------------------------------------------
     def published(self) -> int:
@@ -285,7 +298,11 @@ class StandInGateway:
                     snapshot=f.get("snapshot") == "1",
                 )
             )
-        await self._stream(writer, subs, heartbeat_s)
+        # Only the newest session serves: one the client has given up on (after a stall, say)
+        # must not go on writing, nor take the faults scheduled for the next.
+        self._generation += 1
+        self._current = self._generation
+        await self._stream(writer, subs, heartbeat_s, self._generation)
 
     def _login_ok(self, challenge: str, response: str) -> bool:
         if self._refuse > 0:
@@ -302,7 +319,11 @@ class StandInGateway:
         )
 
     async def _stream(
-        self, writer: asyncio.StreamWriter, subs: list[Subscription], heartbeat_s: float
+        self,
+        writer: asyncio.StreamWriter,
+        subs: list[Subscription],
+        heartbeat_s: float,
+        generation: int,
     ) -> None:
         mbo = [s for s in subs if s.schema == "mbo"]
         bad = [s.schema for s in subs if s.schema not in ("mbo", "definition")]
@@ -368,12 +389,14 @@ class StandInGateway:
             snap = self.snapshot(ids, pos)
             writer.write(snap.tobytes())
             await writer.drain()
-            await self._send_range(writer, ids, pos, None, heartbeat_s)
+            await self._send_range(writer, ids, pos, None, heartbeat_s, generation)
             return
         if start is not None:
             pos = 0
             replay_end = self.published()
-            await self._send_range(writer, ids, pos, replay_end, heartbeat_s, start=start)
+            await self._send_range(
+                writer, ids, pos, replay_end, heartbeat_s, generation, start=start
+            )
             writer.write(
                 bytes(
                     dbn.SystemMsg(now, "Finished mbo replay", code=dbn.SystemCode.REPLAY_COMPLETED)
@@ -382,7 +405,7 @@ class StandInGateway:
             pos = replay_end
         else:
             pos = self.published()
-        await self._send_range(writer, ids, pos, None, heartbeat_s)
+        await self._send_range(writer, ids, pos, None, heartbeat_s, generation)
 
     async def _send_range(
         self,
@@ -391,6 +414,7 @@ class StandInGateway:
         pos: int,
         end: int | None,
         heartbeat_s: float,
+        generation: int,
         start: int | None = None,
     ) -> None:
         """Serve records [pos, end) of those published (end None: forever, as they come due)."""
@@ -398,6 +422,8 @@ class StandInGateway:
         last_sent = time.monotonic()
         total = len(recs)
         while end is None or pos < end:
+            if self._current != generation:
+                raise _Closed
             await self._faults(writer)
             limit = self.published() if end is None else end
             if pos >= limit:
@@ -530,6 +556,16 @@ class StandInGateway:
                 await asyncio.sleep(0.5)
                 _reset(writer)
                 raise _Closed
+            elif fault.kind == "torn":  # half a record, and the line drops
+                writer.write(self.feed.records[:1].tobytes()[: MBO_SIZE // 2])
+                await writer.drain()
+                _reset(writer)
+                raise _Closed
+            elif fault.kind == "unknown_rtype":  # a well-formed header of no known type
+                writer.write(
+                    bytes([4, 0xEE, 1, 0, 1, 0, 0, 0]) + self._now_ns().to_bytes(8, "little")
+                )
+                await writer.drain()
             elif fault.kind == "wrong_schema":
                 writer.write(_trade_record(self._now_ns()))
                 await writer.drain()

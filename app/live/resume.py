@@ -1,12 +1,15 @@
 """Where a restarted live source stopped, read from the raw topic itself.
 
-The topic is the source's only checkpoint: every data message the source sends carries its
-subscription's id in a `src` header, and the producer is idempotent, so each partition holds a
-prefix of what was sent to it, whatever a kill -9 interrupted. Each partition is read backwards
-from its end, in growing steps, until its records of this subscription reach `window_ns` of
-event time below the partition's last one (or the partition's start). The records read give the
-cursor's positions; the partition's floor (last `ts_event` minus the window) stands for every
-instrument of the partition the tail did not show (see `app/live/cursor.py`).
+The topic is the source's only checkpoint: every message the source sends (data or watermark
+marker) carries its subscription's id in a `src` header, and the producer is idempotent, so
+each partition holds a prefix of what was sent to it, whatever a kill -9 interrupted. Each
+partition is read backwards from its end, in growing steps, until its records of this
+subscription reach `window_ns` of event time below the partition's last one (or the partition's
+start). The records read give the cursor's positions; the partition's floor (last `ts_event`
+minus the window) stands for every instrument of the partition the tail did not show. The `wm`
+header of the partition's last message (every partition gets a marker from the source's first
+step on) bounds what the partition had still to receive: nothing received before it, which is
+where the resumed stream must reach back to (see `app/live/cursor.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from app.feeds.watermarks import WM_HEADER, header
 from app.live.cursor import LiveCursor
 from models import definitions
 from models.mbo import F_SNAPSHOT, MBO_DTYPE, MBO_SIZE
@@ -83,11 +87,12 @@ async def read_positions(
             consumer.assign([tp])
             begin = (await consumer.beginning_offsets([tp]))[tp]
             end = (await consumer.end_offsets([tp]))[tp]
-            recs, n, floor = await _scan(consumer, tp, begin, end, source, window_ns)
+            recs, n, floor, bound = await _scan(consumer, tp, begin, end, source, window_ns)
             scanned += n
             if len(recs):
                 found.append(recs)
-                tails[p] = _last_event(recs)
+            if bound is not None:
+                tails[p] = bound
             if floor is not None:
                 floors[p] = floor
     finally:
@@ -115,20 +120,24 @@ async def _scan(
     end: int,
     source: bytes,
     window_ns: int,
-) -> tuple[np.ndarray, int, int | None]:
+) -> tuple[np.ndarray, int, int | None, int | None]:
     """This subscription's records in the tail of one partition (in offset order), messages
-    read, and the partition's floor (None: read to its start, so no floor is needed).
+    read, the partition's floor (None: read to its start, so no floor is needed), and the
+    watermark bound of its last message of this subscription (None: it has none).
 
     The scan goes back until a record was received (ts_recv) below the floor: every record
     before it was received earlier still, so its ts_event, which never exceeds its ts_recv, is
     below the floor too, and every record at or above the floor has been read."""
     chunks: list[np.ndarray] = []  # newest step first
+    bound: int | None = None
     hi = end
     step = FIRST_STEP
     scanned = 0
     while hi > begin:
         lo = max(begin, hi - step)
-        recs = await _read_range(consumer, tp, lo, hi, source)
+        recs, last_bound = await _read_range(consumer, tp, lo, hi, source)
+        if bound is None:
+            bound = last_bound
         scanned += hi - lo
         if len(recs):
             chunks.append(recs)
@@ -137,21 +146,22 @@ async def _scan(
         if chunks:
             floor = _last_event(np.concatenate(chunks)) - window_ns
             if int(chunks[-1]["ts_recv"].min()) < floor:
-                return np.concatenate(chunks[::-1]), scanned, floor
+                return np.concatenate(chunks[::-1]), scanned, floor, bound
         elif scanned >= MAX_SCAN:
-            log.warning(
-                "%s: none of this source's messages in the last %d; taken as empty", tp, scanned
-            )
-            return np.empty(0, MBO_DTYPE), scanned, None
+            log.warning("%s: none of this source's records in the last %d messages", tp, scanned)
+            return np.empty(0, MBO_DTYPE), scanned, None, bound
     ordered = np.concatenate(chunks[::-1]) if chunks else np.empty(0, MBO_DTYPE)
-    return ordered, scanned, None
+    return ordered, scanned, None, bound
 
 
 async def _read_range(
     consumer: AIOKafkaConsumer, tp: TopicPartition, lo: int, hi: int, source: bytes
-) -> np.ndarray:
+) -> tuple[np.ndarray, int | None]:
+    """The subscription's records in offsets [lo, hi), and the `wm` bound of its last
+    message there."""
     consumer.seek(tp, lo)
     out: list[np.ndarray] = []
+    bound: int | None = None
     pos = lo
     deadline = time.monotonic() + READ_TIMEOUT_S
     while pos < hi:
@@ -168,11 +178,16 @@ async def _read_range(
                 pos = hi
                 break
             pos = m.offset + 1
+            headers = list(m.headers or ())
+            if (SOURCE_HEADER, source) not in headers:
+                continue
+            wm = header(headers, WM_HEADER)
+            if wm is not None:
+                bound = wm
             value = m.value or b""
             if not value or definitions.is_definition(value) or len(value) % MBO_SIZE:
                 continue
-            headers = list(m.headers or ())
-            if (SOURCE_HEADER, source) not in headers or any(k == GAP_HEADER for k, _ in headers):
+            if any(k == GAP_HEADER for k, _ in headers):
                 continue
             out.append(np.frombuffer(value, dtype=MBO_DTYPE))
-    return np.concatenate(out) if out else np.empty(0, MBO_DTYPE)
+    return (np.concatenate(out) if out else np.empty(0, MBO_DTYPE)), bound

@@ -132,6 +132,7 @@ class LiveSource:
         self._last_record = 0.0
         self._stalled = False
         self._flush_lock = asyncio.Lock()
+        self._untold = False
         self._defined: set[bytes] = set()
         self._gap_pending: dict[int, int] = {}  # instrument -> last ts_event before a hole
         self._aged_out = False
@@ -177,15 +178,16 @@ class LiveSource:
                 self.cfg.resume_window_ns,
                 self.sender.wm.partition_of,
             )
-            self._resume(resumed)
+            self._resume(resumed, partitions)
             await self._loop(stop)
             await self._flush_all()
         finally:
             with contextlib.suppress(Exception):
                 await producer.stop()
 
-    def _resume(self, resumed: Resumed) -> None:
+    def _resume(self, resumed: Resumed, partitions: int) -> None:
         self.cursor = resumed.cursor
+        self._untold = resumed.delivered and len(resumed.cursor.tails) < partitions
         self.stats.resumed_records = resumed.records
         if resumed.delivered:
             log.info(
@@ -199,7 +201,13 @@ class LiveSource:
         if self._aged_out:
             return None
         start = self.cursor.resume_start()
-        return start if start is not None else self.cfg.start
+        if start is None:
+            return self.cfg.start
+        if self._untold and self.cursor.high is None and self.cfg.start is not None:
+            # A partition with none of our messages may have lost everything sent to it: back
+            # to the first run's start (the source died before its first marker landed there).
+            return min(start, self.cfg.start)
+        return start
 
     async def _loop(self, stop: asyncio.Event) -> None:
         delay = self.cfg.backoff_s

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: a local broker, one worker, the sample replayed at its recorded pace, web views up.
+# `SOURCE=live make run`: the sample served by the stand-in Databento gateway instead, and read
+# by the live source (`faust -A app live`), as a live feed would be; no key needed.
 # Ctrl-C stops the worker (and the broker, if this script started it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -10,6 +12,9 @@ export TAPESTREAM_DATA_DIR=${TAPESTREAM_DATA_DIR:-var/demo/state}
 export TAPESTREAM_WEB_PORT=${TAPESTREAM_WEB_PORT:-6066}
 SAMPLE=${SAMPLE:-var/sample/sample.mbo.dbn.zst}
 SPEED=${SPEED:-1}
+SOURCE=${SOURCE:-replay}
+GATEWAY_PORT=${GATEWAY_PORT:-13000}
+case "$SOURCE" in replay|live) ;; *) echo "SOURCE must be replay or live, not $SOURCE" >&2; exit 2;; esac
 url="http://127.0.0.1:$TAPESTREAM_WEB_PORT"
 mkdir -p var/demo
 
@@ -21,12 +26,13 @@ bootstrap=${bootstrap#kafka://}
 export KAFKA_BROKER="kafka://$bootstrap"
 
 worker=
+feed=()
 cleanup() {
   set +e  # a worker stopped by its signal exits non-zero; the broker must still be stopped
-  if [ -n "$worker" ]; then
-    kill "$worker" 2>/dev/null
-    wait "$worker" 2>/dev/null
-  fi
+  for pid in "${feed[@]}" $worker; do
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
   [ "$was_up" = 1 ] || bash deploy/local/kafka.sh stop
 }
 trap cleanup EXIT
@@ -59,10 +65,25 @@ cat <<MSG
     $url/metrics               Prometheus metrics
     $url/health                worker status
 
-  Replaying $SAMPLE at ${SPEED}x its recorded pace. Ctrl-C stops everything.
-
 MSG
-faust -A app replay "$SAMPLE" --speed "$SPEED"
-echo
-echo "replay finished; the worker keeps serving at $url/books/ until Ctrl-C"
-wait "$worker"
+if [ "$SOURCE" = live ]; then
+  faust -A app gateway "$SAMPLE" --dataset GLBX.MDP3 --port "$GATEWAY_PORT" --speed "$SPEED" \
+    >var/demo/gateway.log 2>&1 &
+  feed+=($!)
+  DATABENTO_API_KEY=${DATABENTO_API_KEY:-demo-key-for-the-stand-in-gateway} \
+    faust -A app live --gateway "127.0.0.1:$GATEWAY_PORT" --dataset GLBX.MDP3 \
+    --symbols ALL_SYMBOLS --start 0 --web-port $((TAPESTREAM_WEB_PORT + 1)) \
+    >var/demo/live.log 2>&1 &
+  feed+=($!)
+  echo "  The stand-in gateway serves $SAMPLE at ${SPEED}x its recorded pace; the live source"
+  echo "  reads it (status: http://127.0.0.1:$((TAPESTREAM_WEB_PORT + 1))/status, log:"
+  echo "  var/demo/live.log). Ctrl-C stops everything."
+  wait "$worker"
+else
+  echo "  Replaying $SAMPLE at ${SPEED}x its recorded pace. Ctrl-C stops everything."
+  echo
+  faust -A app replay "$SAMPLE" --speed "$SPEED"
+  echo
+  echo "replay finished; the worker keeps serving at $url/books/ until Ctrl-C"
+  wait "$worker"
+fi

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 DATA = ROOT.parent / "shared" / "data"
 ESM4 = DATA / "glbx-mdp3" / "esm4-2024-05-08T00-00-00_00-00-02.mbo.dbn.zst"
 ESM4_DEF = DATA / "glbx-mdp3" / "esm4-2024-05-08.definition.dbn.zst"
+ARL = DATA / "xnas-itch" / "arl-2025-07-17.mbo.csv"
 WEEK_S = 7 * 86400
 
 
@@ -139,8 +140,8 @@ def test_ten_faults_and_two_kills_lose_and_repeat_nothing(
         "wrong_schema@23000",  # a clean close next: a reset would drop it unread with the rest
         "close@27000",
         "reset@31000",
-        "stall@35000:4",
-        "reset@40000",
+        "unknown_rtype@35000",
+        "torn@40000",
     ]
     port = free_port()
     gw = _gateway(
@@ -221,22 +222,32 @@ def test_ten_faults_and_two_kills_lose_and_repeat_nothing(
         assert book["orders"] == t["orders"], iid
 
 
-def test_the_cme_file_comes_through_the_live_path_byte_for_byte(
-    deployment: Deployment,
+@pytest.mark.parametrize(
+    ("files", "dataset", "symbol", "iid"),
+    [
+        ((ESM4_DEF, ESM4), "GLBX.MDP3", "ESM4", 5602),
+        ((ARL,), "XNAS.ITCH", "ARL", 1108),
+    ],
+    ids=["cme-esm4", "nasdaq-arl"],
+)
+def test_real_files_come_through_the_live_path_byte_for_byte(
+    deployment: Deployment, files: tuple[Path, ...], dataset: str, symbol: str, iid: int
 ) -> None:
+    """The same records, hence the same books and MBP output, as replaying the file."""
     port = free_port()
+    paths = [str(f) for f in files]
     gw = _gateway(
-        deployment, port, str(ESM4_DEF), str(ESM4), "--all-at-once", "--horizon", str(WEEK_S)
+        deployment, port, *paths, "--dataset", dataset, "--all-at-once", "--horizon", str(WEEK_S)
     )
-    file_records = np.concatenate(list(open_mbo(ESM4).chunks()))
+    file_records = np.concatenate(list(open_mbo(files[-1]).chunks()))
     try:
         live = _live(
             deployment,
             port,
             "--dataset",
-            "GLBX.MDP3",
+            dataset,
             "--symbols",
-            "ESM4",
+            symbol,
             "--start",
             str(int(file_records["ts_event"].min())),
         )
@@ -246,13 +257,13 @@ def test_the_cme_file_comes_through_the_live_path_byte_for_byte(
     finally:
         gw.terminate()
         gw.wait(timeout=10)
-    assert list(raw) == [5602]
-    assert raw[5602].tobytes() == file_records.tobytes()
+    assert list(raw) == [iid]
+    assert raw[iid].tobytes() == file_records.tobytes()
     msgs = _consume(
         deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://"), f"{deployment.prefix}mbo.raw"
     )
     defs = [m for m in msgs if m[1] and m[1][1] == 0x13]
-    assert len(defs) == 1 and defs[0][0] == b"5602"
+    assert [d[0] for d in defs] == ([str(iid).encode()] if len(files) > 1 else [])
 
 
 def test_a_restart_past_the_replay_horizon_writes_gaps_and_a_snapshot_repairs_the_books(
