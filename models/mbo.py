@@ -62,6 +62,18 @@ def instrument_key(instrument_id: int) -> bytes:
     return str(instrument_id).encode()
 
 
+def by_instrument(records: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(instrument, its records in stream order) for each instrument in a run of records."""
+    iids = records["instrument_id"]
+    if not len(records):
+        return []
+    if (iids == iids[0]).all():
+        return [(int(iids[0]), records)]
+    order = np.argsort(iids, kind="stable")
+    cuts = np.flatnonzero(np.diff(iids[order])) + 1
+    return [(int(iids[idx[0]]), records[idx]) for idx in np.split(order, cuts)]
+
+
 def decode_records(payload: bytes | bytearray | memoryview) -> np.ndarray:
     """View a run of MBO records. Raises ValueError if it is not whole MBO records."""
     if len(payload) % MBO_SIZE:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.mbo import F_LAST, MBO_SIZE, instrument_key
+from models.mbo import F_LAST, MBO_SIZE, by_instrument, instrument_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,16 +54,7 @@ class Batcher:
 
     def add(self, records: np.ndarray) -> Iterator[Batch]:
         """Take records in stream order; yield the messages that are full."""
-        if not len(records):
-            return
-        iids = records["instrument_id"]
-        if (iids == iids[0]).all():
-            groups = [(int(iids[0]), records)]
-        else:
-            order = np.argsort(iids, kind="stable")
-            cuts = np.flatnonzero(np.diff(iids[order])) + 1
-            groups = [(int(iids[idx[0]]), records[idx]) for idx in np.split(order, cuts)]
-        for iid, group in groups:
+        for iid, group in by_instrument(records):
             self._pending.setdefault(iid, []).append(group)
             n = self._pending_n.get(iid, 0) + len(group)
             self._pending_n[iid] = n

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from models.mbo import F_SNAPSHOT
+from models.mbo import F_SNAPSHOT, by_instrument
 
 DEFAULT_SLACK_NS = 10_000_000_000
 
@@ -138,18 +138,9 @@ class LiveCursor:
 
     def note_delivered(self, records: np.ndarray) -> None:
         """Advance the positions over records delivered (in stream order)."""
-        if not len(records):
-            return
-        iids = records["instrument_id"]
-        ts = records["ts_event"]
-        if (iids == iids[0]).all():
-            groups = [(int(iids[0]), ts)]
-        else:
-            order = np.argsort(iids, kind="stable")
-            cuts = np.flatnonzero(np.diff(iids[order])) + 1
-            groups = [(int(iids[idx[0]]), ts[idx]) for idx in np.split(order, cuts)]
         positions = self.positions
-        for iid, t in groups:
+        for iid, group in by_instrument(records):
+            t = group["ts_event"]
             last = int(t[-1])
             same = int(np.count_nonzero(t == last))
             pos = positions.get(iid)

@@ -133,6 +133,7 @@ class LiveSource:
         self._stalled = False
         self._flush_lock = asyncio.Lock()
         self._untold = False
+        self._watching = False
         self._defined: set[bytes] = set()
         self._gap_pending: dict[int, int] = {}  # instrument -> last ts_event before a hole
         self._aged_out = False
@@ -293,6 +294,7 @@ class LiveSource:
         it = client.__aiter__()
         self._last_record = time.monotonic()
         self._stalled = False
+        self._watching = True
         watcher = asyncio.create_task(self._watch(client, stop))
         mbo = dbn.MBOMsg
         try:
@@ -312,9 +314,9 @@ class LiveSource:
                 else:
                     await self._take(record)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            # Not cancelled: a flush cut short would lose records the cursor has let through.
+            self._watching = False
+            await watcher
         if self._stalled:
             self.stats.stalls += 1
             raise db.BentoError(f"no data for {self.cfg.stall_timeout:.1f} s: the gateway stalled")
@@ -322,16 +324,20 @@ class LiveSource:
     async def _watch(self, client: db.Live, stop: asyncio.Event) -> None:
         """Every tick: flush records that waited long enough, count acknowledgements, and end
         the connection on a stop or a stall."""
-        while True:
-            await asyncio.sleep(FLUSH_S)
-            now = time.monotonic()
-            if stop.is_set() or now - self._last_record > self.cfg.stall_timeout:
-                self._stalled = not stop.is_set()
-                client.terminate()
-                return
-            if self._pending and now - self._pending_since >= FLUSH_S:
-                await self._flush_pending()
-            self.sender.settle_done()
+        try:
+            while self._watching:
+                await asyncio.sleep(FLUSH_S)
+                now = time.monotonic()
+                if stop.is_set() or now - self._last_record > self.cfg.stall_timeout:
+                    self._stalled = not stop.is_set()
+                    client.terminate()
+                    return
+                if self._pending and now - self._pending_since >= FLUSH_S:
+                    await self._flush_pending()
+                self.sender.settle_done()
+        except BaseException:
+            client.terminate()  # the reader must not wait on a connection nobody watches
+            raise
 
     async def _take(self, record: object) -> None:
         """A record other than MBO."""

@@ -120,25 +120,21 @@ class Deployment:
             timeout=timeout,
         )
 
+    def spawn(
+        self, *args: str, stdout: Any = subprocess.PIPE, stderr: Any = subprocess.PIPE, **extra: str
+    ) -> subprocess.Popen:
+        """`faust -A app ARGS...` in the background."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "app", *args],
+            cwd=ROOT,
+            env=self.env(**extra),
+            stdout=stdout,
+            stderr=stderr,
+        )
+
     def replay(self, path: Path, *args: str) -> subprocess.Popen:
         """`faust -A app replay PATH ARGS...` in the background."""
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "faust",
-                "-A",
-                "app",
-                "replay",
-                str(path),
-                "--no-progress",
-                *args,
-            ],
-            cwd=ROOT,
-            env=self.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        return self.spawn("replay", str(path), "--no-progress", *args)
 
     def kill9_mid_replay(
         self,

@@ -6,7 +6,6 @@ books built from it equal the generator's truth; the real CME file comes through
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from app.feeds.mbo_files import open_mbo
 from app.live.resume import SOURCE_HEADER
 from load_tests.gen_mbo import GenConfig, write
-from models.mbo import MBO_DTYPE, MBO_SIZE
+from models.mbo import MBO_DTYPE, MBO_SIZE, by_instrument
 from tests.integration.conftest import ROOT, Deployment, consume_all, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -31,13 +30,8 @@ WEEK_S = 7 * 86400
 
 
 def _gateway(d: Deployment, port: int, *args: str) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "faust", "-A", "app", "gateway", *args, "--port", str(port)],
-        cwd=ROOT,
-        env=d.env(),
-        stdout=subprocess.PIPE,
-        stderr=open(d.tmp / "gateway.log", "ab"),  # noqa: SIM115
-    )
+    log = open(d.tmp / "gateway.log", "ab")  # noqa: SIM115
+    proc = d.spawn("gateway", *args, "--port", str(port), stderr=log)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     assert "stand-in gateway" in line, line
@@ -45,26 +39,14 @@ def _gateway(d: Deployment, port: int, *args: str) -> subprocess.Popen:
 
 
 def _live(d: Deployment, port: int, *args: str, log: str = "live.log") -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "faust",
-            "-A",
-            "app",
-            "live",
-            "--gateway",
-            f"127.0.0.1:{port}",
-            "--heartbeat",
-            "1",
-            "--stall-timeout",
-            "2.5",
-            *args,
-        ],
-        cwd=ROOT,
-        env=d.env(DATABENTO_API_KEY="db-standin-test-key-0000000000000"),
+    gateway = ("--gateway", f"127.0.0.1:{port}", "--heartbeat", "1", "--stall-timeout", "2.5")
+    return d.spawn(
+        "live",
+        *gateway,
+        *args,
         stdout=subprocess.DEVNULL,
         stderr=open(d.tmp / log, "ab"),
+        DATABENTO_API_KEY="db-standin-test-key-0000000000000",
     )
 
 
@@ -113,12 +95,6 @@ def _consume(bootstrap: str, topic: str) -> list[tuple]:
         return got
 
     return asyncio.run(run())
-
-
-def _by_instrument(records: np.ndarray) -> dict[int, np.ndarray]:
-    return {
-        int(i): records[records["instrument_id"] == i] for i in np.unique(records["instrument_id"])
-    }
 
 
 def test_ten_faults_and_two_kills_lose_and_repeat_nothing(
@@ -183,7 +159,7 @@ def test_ten_faults_and_two_kills_lose_and_repeat_nothing(
         gw.terminate()
         gw.wait(timeout=10)
 
-    want = _by_instrument(file_records)
+    want = dict(by_instrument(file_records))
     assert set(raw) == set(want)
     for iid, recs in want.items():
         got = raw[iid]
