@@ -32,7 +32,6 @@ from app.transport import (
     commit_guards,
     committed_offset,
     flush_buffered,
-    give_up,
     partition_states,
     stall_guard,
 )
@@ -40,6 +39,11 @@ from app.transport import (
 log = logging.getLogger(__name__)
 
 Rows = list[tuple[bytes, bytes | None]]  # (key, value or None to delete)
+
+
+SEEK_EVERY_S = 0.2  # a stale message seen this long after the last seek asks for another
+SEEK_LIMIT_S = 30.0
+_seeks: set[asyncio.Future[Any]] = set()  # seeks under way, kept from the collector
 
 
 class CheckpointedState(Protocol):
@@ -91,7 +95,8 @@ class Checkpointer:
         # Partition -> (generation, the offset its next event must have), and the offsets at
         # which a hole was found (`_in_sequence`).
         self.expected: dict[int, tuple[int, int]] = {}
-        self.holes: dict[int, int] = {}
+        # Partition -> (generation, offset sought, when the hole was found, last seek)
+        self.seeking: dict[int, tuple[int, int, float, float]] = {}
         commit_guards.append(self.at_commit)
         partition_states.append(self)
 
@@ -130,43 +135,58 @@ class Checkpointer:
 
     def _in_sequence(self, message: Any) -> bool:
         """Whether no message of the partition was skipped before this one: the first of an
-        assignment is the one at the committed offset, each next one follows the last. Seen
-        under exactly_once around rebalances: Faust handed an agent a partition's messages
-        from past the committed offset, or went on after a run of messages it never handed
-        out (4-18 offsets), and the next commit went past them (records lost). Such a
-        partition is given up and read again from its committed offset at the next
-        assignment. A hole found again at the same offset is not a race (the broker no
-        longer has those offsets): it is logged and the partition goes on."""
+        assignment is the one at the committed offset, each next one follows the last.
+
+        Seen around rebalances, under both guarantees: after an assignment Faust hands out a
+        batch it fetched before it, from past the committed offset, and fills the offsets it
+        skipped in as gaps, so the next commit would pass over messages never applied. Giving
+        the partition up did not help (the next assignment skipped the same way). Such
+        messages are dropped unacknowledged, and the consumer is sought back to the offset
+        expected, again while they keep coming (each seek resets Faust's read offset, which
+        the rest of the stale batch moves on), until the expected one arrives. A hole that
+        lasts SEEK_LIMIT_S is not a race (the broker no longer has those offsets): it is
+        logged and the partition goes on."""
         partition, generation = message.partition, message.generation_id
         seen = self.expected.get(partition)
         if seen is not None and seen[0] == generation:
             expected: int | None = seen[1]
         else:
             expected = committed_offset(self.app, message.tp)
-        if expected is None or message.offset <= expected or self.holes.get(partition) == expected:
-            if expected is not None and message.offset > expected:
-                log.error(
-                    "%s: partition %d skips from offset %d to %d again; going on",
-                    self.name,
-                    partition,
-                    expected,
-                    message.offset,
-                )
+        if expected is None or message.offset <= expected:
+            self.seeking.pop(partition, None)
             self.expected[partition] = (generation, max(message.offset + 1, expected or 0))
             return True
-        self.holes[partition] = expected
-        log.warning(
-            "%s: partition %d's next message is at offset %d, not %d: giving the partition up "
-            "to read it again from its committed offset",
-            self.name,
-            partition,
-            message.offset,
-            expected,
-        )
-        metrics.assignment_holes.inc()
-        # Refused from now on; the rest of the give-up waits for the agent to be still.
-        self.fenced[partition] = generation
-        give_up(self.app, {partition})
+        now = time.monotonic()
+        state = self.seeking.get(partition)
+        if state is None or state[:2] != (generation, expected):
+            log.warning(
+                "%s: partition %d's next message is at offset %d, not %d: seeking back",
+                self.name,
+                partition,
+                message.offset,
+                expected,
+            )
+            metrics.assignment_holes.inc()
+            state = (generation, expected, now, 0.0)
+        if now - state[2] > SEEK_LIMIT_S:
+            log.error(
+                "%s: partition %d skips from offset %d to %d for %.0f s; going on",
+                self.name,
+                partition,
+                expected,
+                message.offset,
+                now - state[2],
+            )
+            self.seeking.pop(partition, None)
+            self.expected[partition] = (generation, message.offset + 1)
+            return True
+        if now - state[3] >= SEEK_EVERY_S:
+            seek = asyncio.ensure_future(self.app.consumer.seek(message.tp, expected))
+            _seeks.add(seek)
+            seek.add_done_callback(_seeks.discard)
+            state = (*state[:3], now)
+        self.seeking[partition] = state
+        self.expected[partition] = (generation, expected)
         return False
 
     def _take(self) -> Checkpoint:

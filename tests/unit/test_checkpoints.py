@@ -310,38 +310,49 @@ class RawMessage:
         return TP("raw", self.partition)
 
 
-def test_a_partition_whose_messages_come_with_a_hole_is_read_again(
+def test_a_partition_whose_messages_come_with_a_hole_is_sought_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Seen under exactly_once: a worker assigned a partition again got its first message 18
-    offsets past the committed one, never got those between, and committed past them."""
-    given_up: list[set[int]] = []
-    monkeypatch.setattr(checkpoints, "give_up", lambda app, partitions: given_up.append(partitions))
+    """Seen under both guarantees: a worker assigned a partition again got its first message
+    18 offsets past the committed one, never got those between, and committed past them."""
+    sought: list[tuple[TP, int]] = []
+
+    async def seek(tp: TP, offset: int) -> None:
+        sought.append((tp, offset))
+
+    clock = [100.0]
+    monkeypatch.setattr(checkpoints.time, "monotonic", lambda: clock[0])
     committed = {TP("raw", 0): 4290, TP("raw", 1): 2963}
     app = SimpleNamespace(
         consumer_generation_id=3,
         flow_control=FlowControl(),
-        consumer=SimpleNamespace(_committed_offset=committed),
+        consumer=SimpleNamespace(_committed_offset=committed, seek=seek),
     )
     books = Checkpointer(app, "books", [], topic="raw", contiguous=True)
-    assert books.admit(Event(RawMessage(1, 3, 2963)))  # where it was committed
-    assert books.admit(Event(RawMessage(1, 3, 2964)))
-    assert not books.admit(Event(RawMessage(0, 3, 4308)))  # 4290-4307 would be skipped
-    assert given_up == [{0}]
-    assert not books.admit(Event(RawMessage(0, 3, 4309)))  # nor anything after, this generation
-    app.consumer_generation_id = 4  # assigned again: read from the committed offset
-    assert books.admit(Event(RawMessage(0, 4, 4290)))
-    assert books.admit(Event(RawMessage(0, 4, 4291)))
-    assert books.admit(Event(RawMessage(0, 4, 4291)))  # a repeat: the books skip it
-    # Seen too: a run of messages never handed out in the middle of an assignment.
-    assert not books.admit(Event(RawMessage(0, 4, 4301)))
-    assert given_up == [{0}, {0}]
-    # A hole found again at the same offset is not a race: logged, and it goes on.
-    app.consumer_generation_id = 5
-    committed[TP("raw", 0)] = 4292
-    assert books.admit(Event(RawMessage(0, 5, 4301)))
-    assert books.admit(Event(RawMessage(0, 5, 4302)))
-    assert given_up == [{0}, {0}]
+
+    async def run() -> None:
+        assert books.admit(Event(RawMessage(1, 3, 2963)))  # where it was committed
+        assert books.admit(Event(RawMessage(1, 3, 2964)))
+        assert not books.admit(Event(RawMessage(0, 3, 4308)))  # 4290-4307 would be skipped
+        assert not books.admit(Event(RawMessage(0, 3, 4309)))  # the rest of the stale batch
+        clock[0] += checkpoints.SEEK_EVERY_S
+        assert not books.admit(Event(RawMessage(0, 3, 4310)))  # still stale: seek again
+        await asyncio.sleep(0)
+        assert sought == [(TP("raw", 0), 4290), (TP("raw", 0), 4290)]
+        assert books.admit(Event(RawMessage(0, 3, 4290)))  # the seek took
+        assert books.admit(Event(RawMessage(0, 3, 4291)))
+        assert books.admit(Event(RawMessage(0, 3, 4291)))  # a repeat: the books skip it
+        # Seen too: a run of messages never handed out in the middle of an assignment.
+        assert not books.admit(Event(RawMessage(0, 3, 4301)))
+        await asyncio.sleep(0)
+        assert sought[-1] == (TP("raw", 0), 4292)
+        # A hole that lasts is not a race (the broker no longer has those offsets): logged,
+        # and the partition goes on.
+        clock[0] += checkpoints.SEEK_LIMIT_S + 1
+        assert books.admit(Event(RawMessage(0, 3, 4302)))
+        assert books.admit(Event(RawMessage(0, 3, 4303)))
+
+    asyncio.run(run())
 
 
 # -- the journal that makes an at_least_once checkpoint whole -------------------------------
