@@ -110,6 +110,9 @@ live_reconnects = Counter("tapestream_live_reconnects", "live gateway connection
 live_gaps = Counter(
     "tapestream_live_gaps", "gap records written: instruments the gateway could not replay"
 )
+live_bytes = Counter("tapestream_live_bytes", "bytes of MBO records the live source sent on")
 live_lag = Gauge(
-    "tapestream_live_lag_seconds", "wall clock minus ts_recv of the last record sent on"
+    "tapestream_live_lag_seconds",
+    "wall clock at the send minus ts_recv or ts_event of the last record sent on",
+    ["clock"],
 )

@@ -65,7 +65,6 @@ async def _serve_status(source: LiveSource, port: int) -> web.AppRunner:
             "subscription": source.source.decode(),
             "symbols": source.cfg.symbols,
             "resume_from_ts_event": source.cursor.resume_start(),
-            "instruments": len(source.cursor.positions),
             **source.stats.as_dict(),
         }
         return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())

@@ -236,7 +236,7 @@ class LiveSource:
             delay = min(delay * 2, self.cfg.backoff_max_s)
 
     def _note_error(self, text: str) -> None:
-        if "Authentication failed" in text or ("auth" in text.lower() and "fail" in text.lower()):
+        if "Authentication failed" in text:  # the gateway's words for a refused key
             self.stats.logins_refused += 1
         self.stats.last_error = text[:300]
         log.warning("live session ended: %s", text[:300])
@@ -399,8 +399,10 @@ class LiveSource:
         self.stats.records += len(fresh)
         self.stats.bytes += len(fresh) * MBO_SIZE
         metrics.live_records.inc(len(fresh))
-        lag = time.time_ns() - int(fresh["ts_recv"][-1])
-        metrics.live_lag.set(lag / 1e9)
+        metrics.live_bytes.inc(len(fresh) * MBO_SIZE)
+        now = time.time_ns()
+        metrics.live_lag.labels("ts_recv").set((now - int(fresh["ts_recv"][-1])) / 1e9)
+        metrics.live_lag.labels("ts_event").set((now - int(fresh["ts_event"][-1])) / 1e9)
         await self.sender.step(self.batcher, fresh, self.stats.delivered, flush=True)
 
     async def _write_gaps(self, fresh: np.ndarray) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+import requests
 
 from app.feeds.mbo_files import open_mbo
 from app.live.resume import SOURCE_HEADER
@@ -95,6 +96,15 @@ def _consume(bootstrap: str, topic: str) -> list[tuple]:
         return got
 
     return asyncio.run(run())
+
+
+def _acked(status: dict) -> dict | None:
+    """The status once every record sent is acknowledged and nothing waits."""
+    return (
+        status
+        if status["records"] and status["acknowledged_records"] == status["records"]
+        else None
+    )
 
 
 def test_ten_faults_and_two_kills_lose_and_repeat_nothing(
@@ -216,6 +226,7 @@ def test_real_files_come_through_the_live_path_byte_for_byte(
         deployment, port, *paths, "--dataset", dataset, "--all-at-once", "--horizon", str(WEEK_S)
     )
     file_records = np.concatenate(list(open_mbo(files[-1]).chunks()))
+    web = free_port()
     try:
         live = _live(
             deployment,
@@ -226,8 +237,16 @@ def test_real_files_come_through_the_live_path_byte_for_byte(
             symbol,
             "--start",
             str(int(file_records["ts_event"].min())),
+            "--web-port",
+            str(web),
         )
         raw = _raw_by_instrument(deployment, len(file_records))
+        status = wait_for(
+            lambda: _acked(requests.get(f"http://127.0.0.1:{web}/status", timeout=5).json()),
+            30,
+            "the status view to show every record acknowledged",
+        )
+        metrics = requests.get(f"http://127.0.0.1:{web}/metrics", timeout=5).text
         live.terminate()
         live.wait(timeout=30)
     finally:
@@ -235,6 +254,10 @@ def test_real_files_come_through_the_live_path_byte_for_byte(
         gw.wait(timeout=10)
     assert list(raw) == [iid]
     assert raw[iid].tobytes() == file_records.tobytes()
+    assert status["status"] == "streaming" and status["duplicates"] == 0
+    assert status["instruments"] == 1 and status["resume_from_ts_event"] is not None
+    assert f"tapestream_live_records_total {float(len(file_records))}" in metrics
+    assert "db-standin-test-key" not in metrics + str(status)  # the key is nowhere
     msgs = _consume(
         deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://"), f"{deployment.prefix}mbo.raw"
     )
