@@ -107,7 +107,12 @@ def test_clients_on_two_workers_see_every_instrument_and_a_late_one_catches_up(
     wait_for(lambda: len(early.subs()) == 2, 60, "the early client's subscriptions")
     slow = never_reading_client(w2.port)
     replay = deployment.replay(path, "--speed", "20000")
-    time.sleep(3)
+    # Late: once there is something of each channel to miss (a fixed wait was too short on a
+    # loaded machine, and the late client's snapshots came empty).
+    wait_for(
+        lambda: early.rows("signals") and early.rows("bars"), 120, "signals and bars under way"
+    )
+    time.sleep(2)  # the other worker's feed reads the same topics: let it have them too
     late = FeedClient(f"ws://127.0.0.1:{w2.port}/ws", SUBSCRIPTIONS)
     _, err = replay.communicate(timeout=240)
     assert replay.returncode == 0, err
