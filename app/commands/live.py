@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.commands import exit_with
 from app.commands.replay import ensure_topic
 from app.faust_app import app, settings
-from app.live.source import GAPS_TOPIC, LiveConfig, LiveError, LiveSource
+from app.live.source import DEFAULT_PORT, GAPS_TOPIC, LiveConfig, LiveError, LiveSource
 from app.topics import RAW_MBO_BASE
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,6 @@ def parse_time(text: str) -> int:
 
 
 def parse_gateway(text: str) -> tuple[str | None, int]:
-    from app.live.source import DEFAULT_PORT
-
     if not text:
         return None, DEFAULT_PORT
     host, _, port = text.rpartition(":") if ":" in text else (text, "", "")

@@ -154,8 +154,7 @@ class LiveSource:
                     self.stats.last_error = repr(exc)[:300]
                     log.error("the broker failed a send (%r): resuming from the topic", exc)
                     self.status = "resuming"
-                    with _suppress_timeout():
-                        await asyncio.wait_for(stop.wait(), delay)
+                    await _sleep_unless(stop, delay)
                     delay = min(delay * 2, self.cfg.backoff_max_s)
         finally:
             self.status = "stopped"
@@ -231,8 +230,7 @@ class LiveSource:
             metrics.live_reconnects.inc()
             self.status = "reconnecting"
             wait = min(delay, self.cfg.backoff_max_s) * random.uniform(0.5, 1.0)
-            with _suppress_timeout():
-                await asyncio.wait_for(stop.wait(), wait)
+            await _sleep_unless(stop, wait)
             delay = min(delay * 2, self.cfg.backoff_max_s)
 
     def _note_error(self, text: str) -> None:
@@ -465,9 +463,7 @@ class LiveSource:
         await self.sender.drain()
 
 
-class _suppress_timeout:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:  # type: ignore[no-untyped-def]
-        return exc_type is asyncio.TimeoutError
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    """Wait `seconds`, or less if `stop` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
