@@ -18,14 +18,13 @@ import sys
 from datetime import UTC, datetime
 
 import orjson
-from aiohttp import web
 from faust.cli import option
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.commands import exit_with
 from app.commands.replay import ensure_topic
 from app.faust_app import app, settings
 from app.live.source import DEFAULT_PORT, GAPS_TOPIC, LiveConfig, LiveError, LiveSource
+from app.status_server import serve_status
 from app.topics import RAW_MBO_BASE
 
 log = logging.getLogger(__name__)
@@ -56,27 +55,14 @@ def parse_gateway(text: str) -> tuple[str | None, int]:
     return host, int(port)
 
 
-async def _serve_status(source: LiveSource, port: int) -> web.AppRunner:
-    async def status(_: web.Request) -> web.Response:
-        body = {
-            "status": source.status,
-            "subscription": source.source.decode(),
-            "symbols": source.cfg.symbols,
-            "resume_from_ts_event": source.cursor.resume_start(),
-            **source.stats.as_dict(),
-        }
-        return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    webapp = web.Application()
-    webapp.router.add_get("/status", status)
-    webapp.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(webapp)
-    await runner.setup()
-    await web.TCPSite(runner, settings.web_host, port).start()
-    return runner
+def _status(source: LiveSource) -> dict:
+    return {
+        "status": source.status,
+        "subscription": source.source.decode(),
+        "symbols": source.cfg.symbols,
+        "resume_from_ts_event": source.cursor.resume_start(),
+        **source.stats.as_dict(),
+    }
 
 
 @app.command(
@@ -146,7 +132,9 @@ async def live(
     partitions = await ensure_topic(settings, topic, settings.partitions)
     await ensure_topic(settings, settings.topic(GAPS_TOPIC), settings.partitions)
     await ensure_topic(settings, settings.topic("dead.letters"), settings.partitions)
-    runner = await _serve_status(source, web_port) if web_port else None
+    runner = None
+    if web_port:
+        runner = await serve_status(lambda: _status(source), settings.web_host, web_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for s in (signal.SIGINT, signal.SIGTERM):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 
@@ -38,6 +37,7 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from app import metrics
+from app.backoff import Backoff
 from app.dead_letters import letter
 from app.feeds.batching import Batch, Batcher
 from app.live.cursor import LiveCursor
@@ -143,7 +143,7 @@ class LiveSource:
     async def run(self, stop: asyncio.Event, partitions: int) -> LiveStats:
         """Until `stop`. A broker error loses track of what was sent, so the source starts
         over from what the topic holds, as a restarted process would."""
-        delay = self.cfg.backoff_s
+        backoff = Backoff(self.cfg.backoff_s, self.cfg.backoff_max_s)
         try:
             while not stop.is_set():
                 try:
@@ -154,8 +154,7 @@ class LiveSource:
                     self.stats.last_error = repr(exc)[:300]
                     log.error("the broker failed a send (%r): resuming from the topic", exc)
                     self.status = "resuming"
-                    await _sleep_unless(stop, delay)
-                    delay = min(delay * 2, self.cfg.backoff_max_s)
+                    await backoff.wait(stop)
         finally:
             self.status = "stopped"
         return self.stats
@@ -210,7 +209,7 @@ class LiveSource:
         return start
 
     async def _loop(self, stop: asyncio.Event) -> None:
-        delay = self.cfg.backoff_s
+        backoff = Backoff(self.cfg.backoff_s, self.cfg.backoff_max_s)
         while not stop.is_set():
             self.stats.connections += 1
             before = self.stats.records
@@ -225,13 +224,11 @@ class LiveSource:
             if stop.is_set():
                 break
             if self.stats.records > before:
-                delay = self.cfg.backoff_s  # records flowed: the next outage starts afresh
+                backoff.reset()  # records flowed: the next outage starts afresh
             self.stats.reconnects += 1
             metrics.live_reconnects.inc()
             self.status = "reconnecting"
-            wait = min(delay, self.cfg.backoff_max_s) * random.uniform(0.5, 1.0)
-            await _sleep_unless(stop, wait)
-            delay = min(delay * 2, self.cfg.backoff_max_s)
+            await backoff.wait(stop)
 
     def _note_error(self, text: str) -> None:
         if "Authentication failed" in text:  # the gateway's words for a refused key
@@ -461,9 +458,3 @@ class LiveSource:
             self.batcher.flush_all(), self.stats.delivered, self.sender.wm.bounds(self.batcher)
         )
         await self.sender.drain()
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    """Wait `seconds`, or less if `stop` is set meanwhile."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
