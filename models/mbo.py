@@ -6,6 +6,7 @@ message is simply a run of these records and decodes with one `np.frombuffer`.
 
 from __future__ import annotations
 
+import zlib
 from typing import Final
 
 import numpy as np
@@ -60,6 +61,12 @@ _VALID_SIDE[list(SIDE_CODES)] = True
 def instrument_key(instrument_id: int) -> bytes:
     """The key of every instrument-partitioned topic and table: the id in ASCII decimal."""
     return str(instrument_id).encode()
+
+
+def instrument_id_for(name: str) -> int:
+    """A stable instrument id for a feed that has none of its own (LOBSTER, crypto venues):
+    CRC-32 of the name, in 31 bits."""
+    return zlib.crc32(name.encode()) & 0x7FFF_FFFF
 
 
 def by_instrument(records: np.ndarray) -> list[tuple[int, np.ndarray]]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import re
-import zlib
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +34,15 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from models.mbo import F_LAST, F_SNAPSHOT, MBO_DTYPE, MBO_LENGTH_WORDS, MBO_RTYPE, UNDEF_PRICE
+from models.mbo import (
+    F_LAST,
+    F_SNAPSHOT,
+    MBO_DTYPE,
+    MBO_LENGTH_WORDS,
+    MBO_RTYPE,
+    UNDEF_PRICE,
+    instrument_id_for,
+)
 
 if TYPE_CHECKING:
     from app.feeds.mbo_files import MboFile
@@ -53,11 +60,6 @@ PUBLISHER_ID = 0
 
 def is_lobster(path: Path) -> bool:
     return NAME.match(path.name) is not None
-
-
-def instrument_id_for(ticker: str) -> int:
-    """LOBSTER has no instrument ids; a stable one from the ticker (CRC-32, 31 bits)."""
-    return zlib.crc32(ticker.encode()) & 0x7FFF_FFFF
 
 
 def orderbook_path(message_path: Path) -> Path:

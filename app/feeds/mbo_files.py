@@ -1,5 +1,5 @@
-"""Streaming readers for MBO files: DBN (`.dbn`, `.dbn.zst`), Databento-style CSV, and
-LOBSTER message files (`app/feeds/lobster.py`).
+"""Streaming readers for MBO files: DBN (`.dbn`, `.dbn.zst`), Databento-style CSV, LOBSTER
+message files (`app/feeds/lobster.py`) and Binance depth captures (`app/feeds/depth_capture.py`).
 
 Every reader yields numpy arrays of `models.mbo.MBO_DTYPE` in file order (`open_trades`: of
 `models.trades.TRADE_DTYPE`, from trades files or the T records of MBO files), holding at most
@@ -99,6 +99,10 @@ class MboFile:
             from app.feeds.lobster import lobster_chunks
 
             yield from lobster_chunks(self, chunk_records)
+        elif self.format == "depth":
+            from app.feeds.depth_capture import depth_chunks
+
+            yield from depth_chunks(self, chunk_records)
         elif self.format == "lake":
             from app.feeds.lake_reader import lake_chunks
 
@@ -154,9 +158,16 @@ def open_mbo(path: str | Path) -> MboFile:
 
         fmt = "lobster" if is_lobster(p) else "csv"
     else:
-        raise InputError(
-            p, "open", "unsupported file type (expected .dbn, .dbn.zst, .csv or a lake)"
-        )
+        from app.feeds.depth_capture import is_depth_capture
+
+        if not is_depth_capture(p):
+            raise InputError(
+                p,
+                "open",
+                "unsupported file type (expected .dbn, .dbn.zst, .csv, a lake, or a depth "
+                "capture: docs/depth.md)",
+            )
+        fmt = "depth"
     return MboFile(path=p, format=fmt, size=p.stat().st_size)
 
 
