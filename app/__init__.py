@@ -12,6 +12,7 @@ from app.commands import (  # noqa: F401
     backfill,
     baselines,
     config,
+    depth,
     evaluate,
     gateway,
     lake,

@@ -116,3 +116,13 @@ live_lag = Gauge(
     "wall clock at the send minus ts_recv or ts_event of the last record sent on",
     ["clock"],
 )
+
+# The depth source (`faust -A app depth`, app/depth/source.py).
+depth_messages = Counter("tapestream_depth_messages", "venue messages that reached the L2 books")
+depth_records = Counter("tapestream_depth_records", "MBO records the depth source sent on")
+depth_gaps = Counter(
+    "tapestream_depth_gaps",
+    "depth: pu breaks, each resynced from a snapshot; trades: gap records for a disconnect",
+    ["kind"],
+)
+depth_reconnects = Counter("tapestream_depth_reconnects", "venue connections that dropped")

@@ -1,0 +1,454 @@
+"""The depth source: Binance USD-M futures' diff-depth and trade streams to the raw MBO topic.
+
+One combined-stream WebSocket for every symbol (`<symbol>@depth@100ms`, `<symbol>@trade`);
+each message is stamped with its local receive time and handed, in order, to
+`app.feeds.depth_capture.DepthBooks`, which keeps each symbol's book by the venue's procedure and
+says what changed as MBO records (one order per level). Around it:
+
+- a symbol's book waits for a REST snapshot while its updates buffer; the snapshot is fetched
+  as soon as an update shows the need, again when the venue serves one too old to join, and
+  after every `pu` break, whose marker leaves the book suspect until the snapshot's R;
+- a dropped connection is reconnected with backoff and jitter; the venue replays nothing, so
+  the books resync from snapshots and each symbol gets a gap record for the trades it missed
+  (`live.gaps`), never a silent hole;
+- a connection is replaced before the venue's 24-hour limit by a second one opened beside it,
+  which takes over once it has caught up with the first: no update is lost, and what both
+  delivered is dropped the second time (depth by update id, trades by trade id);
+- a message that is not JSON, or not a well-formed stream message, goes to the dead letters
+  with the reason; the stream goes on.
+
+Records go to the raw topic through `app/raw_sender.py`, as `replay` and `live` send theirs.
+With `record`, every message that reached the books is also written to a capture file, which
+the file drivers read back (`app/feeds/depth_capture.py`) into exactly the same records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from app import metrics
+from app.backoff import Backoff
+from app.dead_letters import letter
+from app.feeds.batching import Batcher
+from app.feeds.depth_capture import BadMessage, DepthBooks, Trade, instrument_for
+from app.feeds.depth_capture import parse_stream_message as parse
+from app.raw_sender import Delivered, RawSender, Tally, raw_producer
+from app.settings import Settings
+from tables.depth_sync import DepthUpdate
+
+log = logging.getLogger(__name__)
+
+FLUSH_S = 0.02
+GAPS_TOPIC = "live.gaps"
+WS_URL = "wss://fstream.binance.com"
+REST_URL = "https://fapi.binance.com"
+
+
+class DepthError(Exception):
+    pass
+
+
+@dataclass
+class DepthConfig:
+    symbols: list[str]
+    ws_url: str = WS_URL
+    rest_url: str = REST_URL
+    depth_stream: str = "depth@100ms"
+    snapshot_limit: int = 1000
+    snapshot_interval_s: float = 0.5  # at least this between a symbol's snapshot requests
+    max_connection_age_s: float = 23 * 3600.0  # the venue closes connections at 24 hours
+    overlap_timeout_s: float = 30.0  # a replacement takes over by then even if not caught up
+    stall_s: float = 30.0  # silence that ends a connection
+    backoff_s: float = 0.5
+    backoff_max_s: float = 30.0
+    record: Path | None = None
+
+    def streams(self) -> list[str]:
+        out = []
+        for s in self.symbols:
+            out += [f"{s.lower()}@{self.depth_stream}", f"{s.lower()}@trade"]
+        return out
+
+
+@dataclass
+class DepthStats:
+    messages: int = 0  # stream messages that reached the books
+    records: int = 0  # MBO records handed to the sender
+    connections: int = 0
+    reconnects: int = 0  # connections that dropped (not replaced on purpose)
+    replacements: int = 0  # connections replaced before the venue's age limit
+    stalls: int = 0
+    snapshots: int = 0  # applied
+    snapshots_refused: int = 0  # too old to join the stream
+    snapshot_errors: int = 0
+    depth_gaps: int = 0  # pu breaks: the book resynced
+    trade_gaps: int = 0  # gap records: trades missed while disconnected
+    duplicates: int = 0  # messages delivered twice across a replacement, dropped
+    dead_letters: int = 0
+    last_error: str = ""
+    tally: Tally = field(default_factory=Tally)
+    delivered: Delivered = field(default_factory=Delivered)
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k not in ("tally", "delivered")}
+        d["acknowledged_records"] = self.delivered.records
+        d["instruments"] = len(self.tally.instruments)
+        return d
+
+
+@dataclass(eq=False)
+class _Connection:
+    ws: aiohttp.ClientWebSocketResponse
+    opened: float
+    reader: asyncio.Task | None = None
+    held: list[str] = field(default_factory=list)  # a replacement's, until it leads
+
+
+_SNAPSHOT = object()  # queue items from a snapshot request rather than a connection
+_STOP = object()
+
+
+class DepthSource:
+    def __init__(self, cfg: DepthConfig, settings: Settings, topic: str) -> None:
+        if not cfg.symbols:
+            raise DepthError("no symbols")
+        bad = [s for s in cfg.symbols if not s.isalnum()]
+        if bad:
+            raise DepthError(f"not a symbol: {bad}")
+        cfg.symbols = [s.upper() for s in cfg.symbols]
+        self.cfg = cfg
+        self.settings = settings
+        self.topic = topic
+        self.stats = DepthStats()
+        self.books = DepthBooks()
+        self.status = "starting"
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._last_trade: dict[str, int] = {}
+        self._fetching: set[str] = set()
+        self._last_ts = 0
+        self._down_since: int | None = None  # local ns the last connection dropped
+        self._record: IO[bytes] | None = None
+        self._never = asyncio.Event()  # snapshot requests retry until answered or cancelled
+        self.failure: BaseException | None = None
+
+    # -- the run --------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event, partitions: int) -> DepthStats:
+        producer = raw_producer(self.settings, paced=True)
+        await producer.start()
+        self._producer: AIOKafkaProducer = producer
+        self.sender = RawSender(producer, self.topic, self.stats.tally, partitions)
+        self.batcher = Batcher(self.settings.batch_records, self.settings.max_message_bytes)
+        if self.cfg.record is not None:
+            self._record = open(self.cfg.record, "ab")  # noqa: SIM115
+        watcher = asyncio.create_task(self._watch(stop))
+        self._fetches: set[asyncio.Task] = set()
+        try:
+            async with aiohttp.ClientSession() as http:
+                self._http = http
+                await self._pump(stop)
+        finally:
+            for task in (watcher, *self._fetches):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if self.failure is None:
+                await self._flush()
+                await self.sender.send(
+                    self.batcher.flush_all(),
+                    self.stats.delivered,
+                    self.sender.wm.bounds(self.batcher),
+                )
+                await self.sender.drain()
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            if self._record is not None:
+                self._record.close()
+            self.status = "stopped"
+        return self.stats
+
+    async def _pump(self, stop: asyncio.Event) -> None:
+        """Take what the connections and snapshot requests put on the queue, in order."""
+        primary: _Connection | None = None
+        spare: _Connection | None = None
+        backoff = Backoff(self.cfg.backoff_s, self.cfg.backoff_max_s)
+        while not stop.is_set():
+            if primary is None:
+                primary = await self._connect()
+                if primary is None:
+                    self.status = "reconnecting"
+                    await backoff.wait(stop)
+                    continue
+                self.status = "streaming"
+            try:
+                item = await asyncio.wait_for(self._queue.get(), self.cfg.stall_s)
+            except TimeoutError:
+                self.stats.stalls += 1
+                self.stats.last_error = f"no message for {self.cfg.stall_s:.1f} s"
+                await self._end(primary)
+                primary = None
+                self._dropped()
+                continue
+            source, text = item
+            if source is _STOP:
+                break
+            if source is _SNAPSHOT:
+                self._take(text)
+            elif source is primary:
+                if text is None:  # it dropped
+                    await self._end(primary)
+                    primary, spare = spare, None
+                    if primary is None:
+                        self._dropped()
+                    else:
+                        await self._promote(primary)
+                    continue
+                backoff.reset()
+                self._take(text)
+            elif source is spare:
+                if text is None:
+                    spare = None
+                    continue
+                spare.held.append(text)
+                if self._caught_up(spare):
+                    self.stats.replacements += 1
+                    await self._end(primary)
+                    primary, spare = spare, None
+                    await self._promote(primary)
+            if primary is not None and spare is None and self._old(primary):
+                spare = await self._connect()
+        for c in (primary, spare):
+            if c is not None:
+                await self._end(c)
+
+    async def _connect(self) -> _Connection | None:
+        url = f"{self.cfg.ws_url.rstrip('/')}/stream?streams={'/'.join(self.cfg.streams())}"
+        try:
+            ws = await self._http.ws_connect(url, heartbeat=30, max_msg_size=64 << 20)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.stats.last_error = f"connect: {type(exc).__name__}: {exc}"[:300]
+            log.warning("could not connect to %s: %s", self.cfg.ws_url, exc)
+            return None
+        self.stats.connections += 1
+        conn = _Connection(ws, time.monotonic())
+        conn.reader = asyncio.create_task(self._read(conn))
+        return conn
+
+    async def _read(self, conn: _Connection) -> None:
+        try:
+            async for msg in conn.ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    self._queue.put_nowait((conn, msg.data))
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    self._queue.put_nowait((conn, msg.data.decode("utf-8", "replace")))
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    break
+        except (aiohttp.ClientError, OSError) as exc:
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        finally:
+            self._queue.put_nowait((conn, None))
+
+    async def _end(self, conn: _Connection) -> None:
+        with contextlib.suppress(Exception):
+            await conn.ws.close()
+        if conn.reader is not None:
+            conn.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await conn.reader
+
+    def _old(self, conn: _Connection) -> bool:
+        return time.monotonic() - conn.opened > self.cfg.max_connection_age_s
+
+    def _caught_up(self, spare: _Connection) -> bool:
+        """The replacement has delivered, for every symbol the books follow, an update they
+        hold already: from there on it misses nothing the old connection gave."""
+        if time.monotonic() - spare.opened > self.cfg.overlap_timeout_s:
+            return True
+        need = {s for s, sync in self.books.books.items() if sync.synced}
+        for text in spare.held:
+            if not need:
+                break
+            try:
+                symbol, msg = parse(orjson.loads(text))
+            except (orjson.JSONDecodeError, BadMessage):
+                continue
+            sync = self.books.books.get(symbol or "")
+            last = getattr(msg, "last_id", None)
+            if sync is not None and last is not None and last <= (sync.last_id or 0):
+                need.discard(symbol)
+        return not need
+
+    async def _promote(self, conn: _Connection) -> None:
+        held, conn.held = conn.held, []
+        for text in held:
+            self._take(text)
+
+    def _dropped(self) -> None:
+        """The only connection dropped: what the venue sends until the next one is lost."""
+        self.stats.reconnects += 1
+        metrics.depth_reconnects.inc()
+        self._down_since = self._last_ts or time.time_ns()
+        log.warning("the connection dropped: %s", self.stats.last_error or "closed by the venue")
+
+    # -- messages ---------------------------------------------------------------------------
+    def _stamp(self) -> int:
+        self._last_ts = max(time.time_ns(), self._last_ts)
+        return self._last_ts
+
+    def _take(self, text: str | None) -> None:
+        """One message, stamped with its local receive time as the source takes it, so the
+        raw topic's ts_recv never runs backwards."""
+        assert text is not None
+        ts = self._stamp()
+        try:
+            body = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            self._dead_letter(text, f"not JSON: {exc}")
+            return
+        try:
+            symbol, msg = parse(body)
+        except BadMessage as exc:
+            self._dead_letter(text, f"not a stream message: {exc}")
+            return
+        symbol = symbol or ""
+        if symbol not in self.cfg.symbols:
+            self._dead_letter(text, f"a message for {symbol or 'no symbol'}, not subscribed")
+            return
+        if isinstance(msg, Trade):
+            if msg.trade_id <= self._last_trade.get(symbol, -1):
+                self.stats.duplicates += 1
+                return
+            self._last_trade[symbol] = msg.trade_id
+        sync = self.books.book(symbol)
+        if (
+            isinstance(msg, DepthUpdate)
+            and sync.synced
+            and not sync.joining
+            and msg.last_id <= (sync.last_id or 0)
+        ):
+            self.stats.duplicates += 1  # both connections of a replacement sent it
+            return
+        if self._down_since is not None:
+            self._gap_records(ts)
+        before = (sync.counters.gaps, sync.counters.snapshots, sync.counters.snapshots_refused)
+        self.books.add(symbol, msg, ts)
+        self.stats.messages += 1
+        metrics.depth_messages.inc()
+        if self._record is not None:
+            self._record.write(b"%d %s\n" % (ts, orjson.dumps(body)))
+        gaps = sync.counters.gaps - before[0]
+        if gaps:
+            self.stats.depth_gaps += gaps
+            metrics.depth_gaps.labels("depth").inc(gaps)
+            log.warning("%s: an update does not follow the last one: resyncing", symbol)
+        self.stats.snapshots += sync.counters.snapshots - before[1]
+        self.stats.snapshots_refused += sync.counters.snapshots_refused - before[2]
+        if sync.needs_snapshot and symbol not in self._fetching:
+            self._fetching.add(symbol)
+            task = asyncio.get_running_loop().create_task(self._fetch_snapshot(symbol))
+            self._fetches.add(task)
+            task.add_done_callback(self._fetches.discard)
+
+    async def _fetch_snapshot(self, symbol: str) -> None:
+        """Ask until the venue answers; the answer joins the queue like a message."""
+        url = f"{self.cfg.rest_url.rstrip('/')}/fapi/v1/depth"
+        params = {"symbol": symbol, "limit": str(self.cfg.snapshot_limit)}
+        backoff = Backoff(self.cfg.snapshot_interval_s, self.cfg.backoff_max_s)
+        try:
+            while True:
+                try:
+                    async with self._http.get(
+                        url, params=params, timeout=aiohttp.ClientTimeout(total=10)
+                    ) as r:
+                        body = await r.read()
+                        if r.status == 200:
+                            data = orjson.loads(body)
+                            if isinstance(data, dict):
+                                data["s"] = symbol
+                            wrapped = {"stream": f"{symbol.lower()}@depthSnapshot", "data": data}
+                            text = orjson.dumps(wrapped).decode()
+                            self._queue.put_nowait((_SNAPSHOT, text))
+                            return
+                        raise DepthError(f"HTTP {r.status}: {body[:200]!r}")
+                except (
+                    aiohttp.ClientError,
+                    OSError,
+                    TimeoutError,
+                    DepthError,
+                    orjson.JSONDecodeError,
+                ) as exc:
+                    self.stats.snapshot_errors += 1
+                    self.stats.last_error = f"snapshot {symbol}: {exc}"[:300]
+                    log.warning("snapshot of %s failed: %s", symbol, exc)
+                await backoff.wait(self._never)
+        finally:
+            # the next update that still finds the book waiting asks again, at its pace
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.cfg.snapshot_interval_s, self._fetching.discard, symbol)
+
+    def _gap_records(self, ts: int) -> None:
+        since, self._down_since = self._down_since, None
+        for symbol in self.cfg.symbols:
+            gap = {
+                "instrument_id": instrument_for(symbol),
+                "symbol": symbol,
+                "source": "binance-usdm",
+                "from_ts_recv": since,
+                "to_ts_recv": ts,
+                "reason": "the connection dropped: trades in between are not replayed; the "
+                "book resyncs from a snapshot",
+            }
+            self._producer_send(self.settings.topic(GAPS_TOPIC), orjson.dumps(gap), symbol)
+            self.stats.trade_gaps += 1
+            metrics.depth_gaps.labels("trades").inc()
+
+    def _dead_letter(self, text: str, reason: str) -> None:
+        body = letter(
+            "depth", "malformed", reason, f"ws:{self.cfg.ws_url}", None, None, text.encode()[:4096]
+        )
+        self._producer_send(self.settings.topic("dead.letters"), body, None)
+        self.stats.dead_letters += 1
+        log.warning("dead letter: %s", reason)
+
+    def _producer_send(self, topic: str, value: bytes, key: str | None) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._producer.send_and_wait(topic, value, key=key.encode() if key else None)
+        )
+        task.add_done_callback(_log_failure)
+
+    # -- sending ------------------------------------------------------------------------------
+    async def _watch(self, stop: asyncio.Event) -> None:
+        """Every tick: send what the books made, count acknowledgements. A send the broker
+        failed (after the producer's own retries) ends the run: the source cannot tell what
+        reached the topic, and a restart resyncs every book from a snapshot."""
+        try:
+            while not stop.is_set():
+                await asyncio.sleep(FLUSH_S)
+                await self._flush()
+                self.sender.settle_done()
+        except Exception as exc:
+            self.failure = exc
+            log.error("the broker failed a send (%r): stopping", exc)
+        self._queue.put_nowait((_STOP, None))
+
+    async def _flush(self) -> None:
+        records = self.books.take()
+        if not len(records):
+            return
+        self.stats.records += len(records)
+        metrics.depth_records.inc(len(records))
+        await self.sender.step(self.batcher, records, self.stats.delivered, flush=True)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a send to the broker failed: %r", task.exception())
