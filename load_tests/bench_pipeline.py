@@ -82,7 +82,7 @@ def _file(records: int, instruments: int, rate: float, days_before: int = 0) -> 
     return path
 
 
-def _throughput(
+def throughput(
     w: BenchWorker, path: Path, total: int, before: tuple[Path, ...] = (), groups: int = 0
 ) -> dict[str, float]:
     """Replay `before` (definitions) and the file at full speed: events/s until the instruments
@@ -120,9 +120,9 @@ def _options(broker: str, guarantee: str, fast: Path, total: int, chain: Path) -
     groups = len(made[OPTIONS_PRESSURE]) + len(made[OPTIONS_SIGNALS])
     env = {"TAPESTREAM_PROCESSING_GUARANTEE": guarantee, **OPTIONS_ENV}
     with bench_worker(broker, **env) as w:
-        without = _throughput(w, fast, total)["events_per_s"]
+        without = throughput(w, fast, total)["events_per_s"]
     with bench_worker(broker, **env) as w:
-        with_options = _throughput(w, fast, total, (chain,), groups)["events_per_s"]
+        with_options = throughput(w, fast, total, (chain,), groups)["events_per_s"]
     return {
         "without_events_per_s": without,
         "with_events_per_s": with_options,
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             r = {}
             if "throughput" in phases:
                 with bench_worker(broker, TAPESTREAM_PROCESSING_GUARANTEE=guarantee) as w:
-                    r["throughput"] = _throughput(w, fast, total)
+                    r["throughput"] = throughput(w, fast, total)
             if "backlog" in phases:
                 r["backlog"] = _backlog(fast, total, broker, guarantee)
             if "latency" in phases:

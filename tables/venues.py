@@ -24,3 +24,7 @@ def known_venue(code: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# Publisher ids the project gives feeds Databento does not list.
+BINANCE_USDM = 65_001

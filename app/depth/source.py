@@ -3,7 +3,7 @@
 One combined-stream WebSocket for every symbol (`<symbol>@depth@100ms`, `<symbol>@trade`);
 each message is stamped with its local receive time and handed, in order, to
 `app.feeds.depth_capture.DepthBooks`, which keeps each symbol's book by the venue's procedure and
-says what changed as MBO records (one order per level). Around it:
+says what changed as MBO records (F_MBP level sizes). Around it:
 
 - a symbol's book waits for a REST snapshot while its updates buffer; the snapshot is fetched
   as soon as an update shows the need, again when the venue serves one too old to join, and
@@ -398,8 +398,9 @@ class DepthSource:
     def _gap_records(self, ts: int) -> None:
         since, self._down_since = self._down_since, None
         for symbol in self.cfg.symbols:
+            iid = instrument_for(symbol)
             gap = {
-                "instrument_id": instrument_for(symbol),
+                "instrument_id": iid,
                 "symbol": symbol,
                 "source": "binance-usdm",
                 "from_ts_recv": since,
@@ -407,7 +408,7 @@ class DepthSource:
                 "reason": "the connection dropped: trades in between are not replayed; the "
                 "book resyncs from a snapshot",
             }
-            self._producer_send(self.settings.topic(GAPS_TOPIC), orjson.dumps(gap), symbol)
+            self._producer_send(self.settings.topic(GAPS_TOPIC), orjson.dumps(gap), str(iid))
             self.stats.trade_gaps += 1
             metrics.depth_gaps.labels("trades").inc()
 

@@ -7,12 +7,12 @@ combined-stream messages (`{"stream": ..., "data": {...}}`: `depthUpdate`, `trad
 symbol) or wrapped as `{"stream": "<symbol>@depthSnapshot", "data": {...}}` (as the live
 source records them).
 
-The book is kept by `tables.depth_sync.DepthSync` and reaches the L3 engine as one order per
-level (id: price and side), so L2 books publish through the same stages, topics and views as
-MBO books:
+The book is kept by `tables.depth_sync.DepthSync` and reaches the L3 engine as MBP records
+(F_MBP: each sets one level's aggregate size, with no orders behind it), so L2 books publish
+through the same stages, topics and views as MBO books, with no order counts:
 
-    snapshot            R (F_SNAPSHOT), then an A per level (F_SNAPSHOT)
-    new level           A          size changed   M          level removed   C
+    snapshot            R (F_SNAPSHOT), then an A per level (F_MBP | F_SNAPSHOT)
+    new level           A          size changed   M          level removed   C    (F_MBP)
     pu break            N with F_MAYBE_BAD_BOOK: the book is suspect until the next snapshot
     trade               T, side = aggressor (`m`: the buyer made the market, so A sold into it)
 
@@ -38,6 +38,7 @@ import orjson
 from models.mbo import (
     F_LAST,
     F_MAYBE_BAD_BOOK,
+    F_MBP,
     F_SNAPSHOT,
     MBO_DTYPE,
     MBO_LENGTH_WORDS,
@@ -46,6 +47,7 @@ from models.mbo import (
     instrument_id_for,
 )
 from tables.depth_sync import ASK, BID, DepthSnapshot, DepthSync, DepthUpdate, Kind
+from tables.venues import BINANCE_USDM
 
 if TYPE_CHECKING:
     from app.feeds.mbo_files import MboFile
@@ -54,7 +56,7 @@ VENUE = "BINANCE-USDM"
 SIZE_DECIMALS = 3
 A, C, M, T, R, N = (ord(x) for x in "ACMTRN")
 NONE = ord("N")
-PUBLISHER_ID = 0
+PUBLISHER_ID = BINANCE_USDM  # the project's own (tables/venues.py)
 MS = 1_000_000
 
 
@@ -163,11 +165,6 @@ def parse_snapshot(data: dict) -> DepthSnapshot:
     )
 
 
-def level_order_id(side: int, price: int) -> int:
-    """The one order that stands for a level: unique per side and price."""
-    return price << 1 | (side == ASK)
-
-
 @dataclass
 class DepthBooks:
     """Every symbol's `DepthSync`, and the MBO records of what each message did to it."""
@@ -219,12 +216,10 @@ class DepthBooks:
             start = len(self.rows)
             if change.kind is Kind.SNAPSHOT:
                 self._rec(iid, ts, ts_recv, R, NONE, UNDEF_PRICE, 0, 0, F_SNAPSHOT)
-            flags = F_SNAPSHOT if change.kind is Kind.SNAPSHOT else 0
+            flags = F_MBP | (F_SNAPSHOT if change.kind is Kind.SNAPSHOT else 0)
             for lv in change.changes:
                 action = A if not lv.old_size else C if not lv.size else M
-                size = lv.size or lv.old_size
-                oid = level_order_id(lv.side, lv.price)
-                self._rec(iid, ts, ts_recv, action, lv.side, lv.price, size, oid, flags)
+                self._rec(iid, ts, ts_recv, action, lv.side, lv.price, lv.size, 0, flags)
             if len(self.rows) > start:
                 last = list(self.rows[-1])
                 last[8] |= F_LAST

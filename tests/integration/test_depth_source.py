@@ -1,8 +1,9 @@
 """The depth source against the stand-in venue, with real workers: dropped updates, a stale
 snapshot, a disconnect and a malformed frame are each detected and resynced, and the workers'
-books then equal the venue's; what the source took, recorded to a file and read by the file
-driver, gives the same records as the raw topic holds; a connection replaced before the
-venue's age limit loses and repeats nothing."""
+books then equal the venue's, as they do for the real BTCUSDT capture served beside them; what
+the sources took, recorded to files and read by the file driver, gives the same records as the
+raw topic holds; a connection replaced before the venue's age limit loses and repeats
+nothing."""
 
 from __future__ import annotations
 
@@ -110,11 +111,24 @@ def test_gaps_resync_and_the_workers_books_equal_the_venues(
         "--fault",
         "garbage@2400",
     )
+    # Beside it, BTCUSDT from the real capture, served as fast as it goes.
+    btc_proc, btc_venue = _venue(deployment, "--capture", str(CAPTURE), "--speed", "0")
     w1, w2 = deployment.worker("w1"), deployment.worker("w2")
     deployment.wait_assigned(w1, w2)
-    web = free_port()
-    record = tmp_path / "taken.jsonl"
+    web, btc_web = free_port(), free_port()
+    record, btc_record = tmp_path / "taken.jsonl", tmp_path / "btc.jsonl"
     source = _depth(deployment, venue, web, "--symbols", ",".join(SYMBOLS), "--record", str(record))
+    btc_source = _depth(
+        deployment,
+        btc_venue,
+        btc_web,
+        "--symbols",
+        "BTCUSDT",
+        "--depth-stream",
+        "depth@0ms",
+        "--record",
+        str(btc_record),
+    )
     status_url = f"http://127.0.0.1:{web}/status"
     try:
         wait_for(
@@ -147,11 +161,29 @@ def test_gaps_resync_and_the_workers_books_equal_the_venues(
             def caught_up(iid: int = iid, truth: dict = truth) -> bool:
                 view = w1.get(f"/books/{iid}/", depth=1000)["books"][0]
                 got = {s: [lv[:2] for lv in view[s]] for s in ("bids", "asks")}
+                assert all(lv[2] == 0 for lv in view["bids"] + view["asks"])  # no counts: L2
                 return got == truth and not view["suspect"]
 
             wait_for(caught_up, 60, f"the workers' book of {symbol} to equal the venue's")
+
+        wait_for(lambda: (_get(f"http://{btc_venue}/status") or {}).get("finished"), 120, "BTC")
+        # The top 100 levels: deeper ones the venue learned of after the source's snapshot
+        # (which goes 1000 deep) are not in it, as with the real venue.
+        btc = instrument_for("BTCUSDT")
+        truth = {side: lv[:100] for side, lv in _venue_book(btc_venue, "BTCUSDT").items()}
+
+        def btc_caught_up() -> bool:
+            r = w2.get_raw(f"/books/{btc}/?depth=100")
+            view = r.json()["books"][0] if r.status_code == 200 else {}
+            return {s: [lv[:2] for lv in view.get(s, [])] for s in ("bids", "asks")} == truth
+
+        wait_for(btc_caught_up, 120, "the workers' BTCUSDT book to equal the venue's")
+        btc_status = _get(f"http://127.0.0.1:{btc_web}/status")
+        assert btc_status is not None and btc_status["depth_gaps"] == 0, btc_status
+        # it joined early: nearly every one of the capture's 6,547 updates went through
+        assert btc_status["books"]["BTCUSDT"]["updates"] > 6_000, btc_status
     finally:
-        _stop(source, venue_proc)
+        _stop(source, venue_proc, btc_source, btc_proc)
 
     bootstrap = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
     gaps = consume_all(bootstrap, f"{deployment.prefix}live.gaps", expect_messages=2, timeout=20)
@@ -163,8 +195,10 @@ def test_gaps_resync_and_the_workers_books_equal_the_venues(
 
     # Live equals the file driver: the recording, read back, is the raw topic record for record.
     raw = _raw_records(deployment)
-    from_file = np.concatenate(list(open_mbo(record).chunks()))
-    for symbol in SYMBOLS:
+    from_file = np.concatenate(
+        [np.concatenate(list(open_mbo(f).chunks())) for f in (record, btc_record)]
+    )
+    for symbol in (*SYMBOLS, "BTCUSDT"):
         iid = instrument_for(symbol)
         mine = from_file[from_file["instrument_id"] == iid]
         assert raw[iid].tobytes() == mine.tobytes(), symbol
@@ -199,36 +233,3 @@ def test_a_connection_is_replaced_before_the_age_limit_without_a_gap(
     raw = _raw_records(deployment)[instrument_for("AAAUSDT")]
     trades = raw[raw["action"] == ord("T")]
     assert len(trades) == venue_status["trades"]["AAAUSDT"]
-
-
-def test_the_real_capture_through_the_stand_in_equals_the_venues_book(
-    deployment: Deployment,
-) -> None:
-    """BTCUSDT from the recorded capture, served as fast as it goes: the source joins the
-    stream from its own snapshot, and the worker's book ends equal to the venue's."""
-    venue_proc, venue = _venue(deployment, "--capture", str(CAPTURE), "--speed", "0")
-    w1 = deployment.worker("w1")
-    web = free_port()
-    source = _depth(deployment, venue, web, "--symbols", "BTCUSDT", "--depth-stream", "depth@0ms")
-    iid = instrument_for("BTCUSDT")
-    try:
-        wait_for(
-            lambda: (_get(f"http://{venue}/status") or {}).get("finished"), 120, "the feed to end"
-        )
-        # The top 100 levels: deeper ones the venue learned of after the source's snapshot
-        # (which goes 1000 deep) are not in it, as with the real venue.
-        truth = {side: levels[:100] for side, levels in _venue_book(venue, "BTCUSDT").items()}
-
-        def caught_up() -> bool:
-            r = w1.get_raw(f"/books/{iid}/?depth=100")
-            if r.status_code != 200:
-                return False
-            view = r.json()["books"][0]
-            got = {s: [lv[:2] for lv in view[s]] for s in ("bids", "asks")}
-            return got == truth
-
-        wait_for(caught_up, 120, "the worker's BTCUSDT book to equal the venue's")
-        status = _get(f"http://127.0.0.1:{web}/status")
-        assert status is not None and status["depth_gaps"] == 0, status
-    finally:
-        _stop(source, venue_proc)

@@ -26,6 +26,7 @@ from app.feeds.mbo_files import InputError, open_mbo, read_all
 from models.mbo import F_LAST, F_MAYBE_BAD_BOOK
 from tables.book_engine import BookEngine
 from tables.depth_sync import ASK, BID, DepthSnapshot, DepthSync, DepthUpdate, Kind
+from tables.venues import BINANCE_USDM
 from tests.conftest import SHARED_DATA, require
 
 CAPTURE = SHARED_DATA / "binance" / "usdm-btcusdt-2024-08-08.depth-trades.gz"
@@ -80,7 +81,7 @@ def test_the_l3_engine_publishes_the_depth_book_after_every_message() -> None:
     """The records each message becomes, applied by the L3 engine, leave its top levels equal
     to the L2 book's, after every message of the capture."""
     books, engine = DepthBooks(), BookEngine()
-    book = engine.book_index(0, instrument_for("BTCUSDT"))
+    book = engine.book_index(BINANCE_USDM, instrument_for("BTCUSDT"))
     for n, (ts, body) in enumerate(_capture_messages()):
         symbol, message = parse_stream_message(body)
         books.add(symbol or "BTCUSDT", message, ts)
@@ -101,8 +102,8 @@ def test_the_l3_engine_publishes_the_depth_book_after_every_message() -> None:
         top = engine.levels(book, side, 50)
         expect = sorted(sync.levels[side].items(), reverse=side == BID)[:50]
         assert [(p, s) for p, s, _ in top] == expect
-        assert all(count == 1 for _, _, count in top)  # one order per level
-    assert engine.counters(book)["unknown_orders"] == 0
+        assert all(count == 0 for _, _, count in top)  # L2: no orders behind the levels
+    assert engine.order_count(book) == 0 and engine.counters(book)["unknown_orders"] == 0
     assert not engine.suspect(book)
 
 
@@ -264,7 +265,7 @@ def test_a_gap_becomes_a_suspect_marker_until_the_next_snapshot() -> None:
     assert chr(marker["action"]) == "N" and marker["flags"] & F_MAYBE_BAD_BOOK
     engine = BookEngine()
     engine.apply(records)
-    book = engine.book_index(0, instrument_for("X"))
+    book = engine.book_index(BINANCE_USDM, instrument_for("X"))
     assert engine.suspect(book)
     books.add("X", venue.snapshot(), 4)
     engine.apply(books.take())
@@ -272,3 +273,24 @@ def test_a_gap_becomes_a_suspect_marker_until_the_next_snapshot() -> None:
     assert {s: dict(p[:2] for p in engine.levels(book, s, 100)) for s in (BID, ASK)} == {
         s: dict(venue.book[s]) for s in (BID, ASK)
     }
+
+
+def test_the_file_driver_makes_bars_and_publishes_l2_levels_without_counts() -> None:
+    """The capture through the stage graph: bars from its trades (volume in lots of 0.001
+    BTC: every trade message counted once), and book rows with no order counts."""
+    from app.file_driver import run_files
+    from app.settings import load_settings
+
+    run = run_files([str(require(CAPTURE))], load_settings({}), progress=False)
+    bars = run.row_topics["bars.1m"]
+    trades = list(run.topic_rows("trades"))
+    assert len(trades) == 21_313 and len(bars) == 5
+    closed_by = bars[-1]["start"] + 60_000_000_000
+    within = [t for t in trades if t["ts_event"] < closed_by]
+    assert sum(b["trades"] for b in bars) == len(within)
+    assert sum(b["volume"] for b in bars) == sum(t["size"] for t in within)
+    assert all(b["instrument_id"] == instrument_for("BTCUSDT") for b in bars)
+    assert {r["count"] for r in run.topic_rows("book.deltas")} == {0}
+    bbo = list(run.topic_rows("bbo"))
+    assert bbo and {r["bid_ct"] for r in bbo} | {r["ask_ct"] for r in bbo} == {0}
+    assert all(r["bid_px"] < r["ask_px"] for r in bbo)  # never crossed
