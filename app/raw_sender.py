@@ -64,6 +64,23 @@ class Tally:
     definitions: int = 0
 
 
+@dataclass
+class SourceStats:
+    """What every long-running source reports in /status: its own counts (a subclass's
+    fields), the last error, and what the broker acknowledged."""
+
+    last_error: str = ""
+    tally: Tally = field(default_factory=Tally)
+    delivered: Delivered = field(default_factory=Delivered)
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k not in ("tally", "delivered")}
+        d["acknowledged_records"] = self.delivered.records
+        d["messages"] = self.delivered.messages
+        d["instruments"] = len(self.tally.instruments)
+        return d
+
+
 class RawSender:
     """Sends batches, keeps a bounded number in flight, and counts what was acknowledged.
     `headers`: added to every data message (the live source names its subscription there)."""

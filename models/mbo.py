@@ -63,6 +63,27 @@ def instrument_key(instrument_id: int) -> bytes:
     return str(instrument_id).encode()
 
 
+def mbo_row(
+    publisher_id: int,
+    instrument_id: int,
+    ts_event: int,
+    ts_recv: int,
+    action: int,
+    side: int,
+    price: int,
+    size: int,
+    order_id: int = 0,
+    flags: int = 0,
+    sequence: int = 0,
+) -> tuple:
+    """One record as a tuple in `MBO_DTYPE`'s field order, for `np.array(rows, MBO_DTYPE)`:
+    feeds that translate another format build their records row by row."""
+    return (
+        MBO_LENGTH_WORDS, MBO_RTYPE, publisher_id, instrument_id, ts_event, order_id, price,
+        size, flags, 0, action, side, ts_recv, 0, sequence,
+    )  # fmt: skip
+
+
 def instrument_id_for(name: str) -> int:
     """A stable instrument id for a feed that has none of its own (LOBSTER, crypto venues):
     CRC-32 of the name, in 31 bits."""

@@ -19,7 +19,7 @@ import orjson
 from faust.cli import option
 
 from app.commands import exit_with
-from app.commands.replay import ensure_topic
+from app.commands.replay import ensure_source_topics
 from app.depth.source import GAPS_TOPIC, REST_URL, WS_URL, DepthConfig, DepthError, DepthSource
 from app.depth.venue import Fault, StandInVenue, VenueError
 from app.faust_app import app, settings
@@ -85,9 +85,7 @@ async def depth(
         source = DepthSource(cfg, settings, topic)
     except DepthError as exc:
         exit_with(str(exc), 2)
-    partitions = await ensure_topic(settings, topic, settings.partitions)
-    await ensure_topic(settings, settings.topic(GAPS_TOPIC), settings.partitions)
-    await ensure_topic(settings, settings.topic("dead.letters"), settings.partitions)
+    partitions = await ensure_source_topics(settings, topic, GAPS_TOPIC)
     runner = None
     if web_port:
 

@@ -21,7 +21,7 @@ import orjson
 from faust.cli import option
 
 from app.commands import exit_with
-from app.commands.replay import ensure_topic
+from app.commands.replay import ensure_source_topics
 from app.faust_app import app, settings
 from app.live.source import DEFAULT_PORT, GAPS_TOPIC, LiveConfig, LiveError, LiveSource
 from app.status_server import serve_status
@@ -129,9 +129,7 @@ async def live(
         source = LiveSource(cfg, settings, os.environ.get("DATABENTO_API_KEY", ""), topic)
     except LiveError as exc:
         exit_with(str(exc), 2)
-    partitions = await ensure_topic(settings, topic, settings.partitions)
-    await ensure_topic(settings, settings.topic(GAPS_TOPIC), settings.partitions)
-    await ensure_topic(settings, settings.topic("dead.letters"), settings.partitions)
+    partitions = await ensure_source_topics(settings, topic, GAPS_TOPIC)
     runner = None
     if web_port:
         runner = await serve_status(lambda: _status(source), settings.web_host, web_port)

@@ -112,6 +112,15 @@ async def ensure_topic(
         await admin.close()
 
 
+async def ensure_source_topics(settings: Settings, topic: str, gaps: str) -> int:
+    """The topics a long-running source writes (the raw topic, its gaps and dead letters);
+    returns the raw topic's partition count."""
+    partitions = await ensure_topic(settings, topic, settings.partitions)
+    await ensure_topic(settings, settings.topic(gaps), settings.partitions)
+    await ensure_topic(settings, settings.topic("dead.letters"), settings.partitions)
+    return partitions
+
+
 async def delete_topics(bootstrap: str, prefixes: Sequence[str]) -> list[str]:
     """Delete every topic whose name starts with one of `prefixes` (a benchmark's or a test's
     own topics and changelogs); return the names deleted."""

@@ -42,7 +42,7 @@ from app.dead_letters import letter
 from app.feeds.batching import Batcher
 from app.feeds.depth_capture import BadMessage, DepthBooks, Trade, instrument_for
 from app.feeds.depth_capture import parse_stream_message as parse
-from app.raw_sender import Delivered, RawSender, Tally, raw_producer
+from app.raw_sender import RawSender, SourceStats, raw_producer
 from app.settings import Settings
 from tables.depth_sync import DepthUpdate
 
@@ -81,7 +81,7 @@ class DepthConfig:
 
 
 @dataclass
-class DepthStats:
+class DepthStats(SourceStats):
     messages: int = 0  # stream messages that reached the books
     records: int = 0  # MBO records handed to the sender
     connections: int = 0
@@ -95,15 +95,6 @@ class DepthStats:
     trade_gaps: int = 0  # gap records: trades missed while disconnected
     duplicates: int = 0  # messages delivered twice across a replacement, dropped
     dead_letters: int = 0
-    last_error: str = ""
-    tally: Tally = field(default_factory=Tally)
-    delivered: Delivered = field(default_factory=Delivered)
-
-    def as_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("tally", "delivered")}
-        d["acknowledged_records"] = self.delivered.records
-        d["instruments"] = len(self.tally.instruments)
-        return d
 
 
 @dataclass(eq=False)

@@ -41,10 +41,9 @@ from models.mbo import (
     F_MBP,
     F_SNAPSHOT,
     MBO_DTYPE,
-    MBO_LENGTH_WORDS,
-    MBO_RTYPE,
     UNDEF_PRICE,
     instrument_id_for,
+    mbo_row,
 )
 from tables.depth_sync import ASK, BID, DepthSnapshot, DepthSync, DepthUpdate, Kind
 from tables.venues import BINANCE_USDM
@@ -238,23 +237,7 @@ class DepthBooks:
         flags: int,
     ) -> None:
         self.rows.append(
-            (
-                MBO_LENGTH_WORDS,
-                MBO_RTYPE,
-                PUBLISHER_ID,
-                iid,
-                ts,
-                oid,
-                price,
-                size,
-                flags,
-                0,
-                action,
-                side,
-                ts_recv,
-                0,
-                0,
-            )
+            mbo_row(PUBLISHER_ID, iid, ts, ts_recv, action, side, price, size, oid, flags)
         )
 
 

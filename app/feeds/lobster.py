@@ -38,10 +38,9 @@ from models.mbo import (
     F_LAST,
     F_SNAPSHOT,
     MBO_DTYPE,
-    MBO_LENGTH_WORDS,
-    MBO_RTYPE,
     UNDEF_PRICE,
     instrument_id_for,
+    mbo_row,
 )
 
 if TYPE_CHECKING:
@@ -78,23 +77,7 @@ class _Translator:
         self, ts: int, action: int, side: int, price: int, size: int, oid: int, flags: int, seq: int
     ) -> None:
         self.rows.append(
-            (
-                MBO_LENGTH_WORDS,
-                MBO_RTYPE,
-                PUBLISHER_ID,
-                self.iid,
-                ts,
-                oid,
-                price,
-                size,
-                flags,
-                0,
-                action,
-                side,
-                ts,
-                0,
-                seq,
-            )
+            mbo_row(PUBLISHER_ID, self.iid, ts, ts, action, side, price, size, oid, flags, seq)
         )
 
     def seed_book(self, levels: list[tuple[int, int, int]]) -> None:

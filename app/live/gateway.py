@@ -38,7 +38,14 @@ import numpy as np
 
 from app.feeds.mbo_files import is_definition_file, open_mbo, read_definitions
 from models import definitions as defs
-from models.mbo import F_LAST, F_SNAPSHOT, MBO_DTYPE, MBO_RTYPE, MBO_SIZE, UNDEF_PRICE
+from models.mbo import (
+    F_LAST,
+    F_SNAPSHOT,
+    MBO_DTYPE,
+    MBO_SIZE,
+    UNDEF_PRICE,
+    mbo_row,
+)
 from tables.order_book import OrderBook
 
 log = logging.getLogger(__name__)
@@ -498,22 +505,8 @@ class StandInGateway:
             for i, (action, side, price, size, oid) in enumerate(event):
                 flags = F_SNAPSHOT | (F_LAST if i == len(event) - 1 else 0)
                 rows.append(
-                    (
-                        MBO_SIZE // 4,
-                        MBO_RTYPE,
-                        pub,
-                        iid,
-                        now,
-                        oid,
-                        price,
-                        size,
-                        flags,
-                        0,
-                        action,
-                        side,
-                        now,
-                        0,
-                        seqs[(pub, iid)],
+                    mbo_row(
+                        pub, iid, now, now, action, side, price, size, oid, flags, seqs[(pub, iid)]
                     )
                 )
         return np.array(rows, dtype=MBO_DTYPE)

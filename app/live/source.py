@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import databento as db
 import databento_dbn as dbn
@@ -48,7 +48,7 @@ from app.live.resume import (
     read_positions,
     subscription_id,
 )
-from app.raw_sender import Delivered, RawSender, Tally, raw_producer
+from app.raw_sender import RawSender, SourceStats, raw_producer
 from app.settings import Settings
 from models.mbo import F_LAST, F_MAYBE_BAD_BOOK, MBO_DTYPE, MBO_SIZE, UNDEF_PRICE
 
@@ -90,7 +90,7 @@ class LiveConfig:
 
 
 @dataclass
-class LiveStats:
+class LiveStats(SourceStats):
     records: int = 0  # MBO records handed to the sender (new ones only)
     bytes: int = 0
     connections: int = 0
@@ -104,16 +104,6 @@ class LiveStats:
     heartbeats: int = 0
     broker_errors: int = 0
     resumed_records: int = 0  # records of this subscription read back from the topic at start
-    last_error: str = ""
-    tally: Tally = field(default_factory=Tally)
-    delivered: Delivered = field(default_factory=Delivered)
-
-    def as_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("tally", "delivered")}
-        d["acknowledged_records"] = self.delivered.records
-        d["messages"] = self.delivered.messages
-        d["instruments"] = len(self.tally.instruments)
-        return d
 
 
 class LiveSource:

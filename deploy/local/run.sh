@@ -2,6 +2,8 @@
 # `make run`: a local broker, one worker, the sample replayed at its recorded pace, web views up.
 # `SOURCE=live make run`: the sample served by the stand-in Databento gateway instead, and read
 # by the live source (`faust -A app live`), as a live feed would be; no key needed.
+# `SOURCE=depth make run`: the real BTCUSDT depth capture served by the stand-in Binance venue
+# and read by the depth source (`faust -A app depth`) into L2 books.
 # Ctrl-C stops the worker (and the broker, if this script started it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -14,7 +16,9 @@ SAMPLE=${SAMPLE:-var/sample/sample.mbo.dbn.zst}
 SPEED=${SPEED:-1}
 SOURCE=${SOURCE:-replay}
 GATEWAY_PORT=${GATEWAY_PORT:-13000}
-case "$SOURCE" in replay|live) ;; *) echo "SOURCE must be replay or live, not $SOURCE" >&2; exit 2;; esac
+VENUE_PORT=${VENUE_PORT:-18801}
+CAPTURE=${CAPTURE:-../shared/data/binance/usdm-btcusdt-2024-08-08.depth-trades.gz}
+case "$SOURCE" in replay|live|depth) ;; *) echo "SOURCE must be replay, live or depth, not $SOURCE" >&2; exit 2;; esac
 url="http://127.0.0.1:$TAPESTREAM_WEB_PORT"
 mkdir -p var/demo
 
@@ -38,7 +42,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [ ! -f "$SAMPLE" ]; then
+if [ "$SOURCE" != depth ] && [ ! -f "$SAMPLE" ]; then
   echo "generating the sample: 1M MBO records, 50 instruments ($SAMPLE)"
   python -m load_tests.gen_mbo --out "$SAMPLE" --records 1000000 --instruments 50 --rate 2000
 fi
@@ -55,18 +59,39 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 
+one=1000
+if [ "$SOURCE" = depth ]; then
+  one=$(python -c 'from app.feeds.depth_capture import instrument_for; print(instrument_for("BTCUSDT"))')
+fi
 cat <<MSG
 
-  tapestream is up. Web views (they change as the replay runs):
+  tapestream is up. Web views (they change as the feed runs):
     $url/books/                every instrument's best bid and offer
-    $url/books/1000/?depth=10  one instrument's top 10 levels a side
+    $url/books/$one/?depth=10  one instrument's top 10 levels a side
     $url/instruments/          record and action counts per instrument
-    $url/instruments/1000/     one instrument
+    $url/instruments/$one/     one instrument
     $url/metrics               Prometheus metrics
     $url/health                worker status
 
 MSG
-if [ "$SOURCE" = live ]; then
+if [ "$SOURCE" = depth ]; then
+  if [ -f "$CAPTURE" ]; then
+    venue=(--capture "$CAPTURE" --speed "$SPEED"); symbols=BTCUSDT; stream=depth@0ms
+  else  # no shared data beside the project: a generated market instead
+    venue=(--symbols BTCUSDT --rate 200); symbols=BTCUSDT; stream=depth@100ms
+  fi
+  faust -A app depth-venue "${venue[@]}" --port "$VENUE_PORT" >var/demo/venue.log 2>&1 &
+  feed+=($!)
+  sleep 2
+  faust -A app depth --symbols "$symbols" --depth-stream "$stream" \
+    --ws-url "ws://127.0.0.1:$VENUE_PORT" --rest-url "http://127.0.0.1:$VENUE_PORT" \
+    --web-port $((TAPESTREAM_WEB_PORT + 1)) >var/demo/depth.log 2>&1 &
+  feed+=($!)
+  echo "  The stand-in venue serves BTCUSDT depth and trades at ${SPEED}x; the depth source keeps"
+  echo "  its L2 book (status: http://127.0.0.1:$((TAPESTREAM_WEB_PORT + 1))/status, log:"
+  echo "  var/demo/depth.log). Ctrl-C stops everything."
+  wait "$worker"
+elif [ "$SOURCE" = live ]; then
   faust -A app gateway "$SAMPLE" --dataset GLBX.MDP3 --port "$GATEWAY_PORT" --speed "$SPEED" \
     >var/demo/gateway.log 2>&1 &
   feed+=($!)
