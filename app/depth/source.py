@@ -82,7 +82,7 @@ class DepthConfig:
 
 @dataclass
 class DepthStats(SourceStats):
-    messages: int = 0  # stream messages that reached the books
+    stream_messages: int = 0  # venue messages that reached the books
     records: int = 0  # MBO records handed to the sender
     connections: int = 0
     reconnects: int = 0  # connections that dropped (not replaced on purpose)
@@ -332,7 +332,7 @@ class DepthSource:
             self._gap_records(ts)
         before = (sync.counters.gaps, sync.counters.snapshots, sync.counters.snapshots_refused)
         self.books.add(symbol, msg, ts)
-        self.stats.messages += 1
+        self.stats.stream_messages += 1
         metrics.depth_messages.inc()
         if self._record is not None:
             self._record.write(b"%d %s\n" % (ts, orjson.dumps(body)))

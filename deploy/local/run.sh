@@ -82,7 +82,10 @@ if [ "$SOURCE" = depth ]; then
   fi
   faust -A app depth-venue "${venue[@]}" --port "$VENUE_PORT" >var/demo/venue.log 2>&1 &
   feed+=($!)
-  sleep 2
+  for _ in $(seq 1 60); do  # the venue's port, before the source's first connection
+    curl -sf "http://127.0.0.1:$VENUE_PORT/status" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
   faust -A app depth --symbols "$symbols" --depth-stream "$stream" \
     --ws-url "ws://127.0.0.1:$VENUE_PORT" --rest-url "http://127.0.0.1:$VENUE_PORT" \
     --web-port $((TAPESTREAM_WEB_PORT + 1)) >var/demo/depth.log 2>&1 &
