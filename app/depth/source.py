@@ -30,26 +30,21 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from app import metrics
 from app.backoff import Backoff
-from app.dead_letters import letter
-from app.feeds.batching import Batcher
 from app.feeds.depth_capture import BadMessage, DepthBooks, Trade, instrument_for
 from app.feeds.depth_capture import parse_stream_message as parse
-from app.raw_sender import RawSender, SourceStats, raw_producer
+from app.raw_sender import SourceStats
 from app.settings import Settings
+from app.stream_source import STOP, StreamSource
 from tables.depth_sync import DepthUpdate
 
 log = logging.getLogger(__name__)
 
-FLUSH_S = 0.02
-GAPS_TOPIC = "live.gaps"
 WS_URL = "wss://fstream.binance.com"
 REST_URL = "https://fapi.binance.com"
 
@@ -106,10 +101,9 @@ class _Connection:
 
 
 _SNAPSHOT = object()  # queue items from a snapshot request rather than a connection
-_STOP = object()
 
 
-class DepthSource:
+class DepthSource(StreamSource):
     def __init__(self, cfg: DepthConfig, settings: Settings, topic: str) -> None:
         if not cfg.symbols:
             raise DepthError("no symbols")
@@ -117,55 +111,23 @@ class DepthSource:
         if bad:
             raise DepthError(f"not a symbol: {bad}")
         cfg.symbols = [s.upper() for s in cfg.symbols]
+        super().__init__(
+            name="depth",
+            settings=settings,
+            topic=topic,
+            stats=DepthStats(),
+            books=DepthBooks(),
+            url=cfg.ws_url,
+            record=cfg.record,
+            records_metric=metrics.depth_records,
+        )
         self.cfg = cfg
-        self.settings = settings
-        self.topic = topic
-        self.stats = DepthStats()
-        self.books = DepthBooks()
-        self.status = "starting"
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self.stats: DepthStats
+        self.books: DepthBooks
         self._last_trade: dict[str, int] = {}
         self._fetching: set[str] = set()
-        self._last_ts = 0
         self._down_since: int | None = None  # local ns the last connection dropped
-        self._record: IO[bytes] | None = None
         self._never = asyncio.Event()  # snapshot requests retry until answered or cancelled
-        self.failure: BaseException | None = None
-
-    # -- the run --------------------------------------------------------------------------
-    async def run(self, stop: asyncio.Event, partitions: int) -> DepthStats:
-        producer = raw_producer(self.settings, paced=True)
-        await producer.start()
-        self._producer: AIOKafkaProducer = producer
-        self.sender = RawSender(producer, self.topic, self.stats.tally, partitions)
-        self.batcher = Batcher(self.settings.batch_records, self.settings.max_message_bytes)
-        if self.cfg.record is not None:
-            self._record = open(self.cfg.record, "ab")  # noqa: SIM115
-        watcher = asyncio.create_task(self._watch(stop))
-        self._fetches: set[asyncio.Task] = set()
-        try:
-            async with aiohttp.ClientSession() as http:
-                self._http = http
-                await self._pump(stop)
-        finally:
-            for task in (watcher, *self._fetches):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            if self.failure is None:
-                await self._flush()
-                await self.sender.send(
-                    self.batcher.flush_all(),
-                    self.stats.delivered,
-                    self.sender.wm.bounds(self.batcher),
-                )
-                await self.sender.drain()
-            with contextlib.suppress(Exception):
-                await producer.stop()
-            if self._record is not None:
-                self._record.close()
-            self.status = "stopped"
-        return self.stats
 
     async def _pump(self, stop: asyncio.Event) -> None:
         """Take what the connections and snapshot requests put on the queue, in order."""
@@ -190,7 +152,7 @@ class DepthSource:
                 self._dropped()
                 continue
             source, text = item
-            if source is _STOP:
+            if source is STOP:
                 break
             if source is _SNAPSHOT:
                 self._take(text)
@@ -291,28 +253,24 @@ class DepthSource:
         log.warning("the connection dropped: %s", self.stats.last_error or "closed by the venue")
 
     # -- messages ---------------------------------------------------------------------------
-    def _stamp(self) -> int:
-        self._last_ts = max(time.time_ns(), self._last_ts)
-        return self._last_ts
-
     def _take(self, text: str | None) -> None:
         """One message, stamped with its local receive time as the source takes it, so the
         raw topic's ts_recv never runs backwards."""
         assert text is not None
-        ts = self._stamp()
+        ts = self.stamp()
         try:
             body = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            self._dead_letter(text, f"not JSON: {exc}")
+            self.dead_letter(text, f"not JSON: {exc}")
             return
         try:
             symbol, msg = parse(body)
         except BadMessage as exc:
-            self._dead_letter(text, f"not a stream message: {exc}")
+            self.dead_letter(text, f"not a stream message: {exc}")
             return
         symbol = symbol or ""
         if symbol not in self.cfg.symbols:
-            self._dead_letter(text, f"a message for {symbol or 'no symbol'}, not subscribed")
+            self.dead_letter(text, f"a message for {symbol or 'no symbol'}, not subscribed")
             return
         if isinstance(msg, Trade):
             if msg.trade_id <= self._last_trade.get(symbol, -1):
@@ -334,8 +292,7 @@ class DepthSource:
         self.books.add(symbol, msg, ts)
         self.stats.stream_messages += 1
         metrics.depth_messages.inc()
-        if self._record is not None:
-            self._record.write(b"%d %s\n" % (ts, orjson.dumps(body)))
+        self.recorded(ts, body)
         gaps = sync.counters.gaps - before[0]
         if gaps:
             self.stats.depth_gaps += gaps
@@ -345,9 +302,7 @@ class DepthSource:
         self.stats.snapshots_refused += sync.counters.snapshots_refused - before[2]
         if sync.needs_snapshot and symbol not in self._fetching:
             self._fetching.add(symbol)
-            task = asyncio.get_running_loop().create_task(self._fetch_snapshot(symbol))
-            self._fetches.add(task)
-            task.add_done_callback(self._fetches.discard)
+            self.spawn(self._fetch_snapshot(symbol))
 
     async def _fetch_snapshot(self, symbol: str) -> None:
         """Ask until the venue answers; the answer joins the queue like a message."""
@@ -388,59 +343,13 @@ class DepthSource:
 
     def _gap_records(self, ts: int) -> None:
         since, self._down_since = self._down_since, None
-        for symbol in self.cfg.symbols:
-            iid = instrument_for(symbol)
-            gap = {
-                "instrument_id": iid,
-                "symbol": symbol,
-                "source": "binance-usdm",
-                "from_ts_recv": since,
-                "to_ts_recv": ts,
-                "reason": "the connection dropped: trades in between are not replayed; the "
-                "book resyncs from a snapshot",
-            }
-            self._producer_send(self.settings.topic(GAPS_TOPIC), orjson.dumps(gap), str(iid))
-            self.stats.trade_gaps += 1
-            metrics.depth_gaps.labels("trades").inc()
-
-    def _dead_letter(self, text: str, reason: str) -> None:
-        body = letter(
-            "depth", "malformed", reason, f"ws:{self.cfg.ws_url}", None, None, text.encode()[:4096]
+        symbols = {instrument_for(s): s for s in self.cfg.symbols}
+        self.gap_records(
+            since,
+            ts,
+            symbols,
+            "the connection dropped: trades in between are not replayed; the book resyncs "
+            "from a snapshot",
         )
-        self._producer_send(self.settings.topic("dead.letters"), body, None)
-        self.stats.dead_letters += 1
-        log.warning("dead letter: %s", reason)
-
-    def _producer_send(self, topic: str, value: bytes, key: str | None) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._producer.send_and_wait(topic, value, key=key.encode() if key else None)
-        )
-        task.add_done_callback(_log_failure)
-
-    # -- sending ------------------------------------------------------------------------------
-    async def _watch(self, stop: asyncio.Event) -> None:
-        """Every tick: send what the books made, count acknowledgements. A send the broker
-        failed (after the producer's own retries) ends the run: the source cannot tell what
-        reached the topic, and a restart resyncs every book from a snapshot."""
-        try:
-            while not stop.is_set():
-                await asyncio.sleep(FLUSH_S)
-                await self._flush()
-                self.sender.settle_done()
-        except Exception as exc:
-            self.failure = exc
-            log.error("the broker failed a send (%r): stopping", exc)
-        self._queue.put_nowait((_STOP, None))
-
-    async def _flush(self) -> None:
-        records = self.books.take()
-        if not len(records):
-            return
-        self.stats.records += len(records)
-        metrics.depth_records.inc(len(records))
-        await self.sender.step(self.batcher, records, self.stats.delivered, flush=True)
-
-
-def _log_failure(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("a send to the broker failed: %r", task.exception())
+        self.stats.trade_gaps += len(symbols)
+        metrics.depth_gaps.labels("trades").inc(len(symbols))
