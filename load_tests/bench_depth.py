@@ -25,7 +25,8 @@ from pathlib import Path
 
 import orjson
 
-from app.feeds.depth_capture import DepthBooks, parse_line, parse_stream_message
+from app.feeds.captures import parse_line
+from app.feeds.depth_capture import DepthBooks, parse_stream_message
 from app.feeds.mbo_files import open_mbo
 from load_tests.bench_pipeline import throughput
 from load_tests.worker_proc import ROOT, bench_worker

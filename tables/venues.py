@@ -28,3 +28,4 @@ def known_venue(code: str) -> bool:
 
 # Publisher ids the project gives feeds Databento does not list.
 BINANCE_USDM = 65_001
+MASSIVE = 65_002  # US equities trades and quotes from Massive (formerly Polygon.io)

@@ -23,7 +23,7 @@ from app.commands.replay import ensure_source_topics
 from app.depth.source import REST_URL, WS_URL, DepthConfig, DepthError, DepthSource
 from app.depth.venue import Fault, StandInVenue, VenueError
 from app.faust_app import app, settings
-from app.feeds.depth_capture import BadMessage
+from app.feeds.captures import BadMessage
 from app.status_server import serve_status
 from app.stream_source import GAPS_TOPIC
 from app.topics import RAW_MBO_BASE

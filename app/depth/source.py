@@ -36,7 +36,8 @@ import orjson
 
 from app import metrics
 from app.backoff import Backoff
-from app.feeds.depth_capture import BadMessage, DepthBooks, Trade, instrument_for
+from app.feeds.captures import BadMessage
+from app.feeds.depth_capture import DepthBooks, Trade, instrument_for
 from app.feeds.depth_capture import parse_stream_message as parse
 from app.raw_sender import SourceStats
 from app.settings import Settings

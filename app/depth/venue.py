@@ -34,7 +34,8 @@ from pathlib import Path
 import orjson
 from aiohttp import WSMsgType, web
 
-from app.feeds.depth_capture import SIZE_DECIMALS, lines_of, parse_line, parse_stream_message
+from app.feeds.captures import lines_of, parse_line
+from app.feeds.depth_capture import SIZE_DECIMALS, parse_stream_message
 from tables.depth_sync import ASK, BID, DepthSnapshot, DepthSync, DepthUpdate
 
 log = logging.getLogger(__name__)

@@ -25,16 +25,14 @@ the tests hold it to them.
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import orjson
 
+from app.feeds.captures import BadMessage, capture_chunks, first_line, parse_line
 from models.mbo import (
     F_LAST,
     F_MAYBE_BAD_BOOK,
@@ -57,10 +55,6 @@ A, C, M, T, R, N = (ord(x) for x in "ACMTRN")
 NONE = ord("N")
 PUBLISHER_ID = BINANCE_USDM  # the project's own (tables/venues.py)
 MS = 1_000_000
-
-
-class BadMessage(ValueError):
-    """A message that is not a well-formed Binance market-stream message."""
 
 
 def instrument_for(symbol: str) -> int:
@@ -241,35 +235,9 @@ class DepthBooks:
         )
 
 
-def parse_line(line: bytes) -> tuple[int, Any]:
-    """(local receive ns, decoded JSON) of one capture line."""
-    stamp, _, body = line.partition(b" ")
-    if not stamp.isdigit() or not body.strip():
-        raise BadMessage("not '<local ns> <json>'")
-    try:
-        return int(stamp), orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadMessage(f"bad JSON ({exc})") from None
-
-
-def lines_of(raw: BinaryIO) -> BinaryIO:
-    """The capture's text, gunzipped if it is gzip; `raw.tell()` stays the progress."""
-    gz = raw.read(2) == b"\x1f\x8b"
-    raw.seek(0)
-    return gzip.GzipFile(fileobj=raw) if gz else raw  # type: ignore[return-value]
-
-
 def is_depth_capture(path: Path) -> bool:
     """A capture's first line is `<ns> {...}` naming a stream or a snapshot."""
-    name = path.name.lower()
-    if not (name.endswith(".gz") or name.endswith(".jsonl") or name.endswith(".txt")):
-        return False
-    try:
-        with open(path, "rb") as raw:
-            head = lines_of(raw).readline(1 << 16)
-    except (OSError, EOFError, gzip.BadGzipFile):
-        return False
-    stamp, _, body = head.partition(b" ")
+    stamp, _, body = first_line(path).partition(b" ")
     return (
         stamp.isdigit()
         and body.lstrip().startswith(b"{")
@@ -278,56 +246,27 @@ def is_depth_capture(path: Path) -> bool:
 
 
 def depth_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
-    from app.feeds.mbo_files import InputError
-
     books = DepthBooks()
     bare: list[tuple[int, DepthSnapshot]] = []  # snapshots before the file named its symbol
     f.dataset = VENUE
-    number = 0
-    with open(f.path, "rb") as raw:
-        lines = lines_of(raw)
-        while True:
-            try:
-                line = lines.readline()
-            except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-                raise InputError(f.path, f"after line {number}", f"corrupt gzip ({exc})") from None
-            if not line:
-                break
-            number += 1
-            if not line.strip():
-                continue
-            try:
-                ts_recv, body = parse_line(line)
-                symbol, message = parse_stream_message(body)
-            except BadMessage as exc:
-                raise InputError(f.path, f"line {number}", str(exc)) from None
+
+    def take(number: int, line: bytes) -> None:
+        nonlocal bare
+        ts_recv, body = parse_line(line)
+        symbol, message = parse_stream_message(body)
+        if symbol is None:
+            if len(f.symbols) > 1:
+                raise BadMessage("a bare snapshot in a file of many symbols")
+            symbol = next(iter(f.symbols.values()), None)
             if symbol is None:
-                symbol = _only_symbol(f, number)
-                if symbol is None:
-                    assert isinstance(message, DepthSnapshot)
-                    bare.append((ts_recv, message))
-                    continue
-            if symbol not in f.symbols.values():
-                f.symbols[instrument_for(symbol)] = symbol
-                for ts, snap in bare:
-                    books.add(symbol, snap, ts)
-                bare = []
-            books.add(symbol, message, ts_recv)
-            if len(books.rows) >= chunk_records:
-                f.bytes_read = raw.tell()
-                chunk = books.take()
-                f.records_read += len(chunk)
-                yield chunk
-    f.bytes_read = f.size
-    chunk = books.take()
-    if len(chunk):
-        f.records_read += len(chunk)
-        yield chunk
+                assert isinstance(message, DepthSnapshot)
+                bare.append((ts_recv, message))
+                return
+        if symbol not in f.symbols.values():
+            f.symbols[instrument_for(symbol)] = symbol
+            for ts, snap in bare:
+                books.add(symbol, snap, ts)
+            bare = []
+        books.add(symbol, message, ts_recv)
 
-
-def _only_symbol(f: MboFile, number: int) -> str | None:
-    from app.feeds.mbo_files import InputError
-
-    if len(f.symbols) > 1:
-        raise InputError(f.path, f"line {number}", "a bare snapshot in a file of many symbols")
-    return next(iter(f.symbols.values()), None)
+    yield from capture_chunks(f, chunk_records, books, take)

@@ -103,6 +103,10 @@ class MboFile:
             from app.feeds.depth_capture import depth_chunks
 
             yield from depth_chunks(self, chunk_records)
+        elif self.format == "ticks":
+            from app.feeds.tick_capture import tick_chunks
+
+            yield from tick_chunks(self, chunk_records)
         elif self.format == "lake":
             from app.feeds.lake_reader import lake_chunks
 
@@ -159,15 +163,19 @@ def open_mbo(path: str | Path) -> MboFile:
         fmt = "lobster" if is_lobster(p) else "csv"
     else:
         from app.feeds.depth_capture import is_depth_capture
+        from app.feeds.tick_capture import is_tick_capture
 
-        if not is_depth_capture(p):
+        if is_depth_capture(p):
+            fmt = "depth"
+        elif is_tick_capture(p):
+            fmt = "ticks"
+        else:
             raise InputError(
                 p,
                 "open",
-                "unsupported file type (expected .dbn, .dbn.zst, .csv, a lake, or a depth "
-                "capture: docs/depth.md)",
+                "unsupported file type (expected .dbn, .dbn.zst, .csv, a lake, or a depth or "
+                "tick capture: docs/depth.md, docs/ticks.md)",
             )
-        fmt = "depth"
     return MboFile(path=p, format=fmt, size=p.stat().st_size)
 
 

@@ -14,12 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.feeds.captures import BadMessage, parse_line
 from app.feeds.depth_capture import (
-    BadMessage,
     DepthBooks,
     decimal_units,
     instrument_for,
-    parse_line,
     parse_stream_message,
 )
 from app.feeds.mbo_files import InputError, open_mbo, read_all

@@ -1,0 +1,49 @@
+"""Normalised vendor ticks: what a tick feed's trades and quotes are once they have passed the
+edge, whatever the vendor. Validated with pydantic, strictly: a wrong type is an error, never a
+coercion. Prices are the MBO fixed point (units of 1e-9), times nanoseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Symbol = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9.\-]{0,19}$")]
+Price = Annotated[int, Field(ge=0, lt=1 << 62)]
+Nanos = Annotated[int, Field(gt=0, lt=1 << 63)]
+Count = Annotated[int, Field(ge=0, lt=1 << 32)]
+
+
+class _Tick(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+    symbol: Symbol
+    instrument_id: Annotated[int, Field(ge=0, lt=1 << 31)]  # models.mbo.instrument_id_for
+    ts_event: Nanos
+    sequence: Annotated[int, Field(ge=0)]  # the vendor's, increasing per symbol
+
+
+class TickTrade(_Tick):
+    kind: Literal["trade"] = "trade"
+    venue: Count  # the vendor's exchange id
+    price: Annotated[int, Field(gt=0, lt=1 << 62)]
+    size: Annotated[int, Field(gt=0, lt=1 << 32)]
+    trade_id: Annotated[str, Field(max_length=64)]
+    conditions: tuple[int, ...] = ()
+    # set by the source from the quote and tick rules (tables/tick_rules.py): B, A or N
+    aggressor: Literal["B", "A", "N"] = "N"
+
+
+class TickQuote(_Tick):
+    kind: Literal["quote"] = "quote"
+    bid_venue: Count
+    bid_px: Price  # 0: no bid
+    bid_sz: Count
+    ask_venue: Count
+    ask_px: Price  # 0: no offer
+    ask_sz: Count
+    condition: Count = 0
+
+
+Tick = TickTrade | TickQuote

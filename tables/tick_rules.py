@@ -1,0 +1,98 @@
+"""Vendor trades as the stages need them: which side was the aggressor, and whether a trade may
+touch bars at all.
+
+Aggressor side (`../shared/design.md`): the quote rule against the latest quote before the
+trade (above its midpoint a buyer took the offer, B; below it a seller hit the bid, A); at the
+midpoint, or with no usable quote, the tick rule against the previous trade's price (up: B,
+down: A, unchanged: the previous trade's side); with neither, N.
+
+Conditions: a trade whose sale conditions say it must not set the high/low or the open/close
+(an average-price print, an odd lot, a prior-day report...) is kept out of the bars, and so out
+of everything the stages make from trades. The default table lists the US equities sale
+conditions, by the vendor's (Massive, formerly Polygon.io) unified condition ids, whose
+consolidated update rules say so; `Conditions.from_reference` builds the table from the
+vendor's own `/v3/reference/conditions` answer instead, which is the authority.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+BID, ASK, NONE = ord("B"), ord("A"), ord("N")
+
+# id -> name: sale conditions that update neither high/low nor open/close (consolidated).
+DEFAULT_EXCLUDED: dict[int, str] = {
+    2: "Average Price Trade",
+    7: "Cash Sale",
+    12: "Form T (extended hours)",
+    13: "Extended Trading Hours (Sold Out of Sequence)",
+    15: "Market Center Official Close",
+    16: "Market Center Official Open",
+    20: "Next Day",
+    21: "Price Variation Trade",
+    29: "Seller",
+    37: "Odd Lot Trade",
+    52: "Contingent Trade",
+    53: "Qualified Contingent Trade",
+}
+
+
+@dataclass(frozen=True)
+class Conditions:
+    excluded: Mapping[int, str] = field(default_factory=lambda: dict(DEFAULT_EXCLUDED))
+
+    @classmethod
+    def from_reference(cls, body: Mapping[str, Any]) -> Conditions:
+        """From the vendor's conditions reference (`{"results": [{"id", "name", "data_types",
+        "update_rules": {"consolidated": {...}}}]}`): every trade condition whose consolidated
+        rules leave the high/low or the open/close alone."""
+        out: dict[int, str] = {}
+        for c in body.get("results", []):
+            if "trade" not in c.get("data_types", ["trade"]):
+                continue
+            rules = c.get("update_rules", {}).get("consolidated", {})
+            if not rules.get("updates_high_low", True) or not rules.get("updates_open_close", True):
+                out[int(c["id"])] = str(c.get("name", ""))
+        return cls(out)
+
+    def excluding(self, conditions: Iterable[int]) -> int | None:
+        """The first condition that keeps a trade out of the bars, or None."""
+        for c in conditions:
+            if c in self.excluded:
+                return c
+        return None
+
+
+class Aggressor:
+    """One instrument's latest quote and last trade, for classifying its trades in order."""
+
+    def __init__(self) -> None:
+        self.bid = 0
+        self.ask = 0
+        self.last_price: int | None = None
+        self.last_side = NONE
+
+    def quote(self, bid: int, ask: int) -> None:
+        """A quote; a side at 0 (none), or a crossed one, leaves no usable midpoint."""
+        usable = bid > 0 and ask > 0 and bid <= ask
+        self.bid, self.ask = (bid, ask) if usable else (0, 0)
+
+    def side(self, price: int) -> int:
+        """The aggressor of a trade at `price`; the trade becomes the last one."""
+        side = NONE
+        if self.bid:
+            twice_mid = self.bid + self.ask  # compared doubled: no rounding at a half tick
+            side = BID if 2 * price > twice_mid else ASK if 2 * price < twice_mid else NONE
+        if side == NONE and self.last_price is not None:
+            if price > self.last_price:
+                side = BID
+            elif price < self.last_price:
+                side = ASK
+            else:
+                side = self.last_side
+        self.last_price = price
+        if side != NONE:
+            self.last_side = side
+        return side
