@@ -21,6 +21,7 @@ from app.commands import (  # noqa: F401
     ohlcv,
     replay,
     snapshots,
+    ticks,
     version,
 )
 from app.faust_app import app, settings

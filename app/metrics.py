@@ -126,3 +126,9 @@ depth_gaps = Counter(
     ["kind"],
 )
 depth_reconnects = Counter("tapestream_depth_reconnects", "venue connections that dropped")
+
+# The ticks source (`faust -A app ticks`, app/ticks/source.py).
+ticks_events = Counter("tapestream_ticks_events", "vendor trades and quotes the ticks source took")
+ticks_records = Counter("tapestream_ticks_records", "MBO records the ticks source sent on")
+ticks_gaps = Counter("tapestream_ticks_gaps", "gap records: symbols a dropped connection cut")
+ticks_reconnects = Counter("tapestream_ticks_reconnects", "vendor connections that ended")

@@ -1,5 +1,6 @@
-"""`faust -A app <command>`: replay, live, gateway, depth (and depth-venue), backfill,
-baselines, config, evaluate, lake, mbp, ohlcv, alerts, snapshots, version; one module each."""
+"""`faust -A app <command>`: replay, live, gateway, depth (and depth-venue), ticks (and
+ticks-vendor), backfill, baselines, config, evaluate, lake, mbp, ohlcv, alerts, snapshots,
+version; one module each."""
 
 from __future__ import annotations
 

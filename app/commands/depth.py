@@ -29,7 +29,7 @@ from app.stream_source import GAPS_TOPIC
 from app.topics import RAW_MBO_BASE
 
 
-def _stop_on_signals() -> asyncio.Event:
+def stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for s in (signal.SIGINT, signal.SIGTERM):
@@ -100,7 +100,7 @@ async def depth(
 
         runner = await serve_status(status, settings.web_host, web_port)
     try:
-        stats = await source.run(_stop_on_signals(), partitions)
+        stats = await source.run(stop_on_signals(), partitions)
     finally:
         if runner is not None:
             await runner.cleanup()
@@ -154,5 +154,5 @@ async def depth_venue(
         exit_with(str(exc), 2)
     bound = await venue.start()
     print(f"stand-in venue for {','.join(venue.symbols)} on 127.0.0.1:{bound}", flush=True)
-    await _stop_on_signals().wait()
+    await stop_on_signals().wait()
     await venue.close()

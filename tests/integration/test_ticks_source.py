@@ -1,0 +1,119 @@
+"""The ticks source against the stand-in vendor, with a real worker: refused logins, a dropped
+connection, a frame that is not JSON, a malformed event and a sequence jump, and through them
+all the worker's bars from the vendor's trades equal the file driver's over the source's own
+recording; condition-excluded trades, priced far off, move no bar."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import requests
+
+from app.feeds.mbo_files import open_mbo
+from app.feeds.tick_capture import instrument_for
+from app.file_driver import run_files
+from app.settings import load_settings
+from models.mbo import MBO_DTYPE, MBO_SIZE
+from tests.integration.conftest import Deployment, consume_all, free_port, wait_for
+from tests.integration.test_bars_live import assert_same, live_rows
+
+pytestmark = pytest.mark.integration
+
+KEY = "massive-standin-test-key-0123456789"
+INTERVALS = "1s,5s"
+
+
+def _get(url: str) -> dict | None:
+    try:
+        return requests.get(url, timeout=5).json()
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def test_faults_leave_the_bars_equal_to_the_file_drivers(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    deployment.base_env["TAPESTREAM_BAR_INTERVALS"] = INTERVALS
+    log = open(tmp_path / "vendor.log", "ab")  # noqa: SIM115
+    vendor = deployment.spawn(
+        "ticks-vendor",
+        *("--symbols", "AAPL,MSFT", "--rate", "400", "--events", "4000", "--refuse", "2"),
+        *("--fault", "close@1500", "--fault", "garbage@2500", "--fault", "badevent@3000"),
+        *("--fault", "seqgap@3500"),
+        stderr=log,
+    )
+    assert vendor.stdout is not None
+    line = vendor.stdout.readline().decode()
+    assert "stand-in tick vendor" in line, line
+    port = line.rsplit(":", 1)[1].strip()
+    w = deployment.worker("w1")
+    web = free_port()
+    record = tmp_path / "ticks.jsonl"
+    source = deployment.spawn(
+        "ticks",
+        *("--symbols", "AAPL,MSFT", "--url", f"ws://127.0.0.1:{port}/stocks"),
+        *("--record", str(record), "--web-port", str(web)),
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "ticks.log", "ab"),  # noqa: SIM115
+        MASSIVE_API_KEY=KEY,
+    )
+    status_url = f"http://127.0.0.1:{web}/status"
+    try:
+        wait_for(lambda: (_get(f"http://127.0.0.1:{port}/status") or {}).get("finished"), 90,
+                 "the feed to end")  # fmt: skip
+        made = _get(f"http://127.0.0.1:{port}/status")
+        assert made is not None
+        status = wait_for(
+            lambda: (s := _get(status_url)) and s["records"] == s["acknowledged_records"] and s,
+            30,
+            "every record acknowledged",
+        )
+        assert status["logins_refused"] == 2 and status["reconnects"] >= 1, status
+        assert status["gaps"] == 2, status  # one per symbol, after the dropped connection
+        assert status["dead_letters"] == 2, status
+        assert status["excluded_trades"] > 0, status
+        assert w.alive()
+    finally:
+        for p in (source, vendor):
+            p.terminate()
+        for p in (source, vendor):
+            p.wait(timeout=30)
+    assert KEY not in (tmp_path / "ticks.log").read_text()
+
+    bootstrap = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
+    letters = consume_all(bootstrap, f"{deployment.prefix}dead.letters", expect_messages=2)
+    reasons = sorted(orjson.loads(v)["reason"] for _, v, _, _ in letters)
+    assert reasons[0].startswith("a malformed event: field 'bp'") or "field 'p'" in reasons[0]
+    assert reasons[1].startswith("not JSON"), reasons
+    gaps = consume_all(bootstrap, f"{deployment.prefix}live.gaps", expect_messages=2)
+    assert sorted(orjson.loads(v)["symbol"] for _, v, _, _ in gaps) == ["AAPL", "MSFT"]
+
+    # Live equals the file driver: the recording gives the raw topic's records, and bars.
+    raw = np.concatenate(
+        [
+            np.frombuffer(v, dtype=MBO_DTYPE)
+            for _, v, _, _ in consume_all(bootstrap, f"{deployment.prefix}mbo.raw", timeout=5)
+            if v and len(v) % MBO_SIZE == 0
+        ]
+    )
+    from_file = np.concatenate(list(open_mbo(record).chunks()))
+    for sym in ("AAPL", "MSFT"):
+        iid = instrument_for(sym)
+        assert raw[raw["instrument_id"] == iid].tobytes() == (
+            from_file[from_file["instrument_id"] == iid].tobytes()
+        ), sym
+    trades = from_file[from_file["action"] == ord("T")]
+    excluded = sum(made["excluded"].values())
+    assert len(trades) + excluded <= sum(made["trades"].values())  # the gap lost some
+
+    result = run_files([str(record)], load_settings({"TAPESTREAM_BAR_INTERVALS": INTERVALS}),
+                       progress=False)  # fmt: skip
+    want = {t: result.row_topics[t] for t in ("bars.1s", "bars.5s")}
+    assert len(want["bars.1s"]) >= 10
+    assert_same(live_rows(deployment, want), want)
+    for bar in want["bars.1s"] + want["bars.5s"]:
+        assert bar["high"] < 150_000_000_000  # the odd lots print at three times the market
