@@ -91,6 +91,7 @@ class StandInVendor:
         self.finished = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._feed: asyncio.Task | None = None
+        self.clock_ms = lambda: int(time.time() * 1000)  # event times (a benchmark sets its own)
 
     async def start(self) -> int:
         app = web.Application()
@@ -185,10 +186,9 @@ class StandInVendor:
             wait = t0 + n / self.rate - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            sym = self.rng.choice(self.symbols)
-            event = self._event(sym, n)
+            event = self.event(n)
             self.made = n
-            channel = f"{event['ev']}.{sym}"
+            channel = f"{event['ev']}.{event['sym']}"
             if n in self.faults.get("garbage", ()):
                 await self._broadcast(channel, '[{"ev": "T", "sym": ')
             if n in self.faults.get("badevent", ()):
@@ -200,11 +200,15 @@ class StandInVendor:
                     await c.ws.close(message=b"stand-in: closed")
         self.finished.set()
 
+    def event(self, n: int) -> dict:
+        """Event n of the generated market, on a symbol drawn at random."""
+        return self._event(self.rng.choice(self.symbols), n)
+
     def _event(self, sym: str, n: int) -> dict:
         rng = self.rng
         self.mid[sym] += rng.choice((-1, 0, 0, 1))
         self.seq[sym] += 100 if n in self.faults.get("seqgap", ()) else 1
-        t = int(time.time() * 1000)
+        t = self.clock_ms()
         mid = self.mid[sym]
         if rng.random() < 0.4:
             self.trades[sym] += 1
