@@ -70,6 +70,7 @@ class SourceStats:
     fields), the last error, and what the broker acknowledged."""
 
     last_error: str = ""
+    unsent: int = 0  # gap records and dead letters the broker failed to take
     tally: Tally = field(default_factory=Tally)
     delivered: Delivered = field(default_factory=Delivered)
 

@@ -110,6 +110,22 @@ class StreamSource:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def read_frames(self, ws: aiohttp.ClientWebSocketResponse, tag: object) -> None:
+        """Put each text frame of `ws` on the queue as `(tag, text)`, and `(tag, None)` when
+        the connection ends, however it ends."""
+        try:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    self._queue.put_nowait((tag, msg.data))
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    self._queue.put_nowait((tag, msg.data.decode("utf-8", "replace")))
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    break
+        except (aiohttp.ClientError, OSError) as exc:
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        finally:
+            self._queue.put_nowait((tag, None))
+
     # -- messages ---------------------------------------------------------------------------
     def stamp(self) -> int:
         """The local receive time of the message being taken: the raw topic's ts_recv never
@@ -152,6 +168,7 @@ class StreamSource:
         try:
             await self._producer.send_and_wait(topic, value, key=key.encode() if key else None)
         except Exception as exc:
+            self.stats.unsent += 1
             log.error("a send to %s failed: %r", topic, exc)
 
     # -- sending ------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ USD-M futures ("How to manage a local order book correctly"):
 1. buffer the stream's updates;
 2. take a REST snapshot (`lastUpdateId`);
 3. drop buffered updates whose last id `u` is below `lastUpdateId`;
-4. start at the update with `U <= lastUpdateId <= u`;
+4. start at the update with `U <= lastUpdateId <= u` (or, since ids skip between updates, the
+   one whose `pu` is at or below `lastUpdateId`: the snapshot fell between two updates);
 5. then each update's `pu` must equal the previous update's `u`; otherwise the book is suspect
    and is rebuilt from a new snapshot, again from step 3.
 
@@ -108,7 +109,8 @@ class DepthSync:
             self.counters.dropped_stale += self.joining
             return []  # older than the snapshot, or an update resent
         if self.joining:
-            joins = u.first_id <= last or u.previous_id == last
+            # Ids skip between updates: the snapshot may sit in a hole between them
+            joins = u.first_id <= last or u.previous_id <= last
         else:
             joins = u.previous_id == last
         if not joins:
@@ -129,7 +131,7 @@ class DepthSync:
             self.counters.dropped_stale += 1
         first = self.buffer[0] if self.buffer else None
         if first is not None and not (
-            first.first_id <= s.last_update_id or first.previous_id == s.last_update_id
+            first.first_id <= s.last_update_id or first.previous_id <= s.last_update_id
         ):
             self.counters.snapshots_refused += 1  # the updates between them are lost
             return []

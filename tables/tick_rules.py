@@ -57,6 +57,14 @@ class Conditions:
                 out[int(c["id"])] = str(c.get("name", ""))
         return cls(out)
 
+    def as_json(self) -> dict[str, Any]:
+        return {"excluded": {str(k): v for k, v in sorted(self.excluded.items())}}
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Conditions:
+        """What `as_json` wrote."""
+        return cls({int(k): str(v) for k, v in body["excluded"].items()})
+
     def excluding(self, conditions: Iterable[int]) -> int | None:
         """The first condition that keeps a trade out of the bars, or None."""
         for c in conditions:

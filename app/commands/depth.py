@@ -8,34 +8,18 @@ The venue's addresses come from `--ws-url` and `--rest-url`, or `TAPESTREAM_DEPT
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import signal
-import sys
 from pathlib import Path
 
-import orjson
 from faust.cli import option
 
 from app.commands import exit_with
-from app.commands.replay import ensure_source_topics
+from app.commands.sources import run_source, stop_on_signals
 from app.depth.source import REST_URL, WS_URL, DepthConfig, DepthError, DepthSource
 from app.depth.venue import Fault, StandInVenue, VenueError
 from app.faust_app import app, settings
 from app.feeds.captures import BadMessage
-from app.status_server import serve_status
-from app.stream_source import GAPS_TOPIC
 from app.topics import RAW_MBO_BASE
-
-
-def stop_on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for s in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(s, stop.set)
-    return stop
 
 
 @app.command(
@@ -86,27 +70,16 @@ async def depth(
         source = DepthSource(cfg, settings, topic)
     except DepthError as exc:
         exit_with(str(exc), 2)
-    partitions = await ensure_source_topics(settings, topic, GAPS_TOPIC)
-    runner = None
-    if web_port:
 
-        def status() -> dict:
-            books = {
-                s: {"synced": b.synced, "last_update_id": b.last_id, **b.counters.__dict__}
-                for s, b in source.books.books.items()
-            }
-            return {"status": source.status, "symbols": cfg.symbols, "books": books,
-                    **source.stats.as_dict()}  # fmt: skip
+    def status() -> dict:
+        books = {
+            s: {"synced": b.synced, "last_update_id": b.last_id, **b.counters.__dict__}
+            for s, b in source.books.books.items()
+        }
+        return {"status": source.status, "symbols": cfg.symbols, "books": books,
+                **source.stats.as_dict()}  # fmt: skip
 
-        runner = await serve_status(status, settings.web_host, web_port)
-    try:
-        stats = await source.run(stop_on_signals(), partitions)
-    finally:
-        if runner is not None:
-            await runner.cleanup()
-    print(orjson.dumps(stats.as_dict()).decode(), file=sys.stderr)
-    if source.failure is not None:
-        exit_with(f"the broker failed a send: {source.failure!r}")
+    await run_source(source, status, web_port)
 
 
 @app.command(

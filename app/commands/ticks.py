@@ -9,18 +9,14 @@ The key comes only from `MASSIVE_API_KEY` (or `POLYGON_API_KEY`); the URL from `
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import orjson
 from faust.cli import option
 
 from app.commands import exit_with
-from app.commands.depth import stop_on_signals
-from app.commands.replay import ensure_source_topics
+from app.commands.sources import run_source, stop_on_signals
 from app.faust_app import app, settings
-from app.status_server import serve_status
-from app.stream_source import GAPS_TOPIC
 from app.ticks.source import KEY_VARIABLES, URL, TicksConfig, TicksError, TicksSource
 from app.ticks.vendor import Fault, StandInVendor, VendorError
 from app.topics import RAW_MBO_BASE
@@ -69,22 +65,11 @@ async def ticks(
         source = TicksSource(cfg, settings, topic, key)
     except TicksError as exc:
         exit_with(str(exc), 2)
-    partitions = await ensure_source_topics(settings, topic, GAPS_TOPIC)
-    runner = None
-    if web_port:
 
-        def status() -> dict:
-            return {"status": source.status, "symbols": cfg.symbols, **source.stats.as_dict()}
+    def status() -> dict:
+        return {"status": source.status, "symbols": cfg.symbols, **source.stats.as_dict()}
 
-        runner = await serve_status(status, settings.web_host, web_port)
-    try:
-        stats = await source.run(stop_on_signals(), partitions)
-    finally:
-        if runner is not None:
-            await runner.cleanup()
-    print(orjson.dumps(stats.as_dict()).decode(), file=sys.stderr)
-    if source.failure is not None:
-        exit_with(f"the broker failed a send: {source.failure!r}")
+    await run_source(source, status, web_port)
 
 
 @app.command(

@@ -99,9 +99,16 @@ class _Connection:
     opened: float
     reader: asyncio.Task | None = None
     held: list[str] = field(default_factory=list)  # a replacement's, until it leads
+    overlapped: set[str] = field(default_factory=set)  # symbols it has caught up on
 
 
 _SNAPSHOT = object()  # queue items from a snapshot request rather than a connection
+
+
+def spare_pending(spare: _Connection, source: DepthSource) -> set[str]:
+    """Symbols, synced in the books, that the replacement has not yet caught up on."""
+    synced = {s for s, sync in source.books.books.items() if sync.synced}
+    return synced - spare.overlapped
 
 
 class DepthSource(StreamSource):
@@ -135,7 +142,8 @@ class DepthSource(StreamSource):
         primary: _Connection | None = None
         spare: _Connection | None = None
         backoff = Backoff(self.cfg.backoff_s, self.cfg.backoff_max_s)
-        while not stop.is_set():
+        spare_after = 0.0  # no replacement attempt before this (monotonic): a failed one waits
+        while not stop.is_set() and self.failure is None:
             if primary is None:
                 primary = await self._connect()
                 if primary is None:
@@ -148,8 +156,10 @@ class DepthSource(StreamSource):
             except TimeoutError:
                 self.stats.stalls += 1
                 self.stats.last_error = f"no message for {self.cfg.stall_s:.1f} s"
-                await self._end(primary)
-                primary = None
+                for c in (primary, spare):
+                    if c is not None:
+                        await self._end(c)
+                primary = spare = None
                 self._dropped()
                 continue
             source, text = item
@@ -164,7 +174,7 @@ class DepthSource(StreamSource):
                     if primary is None:
                         self._dropped()
                     else:
-                        await self._promote(primary)
+                        await self._promote(primary, proven=not spare_pending(primary, self))
                     continue
                 backoff.reset()
                 self._take(text)
@@ -172,14 +182,18 @@ class DepthSource(StreamSource):
                 if text is None:
                     spare = None
                     continue
-                spare.held.append(text)
-                if self._caught_up(spare):
+                self._hold(spare, text)
+                timed_out = time.monotonic() - spare.opened > self.cfg.overlap_timeout_s
+                if not spare_pending(spare, self) or timed_out:
                     self.stats.replacements += 1
                     await self._end(primary)
                     primary, spare = spare, None
-                    await self._promote(primary)
-            if primary is not None and spare is None and self._old(primary):
+                    await self._promote(primary, proven=not timed_out)
+            replace = primary is not None and spare is None and self._old(primary)
+            if replace and time.monotonic() >= spare_after:
                 spare = await self._connect()
+                if spare is None:
+                    spare_after = time.monotonic() + self.cfg.backoff_max_s
         for c in (primary, spare):
             if c is not None:
                 await self._end(c)
@@ -194,22 +208,8 @@ class DepthSource(StreamSource):
             return None
         self.stats.connections += 1
         conn = _Connection(ws, time.monotonic())
-        conn.reader = asyncio.create_task(self._read(conn))
+        conn.reader = asyncio.create_task(self.read_frames(ws, conn))
         return conn
-
-    async def _read(self, conn: _Connection) -> None:
-        try:
-            async for msg in conn.ws:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    self._queue.put_nowait((conn, msg.data))
-                elif msg.type == aiohttp.WSMsgType.BINARY:
-                    self._queue.put_nowait((conn, msg.data.decode("utf-8", "replace")))
-                elif msg.type == aiohttp.WSMsgType.ERROR:
-                    break
-        except (aiohttp.ClientError, OSError) as exc:
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
-        finally:
-            self._queue.put_nowait((conn, None))
 
     async def _end(self, conn: _Connection) -> None:
         with contextlib.suppress(Exception):
@@ -222,26 +222,25 @@ class DepthSource(StreamSource):
     def _old(self, conn: _Connection) -> bool:
         return time.monotonic() - conn.opened > self.cfg.max_connection_age_s
 
-    def _caught_up(self, spare: _Connection) -> bool:
-        """The replacement has delivered, for every symbol the books follow, an update they
-        hold already: from there on it misses nothing the old connection gave."""
-        if time.monotonic() - spare.opened > self.cfg.overlap_timeout_s:
-            return True
-        need = {s for s, sync in self.books.books.items() if sync.synced}
-        for text in spare.held:
-            if not need:
-                break
-            try:
-                symbol, msg = parse(orjson.loads(text))
-            except (orjson.JSONDecodeError, BadMessage):
-                continue
-            sync = self.books.books.get(symbol or "")
-            last = getattr(msg, "last_id", None)
-            if sync is not None and last is not None and last <= (sync.last_id or 0):
-                need.discard(symbol)
-        return not need
+    def _hold(self, spare: _Connection, text: str) -> None:
+        """Keep a replacement's message until it takes over, noting each symbol for which it
+        has delivered an update the books already hold (parsed once: a quiet symbol can keep
+        a replacement waiting for thousands of messages)."""
+        spare.held.append(text)
+        try:
+            symbol, msg = parse(orjson.loads(text))
+        except (orjson.JSONDecodeError, BadMessage, ValueError, TypeError):
+            return
+        sync = self.books.books.get(symbol or "")
+        last = getattr(msg, "last_id", None)
+        if sync is not None and last is not None and last <= (sync.last_id or 0):
+            spare.overlapped.add(symbol or "")
 
-    async def _promote(self, conn: _Connection) -> None:
+    async def _promote(self, conn: _Connection, proven: bool) -> None:
+        """`conn` takes over. Unless it was shown to overlap the old connection, trades may
+        have fallen between them: that is a gap, written down like a drop's."""
+        if not proven:
+            self._down_since = self._last_ts or time.time_ns()
         held, conn.held = conn.held, []
         for text in held:
             self._take(text)
@@ -268,6 +267,9 @@ class DepthSource(StreamSource):
             symbol, msg = parse(body)
         except BadMessage as exc:
             self.dead_letter(text, f"not a stream message: {exc}")
+            return
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            self.dead_letter(text, f"not a stream message ({exc!r})")
             return
         symbol = symbol or ""
         if symbol not in self.cfg.symbols:

@@ -36,6 +36,7 @@ from aiohttp import WSMsgType, web
 
 from app.feeds.captures import lines_of, parse_line
 from app.feeds.depth_capture import SIZE_DECIMALS, parse_stream_message
+from app.stand_in import StandInServer
 from tables.depth_sync import ASK, BID, DepthSnapshot, DepthSync, DepthUpdate
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,10 @@ def decimal(units: int, decimals: int) -> str:
 
 
 def price_text(price: int) -> str:
-    return decimal(price // 10**7, 2)  # cents: the generator's and BTCUSDT's tick is 0.1
+    """A price in 1e-9 units as the venue writes it: two decimals at least, more if needed."""
+    text = decimal(price, 9).rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
 
 
 @dataclass
@@ -221,7 +225,7 @@ class StandInVenue:
         self.rate, self.speed, self.limit = rate, speed, updates
         self.faults = faults or []
         self.max_age_s = max_age_s
-        self.port = port
+        self.server = StandInServer(port)
         self.books: dict[str, _Book] = {}
         self.clients: set[tuple[web.WebSocketResponse, frozenset[str], float]] = set()
         self.started = asyncio.Event()
@@ -242,33 +246,13 @@ class StandInVenue:
             start, self._capture = capture_messages(capture)
             self.symbols = sorted(start)
             self.books = {s: _Book(sync) for s, sync in start.items()}
-        self._runner: web.AppRunner | None = None
-        self._feed: asyncio.Task | None = None
 
     async def start(self) -> int:
-        webapp = web.Application()
-        webapp.router.add_get("/fapi/v1/depth", self._depth)
-        webapp.router.add_get("/stream", self._stream)
-        webapp.router.add_get("/status", self._status)
-        self._runner = web.AppRunner(webapp)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._feed = asyncio.create_task(self._run_feed())
-        return self.port
+        routes = {"/fapi/v1/depth": self._depth, "/stream": self._stream, "/status": self._status}
+        return await self.server.serve(routes, self._run_feed())
 
     async def close(self) -> None:
-        if self._feed is not None:
-            self._feed.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._feed
-        for ws, _, _ in list(self.clients):
-            await ws.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.server.close()
 
     # -- REST ------------------------------------------------------------------------------
     async def _depth(self, request: web.Request) -> web.Response:
@@ -304,6 +288,7 @@ class StandInVenue:
         await ws.prepare(request)
         entry = (ws, streams, time.monotonic())
         self.clients.add(entry)
+        self.server.sockets.add(ws)
         self.connections += 1
         self.started.set()
         try:
@@ -312,6 +297,7 @@ class StandInVenue:
                     break
         finally:
             self.clients.discard(entry)
+            self.server.sockets.discard(ws)
         return ws
 
     async def _broadcast(self, stream: str, frame: bytes) -> None:
@@ -373,7 +359,8 @@ class StandInVenue:
                 if self.limit and n >= self.limit:
                     break
             else:
-                self.trades[symbol] = self.trades.get(symbol, 0) + 1
+                if data.get("e") == "trade":
+                    self.trades[symbol] = self.trades.get(symbol, 0) + 1
                 await self._broadcast(stream, orjson.dumps(body))
         self.finished.set()
         log.info("the feed ended after %d depth updates", self.updates)

@@ -81,6 +81,8 @@ def capture_chunks(
                 take(number, line)
             except BadMessage as exc:
                 raise InputError(f.path, f"line {number}", str(exc)) from None
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise InputError(f.path, f"line {number}", f"malformed ({exc!r})") from None
             if len(books.rows) >= chunk_records:
                 f.bytes_read = raw.tell()
                 chunk = books.take()

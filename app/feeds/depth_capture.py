@@ -61,17 +61,27 @@ def instrument_for(symbol: str) -> int:
     return instrument_id_for(f"{VENUE}:{symbol.upper()}")
 
 
-def decimal_units(text: Any, decimals: int, what: str) -> int:
-    """A non-negative decimal string as an integer count of 10^-decimals."""
-    if not isinstance(text, str) or not text:
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def decimal_units(text: Any, decimals: int, what: str, limit: int = 1 << 62) -> int:
+    """A non-negative decimal string as an integer count of 10^-decimals, below `limit`."""
+    if not isinstance(text, str) or not text or len(text) > 40:
         raise BadMessage(f"{what} {text!r} is not a decimal string")
     whole, _, frac = text.partition(".")
-    if not whole.isdigit() or (frac and not frac.isdigit()):
+    if not _digits(whole) or (frac and not _digits(frac)):
         raise BadMessage(f"{what} {text!r} is not a non-negative decimal")
     extra = frac[decimals:]
     if extra.strip("0"):
         raise BadMessage(f"{what} {text!r} has more than {decimals} decimals")
-    return int(whole) * 10**decimals + int(frac[:decimals].ljust(decimals, "0") or "0")
+    value = int(whole) * 10**decimals + int(frac[:decimals].ljust(decimals, "0") or "0")
+    if value >= limit:
+        raise BadMessage(f"{what} {text!r} is too large for the record's field")
+    return value
+
+
+SIZE_LIMIT = 1 << 32  # an MBO size is a uint32: 4,294,967 of the base asset in lots of 0.001
 
 
 def _levels(rows: Any, what: str) -> list[tuple[int, int]]:
@@ -81,7 +91,8 @@ def _levels(rows: Any, what: str) -> list[tuple[int, int]]:
     for row in rows:
         if not isinstance(row, list) or len(row) < 2:
             raise BadMessage(f"{what} row {row!r} is not [price, quantity]")
-        out.append((decimal_units(row[0], 9, "price"), decimal_units(row[1], SIZE_DECIMALS, "qty")))
+        price = decimal_units(row[0], 9, "price")
+        out.append((price, decimal_units(row[1], SIZE_DECIMALS, "qty", SIZE_LIMIT)))
     return out
 
 
@@ -140,7 +151,7 @@ def parse_stream_message(body: Any) -> tuple[str | None, Message]:
             ts_event=_int(data, "T") * MS,
             trade_id=_int(data, "t"),
             price=decimal_units(data.get("p"), 9, "price"),
-            size=decimal_units(data.get("q"), SIZE_DECIMALS, "qty"),
+            size=decimal_units(data.get("q"), SIZE_DECIMALS, "qty", SIZE_LIMIT),
             aggressor=ASK if maker else BID,
         )
     if event == "bookTicker":

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 A, C, T = ord("A"), ord("C"), ord("T")
 MS = 1_000_000
+DAY_NS = 86_400 * 1_000_000_000
 PRICE_SCALE = 1_000_000_000
 
 
@@ -60,6 +61,14 @@ def _validated(model: type[TickTrade] | type[TickQuote], fields: dict) -> Tick:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise BadMessage(f"{model.__name__} {where}: {first['msg']}") from None
+
+
+def _conditions(value: Any) -> tuple:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise BadMessage(f"field 'c' is {value!r}, not a list of condition ids")
+    return tuple(value)  # each checked as an int by the model
 
 
 def _ms(value: Any) -> int:
@@ -91,7 +100,7 @@ def parse_event(event: Any) -> Tick | None:
                 "price": _price(event.get("p"), "p"),
                 "size": event.get("s"),
                 "trade_id": event.get("i", ""),
-                "conditions": tuple(event.get("c") or ()),
+                "conditions": _conditions(event.get("c")),
             },
         )
     if ev == "Q":
@@ -119,7 +128,7 @@ class TickBooks:
     conditions: Conditions = field(default_factory=Conditions)
     rows: list[tuple] = field(default_factory=list)
     state: dict[int, Aggressor] = field(default_factory=dict)
-    last_sequence: dict[tuple[int, str], int] = field(default_factory=dict)
+    last_sequence: dict[tuple[int, str, int], int] = field(default_factory=dict)
     excluded: int = 0  # trades kept out of the bars by their conditions
     duplicates: int = 0  # a sequence number seen already
 
@@ -130,7 +139,8 @@ class TickBooks:
 
     def add(self, tick: Tick, ts_recv: int) -> None:
         iid = tick.instrument_id
-        key = (iid, tick.kind)
+        # per trading day: a vendor's sequence may start again with each session
+        key = (iid, tick.kind, tick.ts_event // DAY_NS)
         if tick.sequence and tick.sequence <= self.last_sequence.get(key, 0):
             self.duplicates += 1
             return
@@ -177,8 +187,22 @@ def is_tick_capture(path: Path) -> bool:
     return stamp.isdigit() and body.lstrip().startswith(b"[") and b'"ev"' in body
 
 
+def conditions_beside(capture: Path) -> Path:
+    """Where a recording keeps the condition table it was taken with."""
+    return capture.with_name(capture.name + ".conditions.json")
+
+
 def tick_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
-    books = TickBooks()
+    table = conditions_beside(f.path)
+    try:
+        conditions = (
+            Conditions.from_json(orjson.loads(table.read_bytes())) if table.exists() else None
+        )
+    except (OSError, orjson.JSONDecodeError, KeyError, ValueError, AttributeError) as exc:
+        from app.feeds.mbo_files import InputError
+
+        raise InputError(table, "open", f"not a condition table ({exc})") from None
+    books = TickBooks(conditions or Conditions())
     f.dataset = "MASSIVE.STOCKS"
 
     def take(number: int, line: bytes) -> None:

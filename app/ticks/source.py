@@ -35,7 +35,13 @@ import orjson
 from app import metrics
 from app.backoff import Backoff
 from app.feeds.captures import BadMessage
-from app.feeds.tick_capture import TickBooks, instrument_for, parse_event, parse_frame
+from app.feeds.tick_capture import (
+    TickBooks,
+    conditions_beside,
+    instrument_for,
+    parse_event,
+    parse_frame,
+)
 from app.raw_sender import SourceStats
 from app.settings import Settings
 from app.stream_source import STOP, StreamSource
@@ -103,17 +109,21 @@ class TicksSource(StreamSource):
         self.books: TickBooks
         self._key = key
         self._down_since: int | None = None
+        if cfg.record is not None:
+            # the file drivers apply the same table when they read the recording back
+            table = self.books.conditions.as_json()
+            conditions_beside(cfg.record).write_bytes(orjson.dumps(table))
 
     async def _pump(self, stop: asyncio.Event) -> None:
         backoff = Backoff(self.cfg.backoff_s, self.cfg.backoff_max_s)
-        while not stop.is_set():
+        while not stop.is_set() and self.failure is None:
             ws = await self._login()
             if ws is None:
                 self.status = "reconnecting"
                 await backoff.wait(stop)
                 continue
             self.status = "streaming"
-            reader = asyncio.create_task(self._read(ws))
+            reader = asyncio.create_task(self.read_frames(ws, ws))
             try:
                 while True:
                     try:
@@ -179,20 +189,6 @@ class TicksSource(StreamSource):
                 if event.get("status") == "auth_failed":
                     raise LoginRefused(str(event.get("message", ""))[:200])
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        try:
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    self._queue.put_nowait((ws, msg.data))
-                elif msg.type == aiohttp.WSMsgType.BINARY:
-                    self._queue.put_nowait((ws, msg.data.decode("utf-8", "replace")))
-                elif msg.type == aiohttp.WSMsgType.ERROR:
-                    break
-        except (aiohttp.ClientError, OSError) as exc:
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
-        finally:
-            self._queue.put_nowait((ws, None))
-
     def _dropped(self) -> None:
         self.stats.reconnects += 1
         metrics.ticks_reconnects.inc()
@@ -213,6 +209,9 @@ class TicksSource(StreamSource):
                 tick = parse_event(event)
             except BadMessage as exc:
                 self.dead_letter(orjson.dumps(event).decode(), f"a malformed event: {exc}")
+                continue
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                self.dead_letter(orjson.dumps(event).decode(), f"a malformed event ({exc!r})")
                 continue
             if tick is None:
                 self._status_event(event)

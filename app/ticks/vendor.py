@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import WSMsgType, web
 
+from app.stand_in import StandInServer
+
 log = logging.getLogger(__name__)
 
 FAULT_KINDS = ("close", "garbage", "badevent", "seqgap")
@@ -79,7 +81,7 @@ class StandInVendor:
         self.faults: dict[str, set[int]] = {}
         for f in faults or []:
             self.faults.setdefault(f.kind, set()).add(f.at)
-        self.port = port
+        self.server = StandInServer(port)
         self.clients: set[_Client] = set()
         self.mid = {s: 100_00 + 1000 * i for i, s in enumerate(self.symbols)}  # in cents
         self.seq = dict.fromkeys(self.symbols, 0)
@@ -89,33 +91,14 @@ class StandInVendor:
         self.logins = self.refused = 0
         self.started = asyncio.Event()
         self.finished = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._feed: asyncio.Task | None = None
         self.clock_ms = lambda: int(time.time() * 1000)  # event times (a benchmark sets its own)
 
     async def start(self) -> int:
-        app = web.Application()
-        app.router.add_get("/stocks", self._socket)
-        app.router.add_get("/status", self._status)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._feed = asyncio.create_task(self._run_feed())
-        return self.port
+        routes = {"/stocks": self._socket, "/status": self._status}
+        return await self.server.serve(routes, self._run_feed())
 
     async def close(self) -> None:
-        if self._feed is not None:
-            self._feed.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._feed
-        for c in list(self.clients):
-            await c.ws.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.server.close()
 
     async def _status(self, _: web.Request) -> web.Response:
         return web.json_response(
@@ -137,6 +120,7 @@ class StandInVendor:
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=30)
         await ws.prepare(request)
+        self.server.sockets.add(ws)
         await ws.send_str(self._status_frame("connected", "Connected Successfully"))
         client = _Client(ws)
         authed = False
@@ -169,6 +153,7 @@ class StandInVendor:
             else:
                 await ws.send_str(self._status_frame("error", "not authorized"))
         self.clients.discard(client)
+        self.server.sockets.discard(ws)
         return ws
 
     async def _broadcast(self, channel: str, frame: str) -> None:

@@ -293,3 +293,22 @@ def test_the_file_driver_makes_bars_and_publishes_l2_levels_without_counts() -> 
     bbo = list(run.topic_rows("bbo"))
     assert bbo and {r["bid_ct"] for r in bbo} | {r["ask_ct"] for r in bbo} == {0}
     assert all(r["bid_px"] < r["ask_px"] for r in bbo)  # never crossed
+
+
+def test_a_snapshot_between_two_updates_joins_the_stream() -> None:
+    """Ids skip between updates (6,391 of the capture's 6,551 updates start past pu + 1): a
+    snapshot whose id falls in such a hole is in step with the next update."""
+    sync = DepthSync()
+    sync.update(DepthUpdate(101, 110, 95, 1, [(100, 1)], []))
+    sync.update(DepthUpdate(120, 130, 110, 2, [(100, 2)], []))  # ids 111-119: another symbol's
+    assert [c.kind for c in sync.snapshot(DepthSnapshot(115, 1, [(100, 1)], []))] == [
+        Kind.SNAPSHOT,
+        Kind.UPDATE,
+    ]
+    assert sync.levels[BID] == {100: 2} and sync.counters.snapshots_refused == 0
+    fresh = DepthSync()
+    fresh.snapshot(DepthSnapshot(115, 1, [(100, 1)], []))  # nothing buffered yet
+    assert [c.kind for c in fresh.update(DepthUpdate(120, 130, 110, 2, [(100, 2)], []))] == [
+        Kind.UPDATE
+    ]
+    assert fresh.counters.gaps == 0

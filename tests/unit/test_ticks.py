@@ -168,3 +168,27 @@ def test_a_bad_line_in_a_tick_capture_names_it(tmp_path: Path) -> None:
     path = _capture(tmp_path / "bad.ticks.jsonl.gz", [[_trade()], [_trade(s="x", q=2)]])
     with pytest.raises(InputError, match="line 2: TickTrade size"):
         list(open_mbo(path).chunks())
+
+
+def test_a_recordings_condition_table_applies_when_it_is_read(tmp_path: Path) -> None:
+    from app.feeds.tick_capture import conditions_beside
+
+    path = _capture(tmp_path / "r.ticks.jsonl", [[_trade(c=[14])], [_trade(c=[37], q=2)]])
+    path.write_bytes(gzip.decompress(path.read_bytes()))
+    trades = lambda: int((np.concatenate(list(open_mbo(path).chunks()))["action"] == 84).sum())  # noqa: E731
+    assert trades() == 1  # the default table: 37 (odd lot) out, 14 in
+    conditions_beside(path).write_bytes(orjson.dumps(Conditions({14: "ISO"}).as_json()))
+    assert trades() == 1 and open_mbo(path).format == "ticks"
+    conditions_beside(path).write_bytes(orjson.dumps(Conditions({}).as_json()))
+    assert trades() == 2
+
+
+def test_sizes_too_large_for_a_record_and_odd_digits_are_refused() -> None:
+    from app.feeds.depth_capture import decimal_units
+
+    with pytest.raises(BadMessage, match="too large"):
+        decimal_units("5000000.000", 3, "qty", 1 << 32)
+    with pytest.raises(BadMessage, match="not a non-negative decimal"):
+        decimal_units("²", 3, "qty")
+    with pytest.raises(BadMessage, match="field 'c'"):
+        parse_event({**_trade(), "c": 12})
