@@ -99,16 +99,23 @@ class _Connection:
     opened: float
     reader: asyncio.Task | None = None
     held: list[str] = field(default_factory=list)  # a replacement's, until it leads
-    overlapped: set[str] = field(default_factory=set)  # symbols it has caught up on
+    # per symbol, the `pu` of its first depth update: its stream follows on from there
+    starts_after: dict[str, int] = field(default_factory=dict)
 
 
 _SNAPSHOT = object()  # queue items from a snapshot request rather than a connection
 
 
 def spare_pending(spare: _Connection, source: DepthSource) -> set[str]:
-    """Symbols, synced in the books, that the replacement has not yet caught up on."""
-    synced = {s for s, sync in source.books.books.items() if sync.synced}
-    return synced - spare.overlapped
+    """Symbols, synced in the books, that the replacement has not yet caught up on: the books
+    have not yet reached the update its stream follows on from. (Which connection delivers a
+    broadcast message first is a race, so a replacement need not ever deliver one the books
+    hold already.)"""
+    return {
+        s
+        for s, sync in source.books.books.items()
+        if sync.synced and (sync.last_id or 0) < spare.starts_after.get(s, 1 << 62)
+    }
 
 
 class DepthSource(StreamSource):
@@ -223,18 +230,16 @@ class DepthSource(StreamSource):
         return time.monotonic() - conn.opened > self.cfg.max_connection_age_s
 
     def _hold(self, spare: _Connection, text: str) -> None:
-        """Keep a replacement's message until it takes over, noting each symbol for which it
-        has delivered an update the books already hold (parsed once: a quiet symbol can keep
-        a replacement waiting for thousands of messages)."""
+        """Keep a replacement's message until it takes over, noting where its stream of each
+        symbol begins (parsed once: a quiet symbol can keep a replacement waiting for
+        thousands of messages)."""
         spare.held.append(text)
         try:
             symbol, msg = parse(orjson.loads(text))
         except (orjson.JSONDecodeError, BadMessage, ValueError, TypeError):
             return
-        sync = self.books.books.get(symbol or "")
-        last = getattr(msg, "last_id", None)
-        if sync is not None and last is not None and last <= (sync.last_id or 0):
-            spare.overlapped.add(symbol or "")
+        if isinstance(msg, DepthUpdate) and symbol and symbol not in spare.starts_after:
+            spare.starts_after[symbol] = msg.previous_id
 
     async def _promote(self, conn: _Connection, proven: bool) -> None:
         """`conn` takes over. Unless it was shown to overlap the old connection, trades may
