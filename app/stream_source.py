@@ -66,6 +66,7 @@ class StreamSource:
         self._record: IO[bytes] | None = None
         self._tasks: set[asyncio.Task] = set()
         self._sends: set[asyncio.Task] = set()
+        self.down_since: int | None = None  # receive time the stream was last known whole
 
     async def run(self, stop: asyncio.Event, partitions: int) -> Any:
         producer = raw_producer(self.settings, paced=True)
@@ -145,8 +146,16 @@ class StreamSource:
         self.stats.dead_letters += 1  # type: ignore[attr-defined]
         log.warning("dead letter: %s", reason)
 
-    def gap_records(self, since: int, ts: int, symbols: dict[int, str], reason: str) -> None:
-        """One record per instrument on the gaps topic: what came between is lost."""
+    def mark_down(self) -> None:
+        """What the feed sends from now until the next message taken may be lost."""
+        self.down_since = self._last_ts or time.time_ns()
+
+    def gap_records(self, ts: int, symbols: dict[int, str], reason: str) -> int:
+        """After `mark_down`, one record per instrument on the gaps topic for what came
+        between it and `ts`; returns how many were written."""
+        since, self.down_since = self.down_since, None
+        if since is None:
+            return 0
         for iid, symbol in symbols.items():
             gap = {
                 "instrument_id": iid,
@@ -157,6 +166,7 @@ class StreamSource:
                 "reason": reason,
             }
             self.send_now(self.settings.topic(GAPS_TOPIC), orjson.dumps(gap), str(iid))
+        return len(symbols)
 
     def send_now(self, topic: str, value: bytes, key: str | None) -> None:
         """Send beside the records (gap records, dead letters); the run waits for these."""

@@ -141,7 +141,6 @@ class DepthSource(StreamSource):
         self.books: DepthBooks
         self._last_trade: dict[str, int] = {}
         self._fetching: set[str] = set()
-        self._down_since: int | None = None  # local ns the last connection dropped
         self._never = asyncio.Event()  # snapshot requests retry until answered or cancelled
 
     async def _pump(self, stop: asyncio.Event) -> None:
@@ -245,7 +244,7 @@ class DepthSource(StreamSource):
         """`conn` takes over. Unless it was shown to overlap the old connection, trades may
         have fallen between them: that is a gap, written down like a drop's."""
         if not proven:
-            self._down_since = self._last_ts or time.time_ns()
+            self.mark_down()
         held, conn.held = conn.held, []
         for text in held:
             self._take(text)
@@ -254,7 +253,7 @@ class DepthSource(StreamSource):
         """The only connection dropped: what the venue sends until the next one is lost."""
         self.stats.reconnects += 1
         metrics.depth_reconnects.inc()
-        self._down_since = self._last_ts or time.time_ns()
+        self.mark_down()
         log.warning("the connection dropped: %s", self.stats.last_error or "closed by the venue")
 
     # -- messages ---------------------------------------------------------------------------
@@ -294,7 +293,7 @@ class DepthSource(StreamSource):
         ):
             self.stats.duplicates += 1  # both connections of a replacement sent it
             return
-        if self._down_since is not None:
+        if self.down_since is not None:
             self._gap_records(ts)
         before = (sync.counters.gaps, sync.counters.snapshots, sync.counters.snapshots_refused)
         self.books.add(symbol, msg, ts)
@@ -350,14 +349,11 @@ class DepthSource(StreamSource):
             loop.call_later(self.cfg.snapshot_interval_s, self._fetching.discard, symbol)
 
     def _gap_records(self, ts: int) -> None:
-        since, self._down_since = self._down_since, None
-        symbols = {instrument_for(s): s for s in self.cfg.symbols}
-        self.gap_records(
-            since,
+        n = self.gap_records(
             ts,
-            symbols,
+            {instrument_for(s): s for s in self.cfg.symbols},
             "the connection dropped: trades in between are not replayed; the book resyncs "
             "from a snapshot",
         )
-        self.stats.trade_gaps += len(symbols)
-        metrics.depth_gaps.labels("trades").inc(len(symbols))
+        self.stats.trade_gaps += n
+        metrics.depth_gaps.labels("trades").inc(n)

@@ -108,7 +108,6 @@ class TicksSource(StreamSource):
         self.stats: TicksStats
         self.books: TickBooks
         self._key = key
-        self._down_since: int | None = None
         if cfg.record is not None:
             # the file drivers apply the same table when they read the recording back
             table = self.books.conditions.as_json()
@@ -192,7 +191,7 @@ class TicksSource(StreamSource):
     def _dropped(self) -> None:
         self.stats.reconnects += 1
         metrics.ticks_reconnects.inc()
-        self._down_since = self._last_ts or self.stamp()
+        self.mark_down()
         self.status = "reconnecting"
         log.warning("the connection ended: %s", self.stats.last_error or "closed by the vendor")
 
@@ -222,7 +221,7 @@ class TicksSource(StreamSource):
             taken.append((event, tick))
         if not taken:
             return
-        if self._down_since is not None:
+        if self.down_since is not None:
             self._write_gaps(ts)
         before = (self.books.excluded, self.books.duplicates)
         for _, tick in taken:
@@ -242,11 +241,10 @@ class TicksSource(StreamSource):
             log.info("vendor status %s: %s", status, message)
 
     def _write_gaps(self, ts: int) -> None:
-        since, self._down_since = self._down_since, None
-        symbols = {instrument_for(s): s for s in self.cfg.symbols}
-        assert since is not None
-        self.gap_records(
-            since, ts, symbols, "the connection dropped: the feed replays nothing in between"
+        n = self.gap_records(
+            ts,
+            {instrument_for(s): s for s in self.cfg.symbols},
+            "the connection dropped: the feed replays nothing in between",
         )
-        self.stats.gaps += len(symbols)
-        metrics.ticks_gaps.inc(len(symbols))
+        self.stats.gaps += n
+        metrics.ticks_gaps.inc(n)
