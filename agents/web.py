@@ -12,6 +12,7 @@ GET /config/                      the runtime settings this worker applies (cont
 GET /metrics                      Prometheus metrics (Faust's and tapestream's)
 GET /openapi.json                 the OpenAPI document of these views (app/openapi.py)
 GET /ws                           WebSocket: subscribe, a snapshot, then updates (app/websocket.py)
+POST /ingest/ticks                vendor ticks pushed to the raw topic (agents/ingest.py)
 GET /health                       200 while the worker runs, with whether it is ready
 GET /ready                        200 once it owns partitions with their tables restored, else 503
 

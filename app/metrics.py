@@ -132,3 +132,7 @@ ticks_events = Counter("tapestream_ticks_events", "vendor trades and quotes the 
 ticks_records = Counter("tapestream_ticks_records", "MBO records the ticks source sent on")
 ticks_gaps = Counter("tapestream_ticks_gaps", "gap records: symbols a dropped connection cut")
 ticks_reconnects = Counter("tapestream_ticks_reconnects", "vendor connections that ended")
+ingest_requests = Counter(
+    "tapestream_ingest_requests", "POST /ingest/ticks requests, by the status answered", ["status"]
+)
+ingest_ticks = Counter("tapestream_ingest_ticks", "ticks taken by POST /ingest/ticks")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
+from models.ticks import ingest_records
+
 ERROR = {
     "type": "object",
     "required": ["error"],
@@ -195,5 +197,46 @@ def document() -> dict[str, Any]:
                 }
             },
             "/openapi.json": _get("this document", [], "the OpenAPI 3.1 document"),
+            "/ingest/ticks": _ingest(),
         },
+        "components": {
+            "schemas": INGEST_SCHEMA.get("$defs", {}),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+# The webhook's body, from the models that check it (app/tick_ingest.py).
+INGEST_SCHEMA = ingest_records.json_schema(ref_template="#/components/schemas/{model}")
+
+
+def _ingest() -> dict[str, Any]:
+    why = {
+        "400": "the body is not JSON",
+        "401": "no bearer token, or not the one this worker accepts (WWW-Authenticate says how)",
+        "404": "ingest is off on this worker (TAPESTREAM_INGEST_TOKEN is not set)",
+        "413": "the body is over TAPESTREAM_INGEST_MAX_BYTES, or one instrument's records of it"
+        " would not fit one message",
+        "422": "a record is wrong: `errors` lists each with its index, field and reason; nothing"
+        " of the request was sent",
+        "503": "the broker did not take every instrument's records: retry the same request"
+        " after Retry-After (what was written comes back as repeats of its sequence numbers)",
+    }
+    responses = {
+        "200": _json("what it became: ticks, records, instruments, excluded_trades, duplicates"),
+        **{code: _json(text, ERROR) for code, text in why.items()},
+    }
+    responses["503"]["headers"] = RETRY
+    schema = {k: v for k, v in INGEST_SCHEMA.items() if k != "$defs"}
+    return {
+        "post": {
+            "summary": "vendor ticks pushed to the raw topic (docs/ticks.md#webhook-ingest);"
+            " needs `Authorization: Bearer <TAPESTREAM_INGEST_TOKEN>`",
+            "security": [{"bearer": []}],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": schema}},
+            },
+            "responses": responses,
+        }
     }

@@ -5,9 +5,9 @@ coercion. Prices are the MBO fixed point (units of 1e-9), times nanoseconds sinc
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 Symbol = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9.\-]{0,19}$")]
 Price = Annotated[int, Field(ge=0, lt=1 << 62)]
@@ -47,3 +47,40 @@ class TickQuote(_Tick):
 
 
 Tick = TickTrade | TickQuote
+
+
+class _Ingested:
+    """A record posted to the webhook (app/tick_ingest.py): `kind` says which, the instrument
+    id may be left out (the symbology gives it; one given must agree)."""
+
+    instrument_id: int | None
+    as_tick: ClassVar[type[Tick]]
+
+    def normalised(self, instrument_id: int) -> Tick:
+        fields = self.model_dump()  # type: ignore[attr-defined]
+        fields["instrument_id"] = instrument_id
+        return self.as_tick.model_construct(**fields)
+
+
+class IngestTrade(_Ingested, TickTrade):
+    kind: Literal["trade"]
+    instrument_id: Annotated[int, Field(ge=0, lt=1 << 31)] | None = None
+    sequence: Annotated[int, Field(ge=0)] = 0  # 0: none (a retried request may then repeat)
+    venue: Count = 0
+    trade_id: Annotated[str, Field(max_length=64)] = ""
+    as_tick: ClassVar[type[Tick]] = TickTrade
+
+
+class IngestQuote(_Ingested, TickQuote):
+    kind: Literal["quote"]
+    instrument_id: Annotated[int, Field(ge=0, lt=1 << 31)] | None = None
+    sequence: Annotated[int, Field(ge=0)] = 0
+    bid_venue: Count = 0
+    ask_venue: Count = 0
+    as_tick: ClassVar[type[Tick]] = TickQuote
+
+
+# A webhook request's body: a JSON array of trades and quotes, told apart by `kind`.
+ingest_records: TypeAdapter[list[IngestTrade | IngestQuote]] = TypeAdapter(
+    list[Annotated[IngestTrade | IngestQuote, Field(discriminator="kind")]]
+)

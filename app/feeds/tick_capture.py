@@ -18,7 +18,8 @@ vendor's `q` grows per symbol but not by one; repeats of it are dropped as dupli
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from copy import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,7 +129,8 @@ class TickBooks:
     conditions: Conditions = field(default_factory=Conditions)
     rows: list[tuple] = field(default_factory=list)
     state: dict[int, Aggressor] = field(default_factory=dict)
-    last_sequence: dict[tuple[int, str, int], int] = field(default_factory=dict)
+    # instrument -> (kind, day) -> the last sequence number taken
+    last_sequence: dict[int, dict[tuple[str, int], int]] = field(default_factory=dict)
     excluded: int = 0  # trades kept out of the bars by their conditions
     duplicates: int = 0  # a sequence number seen already
 
@@ -137,15 +139,39 @@ class TickBooks:
         self.rows = []
         return out
 
+    def save(self, instruments: Iterable[int]) -> dict[int, tuple]:
+        """What `add` may change for these instruments, for `restore` to put back."""
+        out = {}
+        for iid in instruments:
+            agg = self.state.get(iid)
+            seqs = self.last_sequence.get(iid)
+            out[iid] = (
+                copy(agg) if agg is not None else None,
+                dict(seqs) if seqs is not None else None,
+            )
+        return out
+
+    def restore(self, saved: dict[int, tuple]) -> None:
+        for iid, (agg, seqs) in saved.items():
+            if agg is None:
+                self.state.pop(iid, None)
+            else:
+                self.state[iid] = agg
+            if seqs is None:
+                self.last_sequence.pop(iid, None)
+            else:
+                self.last_sequence[iid] = seqs
+
     def add(self, tick: Tick, ts_recv: int) -> None:
         iid = tick.instrument_id
         # per trading day: a vendor's sequence may start again with each session
-        key = (iid, tick.kind, tick.ts_event // DAY_NS)
-        if tick.sequence and tick.sequence <= self.last_sequence.get(key, 0):
-            self.duplicates += 1
-            return
         if tick.sequence:
-            self.last_sequence[key] = tick.sequence
+            seqs = self.last_sequence.setdefault(iid, {})
+            key = (tick.kind, tick.ts_event // DAY_NS)
+            if tick.sequence <= seqs.get(key, 0):
+                self.duplicates += 1
+                return
+            seqs[key] = tick.sequence
         agg = self.state.get(iid)
         if agg is None:
             agg = self.state[iid] = Aggressor()
@@ -166,6 +192,8 @@ class TickBooks:
             self.excluded += 1
             return
         side = agg.side(tick.price)
+        if tick.aggressor != "N":  # the vendor's own word, where it gives one
+            side = agg.last_side = ord(tick.aggressor)
         self.rows.append(
             mbo_row(MASSIVE, iid, tick.ts_event, ts_recv, T, side, tick.price, tick.size, 0, F_LAST)
         )

@@ -1,0 +1,154 @@
+"""POST /ingest/ticks on real workers (two, sharing the partitions): requests without the token,
+too large, not JSON or with a bad record are refused with the reason and nothing of them
+reaches the raw topic; good requests become the books' BBO and bars on whichever worker owns
+each instrument, a condition-excluded trade moves no bar, and a retried request adds nothing."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import orjson
+import pytest
+import requests
+
+from app.feeds.tick_capture import instrument_for
+from models.mbo import MBO_DTYPE, MBO_SIZE
+from tests.integration.conftest import Deployment, Worker, consume_all, wait_for
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "ingest-test-token-0123456789abcdef"
+PX = 1_000_000_000  # one dollar in the MBO fixed point
+
+
+def _post(w: Worker, body: bytes | list, token: str | None = TOKEN) -> requests.Response:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return requests.post(f"{w.url}/ingest/ticks", data=data, headers=headers, timeout=30)
+
+
+def _quote(sym: str, seq: int, bid: int, ask: int) -> dict:
+    return {"kind": "quote", "symbol": sym, "ts_event": time.time_ns(), "sequence": seq,
+            "bid_px": bid * PX // 100, "bid_sz": 300,
+            "ask_px": ask * PX // 100, "ask_sz": 200}  # fmt: skip
+
+
+def _trade(sym: str, seq: int, cents: int, size: int, **more: object) -> dict:
+    return {"kind": "trade", "symbol": sym, "ts_event": time.time_ns(), "sequence": seq,
+            "price": cents * PX // 100, "size": size, "venue": 4, **more}  # fmt: skip
+
+
+def test_refused_requests_send_nothing_and_good_ones_make_books_and_bars(
+    deployment: Deployment,
+) -> None:
+    deployment.base_env.update(
+        TAPESTREAM_INGEST_TOKEN=TOKEN,
+        TAPESTREAM_INGEST_MAX_BYTES="8192",
+        TAPESTREAM_BAR_INTERVALS="1s",
+        TAPESTREAM_ALLOWED_LATENESS="0.2",
+        TAPESTREAM_PARTITIONS="4",
+    )
+    w1, w2 = deployment.worker("w1"), deployment.worker("w2")
+    wait_for(lambda: w1.alive() and w2.alive(), 60, "two workers up")
+    wait_for(lambda: w1.get("/ready")["ready"] and w2.get("/ready")["ready"], 90, "both ready")
+
+    # Refused: nothing of these may reach the topic (all carry the symbol BAD).
+    bad = [_quote("BAD", 1, 100, 101), _trade("BAD", 2, 100, 5)]
+    r = _post(w1, bad, token=None)
+    assert r.status_code == 401 and "bearer token" in r.json()["error"]
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    r = _post(w1, bad, token="not-" + TOKEN)
+    assert r.status_code == 401 and TOKEN not in r.text
+    r = _post(w1, [*bad] * 60)
+    assert r.status_code == 413 and "8192" in r.json()["error"]
+    r = _post(w1, b'[{"kind": "trade", ')
+    assert r.status_code == 400 and "not JSON" in r.json()["error"]
+    r = _post(w1, [*bad, _trade("BAD", 3, 100, "5"), {**_trade("BAD", 4, 100, 1), "kind": "tick"}])
+    assert r.status_code == 422, r.text
+    errors = r.json()["errors"]
+    assert errors[0] == {"index": 2, "field": "size", "reason": "Input should be a valid integer"}
+    assert errors[1]["index"] == 3 and "kind" in errors[1]["reason"]
+    r = _post(w1, [{**bad[1], "instrument_id": 7}])
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "instrument_id"
+    r = _post(w1, {"kind": "trade"})  # not an array
+    assert r.status_code == 422
+
+    # Good requests, to one worker; the instruments' partitions are spread over both.
+    syms = ["AAPL", "MSFT", "NVDA", "AMZN"]
+    quotes = [_quote(s, 1, 10_000 + i, 10_002 + i) for i, s in enumerate(syms)]
+    r = _post(w1, quotes)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"ticks": 4, "records": 8, "instruments": 4, "excluded_trades": 0,
+                        "duplicates": 0}  # fmt: skip
+    trades = []
+    for i, s in enumerate(syms):
+        trades += [
+            _trade(s, 2, 10_002 + i, 100),  # at the offer: a buyer (quote rule)
+            _trade(s, 3, 10_000 + i, 40, aggressor="B"),  # at the bid, but the vendor says B
+            _trade(s, 4, 30_000, 7, conditions=[37]),  # an odd lot far off: no bar may see it
+            _trade(s, 5, 10_000 + i, 60),  # at the bid: a seller
+        ]
+    r = _post(w1, trades)
+    assert r.status_code == 200, r.text
+    assert r.json()["excluded_trades"] == 4 and r.json()["records"] == 12
+    again = _post(w1, trades)  # a client's retry: every tick a repeat of its sequence number
+    assert again.status_code == 200 and again.json()["duplicates"] == 16
+    assert again.json()["records"] == 0
+    time.sleep(1.5)
+    # Later quotes: the books' BBO, and the watermark that closes the trades' 1 s bars.
+    final = [_quote(s, 6, 9_990 + i, 9_995 + i) for i, s in enumerate(syms)]
+    assert _post(w2, final).status_code == 200
+
+    for s, q in zip(syms, final, strict=True):
+        iid = instrument_for(s)
+        for w in (w1, w2):  # either worker answers, routed to the owner
+            book = wait_for(
+                lambda w=w, iid=iid, q=q: (
+                    (b := w.get(f"/books/{iid}/", depth=1)["books"][0])["bids"][0][0] == q["bid_px"]
+                    and b
+                ),
+                30,
+                f"{s}'s book at its last quote",
+            )
+            assert book["asks"] == [[q["ask_px"], q["ask_sz"], 0]]  # L1: no order counts
+            assert book["bids"] == [[q["bid_px"], q["bid_sz"], 0]]
+
+    bootstrap = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
+    bars = wait_for(
+        lambda: (
+            len(b := consume_all(bootstrap, f"{deployment.prefix}bars.1s", timeout=5)) >= 4 and b
+        ),
+        60,
+        "a 1 s bar per instrument",
+    )
+    got = {}
+    for _, v, _, _ in bars:
+        row = orjson.loads(v)
+        got.setdefault(row["instrument_id"], []).append(row)
+    for i, s in enumerate(syms):
+        rows = got[instrument_for(s)]
+        assert sum(r["volume"] for r in rows) == 200, s  # the odd lot and the retry: none
+        assert sum(r["trades"] for r in rows) == 3
+        assert sum(r["buy_volume"] for r in rows) == 140
+        assert sum(r["sell_volume"] for r in rows) == 60
+        assert max(r["high"] for r in rows) == (10_002 + i) * PX // 100
+        assert min(r["low"] for r in rows) == (10_000 + i) * PX // 100
+
+    raw = np.concatenate(
+        [
+            np.frombuffer(v, dtype=MBO_DTYPE)
+            for _, v, _, _ in consume_all(bootstrap, f"{deployment.prefix}mbo.raw", timeout=5)
+            if v and len(v) % MBO_SIZE == 0
+        ]
+    )
+    assert not (raw["instrument_id"] == instrument_for("BAD")).any()
+    assert len(raw) == 8 + 12 + 8
+    metrics = requests.get(f"{w1.url}/metrics", timeout=10).text
+    assert 'tapestream_ingest_requests_total{status="401"} 2.0' in metrics
+    assert 'tapestream_ingest_requests_total{status="422"} 3.0' in metrics
+    assert "tapestream_ingest_ticks_total 36.0" in metrics
+    for w in (w1, w2):
+        assert TOKEN not in w.log_path.read_text()
