@@ -9,6 +9,7 @@ GET /indicators/{instrument_id}/?interval=1m    its indicators after its latest 
 GET /signals/?instrument_id=&limit=N  the latest N signals, newest first (from all workers)
 GET /options/?group=&limit=N    the latest N option-group signals, newest first (all workers)
 GET /config/                      the runtime settings this worker applies (control topic)
+PUT /config/{key}                 change one for every worker (an operator's, with tokens on)
 GET /metrics                      Prometheus metrics (Faust's and tapestream's)
 GET /openapi.json                 the OpenAPI document of these views (app/openapi.py)
 GET /ws                           WebSocket: subscribe, a snapshot, then updates (app/websocket.py)
@@ -40,6 +41,7 @@ from agents.control import control
 from agents.instruments import checkpoints, restore_books, stages
 from agents.options import groups as option_groups_stage
 from app import metrics, openapi
+from app.control import publish as publish_setting
 from app.faust_app import app, settings
 from app.recovery_status import log_progress, recovery_status
 from app.state_tables import TABLES
@@ -50,6 +52,8 @@ from app.websocket import EVENT_CHANNELS, STATE_CHANNELS, TOO_SLOW, Hub
 from models.intervals import interval_name, parse_interval
 from models.mbo import instrument_key
 from tables.instrument_stats import InstrumentStats
+from tables.runtime_config import KEYS as CONFIG_KEYS
+from tables.runtime_config import parse
 from tables.state_keys import bars_key
 
 log = logging.getLogger(__name__)
@@ -79,9 +83,16 @@ def _peer_urls() -> list[str]:
 
 
 async def _fetch_peer(
-    session: aiohttp.ClientSession, url: str, path: str, field: str, params: dict[str, str]
+    session: aiohttp.ClientSession,
+    url: str,
+    path: str,
+    field: str,
+    params: dict[str, str],
+    headers: dict[str, str],
 ) -> list[dict[str, Any]]:
-    async with session.get(f"{url}{path}", params={**params, "scope": "local"}) as resp:
+    async with session.get(
+        f"{url}{path}", params={**params, "scope": "local"}, headers=headers
+    ) as resp:
         resp.raise_for_status()
         body = await resp.json()
         return list(body[field])
@@ -100,8 +111,11 @@ async def _gather(
         if peers:
             async with aiohttp.ClientSession(timeout=PEER_TIMEOUT) as session:
                 params = {k: v for k, v in request.query.items() if k != "scope"}
+                # the caller's token, for peers that require one (app/access.py)
+                auth = request.headers.get("Authorization")
+                headers = {"Authorization": auth} if auth else {}
                 results = await asyncio.gather(
-                    *(_fetch_peer(session, u, path, field, params) for u in peers),
+                    *(_fetch_peer(session, u, path, field, params, headers) for u in peers),
                     return_exceptions=True,
                 )
             for url, res in zip(peers, results, strict=True):
@@ -385,6 +399,38 @@ class ConfigView(View):
         )
 
 
+@app.page("/config/{key}")
+class ConfigKeyView(View):
+    """PUT `{"value": ...}`: a runtime setting changed for every worker, through the control
+    topic (operators only when tokens are configured: agents/access.py)."""
+
+    async def put(self, request: Request, key: str) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return self.json({"error": 'the body must be JSON: {"value": ...}'}, status=400)
+        value = body.get("value") if isinstance(body, dict) else None
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            return self.json({"error": "`value` must be a string or a number"}, status=400)
+        text = str(value)
+        try:
+            new = parse(key, text)
+            old = control.current.values()[key]
+            control.current.with_value(key, new)  # the settings as a whole must still hold
+        except ValueError as exc:
+            status = 404 if key not in CONFIG_KEYS else 422
+            return self.json({"error": str(exc)}, status=status)
+        try:
+            await publish_setting(settings, key, text)
+        except Exception as exc:
+            log.error("a runtime setting could not be published: %r", exc)
+            return _unavailable(self, "the control topic did not take the change")
+        metrics.config_changes.inc()
+        log.info("runtime setting %s: %r -> %r (PUT /config/)", key, old, new)
+        applies = "on every worker, from the control topic"
+        return self.json({"key": key, "old": old, "new": new, "applies": applies})
+
+
 @app.page("/health")
 class HealthView(View):
     """Liveness, which partitions this worker owns (empty until it joined the group), and
@@ -448,7 +494,9 @@ class WebSocketView(View):
     """The WebSocket feed: a client subscribes to channels and gets a snapshot, then updates."""
 
     async def get(self, request: Request) -> Any:
-        ws = WebSocketResponse(heartbeat=30.0, max_msg_size=64 * 1024)
+        # a browser that offers its token as the subprotocol `bearer.<token>` (app/access.py)
+        # also offers `tapestream`, which is the one chosen: the token is never echoed
+        ws = WebSocketResponse(heartbeat=30.0, max_msg_size=64 * 1024, protocols=("tapestream",))
         await ws.prepare(request)  # type: ignore[arg-type]  # aiohttp's own request
         client = hub.connect(ws.send_str)
         metrics.ws_clients.set(len(hub.clients))

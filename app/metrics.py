@@ -136,3 +136,9 @@ ingest_requests = Counter(
     "tapestream_ingest_requests", "POST /ingest/ticks requests, by the status answered", ["status"]
 )
 ingest_ticks = Counter("tapestream_ingest_ticks", "ticks taken by POST /ingest/ticks")
+web_refused = Counter(
+    "tapestream_web_refused", "web requests refused for their token (401) or role (403)", ["status"]
+)
+config_changes = Counter(
+    "tapestream_config_changes", "runtime settings changed through PUT /config/"
+)

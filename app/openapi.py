@@ -167,6 +167,7 @@ def document() -> dict[str, Any]:
             "/config/": _get(
                 "the runtime settings this worker applies", [], "`caught_up`, `settings`"
             ),
+            "/config/{key}": _put_config(),
             "/health": _get(
                 "liveness (always 200 while the worker runs), readiness, partitions, recovery",
                 [],
@@ -203,6 +204,31 @@ def document() -> dict[str, Any]:
             "schemas": INGEST_SCHEMA.get("$defs", {}),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
+    }
+
+
+def _put_config() -> dict[str, Any]:
+    key = _param("key", "path", "a runtime setting (docs/configuration.md)", {"type": "string"})
+    why = {
+        "400": 'the body is not `{"value": ...}` with a string or a number',
+        "401": "no bearer token, or an unknown one (tokens on: docs/web.md#access)",
+        "403": "a reader's token: changes take an operator's",
+        "404": "no such setting",
+        "422": "the value breaks its rule, or the settings as a whole",
+        "503": "the control topic did not take the change; try again after Retry-After",
+    }
+    value = {"type": ["string", "number"]}
+    body = {"type": "object", "required": ["value"], "properties": {"value": value}}
+    return {
+        "put": {
+            "summary": "change one runtime setting for every worker, through the control topic",
+            "parameters": [key],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                "200": _json("`key`, `old`, `new`"),
+                **{code: _json(text, ERROR) for code, text in why.items()},
+            },
+        }
     }
 
 

@@ -1,0 +1,141 @@
+"""Who may use a worker's web server: bearer tokens with a reader or an operator role (no Faust
+here; agents/access.py applies it to every request).
+
+Off while no token is configured. The web server is bound to 127.0.0.1 by default, so only this
+machine reaches it. To expose it (`TAPESTREAM_WEB_HOST` not a loopback address), configure
+tokens: a worker refuses to start exposed without them, unless `TAPESTREAM_WEB_INSECURE=1` says
+that something in front of it (a proxy, a private network) decides who gets in.
+
+    TAPESTREAM_READ_TOKENS       comma-separated: every GET view, /metrics and the WebSocket feed
+    TAPESTREAM_OPERATOR_TOKENS   comma-separated: what readers may, and changing runtime settings
+
+Tokens are read from the environment here and nowhere else, compared in constant time, and
+never logged or echoed. A request presents one as `Authorization: Bearer <token>`; a browser's
+WebSocket, which cannot set that header, as the subprotocol `bearer.<token>`. `/health` and
+`/ready` stay open for probes; `/ingest/ticks` has its own token (app/tick_ingest.py). Routed
+requests carry the caller's header on to the worker that owns the key, so every worker must be
+given the same tokens.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+READER, OPERATOR = "reader", "operator"
+READ_VARIABLE = "TAPESTREAM_READ_TOKENS"
+OPERATOR_VARIABLE = "TAPESTREAM_OPERATOR_TOKENS"
+INSECURE_VARIABLE = "TAPESTREAM_WEB_INSECURE"
+OPEN_PATHS = frozenset({"/health", "/ready"})
+OWN_AUTH_PATHS = frozenset({"/ingest/ticks"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+WS_PROTOCOL_PREFIX = "bearer."
+MIN_TOKEN_CHARS = 16
+
+
+class AccessError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int  # 401: no token or an unknown one; 403: a reader asking to change something
+    error: str
+
+
+def read_tokens(env: Mapping[str, str], name: str) -> tuple[bytes, ...]:
+    """The comma-separated tokens of variable `name`; AccessError (naming the variable, never
+    the token) for one too short or with spaces or control characters."""
+    out = []
+    for t in env.get(name, "").split(","):
+        t = t.strip()
+        if not t:
+            continue
+        if len(t) < MIN_TOKEN_CHARS or not t.isprintable() or " " in t:
+            # the message names the variable, never the token
+            raise AccessError(
+                f"{name}: a token must be at least {MIN_TOKEN_CHARS} printable characters "
+                "with no spaces"
+            )
+        out.append(t.encode())
+    return tuple(out)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Access:
+    def __init__(self, readers: tuple[bytes, ...] = (), operators: tuple[bytes, ...] = ()):
+        self._roles = [(t, READER) for t in readers] + [(t, OPERATOR) for t in operators]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], web_host: str) -> Access:
+        """The tokens configured; AccessError for a bad one, or for a server exposed beyond
+        this machine with none."""
+        access = cls(read_tokens(env, READ_VARIABLE), read_tokens(env, OPERATOR_VARIABLE))
+        if not access.on and not _is_loopback(web_host) and env.get(INSECURE_VARIABLE) != "1":
+            raise AccessError(
+                f"the web server is bound to {web_host}, beyond this machine, with no tokens: "
+                f"set {READ_VARIABLE} and {OPERATOR_VARIABLE}, or {INSECURE_VARIABLE}=1 if "
+                "something in front of it decides who gets in"
+            )
+        return access
+
+    @property
+    def on(self) -> bool:
+        return bool(self._roles)
+
+    def role_of(self, token: str) -> str | None:
+        role = None
+        for known, r in self._roles:  # every one compared: the time says nothing of which
+            if same_token(token, known) and role != OPERATOR:
+                role = r
+        return role
+
+    def check(
+        self,
+        method: str,
+        path: str,
+        authorization: str | None,
+        ws_protocols: str | None = None,
+    ) -> Refusal | None:
+        """None if the request may go on, else why not."""
+        if not self.on or path in OPEN_PATHS or path in OWN_AUTH_PATHS:
+            return None
+        token = bearer(authorization) or _from_protocols(ws_protocols)
+        if token is None:
+            return Refusal(401, "a bearer token is required (Authorization: Bearer ...)")
+        role = self.role_of(token)
+        if role is None:
+            return Refusal(401, "the token is not one this worker accepts")
+        if method.upper() not in READ_METHODS and role != OPERATOR:
+            return Refusal(403, "changing anything takes an operator token")
+        return None
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def same_token(given: str, known: bytes) -> bool:
+    """In constant time. A header's bytes that are not UTF-8 reach here as surrogates, which
+    encode back to themselves rather than fail."""
+    return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), known)
+
+
+def _from_protocols(header: str | None) -> str | None:
+    for p in (header or "").split(","):
+        p = p.strip()
+        if p.startswith(WS_PROTOCOL_PREFIX) and len(p) > len(WS_PROTOCOL_PREFIX):
+            return p[len(WS_PROTOCOL_PREFIX) :]
+    return None
