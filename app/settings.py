@@ -68,7 +68,7 @@ class Settings(BaseModel, frozen=True):
     ws_queue: int = Field(1000, ge=10, le=1_000_000, description="TAPESTREAM_WS_QUEUE")
     ws_warm: int = Field(1000, ge=0, le=1_000_000, description="TAPESTREAM_WS_WARM")
     ingest_max_bytes: int = Field(
-        1 << 20, ge=1024, le=64 << 20, description="TAPESTREAM_INGEST_MAX_BYTES"
+        1 << 20, ge=1024, le=16 << 20, description="TAPESTREAM_INGEST_MAX_BYTES"
     )
     option_groups: str = Field(
         "underlying+right,underlying+expiration+right", description="TAPESTREAM_OPTION_GROUPS"

@@ -25,11 +25,10 @@ numbers, on the same worker; without them a retry after a partial failure can re
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +36,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
+from app.access import AccessError, bearer, read_tokens, same_token
 from app.feeds.tick_capture import TickBooks, instrument_for
 from app.feeds.watermarks import WM_HEADER, encode_ns, partitioner
 from app.raw_sender import raw_producer
@@ -62,9 +62,12 @@ def _refused(status: int, error: str, **more: Any) -> Answer:
     return Answer(status, {"error": error, **more})
 
 
-def token_from_env() -> str | None:
-    token = os.environ.get(TOKEN_VARIABLE, "")
-    return token if token.strip() else None
+def token_from_env(env: Mapping[str, str] = os.environ) -> bytes | None:
+    """The token that turns ingest on, or None; AccessError for a bad one (app/access.py)."""
+    tokens = read_tokens(env, TOKEN_VARIABLE)
+    if len(tokens) > 1:
+        raise AccessError(f"{TOKEN_VARIABLE} holds one token, not a list")
+    return tokens[0] if tokens else None
 
 
 def validated(body: bytes) -> list[Tick] | Answer:
@@ -121,16 +124,6 @@ def _described(error: Any) -> dict[str, Any]:
     }
 
 
-@dataclass
-class IngestStats:
-    requests: int = 0
-    refused: dict[int, int] = field(default_factory=dict)  # status -> requests
-    ticks: int = 0
-    records: int = 0
-    excluded_trades: int = 0
-    duplicates: int = 0
-
-
 class TickIngest:
     """Checks requests and sends their ticks; one per worker. Requests are taken one at a
     time, so each instrument's records reach its partition in the order they were posted."""
@@ -139,19 +132,19 @@ class TickIngest:
         self,
         settings: Settings,
         topic: str,
-        token: str | None,
+        token: bytes | None,
         conditions: Conditions | None = None,
     ) -> None:
         self.settings = settings
         self.topic = topic
-        self._token = token.encode() if token else None
+        self._token = token
         self.max_bytes = settings.ingest_max_bytes
         self.books = TickBooks(conditions or Conditions())
-        self.stats = IngestStats()
         self._lock = asyncio.Lock()
         self._producer: AIOKafkaProducer | None = None
         self._partition_of = partitioner(settings.partitions)
         self._last_ts = 0
+        self._last_wm = 0
 
     @property
     def on(self) -> bool:
@@ -161,10 +154,10 @@ class TickIngest:
         """None if the Authorization header carries the token, else the answer to give."""
         if self._token is None:
             return _refused(404, f"tick ingest is off on this worker: set {TOKEN_VARIABLE}")
-        scheme, _, given = (header or "").partition(" ")
-        if scheme.lower() != "bearer" or not given:
+        given = bearer(header)
+        if given is None:
             answer = _refused(401, "a bearer token is required (Authorization: Bearer ...)")
-        elif not hmac.compare_digest(given.strip().encode(), self._token):
+        elif not same_token(given, self._token):
             answer = _refused(401, "the token is not one this worker accepts")
         else:
             return None
@@ -172,54 +165,62 @@ class TickIngest:
         return answer
 
     def too_large(self, length: int | None) -> Answer | None:
+        """The 413 for a body of `length` bytes over the limit; None if it is within it or
+        not known yet."""
         if length is not None and length > self.max_bytes:
-            return _refused(
-                413,
-                f"the body is {length} bytes, over the limit of {self.max_bytes} "
-                "(TAPESTREAM_INGEST_MAX_BYTES): split it into several requests",
-            )
+            return self.over_limit(f"the body is {length} bytes")
         return None
 
-    def refused(self, answer: Answer) -> Answer:
-        """Count a refused request; returns it."""
-        self.stats.requests += 1
-        self.stats.refused[answer.status] = self.stats.refused.get(answer.status, 0) + 1
-        return answer
+    def over_limit(self, what: str = "the body runs past it") -> Answer:
+        return _refused(
+            413,
+            f"{what}, over the limit of {self.max_bytes} bytes "
+            "(TAPESTREAM_INGEST_MAX_BYTES): split it into several requests",
+        )
 
-    async def take(self, ticks: Sequence[Tick]) -> Answer:
-        """Turn checked ticks into MBO records and send them: 200 once every message is
-        acknowledged, 503 (with the books undone where needed) if the broker failed one."""
+    def stamp(self) -> int:
+        """A request's receive time, taken as it arrives: never backwards."""
+        self._last_ts = max(time.time_ns(), self._last_ts + 1)
+        return self._last_ts
+
+    async def take(self, ticks: Sequence[Tick], ts: int) -> Answer:
+        """Turn checked ticks, received at `ts`, into MBO records and send them: 200 once
+        every message is acknowledged, 503 (with the books undone where needed) if the broker
+        failed one."""
         async with self._lock:
-            self.stats.requests += 1
-            ts = self._stamp()
+            # Requests are checked before they queue here, so a later one may come first: the
+            # watermark each message carries must still never go backwards.
+            self._last_wm = wm = max(ts, self._last_wm)
             saved = self.books.save({t.instrument_id for t in ticks})
-            before = (self.books.excluded, self.books.duplicates)
-            for tick in ticks:
-                self.books.add(tick, ts)
-            records = self.books.take()
-            excluded = self.books.excluded - before[0]
-            duplicates = self.books.duplicates - before[1]
-            size_problem = self._oversized(records)
-            if size_problem is not None:
+            try:
+                before = (self.books.excluded, self.books.duplicates)
+                for tick in ticks:
+                    self.books.add(tick, ts)
+                records = self.books.take()
+                excluded = self.books.excluded - before[0]
+                duplicates = self.books.duplicates - before[1]
+                size_problem = self._oversized(records)
+                if size_problem is not None:
+                    self.books.restore(saved)
+                    return size_problem
+                failed = await self._send(records, wm)
+            except BaseException:
+                # cancelled, or anything unforeseen: nothing of it may count as taken
+                self.books.rows.clear()
                 self.books.restore(saved)
-                return self.refused(size_problem)
-            failed = await self._send(records, ts)
+                raise
             if failed:
                 self.books.restore({iid: saved[iid] for iid in failed})
-                self.stats.refused[503] = self.stats.refused.get(503, 0) + 1
                 return Answer(
                     503,
                     {
                         "error": "the broker did not take every instrument's records; retry "
-                        "the same request (what was written comes back as repeats, dropped)",
+                        "this request before any newer one for these symbols (what was written "
+                        "comes back as repeats of its sequence numbers, dropped)",
                         "unsent_instruments": sorted(failed),
                     },
                     {"Retry-After": "2"},
                 )
-            self.stats.ticks += len(ticks)
-            self.stats.records += len(records)
-            self.stats.excluded_trades += excluded
-            self.stats.duplicates += duplicates
             return Answer(
                 200,
                 {
@@ -240,11 +241,6 @@ class TickIngest:
                     f"message holds ({self.settings.max_message_bytes} bytes): send fewer at once",
                 )
         return None
-
-    def _stamp(self) -> int:
-        # the receive time of the request; never backwards, so neither is the watermark
-        self._last_ts = max(time.time_ns(), self._last_ts + 1)
-        return self._last_ts
 
     async def _send(self, records: np.ndarray, ts: int) -> set[int]:
         """One message per instrument; returns the instruments whose message the broker did
@@ -282,7 +278,11 @@ class TickIngest:
     async def _started(self) -> AIOKafkaProducer:
         if self._producer is None:
             producer = raw_producer(self.settings, paced=True)
-            await producer.start()
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
             self._producer = producer
         return self._producer
 

@@ -21,7 +21,7 @@ class _Tick(BaseModel):
     symbol: Symbol
     instrument_id: Annotated[int, Field(ge=0, lt=1 << 31)]  # models.mbo.instrument_id_for
     ts_event: Nanos
-    sequence: Annotated[int, Field(ge=0)]  # the vendor's, increasing per symbol
+    sequence: Annotated[int, Field(ge=0, lt=1 << 63)]  # the vendor's, increasing per symbol
 
 
 class TickTrade(_Tick):
@@ -65,7 +65,7 @@ class _Ingested:
 class IngestTrade(_Ingested, TickTrade):
     kind: Literal["trade"]
     instrument_id: Annotated[int, Field(ge=0, lt=1 << 31)] | None = None
-    sequence: Annotated[int, Field(ge=0)] = 0  # 0: none (a retried request may then repeat)
+    sequence: Annotated[int, Field(ge=0, lt=1 << 63)] = 0  # 0: none: a retry may repeat
     venue: Count = 0
     trade_id: Annotated[str, Field(max_length=64)] = ""
     as_tick: ClassVar[type[Tick]] = TickTrade
@@ -74,7 +74,7 @@ class IngestTrade(_Ingested, TickTrade):
 class IngestQuote(_Ingested, TickQuote):
     kind: Literal["quote"]
     instrument_id: Annotated[int, Field(ge=0, lt=1 << 31)] | None = None
-    sequence: Annotated[int, Field(ge=0)] = 0
+    sequence: Annotated[int, Field(ge=0, lt=1 << 63)] = 0
     bid_venue: Count = 0
     ask_venue: Count = 0
     as_tick: ClassVar[type[Tick]] = TickQuote

@@ -6,6 +6,7 @@ each instrument, a condition-excluded trade moves no bar, and a retried request 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import orjson
@@ -22,12 +23,19 @@ TOKEN = "ingest-test-token-0123456789abcdef"
 PX = 1_000_000_000  # one dollar in the MBO fixed point
 
 
-def _post(w: Worker, body: bytes | list, token: str | None = TOKEN) -> requests.Response:
-    data = body if isinstance(body, bytes) else orjson.dumps(body)
+def _post(w: Worker, body: object, token: str | None = TOKEN) -> requests.Response:
+    data = orjson.dumps(body) if isinstance(body, list | dict) else body
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     return requests.post(f"{w.url}/ingest/ticks", data=data, headers=headers, timeout=30)
+
+
+def _chunks(body: bytes, n: int = 1000) -> Iterator[bytes]:
+    """A body sent chunked, a piece at a time: no Content-Length to go by."""
+    for i in range(0, len(body), n):
+        time.sleep(0.01)
+        yield body[i : i + n]
 
 
 def _quote(sym: str, seq: int, bid: int, ask: int) -> dict:
@@ -64,6 +72,9 @@ def test_refused_requests_send_nothing_and_good_ones_make_books_and_bars(
     assert r.status_code == 401 and TOKEN not in r.text
     r = _post(w1, [*bad] * 60)
     assert r.status_code == 413 and "8192" in r.json()["error"]
+
+    r = _post(w1, _chunks(orjson.dumps([*bad] * 60)))
+    assert r.status_code == 413, r.text
     r = _post(w1, b'[{"kind": "trade", ')
     assert r.status_code == 400 and "not JSON" in r.json()["error"]
     r = _post(w1, [*bad, _trade("BAD", 3, 100, "5"), {**_trade("BAD", 4, 100, 1), "kind": "tick"}])
@@ -79,7 +90,7 @@ def test_refused_requests_send_nothing_and_good_ones_make_books_and_bars(
     # Good requests, to one worker; the instruments' partitions are spread over both.
     syms = ["AAPL", "MSFT", "NVDA", "AMZN"]
     quotes = [_quote(s, 1, 10_000 + i, 10_002 + i) for i, s in enumerate(syms)]
-    r = _post(w1, quotes)
+    r = _post(w1, _chunks(orjson.dumps(quotes), 100))  # read whole
     assert r.status_code == 200, r.text
     assert r.json() == {"ticks": 4, "records": 8, "instruments": 4, "excluded_trades": 0,
                         "duplicates": 0}  # fmt: skip
@@ -149,6 +160,7 @@ def test_refused_requests_send_nothing_and_good_ones_make_books_and_bars(
     metrics = requests.get(f"{w1.url}/metrics", timeout=10).text
     assert 'tapestream_ingest_requests_total{status="401"} 2.0' in metrics
     assert 'tapestream_ingest_requests_total{status="422"} 3.0' in metrics
-    assert "tapestream_ingest_ticks_total 36.0" in metrics
+    assert 'tapestream_ingest_requests_total{status="413"} 2.0' in metrics
+    assert "tapestream_ingest_ticks_total 20.0" in metrics  # the retry's repeats: not again
     for w in (w1, w2):
         assert TOKEN not in w.log_path.read_text()

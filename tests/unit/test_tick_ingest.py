@@ -6,17 +6,21 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from app.access import AccessError
 from app.settings import load_settings
-from app.tick_ingest import Answer, TickIngest, validated
+from app.tick_ingest import Answer, TickIngest, token_from_env, validated
 from models.ticks import TickTrade
 
 PX = 1_000_000_000
 T0 = 1_700_000_000_000_000_000
 
 
-def _ingest(token: str | None = "s3cret", **env: str) -> TickIngest:
+TOKEN = "s3cret-token-0123456789"
+
+
+def _ingest(token: str | None = TOKEN, **env: str) -> TickIngest:
     settings = load_settings({"KAFKA_BROKER": "kafka://127.0.0.1:1", **env})
-    return TickIngest(settings, "mbo.raw", token)
+    return TickIngest(settings, "mbo.raw", token.encode() if token else None)
 
 
 def _body(*records: dict) -> bytes:
@@ -30,14 +34,32 @@ def _trade(seq: int, price: int = 100 * PX, **more: object) -> dict:
 
 def test_off_without_a_token_and_the_token_checked() -> None:
     off = _ingest(None)
-    assert not off.on and off.authorised("Bearer s3cret").status == 404  # type: ignore[union-attr]
+    assert not off.on and off.authorised(f"Bearer {TOKEN}").status == 404  # type: ignore[union-attr]
     on = _ingest()
-    assert on.authorised("Bearer s3cret") is None
-    for header in (None, "", "Basic s3cret", "Bearer", "Bearer s3cre", "Bearer s3cret2"):
+    assert on.authorised(f"Bearer {TOKEN}") is None
+    assert on.authorised(f"bearer  {TOKEN} ") is None
+    bad = (
+        "",
+        "Basic " + TOKEN,
+        "Bearer",
+        "Bearer " + TOKEN[:-1],
+        "Bearer " + TOKEN + "2",
+        "Bearer \udcff\udcfe",
+    )  # fmt: skip  (bytes that are not UTF-8, as aiohttp gives them)
+    for header in (None, *bad):
         answer = on.authorised(header)
         assert answer is not None and answer.status == 401, header
-        assert "s3cret" not in orjson.dumps(answer.body).decode()
+        assert TOKEN not in orjson.dumps(answer.body).decode()
         assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("value", ["short", "two-tokens-0123456789,another-one-0123456789"])
+def test_a_bad_ingest_token_is_refused_without_showing_it(value: str) -> None:
+    with pytest.raises(AccessError) as exc:
+        token_from_env({"TAPESTREAM_INGEST_TOKEN": value})
+    assert value not in str(exc.value)
+    assert token_from_env({"TAPESTREAM_INGEST_TOKEN": f" {TOKEN}\n"}) == TOKEN.encode()
+    assert token_from_env({}) is None
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read() -> None:
@@ -45,6 +67,7 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read() -> None:
     assert ingest.too_large(2048) is None
     answer = ingest.too_large(2049)
     assert answer is not None and answer.status == 413 and "2048" in answer.body["error"]
+    assert ingest.over_limit().status == 413
 
 
 @pytest.mark.parametrize(
@@ -83,7 +106,7 @@ async def test_a_request_the_broker_cannot_take_is_undone_so_a_retry_is_whole() 
     ingest = _ingest()
     first = validated(_body(_trade(1), _trade(2, price=101 * PX)))
     assert isinstance(first, list)
-    answer = await ingest.take(first)
+    answer = await ingest.take(first, T0)
     assert answer.status == 503 and answer.headers["Retry-After"]
     assert answer.body["unsent_instruments"] == [first[0].instrument_id]
     # the books are as if the request had never come: the same ticks are not repeats
