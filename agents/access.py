@@ -5,19 +5,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from app import metrics
-from app.access import Access, AccessError
-from app.faust_app import app, settings
+from app.access import Access, AccessError, Request
+from app.faust_app import app
+from app.transport import start_checks
 
 log = logging.getLogger(__name__)
 
 # What stops the worker at its start: a bad token here, or in agents/ingest.py.
 problems: list[AccessError] = []
 try:
-    access = Access.from_env(os.environ, settings.web_host)
+    access = Access.from_env(os.environ)
 except AccessError as exc:
     access = Access()
     problems.append(exc)
@@ -29,11 +31,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def _check(request: web.Request, handler: Handler) -> web.StreamResponse:
     if problems:
         return web.json_response({"error": "the worker is misconfigured"}, status=503)
+    h = request.headers
     refusal = access.check(
-        request.method,
-        request.path,
-        request.headers.get("Authorization"),
-        request.headers.get("Sec-WebSocket-Protocol"),
+        Request(
+            request.method,
+            request.path,
+            h.get("Authorization"),
+            h.get("Sec-WebSocket-Protocol"),
+            h.get("Host"),
+            h.get("Origin"),
+        )
     )
     if refusal is None:
         return await handler(request)
@@ -45,13 +52,12 @@ async def _check(request: web.Request, handler: Handler) -> web.StreamResponse:
 app.web.web_app.middlewares.append(_check)
 
 
-@app.task
-async def _refuse_when_exposed() -> None:
-    # At the worker's start, not on import: commands that serve nothing (replay, backfill)
-    # share the settings and must not fail on them.
+def _at_start(app: Any) -> str | None:
+    """Checked as the worker starts, before it serves anything (app/transport.py), against the
+    address it binds: a command-line `--web-bind` counts as much as the environment."""
     if problems:
-        for problem in problems:
-            log.critical("%s", problem)
-        await app.crash(problems[0])
-    elif access.on:
-        log.info("web access: bearer tokens required (readers and operators)")
+        return "; ".join(str(p) for p in problems)
+    return access.exposure_problem(str(app.conf.web_bind))
+
+
+start_checks.append(_at_start)

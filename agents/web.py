@@ -67,6 +67,7 @@ PEER_TIMEOUT = aiohttp.ClientTimeout(total=5)
 MAX_DEPTH = 1000
 MAX_SIGNALS = 1000
 RETRY_AFTER_S = 2
+PUBLISH_TIMEOUT_S = 10  # a PUT answers 503 rather than outwait its client
 
 setup_prometheus_sensors(app, pattern="/metrics")
 
@@ -120,11 +121,19 @@ async def _gather(
                 )
             for url, res in zip(peers, results, strict=True):
                 if isinstance(res, BaseException):
-                    errors.append(f"{url}: {res!r}")
+                    errors.append(f"{url}: {_said(res)}")
                 else:
                     items.extend(res)
     items.sort(key=lambda d: d[by])
     return items, errors
+
+
+def _said(exc: BaseException) -> str:
+    """A peer's failure in a few words. Never the exception's text: aiohttp's holds the
+    request's headers, the caller's token among them."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTP {exc.status}"
+    return type(exc).__name__
 
 
 def _unavailable(view: View, reason: str) -> Response:
@@ -421,7 +430,7 @@ class ConfigKeyView(View):
             status = 404 if key not in CONFIG_KEYS else 422
             return self.json({"error": str(exc)}, status=status)
         try:
-            await publish_setting(settings, key, text)
+            await asyncio.wait_for(publish_setting(settings, key, text), PUBLISH_TIMEOUT_S)
         except Exception as exc:
             log.error("a runtime setting could not be published: %r", exc)
             return _unavailable(self, "the control topic did not take the change")
@@ -494,8 +503,12 @@ class WebSocketView(View):
     """The WebSocket feed: a client subscribes to channels and gets a snapshot, then updates."""
 
     async def get(self, request: Request) -> Any:
-        # a browser that offers its token as the subprotocol `bearer.<token>` (app/access.py)
-        # also offers `tapestream`, which is the one chosen: the token is never echoed
+        # A browser that offers its token as the subprotocol `bearer.<token>` (app/access.py)
+        # also offers `tapestream`, which is the one chosen: the token is never echoed. One
+        # that offers no `tapestream` is refused here: aiohttp would log what it was offered.
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        if offered != [""] and "tapestream" not in offered:
+            return self.json({"error": "offer the subprotocol `tapestream`"}, status=400)
         ws = WebSocketResponse(heartbeat=30.0, max_msg_size=64 * 1024, protocols=("tapestream",))
         await ws.prepare(request)  # type: ignore[arg-type]  # aiohttp's own request
         client = hub.connect(ws.send_str)

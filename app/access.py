@@ -14,7 +14,10 @@ never logged or echoed. A request presents one as `Authorization: Bearer <token>
 WebSocket, which cannot set that header, as the subprotocol `bearer.<token>`. `/health` and
 `/ready` stay open for probes; `/ingest/ticks` has its own token (app/tick_ingest.py). Routed
 requests carry the caller's header on to the worker that owns the key, so every worker must be
-given the same tokens.
+given the same tokens, and a worker trusts the others of its consumer group with them: the
+broker is the boundary of trust. Without tokens (and without `TAPESTREAM_WEB_INSECURE=1`) a
+request must name a loopback host and a browser's page must come from one, so that a web page
+on this machine cannot reach the worker through a name of its own (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ READ_VARIABLE = "TAPESTREAM_READ_TOKENS"
 OPERATOR_VARIABLE = "TAPESTREAM_OPERATOR_TOKENS"
 INSECURE_VARIABLE = "TAPESTREAM_WEB_INSECURE"
 OPEN_PATHS = frozenset({"/health", "/ready"})
+WS_PATH = "/ws"
 OWN_AUTH_PATHS = frozenset({"/ingest/ticks"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 WS_PROTOCOL_PREFIX = "bearer."
@@ -72,22 +76,46 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Request:
+    """What the rules look at."""
+
+    method: str
+    path: str
+    authorization: str | None = None
+    ws_protocols: str | None = None  # Sec-WebSocket-Protocol
+    host: str | None = None  # the Host header
+    origin: str | None = None  # the Origin header (browsers send it)
+
+
 class Access:
-    def __init__(self, readers: tuple[bytes, ...] = (), operators: tuple[bytes, ...] = ()):
+    def __init__(
+        self,
+        readers: tuple[bytes, ...] = (),
+        operators: tuple[bytes, ...] = (),
+        insecure: bool = False,
+    ) -> None:
         self._roles = [(t, READER) for t in readers] + [(t, OPERATOR) for t in operators]
+        self.insecure = insecure
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], web_host: str) -> Access:
-        """The tokens configured; AccessError for a bad one, or for a server exposed beyond
-        this machine with none."""
-        access = cls(read_tokens(env, READ_VARIABLE), read_tokens(env, OPERATOR_VARIABLE))
-        if not access.on and not _is_loopback(web_host) and env.get(INSECURE_VARIABLE) != "1":
-            raise AccessError(
-                f"the web server is bound to {web_host}, beyond this machine, with no tokens: "
-                f"set {READ_VARIABLE} and {OPERATOR_VARIABLE}, or {INSECURE_VARIABLE}=1 if "
-                "something in front of it decides who gets in"
-            )
-        return access
+    def from_env(cls, env: Mapping[str, str]) -> Access:
+        """The tokens configured; AccessError for a bad one."""
+        return cls(
+            read_tokens(env, READ_VARIABLE),
+            read_tokens(env, OPERATOR_VARIABLE),
+            env.get(INSECURE_VARIABLE) == "1",
+        )
+
+    def exposure_problem(self, bind: str) -> str | None:
+        """Why a worker bound to `bind` must not serve: beyond this machine with no tokens."""
+        if self.on or self.insecure or _is_loopback(bind):
+            return None
+        return (
+            f"the web server is bound to {bind}, beyond this machine, with no tokens: set "
+            f"{READ_VARIABLE} and {OPERATOR_VARIABLE}, or {INSECURE_VARIABLE}=1 if something "
+            "in front of it decides who gets in"
+        )
 
     @property
     def on(self) -> bool:
@@ -100,25 +128,41 @@ class Access:
                 role = r
         return role
 
-    def check(
-        self,
-        method: str,
-        path: str,
-        authorization: str | None,
-        ws_protocols: str | None = None,
-    ) -> Refusal | None:
+    def check(self, r: Request) -> Refusal | None:
         """None if the request may go on, else why not."""
-        if not self.on or path in OPEN_PATHS or path in OWN_AUTH_PATHS:
+        if not self.on:
+            return None if self.insecure else _same_machine(r)
+        if r.path in OPEN_PATHS or r.path in OWN_AUTH_PATHS:
             return None
-        token = bearer(authorization) or _from_protocols(ws_protocols)
+        token = bearer(r.authorization)
+        if token is None and r.path == WS_PATH:
+            token = _from_protocols(r.ws_protocols)
         if token is None:
             return Refusal(401, "a bearer token is required (Authorization: Bearer ...)")
         role = self.role_of(token)
         if role is None:
             return Refusal(401, "the token is not one this worker accepts")
-        if method.upper() not in READ_METHODS and role != OPERATOR:
+        if r.method.upper() not in READ_METHODS and role != OPERATOR:
             return Refusal(403, "changing anything takes an operator token")
         return None
+
+
+def _same_machine(r: Request) -> Refusal | None:
+    """Without tokens, only this machine's own clients: a request for another host name (a
+    web page's DNS rebinding) or a browser's WebSocket from another site is refused."""
+    if r.host is not None and not _is_loopback(_hostname(r.host)):
+        return Refusal(403, "without tokens this worker serves requests for 127.0.0.1 only")
+    if r.origin and r.origin != "null" and not _is_loopback(_hostname(r.origin)):
+        return Refusal(403, "without tokens this worker serves pages of this machine only")
+    return None
+
+
+def _hostname(value: str) -> str:
+    """`host[:port]`, `[v6]:port` or an origin URL, to the bare host name."""
+    value = value.split("://", 1)[-1].split("/", 1)[0]
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
 def bearer(header: str | None) -> str | None:

@@ -222,6 +222,7 @@ def _put_config() -> dict[str, Any]:
     return {
         "put": {
             "summary": "change one runtime setting for every worker, through the control topic",
+            "security": [{"bearer": []}, {}],  # an operator's token when tokens are on
             "parameters": [key],
             "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
             "responses": {

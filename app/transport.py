@@ -645,6 +645,11 @@ class Transport(aiokafka_driver.Transport):
     TransactionManager = FlushingTransactionManager
 
 
+# What must hold before a worker starts anything (agents/access.py adds its rules): each
+# returns the reason it must not, or None.
+start_checks: list[Callable[[Any], str | None]] = []
+
+
 class Worker(faust.Worker):
     """`faust worker` without the terminal spinner. At the default log level (WARN) Faust
     installs a spinner handler that sets the root logger to DEBUG, so every debug call in
@@ -655,6 +660,11 @@ class Worker(faust.Worker):
         self.spinner = None
 
     async def on_execute(self) -> None:
+        for check in start_checks:
+            problem = check(self.app)
+            if problem:
+                log.critical("the worker will not start: %s", problem)
+                raise SystemExit(1)
         # after Faust changed to --workdir, which a relative data directory is read from
         exactly_once = self.app.conf.processing_guarantee == ProcessingGuarantee.EXACTLY_ONCE
         open_local_state(Path(self.app.conf.tabledir), exactly_once)

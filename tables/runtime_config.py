@@ -10,6 +10,7 @@ one interval, so they change with a restart.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -68,6 +69,8 @@ def parse(key: str, text: str) -> Any:
         value = spec.kind(text.strip().replace(" ", ""))
     except ValueError:
         raise ValueError(f"{key} must be {spec.rule}, not {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key} must be {spec.rule} and finite, not {text!r}")
     if not spec.check(value):
         raise ValueError(f"{key} must be {spec.rule}, not {text!r}")
     return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.access import Access, AccessError
+from app.access import Access, AccessError, Request
 
 READ = "reader-token-0123456789"
 OPER = "operator-token-0123456789"
@@ -15,22 +15,45 @@ ENV = {
 }
 
 
-def _access(env: dict[str, str] = ENV, host: str = "127.0.0.1") -> Access:
-    return Access.from_env(env, host)
+def _access(env: dict[str, str] = ENV) -> Access:
+    return Access.from_env(env)
+
+
+def _check(access: Access, method: str, path: str, auth: str | None = None, **more: str):
+    return access.check(Request(method, path, auth, **more))
 
 
 def test_off_without_tokens_on_this_machine() -> None:
-    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
-        access = _access({}, host)
-        assert not access.on and access.check("PUT", "/config/x", None) is None
+    access = _access({})
+    for bind in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert access.exposure_problem(bind) is None
+    for host in ("127.0.0.1:6066", "localhost:6066", "[::1]:6066", "127.0.0.1", None):
+        assert _check(access, "PUT", "/config/x", host=host) is None  # type: ignore[arg-type]
+    ok = _check(access, "GET", "/ws", host="127.0.0.1:6066", origin="http://localhost:6066")
+    assert ok is None
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "worker-0.tapestream"])
-def test_exposed_without_tokens_is_refused_unless_said_so(host: str) -> None:
-    with pytest.raises(AccessError, match="beyond this machine"):
-        _access({}, host)
-    assert not _access({"TAPESTREAM_WEB_INSECURE": "1"}, host).on
-    assert _access(ENV, host).on
+@pytest.mark.parametrize(
+    ("host", "origin"),
+    [
+        ("evil.example:6066", None),
+        ("10.1.2.3:6066", None),
+        ("127.0.0.1:6066", "https://evil.example"),
+    ],
+)
+def test_without_tokens_other_hosts_and_sites_are_refused(host: str, origin: str | None) -> None:
+    refusal = _check(_access({}), "GET", "/books/", host=host, origin=origin)  # type: ignore[arg-type]
+    assert refusal is not None and refusal.status == 403
+    insecure = _access({"TAPESTREAM_WEB_INSECURE": "1"})
+    assert _check(insecure, "GET", "/books/", host=host, origin=origin) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::", "10.1.2.3", "worker-0.tapestream"])
+def test_exposed_without_tokens_is_refused_unless_said_so(bind: str) -> None:
+    problem = _access({}).exposure_problem(bind)
+    assert problem is not None and "beyond this machine" in problem
+    assert _access({"TAPESTREAM_WEB_INSECURE": "1"}).exposure_problem(bind) is None
+    assert _access(ENV).exposure_problem(bind) is None
 
 
 @pytest.mark.parametrize(
@@ -53,7 +76,7 @@ def test_exposed_without_tokens_is_refused_unless_said_so(host: str) -> None:
     ],
 )
 def test_tokens_and_roles(method: str, path: str, auth: str | None, status: int | None) -> None:
-    refusal = _access().check(method, path, auth)
+    refusal = _check(_access(), method, path, auth)
     assert (refusal.status if refusal else None) == status
     if refusal is not None:
         assert READ not in refusal.error and OPER not in refusal.error
@@ -61,10 +84,12 @@ def test_tokens_and_roles(method: str, path: str, auth: str | None, status: int 
 
 def test_a_browser_websocket_presents_its_token_as_a_subprotocol() -> None:
     access = _access()
-    assert access.check("GET", "/ws", None, f"tapestream, bearer.{READ}") is None
-    refusal = access.check("GET", "/ws", None, "tapestream, bearer.nope-nope-nope-nope")
+    assert _check(access, "GET", "/ws", ws_protocols=f"tapestream, bearer.{READ}") is None
+    refusal = _check(access, "GET", "/ws", ws_protocols="tapestream, bearer.nope-nope-nope-nope")
     assert refusal is not None and refusal.status == 401
-    assert access.check("GET", "/ws", None, "tapestream").status == 401  # type: ignore[union-attr]
+    assert _check(access, "GET", "/ws", ws_protocols="tapestream").status == 401  # type: ignore[union-attr]
+    # only the WebSocket takes a token that way
+    assert _check(access, "GET", "/books/", ws_protocols=f"bearer.{READ}").status == 401  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("bad", ["short", "has a space in it ok", "tab\tinside-the-token-x"])

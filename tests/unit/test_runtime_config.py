@@ -20,6 +20,8 @@ def test_values_parse_or_are_refused_with_the_rule() -> None:
         ("signal.volume_floor", "1.5", "an integer >= 0"),
         ("pattern.rsi_high", "100", "a number in (0, 100)"),
         ("filter.instruments", "5,x", "instrument ids"),
+        ("signal.cooldown", "inf", "finite"),
+        ("signal.z_net", "nan", "a number > 0"),
     ):
         with pytest.raises(ValueError, match=re.escape(rule)):
             parse(key, text)
