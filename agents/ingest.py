@@ -59,6 +59,9 @@ async def _answer(request: Request) -> Answer:
     except Exception as exc:
         log.error("tick ingest: the raw topic is not there (%r)", exc)
         return Answer(503, {"error": "the raw topic is not available"}, {"Retry-After": "2"})
+    refused = await ingest.refuse_unnamed(ticks)
+    if refused is not None:
+        return refused
     return await ingest.take(ticks, ts)
 
 

@@ -152,3 +152,29 @@ async def follow(
                 caught_up.set()
     finally:
         await consumer.stop()
+
+
+async def read_compacted(settings: Settings, topic: str) -> dict[str, dict[str, Any]]:
+    """The latest JSON value per key of a one-partition compacted topic (the alerts' delivery
+    log, the symbology), read from its start to the end it had when this began."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        out: dict[str, dict[str, Any]] = {}
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            for m in batch.get(tp, []):
+                if m.key is not None and m.value is not None:
+                    out[m.key.decode()] = orjson.loads(m.value)
+        return out
+    finally:
+        await consumer.stop()

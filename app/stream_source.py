@@ -105,6 +105,10 @@ class StreamSource:
     async def _pump(self, stop: asyncio.Event) -> None:
         raise NotImplementedError
 
+    def names(self) -> tuple[str, list[str]]:
+        """The symbology namespace of the feed's symbols, and the symbols (app/symbols.py)."""
+        raise NotImplementedError
+
     def spawn(self, coro: Any) -> None:
         """A task the run cancels when it ends."""
         task = asyncio.get_running_loop().create_task(coro)

@@ -37,10 +37,11 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from app.access import AccessError, bearer, read_tokens, same_token
-from app.feeds.tick_capture import TickBooks, instrument_for
+from app.feeds.tick_capture import NAMESPACE, TickBooks, instrument_for
 from app.feeds.watermarks import WM_HEADER, encode_ns, partitioner
 from app.raw_sender import raw_producer
 from app.settings import Settings
+from app.symbols import SymbolTable
 from models.mbo import by_instrument, instrument_key
 from models.ticks import Tick, ingest_records
 from tables.tick_rules import Conditions
@@ -143,6 +144,7 @@ class TickIngest:
         self._lock = asyncio.Lock()
         self._producer: AIOKafkaProducer | None = None
         self._partition_of = partitioner(settings.partitions)
+        self.symbols = SymbolTable(settings, "ingest")
         self._last_ts = 0
         self._last_wm = 0
 
@@ -176,6 +178,29 @@ class TickIngest:
             413,
             f"{what}, over the limit of {self.max_bytes} bytes "
             "(TAPESTREAM_INGEST_MAX_BYTES): split it into several requests",
+        )
+
+    async def refuse_unnamed(self, ticks: Sequence[Tick]) -> Answer | None:
+        """The 422 for records whose symbol the symbology table refuses (its id is another
+        name's), or a 503 if the table cannot be read or written; None if all are named."""
+        try:
+            taken = await self.symbols.take(NAMESPACE, [t.symbol for t in ticks])
+        except Exception as exc:
+            log.error("tick ingest: the symbology table is not available (%r)", exc)
+            return Answer(
+                503, {"error": "the symbology table is not available"}, {"Retry-After": "2"}
+            )
+        errors = [
+            {"index": i, "field": "symbol", "reason": str(taken[t.symbol])}
+            for i, t in enumerate(ticks)
+            if isinstance(taken[t.symbol], Exception)
+        ]
+        if not errors:
+            return None
+        return _refused(
+            422,
+            f"{len(errors)} bad field(s); nothing of the request was sent",
+            errors=errors[:MAX_ERRORS],
         )
 
     def stamp(self) -> int:

@@ -26,7 +26,7 @@ from app.alert_config import AlertConfigError, load
 from app.alert_sink import AlertSink, decode, http_sender
 from app.commands import exit_with
 from app.commands.replay import ensure_topic
-from app.control import ensure_compacted_topic
+from app.control import ensure_compacted_topic, read_compacted
 from app.dead_letters import letter
 from app.faust_app import app, settings
 from app.settings import Settings
@@ -35,31 +35,6 @@ from tables.options import OPTIONS_SIGNALS
 log = logging.getLogger(__name__)
 LOG_TOPIC = "alerts.deliveries"
 MAX_BACKLOG = 10_000  # deliveries queued before the sink stops reading for a while
-
-
-async def read_log(settings: Settings, topic: str) -> dict[str, dict[str, Any]]:
-    """The delivery log's latest entry per key, read from its start to its end."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        out: dict[str, dict[str, Any]] = {}
-        while await consumer.position(tp) < end:
-            batch = await consumer.getmany(tp, timeout_ms=500)
-            for m in batch.get(tp, []):
-                if m.key is not None and m.value is not None:
-                    out[m.key.decode()] = orjson.loads(m.value)
-        return out
-    finally:
-        await consumer.stop()
 
 
 async def run(
@@ -118,7 +93,7 @@ async def run(
 
         sink.start()
         try:
-            await sink.recover(await read_log(settings, log_topic))
+            await sink.recover(await read_compacted(settings, log_topic))
             await consumer.start()
             last_commit = time.monotonic()
             while not stop.is_set():

@@ -16,6 +16,8 @@ from app.commands.replay import ensure_source_topics
 from app.faust_app import settings
 from app.status_server import serve_status
 from app.stream_source import GAPS_TOPIC, StreamSource
+from app.symbols import take_or_refuse
+from tables.symbology import SymbolCollision
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -30,6 +32,10 @@ def stop_on_signals() -> asyncio.Event:
 async def run_source(source: StreamSource, status: Callable[[], dict], web_port: int) -> None:
     """Exits 1 if the broker failed a send."""
     partitions = await ensure_source_topics(settings, source.topic, GAPS_TOPIC)
+    try:
+        await take_or_refuse(settings, source.name, *source.names())
+    except SymbolCollision as exc:
+        exit_with(str(exc), 2)
     runner = await serve_status(status, settings.web_host, web_port) if web_port else None
     try:
         stats = await source.run(stop_on_signals(), partitions)

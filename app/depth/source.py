@@ -37,7 +37,7 @@ import orjson
 from app import metrics
 from app.backoff import Backoff
 from app.feeds.captures import BadMessage
-from app.feeds.depth_capture import DepthBooks, Trade, instrument_for
+from app.feeds.depth_capture import VENUE, DepthBooks, Trade, instrument_for
 from app.feeds.depth_capture import parse_stream_message as parse
 from app.raw_sender import SourceStats
 from app.settings import Settings
@@ -142,6 +142,9 @@ class DepthSource(StreamSource):
         self._last_trade: dict[str, int] = {}
         self._fetching: set[str] = set()
         self._never = asyncio.Event()  # snapshot requests retry until answered or cancelled
+
+    def names(self) -> tuple[str, list[str]]:
+        return VENUE, self.cfg.symbols
 
     async def _pump(self, stop: asyncio.Event) -> None:
         """Take what the connections and snapshot requests put on the queue, in order."""

@@ -56,6 +56,16 @@ class RecordRows(Protocol):
     def take(self) -> np.ndarray: ...
 
 
+def named(f: MboFile, instrument_id: int, symbol: str) -> None:
+    """Note a capture's symbol under its id; a second symbol on the same id (a hash collision,
+    tables/symbology.py) is refused rather than merged into the first one's records."""
+    held = f.symbols.setdefault(instrument_id, symbol)
+    if held != symbol:
+        raise BadMessage(
+            f"{symbol} and {held} share instrument id {instrument_id}: one capture cannot hold both"
+        )
+
+
 def capture_chunks(
     f: MboFile, chunk_records: int, books: RecordRows, take: Callable[[int, bytes], None]
 ) -> Iterator[np.ndarray]:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app.feeds.captures import BadMessage, capture_chunks, first_line, parse_line
+from app.feeds.captures import BadMessage, capture_chunks, first_line, named, parse_line
 from models.mbo import (
     F_LAST,
     F_MAYBE_BAD_BOOK,
@@ -274,7 +274,7 @@ def depth_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
                 bare.append((ts_recv, message))
                 return
         if symbol not in f.symbols.values():
-            f.symbols[instrument_for(symbol)] = symbol
+            named(f, instrument_for(symbol), symbol)
             for ts, snap in bare:
                 books.add(symbol, snap, ts)
             bare = []

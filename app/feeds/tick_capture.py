@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from app.feeds.captures import BadMessage, capture_chunks, first_line
+from app.feeds.captures import BadMessage, capture_chunks, first_line, named
 from models.mbo import F_LAST, F_TOB, MBO_DTYPE, instrument_id_for, mbo_row
 from models.ticks import Tick, TickQuote, TickTrade
 from tables.tick_rules import ASK, BID, Aggressor, Conditions
@@ -43,8 +43,11 @@ DAY_NS = 86_400 * 1_000_000_000
 PRICE_SCALE = 1_000_000_000
 
 
+NAMESPACE = "US-EQUITY"  # of the symbology (tables/symbology.py)
+
+
 def instrument_for(symbol: str) -> int:
-    return instrument_id_for(f"US-EQUITY:{symbol}")
+    return instrument_id_for(f"{NAMESPACE}:{symbol}")
 
 
 def _price(value: Any, what: str) -> int:
@@ -240,7 +243,7 @@ def tick_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
         for event in parse_frame(body):
             tick = parse_event(event)
             if tick is not None:
-                f.symbols.setdefault(tick.instrument_id, tick.symbol)
+                named(f, tick.instrument_id, tick.symbol)
                 books.add(tick, int(stamp))
 
     yield from capture_chunks(f, chunk_records, books, take)

@@ -36,6 +36,7 @@ from app import metrics
 from app.backoff import Backoff
 from app.feeds.captures import BadMessage
 from app.feeds.tick_capture import (
+    NAMESPACE,
     TickBooks,
     conditions_beside,
     instrument_for,
@@ -112,6 +113,9 @@ class TicksSource(StreamSource):
             # the file drivers apply the same table when they read the recording back
             table = self.books.conditions.as_json()
             conditions_beside(cfg.record).write_bytes(orjson.dumps(table))
+
+    def names(self) -> tuple[str, list[str]]:
+        return NAMESPACE, self.cfg.symbols
 
     async def _pump(self, stop: asyncio.Event) -> None:
         backoff = Backoff(self.cfg.backoff_s, self.cfg.backoff_max_s)

@@ -16,6 +16,7 @@ import requests
 from app.feeds.tick_capture import instrument_for
 from models.mbo import MBO_DTYPE, MBO_SIZE
 from tests.integration.conftest import Deployment, Worker, consume_all, wait_for
+from tests.unit.test_symbology import ONE, OTHER
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +109,10 @@ def test_refused_requests_send_nothing_and_good_ones_make_books_and_bars(
     again = _post(w1, trades)  # a client's retry: every tick a repeat of its sequence number
     assert again.status_code == 200 and again.json()["duplicates"] == 16
     assert again.json()["records"] == 0
+    # Two tickers with one id: the second is refused, naming the first (tables/symbology.py).
+    assert _post(w1, [_quote(ONE, 1, 500, 501)]).status_code == 200
+    r = _post(w2, [_trade(OTHER, 1, 500, 10)])
+    assert r.status_code == 422 and ONE in r.json()["errors"][0]["reason"], r.text
     time.sleep(1.5)
     # Later quotes: the books' BBO, and the watermark that closes the trades' 1 s bars.
     final = [_quote(s, 6, 9_990 + i, 9_995 + i) for i, s in enumerate(syms)]
@@ -156,11 +161,15 @@ def test_refused_requests_send_nothing_and_good_ones_make_books_and_bars(
         ]
     )
     assert not (raw["instrument_id"] == instrument_for("BAD")).any()
-    assert len(raw) == 8 + 12 + 8
+    assert len(raw) == 8 + 12 + 2 + 8
+    symbols = consume_all(bootstrap, f"{deployment.prefix}symbols", timeout=5)
+    named = {orjson.loads(v)["symbol"]: orjson.loads(v) for _, v, _, _ in symbols}
+    assert sorted(named) == sorted([*syms, ONE])  # a refused request names nothing
+    assert named["AAPL"]["instrument_id"] == instrument_for("AAPL")
     metrics = requests.get(f"{w1.url}/metrics", timeout=10).text
     assert 'tapestream_ingest_requests_total{status="401"} 2.0' in metrics
     assert 'tapestream_ingest_requests_total{status="422"} 3.0' in metrics
     assert 'tapestream_ingest_requests_total{status="413"} 2.0' in metrics
-    assert "tapestream_ingest_ticks_total 20.0" in metrics  # the retry's repeats: not again
+    assert "tapestream_ingest_ticks_total 21.0" in metrics  # the retry's repeats: not again
     for w in (w1, w2):
         assert TOKEN not in w.log_path.read_text()

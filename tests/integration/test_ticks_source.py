@@ -20,6 +20,7 @@ from app.settings import load_settings
 from models.mbo import MBO_DTYPE, MBO_SIZE
 from tests.integration.conftest import Deployment, consume_all, free_port, wait_for
 from tests.integration.test_bars_live import assert_same, live_rows
+from tests.unit.test_symbology import ONE, OTHER
 
 pytestmark = pytest.mark.integration
 
@@ -117,3 +118,16 @@ def test_faults_leave_the_bars_equal_to_the_file_drivers(
     assert_same(live_rows(deployment, want), want)
     for bar in want["bars.1s"] + want["bars.5s"]:
         assert bar["high"] < 150_000_000_000  # the odd lots print at three times the market
+
+
+def test_two_symbols_with_one_id_are_refused_before_anything_is_sent(
+    deployment: Deployment,
+) -> None:
+    run = deployment.cli(
+        "ticks",
+        *("--symbols", f"AAPL,{ONE},{OTHER}", "--url", "ws://127.0.0.1:9/stocks"),
+        timeout=60,
+        MASSIVE_API_KEY=KEY,
+    )
+    assert run.returncode == 2, run.stderr
+    assert ONE in run.stderr and OTHER in run.stderr and KEY not in run.stderr

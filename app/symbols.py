@@ -1,0 +1,104 @@
+"""The symbology table kept on the broker: the compacted one-partition topic `symbols`, one record
+per name (key `NAMESPACE:SYMBOL`, value the JSON of `tables.symbology.Entry`: `namespace`,
+`symbol`, `instrument_id`, `source`, `first_seen_ns`). Every process that gives a symbol an id
+(the ticks and depth sources, the webhook on each worker) reads it first and writes the names it
+adds, so a name whose id another holds is refused wherever it turns up; consumers read it to
+name the instruments of every topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from app.control import ensure_compacted_topic, read_compacted
+from app.settings import Settings
+from tables.symbology import Entry, SymbolCollision, Symbology
+
+log = logging.getLogger(__name__)
+
+SYMBOLS_TOPIC = "symbols"
+
+
+class SymbolTable:
+    """The table as one process holds it: loaded once, added to and written through."""
+
+    def __init__(self, settings: Settings, source: str) -> None:
+        self.settings = settings
+        self.source = source
+        self.symbology = Symbology()
+        self._topic: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def load(self) -> None:
+        self._topic = await ensure_compacted_topic(
+            self.settings, self.settings.topic(SYMBOLS_TOPIC)
+        )
+        entries = []
+        for key, body in (await read_compacted(self.settings, self._topic)).items():
+            try:
+                entries.append(Entry.from_json(body))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("symbols: the record of %s is not an entry (%s): skipped", key, exc)
+        self.symbology = Symbology(entries)
+
+    async def take(self, namespace: str, symbols: Iterable[str]) -> dict[str, Entry | Exception]:
+        """Each symbol's entry, added and written if new, or the SymbolCollision that refuses
+        it. Written before the answer: an id is never used before the table holds it."""
+        symbols = list(dict.fromkeys(symbols))
+        async with self._lock:
+            if self._topic is None or not all(self.symbology.known(namespace, s) for s in symbols):
+                # a new name: what other processes added since is read first, so that a
+                # name one of them holds is refused here too
+                await self.load()
+            assert self._topic is not None
+            out: dict[str, Entry | Exception] = {}
+            new: list[Entry] = []
+            now = time.time_ns()
+            for symbol in symbols:
+                try:
+                    entry, added = self.symbology.add(namespace, symbol, self.source, now)
+                except SymbolCollision as exc:
+                    out[symbol] = exc
+                    continue
+                out[symbol] = entry
+                if added:
+                    new.append(entry)
+            if new:
+                await self._write(new)
+            return out
+
+    async def _write(self, entries: list[Entry]) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap_servers, acks="all", enable_idempotence=True
+        )
+        await producer.start()
+        try:
+            sends = [
+                await producer.send(self._topic, orjson.dumps(e.as_json()), key=e.name.encode())
+                for e in entries
+            ]
+            await asyncio.gather(*sends)
+        except BaseException:
+            self.symbology.forget(entries)  # not written: not taken
+            raise
+        finally:
+            await producer.stop()
+        for e in entries:
+            log.info("symbols: %s is instrument %d", e.name, e.instrument_id)
+
+
+async def take_or_refuse(
+    settings: Settings, source: str, namespace: str, symbols: list[str]
+) -> None:
+    """For a source that streams a fixed list of symbols: all of them taken, or SymbolCollision
+    for the first one refused."""
+    table = SymbolTable(settings, source)
+    for result in (await table.take(namespace, symbols)).values():
+        if isinstance(result, Exception):
+            raise result
