@@ -16,6 +16,7 @@ vendor's own `/v3/reference/conditions` answer instead, which is the authority.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,3 +105,56 @@ class Aggressor:
         if side != NONE:
             self.last_side = side
         return side
+
+
+RECENT_TRADES = 256  # trade sequence numbers remembered per instrument and day
+KEEP_DAYS = 2  # a vendor's sequence may start again each day; the day before is kept too
+
+
+class Sequences:
+    """One instrument's sequence numbers taken, per trading day, to drop repeats (a retried
+    webhook request, a vendor's resend) without dropping what merely came late.
+
+    A quote is taken only if it is newer than the last quote taken: an older one is stale, and
+    the newer one stands. A trade is taken unless it was taken before: one older than the
+    newest that was never seen is late, not a repeat (concurrent requests may be taken in any
+    order), and counts in its bars as any late trade does. Trades are remembered by their
+    latest `RECENT_TRADES` numbers; one older than all of those is taken for a repeat."""
+
+    def __init__(self) -> None:
+        self.quotes: dict[int, int] = {}
+        self.trades: dict[int, tuple[deque[int], set[int]]] = {}
+
+    def take(self, kind: str, day: int, sequence: int) -> bool:
+        """Whether the tick is new; it is remembered if so."""
+        if kind == "quote":
+            if sequence <= self.quotes.get(day, 0):
+                return False
+            self.quotes[day] = sequence
+            _prune(self.quotes)
+            return True
+        recent = self.trades.get(day)
+        if recent is None:
+            recent = self.trades[day] = (deque(maxlen=RECENT_TRADES), set())
+            _prune(self.trades)
+        order, seen = recent
+        if sequence in seen or (len(order) == RECENT_TRADES and sequence < min(order)):
+            return False
+        if len(order) == RECENT_TRADES:
+            seen.discard(order[0])
+        order.append(sequence)
+        seen.add(sequence)
+        return True
+
+    def copy(self) -> Sequences:
+        out = Sequences()
+        out.quotes = dict(self.quotes)
+        out.trades = {
+            d: (deque(o, maxlen=RECENT_TRADES), set(s)) for d, (o, s) in self.trades.items()
+        }
+        return out
+
+
+def _prune(by_day: dict[int, Any]) -> None:
+    while len(by_day) > KEEP_DAYS:
+        del by_day[min(by_day)]

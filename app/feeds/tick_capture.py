@@ -13,7 +13,7 @@ normalised (`models.ticks`), then:
 
 Records carry publisher 65002 (tables/venues.py), the instrument id `instrument_for(symbol)`,
 `ts_event` from the vendor's `t` (ms), `ts_recv` the local receive time and sequence 0 (the
-vendor's `q` grows per symbol but not by one; repeats of it are dropped as duplicates).
+vendor's `q` grows per symbol but not by one; repeats are dropped, tables/tick_rules.Sequences).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from app.feeds.captures import BadMessage, capture_chunks, first_line, named
 from models.mbo import F_LAST, F_TOB, MBO_DTYPE, instrument_id_for, mbo_row
 from models.ticks import Tick, TickQuote, TickTrade
-from tables.tick_rules import ASK, BID, Aggressor, Conditions
+from tables.tick_rules import ASK, BID, Aggressor, Conditions, Sequences
 from tables.venues import MASSIVE
 
 if TYPE_CHECKING:
@@ -132,10 +132,9 @@ class TickBooks:
     conditions: Conditions = field(default_factory=Conditions)
     rows: list[tuple] = field(default_factory=list)
     state: dict[int, Aggressor] = field(default_factory=dict)
-    # instrument -> (kind, day) -> the last sequence number taken
-    last_sequence: dict[int, dict[tuple[str, int], int]] = field(default_factory=dict)
+    sequences: dict[int, Sequences] = field(default_factory=dict)
     excluded: int = 0  # trades kept out of the bars by their conditions
-    duplicates: int = 0  # a sequence number seen already
+    duplicates: int = 0  # repeats, and quotes older than one taken (tables/tick_rules.py)
 
     def take(self) -> np.ndarray:
         out = np.array(self.rows, dtype=MBO_DTYPE) if self.rows else np.zeros(0, MBO_DTYPE)
@@ -147,10 +146,10 @@ class TickBooks:
         out = {}
         for iid in instruments:
             agg = self.state.get(iid)
-            seqs = self.last_sequence.get(iid)
+            seqs = self.sequences.get(iid)
             out[iid] = (
                 copy(agg) if agg is not None else None,
-                dict(seqs) if seqs is not None else None,
+                seqs.copy() if seqs is not None else None,
             )
         return out
 
@@ -161,20 +160,20 @@ class TickBooks:
             else:
                 self.state[iid] = agg
             if seqs is None:
-                self.last_sequence.pop(iid, None)
+                self.sequences.pop(iid, None)
             else:
-                self.last_sequence[iid] = seqs
+                self.sequences[iid] = seqs
 
     def add(self, tick: Tick, ts_recv: int) -> None:
         iid = tick.instrument_id
-        # per trading day: a vendor's sequence may start again with each session
         if tick.sequence:
-            seqs = self.last_sequence.setdefault(iid, {})
-            key = (tick.kind, tick.ts_event // DAY_NS)
-            if tick.sequence <= seqs.get(key, 0):
+            seqs = self.sequences.get(iid)
+            if seqs is None:
+                seqs = self.sequences[iid] = Sequences()
+            # per trading day: a vendor's sequence may start again with each session
+            if not seqs.take(tick.kind, tick.ts_event // DAY_NS, tick.sequence):
                 self.duplicates += 1
                 return
-            seqs[key] = tick.sequence
         agg = self.state.get(iid)
         if agg is None:
             agg = self.state[iid] = Aggressor()

@@ -110,7 +110,7 @@ async def test_a_request_the_broker_cannot_take_is_undone_so_a_retry_is_whole() 
     assert answer.status == 503 and answer.headers["Retry-After"]
     assert answer.body["unsent_instruments"] == [first[0].instrument_id]
     # the books are as if the request had never come: the same ticks are not repeats
-    assert ingest.books.last_sequence == {} and ingest.books.state == {}
+    assert ingest.books.sequences == {} and ingest.books.state == {}
     ingest.books.add(first[0], T0)
     ingest.books.add(first[1], T0)
     assert ingest.books.duplicates == 0 and len(ingest.books.take()) == 2
@@ -131,3 +131,15 @@ def test_the_vendors_aggressor_wins_over_the_rules() -> None:
     # no quote: the tick rule (N, nothing before it); the vendor's B; then the zero tick
     # after it carries the vendor's side on
     assert sides == ["N", "B", "B"]
+
+
+def test_requests_taken_out_of_order_lose_nothing_and_a_retry_adds_nothing() -> None:
+    from app.feeds.tick_capture import TickBooks
+
+    books = TickBooks()
+    early = validated(_body(_trade(1), _trade(2, price=101 * PX)))
+    late = validated(_body(_trade(3, price=102 * PX), _trade(4)))
+    assert isinstance(early, list) and isinstance(late, list)
+    for t in (*late, *early, *late, *early):  # the later request first, then both again
+        books.add(t, T0)
+    assert len(books.take()) == 4 and books.duplicates == 4

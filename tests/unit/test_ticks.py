@@ -17,7 +17,7 @@ from app.feeds.mbo_files import InputError, open_mbo
 from app.feeds.tick_capture import TickBooks, instrument_for, parse_event
 from models.mbo import F_TOB
 from tables.book_engine import BookEngine
-from tables.tick_rules import ASK, BID, NONE, Aggressor, Conditions
+from tables.tick_rules import ASK, BID, NONE, RECENT_TRADES, Aggressor, Conditions, Sequences
 from tables.venues import MASSIVE
 
 
@@ -192,3 +192,19 @@ def test_sizes_too_large_for_a_record_and_odd_digits_are_refused() -> None:
         decimal_units("²", 3, "qty")
     with pytest.raises(BadMessage, match="field 'c'"):
         parse_event({**_trade(), "c": 12})
+
+
+def test_sequences_drop_repeats_and_stale_quotes_but_keep_late_trades() -> None:
+    seq = Sequences()
+    assert seq.take("quote", 1, 10) and not seq.take("quote", 1, 10)
+    assert not seq.take("quote", 1, 9)  # older than the quote taken: stale
+    assert seq.take("trade", 1, 20) and seq.take("trade", 1, 15)  # late, never seen: taken
+    assert not seq.take("trade", 1, 15) and not seq.take("trade", 1, 20)  # repeats
+    assert seq.take("trade", 2, 15)  # a new day starts its numbers again
+    copy = seq.copy()
+    assert copy.take("trade", 1, 16) and not copy.take("trade", 1, 16)
+    assert seq.take("trade", 1, 16)  # the copy is its own
+    for n in range(1000, 1000 + RECENT_TRADES):
+        seq.take("trade", 3, n)
+    assert not seq.take("trade", 3, 999)  # older than every number remembered: a repeat
+    assert set(seq.trades) == {2, 3} and len(seq.trades[3][1]) == RECENT_TRADES  # 2 days
