@@ -45,6 +45,9 @@ F_SNAPSHOT: Final = 32
 F_MBP: Final = 16
 F_BAD_TS_RECV: Final = 8
 F_MAYBE_BAD_BOOK: Final = 4
+# tapestream's own, in a bit Databento leaves unused, on T records of its own publishers only:
+# a trade that counts in volume and sets no price (a vendor's sale condition; tables/bars.py).
+F_VOLUME_ONLY: Final = 2
 
 ACTIONS: Final = "ACMRTFN"
 SIDES: Final = "BAN"

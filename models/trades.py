@@ -8,7 +8,7 @@ from typing import Final
 import numpy as np
 import orjson
 
-from models.mbo import MBO_DTYPE
+from models.mbo import F_VOLUME_ONLY, MBO_DTYPE
 
 TRADE_DTYPE: Final = np.dtype(
     [
@@ -66,6 +66,9 @@ def trades_from_mbo(records: np.ndarray) -> np.ndarray:
 
 
 _MESSAGE_COLUMNS: Final = ("publisher_id", "sequence", "ts_event", "ts_recv", "price", "size")
+# A column only messages with such trades carry: 1 for a trade that counts in volume and sets
+# no price (F_VOLUME_ONLY; tables/bars.py).
+VOLUME_ONLY: Final = "volume_only"
 
 
 def trades_from_columns(message: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -77,6 +80,9 @@ def trades_from_columns(message: dict) -> tuple[np.ndarray, np.ndarray]:
     for name in _MESSAGE_COLUMNS:
         out[name] = message[name]
     out["side"] = np.frombuffer(side.encode("ascii"), np.uint8)
+    volume_only = message.get(VOLUME_ONLY)
+    if volume_only is not None:
+        out["flags"] = np.where(np.asarray(volume_only, bool), F_VOLUME_ONLY, 0)
     return out, np.asarray(message["event"], np.int64)
 
 
@@ -110,5 +116,10 @@ def trades_from_message(key: bytes | None, value: bytes) -> tuple[int, np.ndarra
             raise ValueError(f"{name} holds an integer out of range for {name}") from None
     if side.strip("BAN"):
         raise ValueError("side must be B, A or N for every trade")
+    flags = msg.get(VOLUME_ONLY)
+    if flags is not None and (
+        not isinstance(flags, list) or len(flags) != n or not all(v in (0, 1) for v in flags)
+    ):
+        raise ValueError(f"{VOLUME_ONLY}, where present, is a list of {n} 0s and 1s")
     trades, events = trades_from_columns(msg)
     return iid, trades, events

@@ -18,6 +18,13 @@ order can produce.
 
 Every field is exact integer arithmetic except the two averages computed from exact sums at
 emission, so the same trades give the same bars whatever the batches they arrive in.
+
+A trade flagged F_VOLUME_ONLY (a vendor's sale condition that must not set the high/low or
+open/close but counts in volume: an odd lot, an average-price print) adds to `volume`, `trades`
+and the buy and sell volumes, and sets no price: not the OHLC, not the VWAP, not the TWAP. A
+window that takes only such trades is a flat bar at the price standing when it began (the close
+of the instrument's bar before it); before any priced bar there is no price to stand, and its
+volume is counted in `unpriced_volume` instead of a bar.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any, Final
 import numpy as np
 
 from models.intervals import interval_name
+from models.mbo import F_VOLUME_ONLY
 from models.trades import TRADE_DTYPE
 from tables.watermark import Watermark, Watermarked
 
@@ -38,6 +46,10 @@ SIDE_SELL: Final = ord("A")
 
 
 _SAFE: Final = 1 << 62
+# An open window's price fields before a priced trade reached it: any price replaces them.
+_NO_OPEN_TS: Final = (1 << 63) - 1
+_NO_HIGH: Final = -(1 << 63)
+_NO_LOW: Final = (1 << 63) - 1
 
 
 def exact_dot(values: np.ndarray, weights: np.ndarray) -> int:
@@ -83,6 +95,11 @@ class _Acc:
     pv: int = 0  # sum of price * size
     twap_area: int = 0  # sum of price * ns it stood, up to the instrument's clock
     twap_from: int = 0  # where the window's time-weighting starts
+    priced_volume: int = 0  # the volume of trades that set prices: the VWAP's weight
+
+    @property
+    def priced(self) -> bool:
+        return self.open_ts != _NO_OPEN_TS
 
     def to_list(self) -> list[int]:
         return [getattr(self, f) for f in _ACC_FIELDS]
@@ -106,6 +123,7 @@ class _Part:
     buy_volume: int
     sell_volume: int
     pv: int
+    priced_volume: int
 
     @classmethod
     def of(cls, ts: np.ndarray, px: np.ndarray, size: np.ndarray, side: np.ndarray) -> _Part:
@@ -123,6 +141,25 @@ class _Part:
             buy_volume=int(size[side == SIDE_BUY].sum()),
             sell_volume=int(size[side == SIDE_SELL].sum()),
             pv=exact_dot(px, size),
+            priced_volume=int(size.sum()),
+        )
+
+    @classmethod
+    def volume_only(cls, size: np.ndarray, side: np.ndarray) -> _Part:
+        """Trades that count in volume and set no price."""
+        return cls(
+            open_ts=_NO_OPEN_TS,
+            open_px=0,
+            high=_NO_HIGH,
+            low=_NO_LOW,
+            close_ts=-1,
+            close_px=0,
+            volume=int(size.sum()),
+            trades=len(size),
+            buy_volume=int(size[side == SIDE_BUY].sum()),
+            sell_volume=int(size[side == SIDE_SELL].sum()),
+            pv=0,
+            priced_volume=0,
         )
 
 
@@ -174,6 +211,7 @@ class _Track:
     last_px: int | None = None  # the price standing now
     clock: int = 0  # latest ts_event taken: a trade stamped earlier takes effect here
     first_t: int | None = None  # when a price first stood: time-weighting starts there
+    last_close: int | None = None  # the close of the last bar emitted: the price standing
 
 
 @dataclass
@@ -197,6 +235,7 @@ class BarEngine(Watermarked):
         # Windows ending at or before it are closed (emitted, or emitted at the next close).
         self.clock = Watermark(lateness_ns)
         self.late_count = 0
+        self.unpriced_volume = 0  # volume-only trades before any price (module docstring)
         self._instruments: dict[int, _Instrument] = {}
         self._ends: list[tuple[int, int, int]] = []  # heap of (window end, interval, instrument)
 
@@ -229,11 +268,60 @@ class BarEngine(Watermarked):
         return self.clock.limits(trades["ts_recv"])
 
     def _add(self, instrument_id: int, trades: np.ndarray, thresholds: np.ndarray) -> Added:
-        ts = trades["ts_event"].astype(np.int64)
+        volume_only = (trades["flags"] & F_VOLUME_ONLY) != 0
+        if not volume_only.any():
+            return self._add_priced(instrument_id, trades, thresholds)
+        priced = ~volume_only
+        a = self._add_priced(instrument_id, trades[priced], thresholds[priced])
+        b = self._add_volume(instrument_id, trades[volume_only], thresholds[volume_only])
+        return Added(
+            np.concatenate([a.late, b.late]), np.concatenate([a.late_intervals, b.late_intervals])
+        )
+
+    def _instrument(self, instrument_id: int, trades: np.ndarray) -> _Instrument:
         inst = self._instruments.get(instrument_id)
         if inst is None:
             inst = self._instruments[instrument_id] = _Instrument()
             inst.publisher_id = int(trades["publisher_id"][0])
+        return inst
+
+    def _add_volume(self, instrument_id: int, trades: np.ndarray, thresholds: np.ndarray) -> Added:
+        """Trades that count in volume and set no price, into the windows of their ts_event."""
+        inst = self._instrument(instrument_id, trades)
+        ts = trades["ts_event"].astype(np.int64)
+        size = trades["size"].astype(np.int64)
+        side = trades["side"]
+        late_rows: list[np.ndarray] = []
+        late_iv: list[np.ndarray] = []
+        for iv in self.intervals:
+            starts = ts - ts % iv
+            ok = starts + iv > thresholds
+            if not ok.all():
+                late_rows.append(np.flatnonzero(~ok))
+                late_iv.append(np.full(len(late_rows[-1]), iv, np.int64))
+            if not ok.any():
+                continue
+            windows = inst.open.setdefault(iv, {})
+            if iv not in inst.tracks:
+                inst.tracks[iv] = _Track()
+            st, sz, sd = starts[ok], size[ok], side[ok]
+            order = np.argsort(st, kind="stable")
+            cuts = np.flatnonzero(np.diff(st[order])) + 1
+            for g in np.split(order, cuts):
+                start = int(st[g[0]])
+                part = _Part.volume_only(sz[g], sd[g])
+                self._fold(instrument_id, iv, windows, inst.tracks[iv], start, part)
+        if not late_rows:
+            return Added(trades[:0], np.zeros(0, np.int64))
+        idx = np.concatenate(late_rows)
+        self.late_count += len(idx)
+        return Added(trades[idx], np.concatenate(late_iv))
+
+    def _add_priced(self, instrument_id: int, trades: np.ndarray, thresholds: np.ndarray) -> Added:
+        if not len(trades):
+            return Added(trades[:0], np.zeros(0, np.int64))
+        ts = trades["ts_event"].astype(np.int64)
+        inst = self._instrument(instrument_id, trades)
         late_rows: list[np.ndarray] = []
         late_iv: list[np.ndarray] = []
         px = trades["price"].astype(np.int64)
@@ -362,7 +450,6 @@ class BarEngine(Watermarked):
         if acc is None:
             # Time-weighting covers the window from its start, or from the instrument's first
             # trade ever if that came later.
-            assert track.first_t is not None
             acc = windows[start] = _Acc(
                 open_ts=part.open_ts,
                 open_px=part.open_px,
@@ -370,10 +457,13 @@ class BarEngine(Watermarked):
                 low=part.low,
                 close_ts=part.close_ts,
                 close_px=part.close_px,
-                twap_from=max(start, track.first_t),
+                twap_from=max(start, track.first_t if track.first_t is not None else start),
             )
             heapq.heappush(self._ends, (start + iv, iv, iid))
         else:
+            if not acc.priced and part.open_ts != _NO_OPEN_TS and track.first_t is not None:
+                # its first priced trade: time-weighting starts where the price first stood
+                acc.twap_from = max(start, track.first_t)
             if part.open_ts < acc.open_ts:
                 acc.open_ts, acc.open_px = part.open_ts, part.open_px
             if part.close_ts >= acc.close_ts:
@@ -385,6 +475,7 @@ class BarEngine(Watermarked):
         acc.buy_volume += part.buy_volume
         acc.sell_volume += part.sell_volume
         acc.pv += part.pv
+        acc.priced_volume += part.priced_volume
 
     def instruments(self) -> list[int]:
         return list(self._instruments)
@@ -400,7 +491,9 @@ class BarEngine(Watermarked):
                 for iv, wins in inst.open.items()
                 for start, acc in wins.items()
             ],
-            "tracks": [[iv, t.last_px, t.clock, t.first_t] for iv, t in inst.tracks.items()],
+            "tracks": [
+                [iv, t.last_px, t.clock, t.first_t, t.last_close] for iv, t in inst.tracks.items()
+            ],
         }
 
     def restore(self, instrument_id: int, state: dict[str, Any]) -> None:
@@ -408,11 +501,13 @@ class BarEngine(Watermarked):
         inst = _Instrument(publisher_id=state["publisher_id"])
         for iv, start, *values in state["open"]:
             if iv in self.intervals:
+                if len(values) == len(_ACC_FIELDS) - 1:
+                    values.append(values[_ACC_FIELDS.index("volume")])  # all trades priced then
                 inst.open.setdefault(iv, {})[start] = _Acc(*values)
                 heapq.heappush(self._ends, (start + iv, iv, instrument_id))
-        for iv, last_px, clock, first_t in state["tracks"]:
+        for iv, *track in state["tracks"]:  # four fields before last_close was kept
             if iv in self.intervals:
-                inst.tracks[iv] = _Track(last_px, clock, first_t)
+                inst.tracks[iv] = _Track(*track)
         self._instruments[instrument_id] = inst
 
     def close(self) -> list[Bar]:
@@ -423,7 +518,9 @@ class BarEngine(Watermarked):
             end, iv, iid = heapq.heappop(self._ends)
             inst = self._instruments[iid]
             acc = inst.open[iv].pop(end - iv)
-            out.append(self._finish(iid, iv, end - iv, acc, inst))
+            bar = self._finish(iid, iv, end - iv, acc, inst)
+            if bar is not None:
+                out.append(bar)
         return out
 
     def flush(self) -> list[Bar]:
@@ -432,32 +529,49 @@ class BarEngine(Watermarked):
         while self._ends:
             end, iv, iid = heapq.heappop(self._ends)
             inst = self._instruments[iid]
-            out.append(self._finish(iid, iv, end - iv, inst.open[iv].pop(end - iv), inst))
+            bar = self._finish(iid, iv, end - iv, inst.open[iv].pop(end - iv), inst)
+            if bar is not None:
+                out.append(bar)
         return out
 
-    def _finish(self, iid: int, iv: int, start: int, acc: _Acc, inst: _Instrument) -> Bar:
-        end = start + iv
-        area = acc.twap_area
+    def _finish(self, iid: int, iv: int, start: int, acc: _Acc, inst: _Instrument) -> Bar | None:
         track = inst.tracks[iv]
-        if track.clock < end and track.last_px is not None:
-            # Time is credited up to the track's clock; the price standing there stood until
-            # the window's end.
-            area += track.last_px * (end - max(track.clock, acc.twap_from))
-        covered = end - acc.twap_from
-        twap = area / covered if covered > 0 else float(acc.close_px)
+        if acc.priced:
+            prices = (acc.open_px, acc.high, acc.low, acc.close_px)
+            vwap = acc.pv / acc.priced_volume if acc.priced_volume else float(acc.close_px)
+            twap = self._twap(start + iv, acc, track)
+            track.last_close = acc.close_px
+        elif track.last_close is not None:
+            # No trade in it set a price, so the one standing when it began (the close of the
+            # bar before it: windows are finished in order) stood throughout.
+            px = track.last_close
+            prices, vwap, twap = (px, px, px, px), float(px), float(px)
+        else:  # before the instrument's first priced bar: no price for its volume's bar
+            self.unpriced_volume += acc.volume
+            return None
         return Bar(
             instrument_id=iid,
             publisher_id=inst.publisher_id,
             interval_ns=iv,
             start=start,
-            open=acc.open_px,
-            high=acc.high,
-            low=acc.low,
-            close=acc.close_px,
+            open=prices[0],
+            high=prices[1],
+            low=prices[2],
+            close=prices[3],
             volume=acc.volume,
             trades=acc.trades,
             buy_volume=acc.buy_volume,
             sell_volume=acc.sell_volume,
-            vwap=acc.pv / acc.volume if acc.volume else float(acc.close_px),
+            vwap=vwap,
             twap=twap,
         )
+
+    @staticmethod
+    def _twap(end: int, acc: _Acc, track: _Track) -> float:
+        area = acc.twap_area
+        if track.clock < end and track.last_px is not None:
+            # Time is credited up to the track's clock; the price standing there stood until
+            # the window's end.
+            area += track.last_px * (end - max(track.clock, acc.twap_from))
+        covered = end - acc.twap_from
+        return area / covered if covered > 0 else float(acc.close_px)

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from models.book_events import BBO, DELTAS, TRADES
-from models.mbo import F_LAST
+from models.mbo import F_LAST, F_VOLUME_ONLY
+from models.trades import VOLUME_ONLY
 from tables.book_engine import Published
 from tables.book_state import Applied, BookSet
 
@@ -89,7 +90,7 @@ def trades(instrument_id: int, records: np.ndarray, events_after: dict[int, int]
         before = after - int(closes[-1])
         event[mine] = before + closes[mine] - last[mine]
     t = records[is_trade]
-    return {
+    out = {
         "instrument_id": instrument_id,
         "publisher_id": t["publisher_id"].astype(np.int64),
         "event": event[is_trade],
@@ -100,3 +101,7 @@ def trades(instrument_id: int, records: np.ndarray, events_after: dict[int, int]
         "size": t["size"].astype(np.int64),
         "side": _chars(t["side"]),
     }
+    volume_only = (t["flags"] & F_VOLUME_ONLY) != 0
+    if volume_only.any():
+        out[VOLUME_ONLY] = volume_only.astype(np.int64)
+    return out

@@ -7,8 +7,10 @@ midpoint, or with no usable quote, the tick rule against the previous trade's pr
 down: A, unchanged: the previous trade's side); with neither, N.
 
 Conditions: a trade whose sale conditions say it must not set the high/low or the open/close
-(an average-price print, an odd lot, a prior-day report...) is kept out of the bars, and so out
-of everything the stages make from trades. The default table lists the US equities sale
+(an average-price print, an odd lot, a prior-day report...) sets no price in the bars: it still
+counts in their volume, unless a condition also says it must not update volume (a market
+center's official open or close, which reports a price, not a trade), and then it is kept out of
+everything the stages make from trades. The default table lists the US equities sale
 conditions, by the vendor's (Massive, formerly Polygon.io) unified condition ids, whose
 consolidated update rules say so; `Conditions.from_reference` builds the table from the
 vendor's own `/v3/reference/conditions` answer instead, which is the authority.
@@ -40,9 +42,14 @@ DEFAULT_EXCLUDED: dict[int, str] = {
 }
 
 
+# Of those, the ones that must not update volume either.
+DEFAULT_NO_VOLUME: frozenset[int] = frozenset({15, 16})
+
+
 @dataclass(frozen=True)
 class Conditions:
     excluded: Mapping[int, str] = field(default_factory=lambda: dict(DEFAULT_EXCLUDED))
+    no_volume: frozenset[int] = DEFAULT_NO_VOLUME
 
     @classmethod
     def from_reference(cls, body: Mapping[str, Any]) -> Conditions:
@@ -50,28 +57,40 @@ class Conditions:
         "update_rules": {"consolidated": {...}}}]}`): every trade condition whose consolidated
         rules leave the high/low or the open/close alone."""
         out: dict[int, str] = {}
+        no_volume = set()
         for c in body.get("results", []):
             if "trade" not in c.get("data_types", ["trade"]):
                 continue
             rules = c.get("update_rules", {}).get("consolidated", {})
             if not rules.get("updates_high_low", True) or not rules.get("updates_open_close", True):
                 out[int(c["id"])] = str(c.get("name", ""))
-        return cls(out)
+                if not rules.get("updates_volume", True):
+                    no_volume.add(int(c["id"]))
+        return cls(out, frozenset(no_volume))
 
     def as_json(self) -> dict[str, Any]:
-        return {"excluded": {str(k): v for k, v in sorted(self.excluded.items())}}
+        return {
+            "excluded": {str(k): v for k, v in sorted(self.excluded.items())},
+            "no_volume": sorted(self.no_volume),
+        }
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Conditions:
-        """What `as_json` wrote."""
-        return cls({int(k): str(v) for k, v in body["excluded"].items()})
+        """What `as_json` wrote. A table written before `no_volume` was kept kept every
+        excluded trade out of volume too, and is read so, as its recording was made."""
+        excluded = {int(k): str(v) for k, v in body["excluded"].items()}
+        no_volume = body.get("no_volume")
+        return cls(excluded, frozenset(excluded if no_volume is None else map(int, no_volume)))
 
     def excluding(self, conditions: Iterable[int]) -> int | None:
-        """The first condition that keeps a trade out of the bars, or None."""
+        """The first condition that keeps a trade out of the bars' prices, or None."""
         for c in conditions:
             if c in self.excluded:
                 return c
         return None
+
+    def counts_volume(self, conditions: Iterable[int]) -> bool:
+        return not any(c in self.no_volume for c in conditions)
 
 
 class Aggressor:
@@ -88,8 +107,9 @@ class Aggressor:
         usable = bid > 0 and ask > 0 and bid <= ask
         self.bid, self.ask = (bid, ask) if usable else (0, 0)
 
-    def side(self, price: int) -> int:
-        """The aggressor of a trade at `price`; the trade becomes the last one."""
+    def side(self, price: int, *, last: bool = True) -> int:
+        """The aggressor of a trade at `price`; with `last`, the trade becomes the last one
+        (a trade that sets no price does not)."""
         side = NONE
         if self.bid:
             twice_mid = self.bid + self.ask  # compared doubled: no rounding at a half tick
@@ -101,9 +121,10 @@ class Aggressor:
                 side = ASK
             else:
                 side = self.last_side
-        self.last_price = price
-        if side != NONE:
-            self.last_side = side
+        if last:
+            self.last_price = price
+            if side != NONE:
+                self.last_side = side
         return side
 
 

@@ -8,7 +8,8 @@ normalised (`models.ticks`), then:
     quote (Q)   two F_TOB records, bid then ask: each replaces its side of the book with one
                 level (A), or empties it (C) when the side is 0
     trade (T)   T, side = aggressor by the quote rule, else the tick rule (tables/tick_rules.py);
-                a trade whose conditions keep it out of the bars makes no record at all
+                a trade whose conditions keep it out of the bars' prices is flagged
+                F_VOLUME_ONLY, and one kept out of their volume too makes no record at all
     status      nothing (the source's handshake)
 
 Records carry publisher 65002 (tables/venues.py), the instrument id `instrument_for(symbol)`,
@@ -29,7 +30,7 @@ import orjson
 from pydantic import ValidationError
 
 from app.feeds.captures import BadMessage, capture_chunks, first_line, named
-from models.mbo import F_LAST, F_TOB, MBO_DTYPE, instrument_id_for, mbo_row
+from models.mbo import F_LAST, F_TOB, F_VOLUME_ONLY, MBO_DTYPE, instrument_id_for, mbo_row
 from models.ticks import Tick, TickQuote, TickTrade
 from tables.tick_rules import ASK, BID, Aggressor, Conditions, Sequences
 from tables.venues import MASSIVE
@@ -190,14 +191,20 @@ class TickBooks:
                     )
                 )
             return
+        flags = F_LAST
         if self.conditions.excluding(tick.conditions) is not None:
             self.excluded += 1
-            return
-        side = agg.side(tick.price)
+            if not self.conditions.counts_volume(tick.conditions):
+                return
+            flags |= F_VOLUME_ONLY  # in the bars' volume, not their prices
+        priced = flags == F_LAST
+        side = agg.side(tick.price, last=priced)
         if tick.aggressor != "N":  # the vendor's own word, where it gives one
-            side = agg.last_side = ord(tick.aggressor)
+            side = ord(tick.aggressor)
+            if priced:
+                agg.last_side = side
         self.rows.append(
-            mbo_row(MASSIVE, iid, tick.ts_event, ts_recv, T, side, tick.price, tick.size, 0, F_LAST)
+            mbo_row(MASSIVE, iid, tick.ts_event, ts_recv, T, side, tick.price, tick.size, 0, flags)
         )
 
 

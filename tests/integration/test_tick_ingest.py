@@ -1,7 +1,8 @@
 """POST /ingest/ticks on real workers (two, sharing the partitions): requests without the token,
 too large, not JSON or with a bad record are refused with the reason and nothing of them
 reaches the raw topic; good requests become the books' BBO and bars on whichever worker owns
-each instrument, a condition-excluded trade moves no bar, and a retried request adds nothing."""
+each instrument, an odd lot adds volume and sets no price, an official close is in no bar, and a
+retried request adds nothing."""
 
 from __future__ import annotations
 
@@ -100,14 +101,15 @@ def test_refused_requests_send_nothing_and_good_ones_make_books_and_bars(
         trades += [
             _trade(s, 2, 10_002 + i, 100),  # at the offer: a buyer (quote rule)
             _trade(s, 3, 10_000 + i, 40, aggressor="B"),  # at the bid, but the vendor says B
-            _trade(s, 4, 30_000, 7, conditions=[37]),  # an odd lot far off: no bar may see it
+            _trade(s, 4, 30_000, 7, conditions=[37]),  # an odd lot far off: volume, no price
             _trade(s, 5, 10_000 + i, 60),  # at the bid: a seller
+            _trade(s, 6, 20_000, 9, conditions=[15]),  # an official close: not a trade at all
         ]
     r = _post(w1, trades)
     assert r.status_code == 200, r.text
-    assert r.json()["excluded_trades"] == 4 and r.json()["records"] == 12
+    assert r.json()["excluded_trades"] == 8 and r.json()["records"] == 16
     again = _post(w1, trades)  # a client's retry: every tick a repeat of its sequence number
-    assert again.status_code == 200 and again.json()["duplicates"] == 16
+    assert again.status_code == 200 and again.json()["duplicates"] == 20
     assert again.json()["records"] == 0
     # Two tickers with one id: the second is refused, naming the first (tables/symbology.py).
     assert _post(w1, [_quote(ONE, 1, 500, 501)]).status_code == 200
@@ -146,9 +148,9 @@ def test_refused_requests_send_nothing_and_good_ones_make_books_and_bars(
         got.setdefault(row["instrument_id"], []).append(row)
     for i, s in enumerate(syms):
         rows = got[instrument_for(s)]
-        assert sum(r["volume"] for r in rows) == 200, s  # the odd lot and the retry: none
-        assert sum(r["trades"] for r in rows) == 3
-        assert sum(r["buy_volume"] for r in rows) == 140
+        assert sum(r["volume"] for r in rows) == 207, s  # the odd lot's 7; the retry: none
+        assert sum(r["trades"] for r in rows) == 4
+        assert sum(r["buy_volume"] for r in rows) == 147  # the odd lot, above the midpoint
         assert sum(r["sell_volume"] for r in rows) == 60
         assert max(r["high"] for r in rows) == (10_002 + i) * PX // 100
         assert min(r["low"] for r in rows) == (10_000 + i) * PX // 100
@@ -161,7 +163,7 @@ def test_refused_requests_send_nothing_and_good_ones_make_books_and_bars(
         ]
     )
     assert not (raw["instrument_id"] == instrument_for("BAD")).any()
-    assert len(raw) == 8 + 12 + 2 + 8
+    assert len(raw) == 8 + 16 + 2 + 8
     symbols = consume_all(bootstrap, f"{deployment.prefix}symbols", timeout=5)
     named = {orjson.loads(v)["symbol"]: orjson.loads(v) for _, v, _, _ in symbols}
     assert sorted(named) == sorted([*syms, ONE])  # a refused request names nothing
@@ -170,6 +172,6 @@ def test_refused_requests_send_nothing_and_good_ones_make_books_and_bars(
     assert 'tapestream_ingest_requests_total{status="401"} 2.0' in metrics
     assert 'tapestream_ingest_requests_total{status="422"} 3.0' in metrics
     assert 'tapestream_ingest_requests_total{status="413"} 2.0' in metrics
-    assert "tapestream_ingest_ticks_total 21.0" in metrics  # the retry's repeats: not again
+    assert "tapestream_ingest_ticks_total 25.0" in metrics  # the retry's repeats: not again
     for w in (w1, w2):
         assert TOKEN not in w.log_path.read_text()

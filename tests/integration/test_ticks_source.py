@@ -1,7 +1,7 @@
 """The ticks source against the stand-in vendor, with a real worker: refused logins, a dropped
 connection, a frame that is not JSON, a malformed event and a sequence jump, and through them
 all the worker's bars from the vendor's trades equal the file driver's over the source's own
-recording; condition-excluded trades, priced far off, move no bar."""
+recording; odd lots, priced far off, add volume and set no price in any bar."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from app.feeds.mbo_files import open_mbo
 from app.feeds.tick_capture import instrument_for
 from app.file_driver import run_files
 from app.settings import load_settings
-from models.mbo import MBO_DTYPE, MBO_SIZE
+from models.mbo import F_VOLUME_ONLY, MBO_DTYPE, MBO_SIZE
 from tests.integration.conftest import Deployment, consume_all, free_port, wait_for
 from tests.integration.test_bars_live import assert_same, live_rows
 from tests.unit.test_symbology import ONE, OTHER
@@ -108,8 +108,9 @@ def test_faults_leave_the_bars_equal_to_the_file_drivers(
             from_file[from_file["instrument_id"] == iid].tobytes()
         ), sym
     trades = from_file[from_file["action"] == ord("T")]
-    excluded = sum(made["excluded"].values())
-    assert len(trades) + excluded <= sum(made["trades"].values())  # the gap lost some
+    odd_lots = trades[(trades["flags"] & F_VOLUME_ONLY) != 0]  # in volume, setting no price
+    assert 0 < len(odd_lots) <= sum(made["excluded"].values())
+    assert len(trades) <= sum(made["trades"].values())  # the gap lost some
 
     result = run_files([str(record)], load_settings({"TAPESTREAM_BAR_INTERVALS": INTERVALS}),
                        progress=False)  # fmt: skip
@@ -118,6 +119,7 @@ def test_faults_leave_the_bars_equal_to_the_file_drivers(
     assert_same(live_rows(deployment, want), want)
     for bar in want["bars.1s"] + want["bars.5s"]:
         assert bar["high"] < 150_000_000_000  # the odd lots print at three times the market
+        assert bar["vwap"] < 150_000_000_000
 
 
 def test_two_symbols_with_one_id_are_refused_before_anything_is_sent(

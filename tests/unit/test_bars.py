@@ -19,7 +19,7 @@ from app.commands.mbp import fmt_price, fmt_ts
 from app.commands.ohlcv import write_ohlcv
 from app.feeds.mbo_files import open_mbo, open_trades
 from models.intervals import interval_name, parse_interval
-from models.mbo import empty_records
+from models.mbo import F_VOLUME_ONLY, empty_records
 from models.trades import empty_trades, trades_from_mbo
 from tables.bars import Bar, BarEngine
 
@@ -91,17 +91,27 @@ def test_trades_of_an_mbo_file_make_the_same_bars_as_the_same_trades_file() -> N
 
 def reference(stream: list[tuple], intervals: list[int], lateness: int) -> tuple[list, list]:
     """(bars, late) by the definition, trade by trade: (iid, ts_event, price, size, side,
-    ts_recv) each, in ts_recv order."""
+    ts_recv[, volume_only]) each, in ts_recv order. A volume-only trade counts in volume and
+    sets no price; a window of only those is flat at its instrument's last close, or no bar
+    before there is one."""
     wins: dict[tuple[int, int, int], dict] = {}
     tracks: dict[tuple[int, int], dict] = {}
+    last_close: dict[tuple[int, int], int] = {}
     bars, late = [], []
 
     def close(wm: int) -> None:
         for key in sorted(k for k in wins if k[2] + k[1] <= wm):
             iid, iv, start = key
             w = wins.pop(key)
-            tr = tracks[(iid, iv)]
+            tr = tracks.setdefault((iid, iv), {"clock": 0, "first": None, "path": []})
             end = start + iv
+            if "o" not in w:  # no trade in it set a price
+                px = last_close.get((iid, iv))
+                if px is not None:
+                    flat = (px, px, px, px, w["v"], w["n"], w["b"], w["s"], float(px), float(px))
+                    bars.append((iid, iv, start, *flat))
+                continue
+            last_close[(iid, iv)] = w["c"]
             # The price path: each trade's price stands from its (never decreasing) time
             # until the next trade's, the last one on past the window's end.
             path = tr["path"]
@@ -122,49 +132,52 @@ def reference(stream: list[tuple], intervals: list[int], lateness: int) -> tuple
                     w["n"],
                     w["b"],
                     w["s"],
-                    w["pv"] / w["v"],
+                    w["pv"] / w["pv_v"],
                     # no time to weight by (the instrument's first trade came after this
                     # window's end, in event time): the close, as the engine gives it
                     area / (end - w["from"]) if end > w["from"] else float(w["c"]),
                 )
             )
 
-    for iid, ts, px, sz, side, recv in stream:
+    for iid, ts, px, sz, side, recv, *flag in stream:
+        volume_only = bool(flag and flag[0])
         for iv in intervals:
             start = ts - ts % iv
             if start + iv <= recv - lateness:
                 late.append((iv, iid, ts))
                 continue
+            w = wins.setdefault((iid, iv, start), {"v": 0, "n": 0, "b": 0, "s": 0})
+            w["v"] += sz
+            w["n"] += 1
+            w["b"] += sz if side == ord("B") else 0
+            w["s"] += sz if side == ord("A") else 0
+            if volume_only:
+                continue
             tr = tracks.setdefault((iid, iv), {"clock": 0, "first": None, "path": []})
             eff = max(ts, tr["clock"])
             if tr["first"] is None:
                 tr["first"] = eff
-            w = wins.get((iid, iv, start))
-            if w is None:
-                w = wins[(iid, iv, start)] = {
-                    "o": px,
-                    "ot": ts,
-                    "h": px,
-                    "l": px,
-                    "c": px,
-                    "ct": ts,
-                    "v": 0,
-                    "n": 0,
-                    "b": 0,
-                    "s": 0,
-                    "pv": 0,
-                    "from": max(start, tr["first"]),
-                }
+            if "o" not in w:
+                w.update(
+                    {
+                        "o": px,
+                        "ot": ts,
+                        "h": px,
+                        "l": px,
+                        "c": px,
+                        "ct": ts,
+                        "pv": 0,
+                        "pv_v": 0,
+                        "from": max(start, tr["first"]),
+                    }
+                )
             if ts < w["ot"]:
                 w["o"], w["ot"] = px, ts
             if ts >= w["ct"]:
                 w["c"], w["ct"] = px, ts
             w["h"], w["l"] = max(w["h"], px), min(w["l"], px)
-            w["v"] += sz
-            w["n"] += 1
-            w["b"] += sz if side == ord("B") else 0
-            w["s"] += sz if side == ord("A") else 0
             w["pv"] += px * sz
+            w["pv_v"] += sz
             tr["path"].append((eff, px))
             tr["clock"] = eff
         close(recv - lateness)
@@ -193,14 +206,16 @@ def _as_tuple(b: Bar) -> tuple:
 
 
 def _trades(stream: list[tuple]) -> np.ndarray:
-    """(iid, ts_event, price, size, side[, ts_recv]) each; ts_recv is ts_event if left out."""
+    """(iid, ts_event, price, size, side[, ts_recv[, volume_only]]) each; ts_recv is ts_event
+    if left out."""
     t = empty_trades(len(stream))
     if stream:
         rows = [(*r, r[1]) if len(r) == 5 else r for r in stream]
-        iid, ts, px, sz, side, recv = zip(*rows, strict=True)
+        iid, ts, px, sz, side, recv = zip(*(r[:6] for r in rows), strict=True)
         t["instrument_id"], t["ts_event"], t["price"], t["size"], t["side"] = iid, ts, px, sz, side
         t["ts_recv"] = recv
         t["publisher_id"] = 1
+        t["flags"] = [F_VOLUME_ONLY if len(r) > 6 and r[6] else 0 for r in rows]
     return t
 
 
@@ -220,6 +235,7 @@ def streams(draw: st.DrawFn) -> list[tuple]:
                 draw(st.integers(1, 50)),
                 draw(st.sampled_from([ord("B"), ord("A"), ord("N")])),
                 t,
+                draw(st.sampled_from([False, False, False, True])),  # counts in volume only
             )
         )
     return out
@@ -410,3 +426,57 @@ def test_backfill_bars_and_indicators_equal_the_reference_over_the_files_trades(
         key = (r["instrument_id"], r["interval"])
         values = ind.setdefault(key, Indicators()).add(closes[(*key, r["start"])])
         assert {k: r[k] for k in values} == values
+
+
+def test_volume_only_trades_count_in_volume_and_set_no_price() -> None:
+    b, a = ord("B"), ord("A")
+    e = BarEngine([MIN], 0)
+    e.add(1, _trades([(1, 5 * SEC, 100, 10, b, 5 * SEC, True)]))  # no price yet: no bar
+    e.add(1, _trades([(1, 70 * SEC, 100, 10, b), (1, 80 * SEC, 300, 5, a, 80 * SEC, True)]))
+    e.add(1, _trades([(1, 90 * SEC, 102, 30, a)]))
+    e.add(1, _trades([(1, 130 * SEC, 999, 4, b, 130 * SEC, True)]))  # a window of only those
+    e.add(1, _trades([(1, 200 * SEC, 101, 1, b)]))
+    e.advance(10 * MIN)
+    bars = {bar.start // MIN: bar for bar in e.close()}
+    assert 0 not in bars and e.unpriced_volume == 10
+    one = bars[1]
+    assert (one.open, one.high, one.low, one.close) == (100, 102, 100, 102)  # not 300
+    assert (one.volume, one.trades, one.buy_volume, one.sell_volume) == (45, 3, 10, 35)
+    assert one.vwap == (100 * 10 + 102 * 30) / 40
+    two = bars[2]  # flat at the close before it
+    assert (two.open, two.high, two.low, two.close, two.volume) == (102, 102, 102, 102, 4)
+    assert two.vwap == two.twap == 102.0
+    assert bars[3].open == 101
+
+
+def test_bars_restored_from_a_checkpoint_go_on_as_before_also_from_an_older_one() -> None:
+    stream = [
+        (1, 10 * SEC, 100, 10, ord("B"), 10 * SEC, False),
+        (1, 20 * SEC, 400, 3, ord("A"), 20 * SEC, True),
+        (1, 70 * SEC, 105, 2, ord("B"), 70 * SEC, False),
+        (1, 130 * SEC, 400, 3, ord("A"), 130 * SEC, True),
+        (1, 200 * SEC, 99, 1, ord("A"), 200 * SEC, False),
+    ]
+
+    def run(restore_after: int | None, older: bool = False) -> list[tuple]:
+        e = BarEngine([MIN], 0)
+        out = []
+        for i, row in enumerate(stream):
+            e.add(1, _trades([row]))
+            e.advance(row[5])
+            out += [_as_tuple(bar) for bar in e.close()]
+            if i == restore_after:
+                state = json.loads(json.dumps(e.export(1)))
+                if older:  # as written before priced_volume and last_close were kept
+                    state["open"] = [w[:-1] for w in state["open"]]
+                    state["tracks"] = [t[:4] for t in state["tracks"]]
+                e = BarEngine([MIN], 0)
+                e.advance(row[5])
+                e.restore(1, state)
+        return out + [_as_tuple(bar) for bar in e.flush()]
+
+    whole = run(None)
+    assert [b[7] for b in whole] == [13, 2, 3, 1]  # volumes, the flat third bar among them
+    for i in range(len(stream)):
+        assert run(i) == whole, i
+    assert run(0, older=True)[0][7] == 13  # an older checkpoint takes its volume as priced

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from app.feeds.captures import BadMessage
 from app.feeds.mbo_files import InputError, open_mbo
 from app.feeds.tick_capture import TickBooks, instrument_for, parse_event
-from models.mbo import F_TOB
+from models.mbo import F_TOB, F_VOLUME_ONLY
 from tables.book_engine import BookEngine
 from tables.tick_rules import ASK, BID, NONE, RECENT_TRADES, Aggressor, Conditions, Sequences
 from tables.venues import MASSIVE
@@ -71,14 +71,27 @@ def test_conditions_from_the_vendors_reference() -> None:
             {"id": 8, "name": "Closing Prints", "data_types": ["trade"],
              "update_rules": {"consolidated": {"updates_high_low": True,
                                                "updates_open_close": False}}},
+            {"id": 15, "name": "Market Center Official Close", "data_types": ["trade"],
+             "update_rules": {"consolidated": {"updates_high_low": False,
+                                               "updates_open_close": False,
+                                               "updates_volume": False}}},
             {"id": 70, "name": "a quote condition", "data_types": ["bbo"],
              "update_rules": {"consolidated": {"updates_high_low": False}}},
         ]
     }  # fmt: skip
     c = Conditions.from_reference(body)
-    assert dict(c.excluded) == {37: "Odd Lot Trade", 8: "Closing Prints"}
+    assert dict(c.excluded) == {
+        37: "Odd Lot Trade",
+        8: "Closing Prints",
+        15: "Market Center Official Close",
+    }
     assert c.excluding([14, 37]) == 37 and c.excluding([14]) is None
-    assert Conditions().excluding([37]) == 37  # the default table
+    assert c.no_volume == {15} and c.counts_volume([37]) and not c.counts_volume([14, 15])
+    assert Conditions.from_json(c.as_json()) == c
+    assert Conditions().excluding([37]) == 37 and Conditions().counts_volume([37])  # defaults
+    assert not Conditions().counts_volume([16])
+    # a table written before no_volume was kept: every excluded trade was out of volume too
+    assert Conditions.from_json({"excluded": {"37": "Odd Lot Trade"}}).no_volume == {37}
 
 
 @pytest.mark.parametrize(
@@ -106,13 +119,15 @@ def test_quotes_are_the_books_top_and_trades_take_their_side() -> None:
     books.add(parse_event(_trade(p=99.99, q=3)), 3)  # type: ignore[arg-type]
     books.add(parse_event(_trade(p=150.0, q=4, c=[37])), 4)  # type: ignore[arg-type]
     books.add(parse_event(_trade(p=100.0, q=3)), 5)  # type: ignore[arg-type]  # a repeat of q=3
+    books.add(parse_event(_trade(p=99.0, q=6, c=[15])), 6)  # type: ignore[arg-type]  # no volume
     records = books.take()
-    assert books.excluded == 1 and books.duplicates == 1
-    assert [chr(a) for a in records["action"]] == ["A", "A", "T", "T"]
+    assert books.excluded == 2 and books.duplicates == 1
+    assert [chr(a) for a in records["action"]] == ["A", "A", "T", "T", "T"]
     assert (records["flags"][:2] & F_TOB).all()
     trades = records[records["action"] == ord("T")]
-    assert list(trades["side"]) == [BID, ASK]
-    assert list(trades["price"]) == [100_010_000_000, 99_990_000_000]
+    assert list(trades["side"]) == [BID, ASK, BID]  # the odd lot: above the midpoint
+    assert list(trades["price"]) == [100_010_000_000, 99_990_000_000, 150_000_000_000]
+    assert list(trades["flags"] & F_VOLUME_ONLY) == [0, 0, F_VOLUME_ONLY]
     engine = BookEngine()
     engine.apply(records)
     book = engine.book_index(MASSIVE, instrument_for("AAPL"))
@@ -156,11 +171,21 @@ def test_a_tick_capture_runs_through_the_file_driver(tmp_path: Path) -> None:
     assert f.format == "ticks"
     records = np.concatenate(list(f.chunks()))
     assert f.symbols == {instrument_for("AAPL"): "AAPL"}
-    assert (records["action"] == ord("T")).sum() == 600
+    assert (records["action"] == ord("T")).sum() == 612  # 12 average-price prints among them
     run = run_files([str(path)], load_settings({"TAPESTREAM_BAR_INTERVALS": "1m"}), progress=False)
     bars = run.row_topics["bars.1m"]
     assert len(bars) >= 8
-    assert max(b["high"] for b in bars) <= 100_060_000_000  # the 500.0 prints are out
+    assert max(b["high"] for b in bars) <= 100_060_000_000  # the 500.0 prints set no price
+    assert max(b["vwap"] for b in bars) <= 100_060_000_000
+    # but count in volume: 10 + i for each regular trade, 7 for each average-price print
+    starts = {b["start"] for b in bars}  # the last minute is still open at the file's end
+
+    def in_bars(t_ms: int) -> bool:
+        return t_ms * 1_000_000 - t_ms * 1_000_000 % 60_000_000_000 in starts
+
+    regular = sum(10 + i for i in range(600) if in_bars(t0 + i * 1000 + 1))
+    prints = sum(7 for i in range(0, 600, 50) if in_bars(t0 + i * 1000 + 2))
+    assert prints > 0 and sum(b["volume"] for b in bars) == regular + prints
     assert {b["instrument_id"] for b in bars} == {instrument_for("AAPL")}
 
 
@@ -176,11 +201,17 @@ def test_a_recordings_condition_table_applies_when_it_is_read(tmp_path: Path) ->
     path = _capture(tmp_path / "r.ticks.jsonl", [[_trade(c=[14])], [_trade(c=[37], q=2)]])
     path.write_bytes(gzip.decompress(path.read_bytes()))
     trades = lambda: int((np.concatenate(list(open_mbo(path).chunks()))["action"] == 84).sum())  # noqa: E731
-    assert trades() == 1  # the default table: 37 (odd lot) out, 14 in
+
+    def volume_only() -> int:
+        flags = np.concatenate(list(open_mbo(path).chunks()))["flags"]
+        return int(np.count_nonzero(flags & F_VOLUME_ONLY))
+
+    assert trades() == 2 and volume_only() == 1  # the default table: 37 (odd lot) volume only
     conditions_beside(path).write_bytes(orjson.dumps(Conditions({14: "ISO"}).as_json()))
-    assert trades() == 1 and open_mbo(path).format == "ticks"
-    conditions_beside(path).write_bytes(orjson.dumps(Conditions({}).as_json()))
-    assert trades() == 2
+    assert trades() == 2 and volume_only() == 1 and open_mbo(path).format == "ticks"
+    table = Conditions({14: "ISO"}, frozenset({14})).as_json()
+    conditions_beside(path).write_bytes(orjson.dumps(table))
+    assert trades() == 1 and volume_only() == 0  # 14 out of volume too, 37 a regular trade
 
 
 def test_sizes_too_large_for_a_record_and_odd_digits_are_refused() -> None:
