@@ -81,7 +81,16 @@ def test_books_survive_kill9_and_deltas_reproduce_them(
     deployment.kill9_mid_replay(
         w, path, lambda: w.get("/instruments/")["records"] > truth["records"] // 4, keep_state
     )
-    wait_for(lambda: w.alive() and _books_done(w, truth), 120, "every book up to date")
+    # (the counts view reads the table, written at each commit: it can be a second behind)
+    wait_for(
+        lambda: (
+            w.alive()
+            and _books_done(w, truth)
+            and w.get("/instruments/")["records"] == truth["records"]
+        ),
+        120,
+        "every book up to date and every record counted",
+    )
 
     for iid, t in truth["instruments"].items():
         book = w.get(f"/books/{iid}/", depth=DEEP)["books"][0]
