@@ -34,6 +34,8 @@ class SymbolTable:
         self.symbology = Symbology()
         self._topic: str | None = None
         self._lock = asyncio.Lock()
+        # names refused here, so that asking again does not read the topic again
+        self._refused: dict[tuple[str, str], SymbolCollision] = {}
 
     async def load(self) -> None:
         self._topic = await ensure_compacted_topic(
@@ -52,33 +54,48 @@ class SymbolTable:
         it. Written before the answer: an id is never used before the table holds it."""
         symbols = list(dict.fromkeys(symbols))
         async with self._lock:
-            if self._topic is None or not all(self.symbology.known(namespace, s) for s in symbols):
+            if self._topic is None or not all(
+                self.symbology.known(namespace, s) or (namespace, s) in self._refused
+                for s in symbols
+            ):
                 # a new name: what other processes added since is read first, so that a
                 # name one of them holds is refused here too
                 await self.load()
-            assert self._topic is not None
             out: dict[str, Entry | Exception] = {}
-            new: list[Entry] = []
+            new: dict[str, Entry] = {}
             now = time.time_ns()
             for symbol in symbols:
+                refused = self._refused.get((namespace, symbol))
+                if refused is not None:
+                    out[symbol] = refused
+                    continue
                 try:
                     entry, added = self.symbology.add(namespace, symbol, self.source, now)
                 except SymbolCollision as exc:
-                    out[symbol] = exc
+                    out[symbol] = self._refused[(namespace, symbol)] = exc
                     continue
                 out[symbol] = entry
                 if added:
-                    new.append(entry)
+                    new[symbol] = entry
             if new:
-                await self._write(new)
+                await self._write(list(new.values()))
+                # Another process may have written a name on the same id at the same moment:
+                # the first in the log holds it, here as everywhere.
+                await self.load()
+                for symbol, entry in new.items():
+                    holder = self.symbology.get(entry.instrument_id)
+                    if holder is not None and holder.name != entry.name:
+                        exc = SymbolCollision(entry.name, holder.name, entry.instrument_id)
+                        out[symbol] = self._refused[(namespace, symbol)] = exc
             return out
 
     async def _write(self, entries: list[Entry]) -> None:
+        assert self._topic is not None
         producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap_servers, acks="all", enable_idempotence=True
         )
-        await producer.start()
         try:
+            await producer.start()
             sends = [
                 await producer.send(self._topic, orjson.dumps(e.as_json()), key=e.name.encode())
                 for e in entries

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from models.book_events import BBO, TRADES
+from models.mbo import F_VOLUME_ONLY
 from models.trades import empty_trades, trades_from_columns
 from tables.baselines import Baselines, SessionClock
 from tables.options import DEFAULT_GROUPS, OptionInfo, option_parts, parse_groups
@@ -89,6 +90,11 @@ class IfdStage:
             return False
         if trades_msg is not None:
             trades, events = trades_from_columns(trades_msg)
+            priced = (trades["flags"] & F_VOLUME_ONLY) == 0
+            if not priced.all():
+                # Pressure prices every trade it takes (VWAP, last price, the tick rule): a
+                # trade that must set no price (tables/bars.py) is left out of it.
+                trades, events = trades[priced], events[priced]
         else:
             trades, events = empty_trades(), np.zeros(0, np.int64)
         self.add(instrument_id, trades, events, bbo)

@@ -8,7 +8,7 @@ so names of one length that differ in fewer than 31 bits never do (tickers of up
 letters among themselves); names of mixed lengths and characters do, about one pair in n²/2³² for
 n names (W1EXHT and SSIUEYF4Q are one such pair). The table keeps every name met, with its id, so
 that a second name on an id is refused with both names, never merged into the first one's books
-and bars. Which name holds an id is first come, first served.
+and bars. Which name holds an id is first come, first served, in the order of the table's log.
 """
 
 from __future__ import annotations
@@ -63,9 +63,10 @@ class Symbology:
         self._by_id: dict[int, Entry] = {}
         self._by_name: dict[str, Entry] = {}
         # Two processes that met colliding names at the same moment may both have written
-        # theirs: the first seen keeps the id, the other stays refused.
+        # theirs: the first in the table's log keeps the id (every process reads the same
+        # log; their clocks may disagree), the other stays refused.
         self.refused: list[SymbolCollision] = []
-        for e in sorted(entries, key=lambda e: e.first_seen_ns):
+        for e in entries:
             try:
                 self._keep(e)
             except SymbolCollision as exc:

@@ -18,7 +18,7 @@ vendor's own `/v3/reference/conditions` answer instead, which is the authority.
 
 from __future__ import annotations
 
-from collections import deque
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +132,32 @@ RECENT_TRADES = 256  # trade sequence numbers remembered per instrument and day
 KEEP_DAYS = 2  # a vendor's sequence may start again each day; the day before is kept too
 
 
+class _Recent:
+    """One day's trade numbers: the latest `RECENT_TRADES` by value, and the largest one let
+    go (`floor`): a number at or below it may have been taken, so it counts as a repeat."""
+
+    def __init__(self) -> None:
+        self.heap: list[int] = []
+        self.seen: set[int] = set()
+        self.floor = 0
+
+    def take(self, sequence: int) -> bool:
+        if sequence <= self.floor or sequence in self.seen:
+            return False
+        heapq.heappush(self.heap, sequence)
+        self.seen.add(sequence)
+        if len(self.heap) > RECENT_TRADES:
+            gone = heapq.heappop(self.heap)
+            self.seen.discard(gone)
+            self.floor = max(self.floor, gone)
+        return True
+
+    def copy(self) -> _Recent:
+        out = _Recent()
+        out.heap, out.seen, out.floor = list(self.heap), set(self.seen), self.floor
+        return out
+
+
 class Sequences:
     """One instrument's sequence numbers taken, per trading day, to drop repeats (a retried
     webhook request, a vendor's resend) without dropping what merely came late.
@@ -140,14 +166,18 @@ class Sequences:
     the newer one stands. A trade is taken unless it was taken before: one older than the
     newest that was never seen is late, not a repeat (concurrent requests may be taken in any
     order), and counts in its bars as any late trade does. Trades are remembered by their
-    latest `RECENT_TRADES` numbers; one older than all of those is taken for a repeat."""
+    latest `RECENT_TRADES` numbers; one at or below the largest number let go counts as a
+    repeat. A tick of a day older than the `KEEP_DAYS` kept is refused as stale."""
 
     def __init__(self) -> None:
         self.quotes: dict[int, int] = {}
-        self.trades: dict[int, tuple[deque[int], set[int]]] = {}
+        self.trades: dict[int, _Recent] = {}
 
     def take(self, kind: str, day: int, sequence: int) -> bool:
         """Whether the tick is new; it is remembered if so."""
+        days = self.quotes if kind == "quote" else self.trades
+        if day not in days and len(days) >= KEEP_DAYS and day < min(days):
+            return False
         if kind == "quote":
             if sequence <= self.quotes.get(day, 0):
                 return False
@@ -156,23 +186,14 @@ class Sequences:
             return True
         recent = self.trades.get(day)
         if recent is None:
-            recent = self.trades[day] = (deque(maxlen=RECENT_TRADES), set())
+            recent = self.trades[day] = _Recent()
             _prune(self.trades)
-        order, seen = recent
-        if sequence in seen or (len(order) == RECENT_TRADES and sequence < min(order)):
-            return False
-        if len(order) == RECENT_TRADES:
-            seen.discard(order[0])
-        order.append(sequence)
-        seen.add(sequence)
-        return True
+        return recent.take(sequence)
 
     def copy(self) -> Sequences:
         out = Sequences()
         out.quotes = dict(self.quotes)
-        out.trades = {
-            d: (deque(o, maxlen=RECENT_TRADES), set(s)) for d, (o, s) in self.trades.items()
-        }
+        out.trades = {d: r.copy() for d, r in self.trades.items()}
         return out
 
 

@@ -403,3 +403,35 @@ def test_ifd_state_restored_from_a_checkpoint_goes_on_as_if_never_stopped() -> N
     assert got == want
     assert again.recent_signals(11) == whole.recent_signals(11)
     assert again.partitions[0].stage.publishers == {11: 1, 12: 1}
+
+
+def test_trades_that_set_no_price_are_left_out_of_pressure() -> None:
+    """An odd lot far off the market (F_VOLUME_ONLY: volume in the bars, no price) changes no
+    pressure window: not its VWAP, its last price or its volume."""
+    from models.trades import VOLUME_ONLY
+
+    sec, px = 1_000_000_000, 1_000_000_000
+
+    def window(with_odd_lot: bool) -> dict:
+        stage = IfdStage(IfdConfig(interval_ns=60 * sec, lateness_ns=0))
+        msg = {
+            "instrument_id": 7,
+            "publisher_id": [1, 1, 1],
+            "event": [1, 2, 3],
+            "sequence": [1, 2, 3],
+            "ts_event": [sec, 2 * sec, 3 * sec],
+            "ts_recv": [sec, 2 * sec, 3 * sec],
+            "price": [100 * px, 300 * px, 101 * px],
+            "size": [10, 7, 20],
+            "side": "BBA",
+        }
+        if with_odd_lot:
+            msg[VOLUME_ONLY] = [0, 1, 0]
+        else:  # the same trades without it
+            msg = {k: [v[0], v[2]] if isinstance(v, list) else v for k, v in msg.items()}
+            msg["side"] = "BA"
+        stage.add_book_output(7, {"trades": msg})
+        rows = stage.advance(120 * sec)
+        return next(r for t, r in rows if t == PRESSURE)
+
+    assert window(True) == window(False)

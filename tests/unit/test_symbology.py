@@ -35,14 +35,15 @@ def test_a_second_name_on_an_id_is_refused_with_both_names() -> None:
     assert table.get(held.instrument_id) == held and len(table) == 1
 
 
-def test_written_by_two_at_once_the_first_seen_keeps_the_id() -> None:
-    first = Entry("US-EQUITY", OTHER, tick_id(OTHER), "ticks", 10)
-    second = Entry("US-EQUITY", ONE, tick_id(ONE), "ingest", 20)
+def test_written_by_two_at_once_the_first_in_the_log_keeps_the_id() -> None:
+    first = Entry("US-EQUITY", OTHER, tick_id(OTHER), "ticks", 20)
+    second = Entry("US-EQUITY", ONE, tick_id(ONE), "ingest", 10)  # its clock was behind
     for order in ([first, second], [second, first]):
         table = Symbology(Entry.from_json(e.as_json()) for e in order)
-        assert table.get(tick_id(ONE)) == first and len(table.refused) == 1
+        assert table.get(tick_id(ONE)) == order[0] and len(table.refused) == 1
+        loser = order[1].symbol
         with pytest.raises(SymbolCollision):
-            table.add("US-EQUITY", ONE, "ingest", 30)
+            table.add("US-EQUITY", loser, "ingest", 30)
 
 
 def test_an_entry_whose_id_is_not_its_names_is_not_read() -> None:

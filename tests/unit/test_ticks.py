@@ -237,5 +237,12 @@ def test_sequences_drop_repeats_and_stale_quotes_but_keep_late_trades() -> None:
     assert seq.take("trade", 1, 16)  # the copy is its own
     for n in range(1000, 1000 + RECENT_TRADES):
         seq.take("trade", 3, n)
-    assert not seq.take("trade", 3, 999)  # older than every number remembered: a repeat
-    assert set(seq.trades) == {2, 3} and len(seq.trades[3][1]) == RECENT_TRADES  # 2 days
+    assert seq.take("trade", 3, 999)  # late, and nothing let go yet: taken
+    assert not seq.take("trade", 3, 999) and not seq.take("trade", 3, 998)  # 999 let go
+    assert set(seq.trades) == {2, 3} and len(seq.trades[3].seen) == RECENT_TRADES  # 2 days
+    assert not seq.take("trade", 1, 77)  # a day no longer kept: stale
+    # numbers let go in arrival order would let a repeat through: 2..256, a late 1, then 257
+    s2 = Sequences()
+    for n in [*range(2, RECENT_TRADES + 2), 1, RECENT_TRADES + 2]:
+        assert s2.take("trade", 5, n)
+    assert not any(s2.take("trade", 5, n) for n in range(1, RECENT_TRADES + 3))
