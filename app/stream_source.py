@@ -93,6 +93,10 @@ class StreamSource:
                     self.stats.delivered,
                     self.sender.wm.bounds(self.batcher),
                 )
+                # Everything is sent: every partition hears the last arrival taken, as at the
+                # end of a replay, so the windows a file driver closes over the recording are
+                # closed here too (a data message carries the bound from before its records).
+                await self.sender.mark(self.sender.wm.bounds(self.batcher))
                 await self.sender.drain()
                 await asyncio.gather(*self._sends, return_exceptions=True)
             with contextlib.suppress(Exception):
