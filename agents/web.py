@@ -29,6 +29,7 @@ import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -45,12 +46,14 @@ from app.control import publish as publish_setting
 from app.faust_app import app, settings
 from app.recovery_status import log_progress, recovery_status
 from app.state_tables import TABLES
+from app.symbols import SymbolNames
 from app.topic_feed import TopicFeed
 from app.topics import partition_of
 from app.transport import table_owner
 from app.websocket import EVENT_CHANNELS, STATE_CHANNELS, TOO_SLOW, Hub
 from models.intervals import interval_name, parse_interval
 from models.mbo import instrument_key
+from models.units import Units, parse_time, parse_units, shown
 from tables.instrument_stats import InstrumentStats
 from tables.runtime_config import KEYS as CONFIG_KEYS
 from tables.runtime_config import parse
@@ -69,6 +72,7 @@ MAX_SIGNALS = 1000
 RETRY_AFTER_S = 2
 PUBLISH_TIMEOUT_S = 10  # a PUT answers 503 rather than outwait its client
 
+symbols = SymbolNames(settings)
 setup_prometheus_sensors(app, pattern="/metrics")
 
 
@@ -112,6 +116,7 @@ async def _gather(
         if peers:
             async with aiohttp.ClientSession(timeout=PEER_TIMEOUT) as session:
                 params = {k: v for k, v in request.query.items() if k != "scope"}
+                params["units"] = "raw"  # converted once, with this worker's own items
                 # the caller's token, for peers that require one (app/access.py)
                 auth = request.headers.get("Authorization")
                 headers = {"Authorization": auth} if auth else {}
@@ -176,16 +181,99 @@ def _with_errors(body: dict[str, Any], errors: list[str]) -> dict[str, Any]:
     return body
 
 
+class _BadRequest(ValueError):
+    """A request parameter the view cannot take: answered 400 with the parameter's name."""
+
+    def __init__(self, parameter: str, reason: str) -> None:
+        super().__init__(reason)
+        self.parameter = parameter
+
+
+def _bad(view: View, exc: _BadRequest) -> Response:
+    return view.json({"error": str(exc), "parameter": exc.parameter}, status=400)
+
+
+def units_of(request: Request) -> Units:
+    try:
+        return parse_units(request.query.get("units"))
+    except ValueError as exc:
+        raise _BadRequest("units", str(exc)) from None
+
+
+def _data(view: View, units: Units, body: dict[str, Any]) -> Response:
+    """A data view's answer with its prices and times in the units asked for (models/units.py):
+    decimals and ISO 8601 unless the request says `units=raw`."""
+    return view.json(shown(body, units))
+
+
+def _instrument(raw: str, parameter: str = "instrument_id") -> int:
+    if not raw.isdigit():
+        raise _BadRequest(parameter, f"not an instrument id: {raw!r}")
+    return int(raw)
+
+
+def _bounded(request: Request, name: str, default: int, top: int) -> int:
+    raw = request.query.get(name, str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= top:
+        raise _BadRequest(name, f"{name} must be an integer from 1 to {top}, not {raw!r}")
+    return int(raw)
+
+
+def _time_range(request: Request) -> tuple[int | None, int | None]:
+    """`from` (inclusive) and `to` (exclusive) of a request, in ns; each optional."""
+    out: list[int | None] = []
+    for name in ("from", "to"):
+        raw = request.query.get(name)
+        try:
+            out.append(None if raw is None else parse_time(raw))
+        except ValueError as exc:
+            raise _BadRequest(name, str(exc)) from None
+    if out[0] is not None and out[1] is not None and out[0] >= out[1]:
+        raise _BadRequest("to", "to must be after from")
+    return out[0], out[1]
+
+
+def _in_range(ns: int, since: int | None, until: int | None) -> bool:
+    return (since is None or ns >= since) and (until is None or ns < until)
+
+
 @app.page("/instruments/")
 class InstrumentsView(View):
     async def get(self, request: Request) -> Response:
+        try:
+            units = units_of(request)
+        except _BadRequest as exc:
+            return _bad(self, exc)
         items, errors = await _gather(request, "/instruments/", "instruments", _local_instruments())
+        names = await symbols.names()
+        for item in items:
+            entry = names.get(item["instrument_id"])
+            if entry is not None:
+                item.update(symbol=entry.symbol, namespace=entry.namespace)
         body = {
             "instruments": items,
             "count": len(items),
             "records": sum(d["records"] for d in items),
         }
-        return self.json(_with_errors(body, errors))
+        return _data(self, units, _with_errors(body, errors))
+
+
+@app.page("/symbols/")
+class SymbolsView(View):
+    """The symbology table of the feeds that name instruments by symbol (tables/symbology.py):
+    every name met, with its id, read from the `symbols` topic."""
+
+    async def get(self, request: Request) -> Response:
+        try:
+            units = units_of(request)
+        except _BadRequest as exc:
+            return _bad(self, exc)
+        try:
+            entries = [e.as_json() for e in await symbols.entries()]
+        except Exception as exc:
+            log.warning("the symbols topic could not be read: %r", exc)
+            return _unavailable(self, "the symbols topic could not be read")
+        return _data(self, units, {"symbols": entries, "count": len(entries)})
 
 
 def _recovering() -> bool:
@@ -212,26 +300,27 @@ async def _local_books() -> list[dict[str, Any]] | None:
 @app.page("/books/")
 class BooksView(View):
     async def get(self, request: Request) -> Response:
+        try:
+            units = units_of(request)
+        except _BadRequest as exc:
+            return _bad(self, exc)
         local = await _local_books()
         if local is None:
             return _unavailable(self, "tables are being restored")
         items, errors = await _gather(request, "/books/", "instruments", local)
-        return self.json(_with_errors({"instruments": items, "count": len(items)}, errors))
+        return _data(self, units, _with_errors({"instruments": items, "count": len(items)}, errors))
 
 
 @app.page("/books/{instrument_id}/")
 class BookView(View):
     @routed(books_table, "instrument_id")
     async def get(self, request: Request, instrument_id: str) -> Response:
-        if not instrument_id.isdigit():
-            return self.json({"error": f"not an instrument id: {instrument_id!r}"}, status=400)
-        raw_depth = request.query.get("depth", "10")
-        if not raw_depth.isdigit() or not 1 <= int(raw_depth) <= MAX_DEPTH:
-            return self.json(
-                {"error": f"depth must be an integer from 1 to {MAX_DEPTH}, not {raw_depth!r}"},
-                status=400,
-            )
-        iid = int(instrument_id)
+        try:
+            iid = _instrument(instrument_id)
+            depth = _bounded(request, "depth", 10, MAX_DEPTH)
+            units = units_of(request)
+        except _BadRequest as exc:
+            return _bad(self, exc)
         key = instrument_id.encode()
         if not book_set.loaded(iid) and _recovering():
             return _unavailable(self, "tables are being restored")
@@ -239,30 +328,23 @@ class BookView(View):
             return self.json({"error": f"no book for instrument {iid}"}, status=404)
         async with checkpoints.state_lock:
             restore_books(iid, partition_of(key))
-            view = book_set.view(iid, int(raw_depth))
+            view = book_set.view(iid, depth)
         if not view["books"]:
             return self.json({"error": f"no book for instrument {iid}"}, status=404)
-        return self.json(view)
+        return _data(self, units, view)
 
 
-class _BadRequest(ValueError):
-    pass
-
-
-def _bar_query(request: Request, instrument_id: str) -> tuple[int, int]:
-    """(instrument, interval) of a bars or indicators request; _BadRequest says what is wrong."""
-    if not instrument_id.isdigit():
-        raise _BadRequest(f"not an instrument id: {instrument_id!r}")
+def _interval(request: Request) -> int:
     configured = bar_set.intervals
     raw = request.query.get("interval", interval_name(configured[0]))
     try:
         iv = parse_interval(raw)
     except ValueError as exc:
-        raise _BadRequest(str(exc)) from None
+        raise _BadRequest("interval", str(exc)) from None
     if iv not in configured:
         names = ", ".join(interval_name(i) for i in configured)
-        raise _BadRequest(f"interval {raw} is not built here; these are: {names}")
-    return int(instrument_id), iv
+        raise _BadRequest("interval", f"interval {raw} is not built here; these are: {names}")
+    return iv
 
 
 class _BarView(View):
@@ -272,13 +354,13 @@ class _BarView(View):
     @routed(bars_table, "instrument_id")
     async def get(self, request: Request, instrument_id: str) -> Response:
         try:
-            iid, iv = _bar_query(request, instrument_id)
+            iid, iv, units = _instrument(instrument_id), _interval(request), units_of(request)
             body = self.answer(request, iid, iv)
         except _BadRequest as exc:
-            return self.json({"error": str(exc)}, status=400)
+            return _bad(self, exc)
         if body is None:
             return self.json({"error": f"no {interval_name(iv)} bars for {iid}"}, status=404)
-        return self.json({"instrument_id": iid, "interval": interval_name(iv), **body})
+        return _data(self, units, {"instrument_id": iid, "interval": interval_name(iv), **body})
 
     def answer(self, request: Request, iid: int, iv: int) -> dict[str, Any] | None:
         raise NotImplementedError
@@ -286,15 +368,20 @@ class _BarView(View):
 
 @app.page("/bars/{instrument_id}/")
 class BarsView(_BarView):
+    """The latest closed bars the worker keeps (`bar_set.keep` per instrument and interval),
+    oldest first; `from`/`to` choose those whose window starts in [from, to)."""
+
     def answer(self, request: Request, iid: int, iv: int) -> dict[str, Any] | None:
-        raw = request.query.get("limit", "100")
-        if not raw.isdigit() or not 1 <= int(raw) <= bar_set.keep:
-            raise _BadRequest(f"limit must be an integer from 1 to {bar_set.keep}, not {raw!r}")
-        bars = bar_set.recent(iid, iv, int(raw))
+        limit = _bounded(request, "limit", 100, bar_set.keep)
+        since, until = _time_range(request)
+        bars = bar_set.recent(iid, iv, bar_set.keep)
         if bars is None:
             saved = bars_table.get(bars_key(iid, iv))
-            bars = json.loads(saved)[-int(raw) :] if saved is not None else None
-        return {"count": len(bars), "bars": bars} if bars else None
+            bars = json.loads(saved) if saved is not None else None
+        if not bars:
+            return None
+        chosen = [b for b in bars if _in_range(b["start"], since, until)][-limit:]
+        return {"count": len(chosen), "bars": chosen}
 
 
 @app.page("/indicators/{instrument_id}/")
@@ -308,33 +395,62 @@ class IndicatorsView(_BarView):
         return values
 
 
+@dataclass(frozen=True)
+class _SignalQuery:
+    """What /signals/ and /options/ filter by; every filter optional."""
+
+    limit: int
+    since: int | None
+    until: int | None
+    kind: str | None
+    direction: str | None
+    min_confidence: float | None
+
+    @classmethod
+    def of(cls, request: Request) -> _SignalQuery:
+        since, until = _time_range(request)
+        direction = request.query.get("direction") or None
+        if direction not in (None, "BUY", "SELL"):
+            raise _BadRequest("direction", f"direction is BUY or SELL, not {direction!r}")
+        raw_conf = request.query.get("min_confidence")
+        try:
+            conf = None if raw_conf is None else float(raw_conf)
+        except ValueError:
+            conf = -1.0
+        if conf is not None and not 0 <= conf <= 1:
+            raise _BadRequest("min_confidence", f"a number from 0 to 1, not {raw_conf!r}")
+        limit = _bounded(request, "limit", 100, MAX_SIGNALS)
+        return cls(limit, since, until, request.query.get("kind") or None, direction, conf)
+
+    def wants(self, s: dict[str, Any]) -> bool:
+        return (
+            _in_range(s["start"], self.since, self.until)
+            and (self.kind is None or s["kind"] == self.kind)
+            and (self.direction is None or s["direction"] == self.direction)
+            and (self.min_confidence is None or (s.get("confidence") or 0) >= self.min_confidence)
+        )
+
+
 @app.page("/signals/")
 class SignalsView(View):
-    """Signals from every worker: each keeps its instruments' latest, in memory once the
-    partition has had a message here, else as last checkpointed."""
+    """Signals from every worker, newest first: each keeps its instruments' latest (200 per
+    instrument), in memory once the partition has had a message here, else as last
+    checkpointed; filtered by instrument, kind, direction, confidence and time."""
 
     async def get(self, request: Request) -> Response:
         raw_iid = request.query.get("instrument_id", "")
-        if raw_iid and not raw_iid.isdigit():
-            return self.json({"error": f"not an instrument id: {raw_iid!r}"}, status=400)
-        raw_limit = request.query.get("limit", "100")
-        if not _limit_ok(raw_limit):
-            return self.json({"error": _limit_error(raw_limit)}, status=400)
-        iid = int(raw_iid) if raw_iid else None
+        try:
+            iid = _instrument(raw_iid) if raw_iid else None
+            q, units = _SignalQuery.of(request), units_of(request)
+        except _BadRequest as exc:
+            return _bad(self, exc)
         items, errors = await _gather(request, "/signals/", "signals", _local_signals(iid))
+        items = [s for s in items if q.wants(s)]
         items.sort(
             key=lambda s: (s["start"], s["instrument_id"], s["kind"], s["direction"]), reverse=True
         )
-        items = items[: int(raw_limit)]
-        return self.json(_with_errors({"signals": items, "count": len(items)}, errors))
-
-
-def _limit_ok(raw: str) -> bool:
-    return raw.isdigit() and 1 <= int(raw) <= MAX_SIGNALS
-
-
-def _limit_error(raw: str) -> str:
-    return f"limit must be an integer from 1 to {MAX_SIGNALS}, not {raw!r}"
+        items = items[: q.limit]
+        return _data(self, units, _with_errors({"signals": items, "count": len(items)}, errors))
 
 
 @app.page("/options/")
@@ -344,12 +460,15 @@ class OptionSignalsView(View):
 
     async def get(self, request: Request) -> Response:
         group = request.query.get("group") or None
-        if group is not None and len(group.split("|")) != 4:
-            error = f"a group is underlying|expiration|strike|right with * for any, not {group!r}"
-            return self.json({"error": error}, status=400)
-        raw_limit = request.query.get("limit", "100")
-        if not _limit_ok(raw_limit):
-            return self.json({"error": _limit_error(raw_limit)}, status=400)
+        try:
+            if group is not None and len(group.split("|")) != 4:
+                reason = (
+                    f"a group is underlying|expiration|strike|right with * for any, not {group!r}"
+                )
+                raise _BadRequest("group", reason)
+            q, units = _SignalQuery.of(request), units_of(request)
+        except _BadRequest as exc:
+            return _bad(self, exc)
         local = option_groups.recent_signals(group)
         for key, value in list(options_table.items()):
             if key.endswith(b"/signals") and value is not None:
@@ -358,9 +477,10 @@ class OptionSignalsView(View):
                 if mine and not option_groups.loaded(partition_of(owner)):
                     local.extend(json.loads(value))
         items, errors = await _gather(request, "/options/", "signals", local, by="group")
+        items = [s for s in items if q.wants(s)]
         items.sort(key=lambda s: (s["start"], s["group"], s["direction"]), reverse=True)
-        items = items[: int(raw_limit)]
-        return self.json(_with_errors({"signals": items, "count": len(items)}, errors))
+        items = items[: q.limit]
+        return _data(self, units, _with_errors({"signals": items, "count": len(items)}, errors))
 
 
 def _local_signals(iid: int | None) -> list[dict[str, Any]]:
@@ -385,12 +505,18 @@ def _local_signals(iid: int | None) -> list[dict[str, Any]]:
 class InstrumentView(View):
     @routed(instrument_stats, "instrument_id")
     async def get(self, request: Request, instrument_id: str) -> Response:
-        if not instrument_id.isdigit():
-            return self.json({"error": f"not an instrument id: {instrument_id!r}"}, status=400)
+        try:
+            iid, units = _instrument(instrument_id), units_of(request)
+        except _BadRequest as exc:
+            return _bad(self, exc)
         value = instrument_stats.get(instrument_id.encode())
         if value is None:
-            return self.json({"error": f"unknown instrument {instrument_id}"}, status=404)
-        return self.json(InstrumentStats.from_bytes(value).public())
+            return self.json({"error": f"unknown instrument {iid}"}, status=404)
+        row = InstrumentStats.from_bytes(value).public()
+        entry = (await symbols.names()).get(iid)
+        if entry is not None:
+            row.update(symbol=entry.symbol, namespace=entry.namespace)
+        return _data(self, units, row)
 
 
 @app.page("/config/")

@@ -14,7 +14,10 @@ from models.ticks import ingest_records
 ERROR = {
     "type": "object",
     "required": ["error"],
-    "properties": {"error": {"type": "string", "description": "what is wrong, and why"}},
+    "properties": {
+        "error": {"type": "string", "description": "what is wrong, and why"},
+        "parameter": {"type": ["string", "null"], "description": "the parameter at fault (400)"},
+    },
 }
 RETRY = {
     "Retry-After": {
@@ -73,6 +76,33 @@ LIMIT = _param("limit", "query", "how many, newest first", {"type": "integer", "
 INTERVAL = _param(
     "interval", "query", "a configured bar interval (default: the first)", {"type": "string"}
 )
+UNITS = _param(
+    "units",
+    "query",
+    "`decimal` (the default): prices in currency units, null for an empty side, and times as"
+    " ISO 8601 in UTC to the nanosecond; `raw`: prices in integer units of 1e-9 and times in"
+    " integer nanoseconds since the epoch, as on the topics",
+    {"type": "string", "enum": ["decimal", "raw"], "default": "decimal"},
+)
+TIME = {
+    "type": "string",
+    "description": "nanoseconds since the epoch, or ISO 8601 (`2024-05-08`,"
+    " `2024-05-08T13:30:00.5Z`; UTC when no offset is given)",
+}
+FROM = _param("from", "query", "only those starting at or after this time", TIME)
+TO = _param("to", "query", "only those starting before this time", TIME)
+SIGNAL_FILTERS = [
+    _param("kind", "query", "one kind only (`ifd`, `breakout`, ...)", {"type": "string"}),
+    _param("direction", "query", "one side only", {"type": "string", "enum": ["BUY", "SELL"]}),
+    _param(
+        "min_confidence",
+        "query",
+        "at least this confidence (signals without one count as 0)",
+        {"type": "number", "minimum": 0, "maximum": 1},
+    ),
+    FROM,
+    TO,
+]
 
 
 def _get(summary: str, params: list[dict[str, Any]], ok: str, *errors: int) -> dict[str, Any]:
@@ -93,22 +123,30 @@ def document() -> dict[str, Any]:
             "version": _version(),
             "description": "Live state of the market-data stream processor, served by every"
             " worker; requests for one instrument are answered by the worker that owns it."
-            " Prices are integers in units of 1e-9 and times nanoseconds since the epoch, as"
-            " on the topics (docs/topics.md).",
+            " Prices are decimals and times ISO 8601 unless a request says `units=raw` (the"
+            " topics' integers: docs/topics.md).",
         },
         "paths": {
             "/instruments/": _get(
-                "every instrument with its record, message and action counts",
-                [SCOPE],
+                "every instrument with its record, message and action counts, and its symbol when"
+                " a feed named it",
+                [SCOPE, UNITS],
                 "`instruments`, `count`, `records`; `partial` and `errors` if a worker did not"
                 " answer",
             ),
             "/instruments/{instrument_id}/": _get(
-                "one instrument's counts", [INSTRUMENT], "its counts", 400, 404, 503
+                "one instrument's counts", [INSTRUMENT, UNITS], "its counts", 400, 404, 503
+            ),
+            "/symbols/": _get(
+                "the symbology of the feeds that name instruments by symbol (the `symbols` topic)",
+                [UNITS],
+                "`symbols` (`namespace`, `symbol`, `instrument_id`, `source`, `first_seen_ns`),"
+                " `count`",
+                503,
             ),
             "/books/": _get(
                 "every instrument's books with their best bid and offer",
-                [SCOPE],
+                [SCOPE, UNITS],
                 "`instruments`, `count`",
                 503,
             ),
@@ -122,6 +160,7 @@ def document() -> dict[str, Any]:
                         "levels a side (default 10)",
                         {"type": "integer", "minimum": 1, "maximum": 1000},
                     ),
+                    UNITS,
                 ],
                 "`books`, one per publisher",
                 400,
@@ -129,8 +168,9 @@ def document() -> dict[str, Any]:
                 503,
             ),
             "/bars/{instrument_id}/": _get(
-                "the instrument's latest closed bars, oldest first",
-                [INSTRUMENT, INTERVAL, LIMIT],
+                "the instrument's latest closed bars, oldest first, of those the worker keeps"
+                " (the last 500)",
+                [INSTRUMENT, INTERVAL, LIMIT, FROM, TO, UNITS],
                 "`instrument_id`, `interval`, `count`, `bars`",
                 400,
                 404,
@@ -138,7 +178,7 @@ def document() -> dict[str, Any]:
             ),
             "/indicators/{instrument_id}/": _get(
                 "the indicators after the instrument's latest closed bar",
-                [INSTRUMENT, INTERVAL],
+                [INSTRUMENT, INTERVAL, UNITS],
                 "`instrument_id`, `interval`, `bars` and each indicator",
                 400,
                 404,
@@ -148,8 +188,10 @@ def document() -> dict[str, Any]:
                 "the latest signals, newest first, from every worker",
                 [
                     _param("instrument_id", "query", "one instrument's only", {"type": "integer"}),
+                    *SIGNAL_FILTERS,
                     LIMIT,
                     SCOPE,
+                    UNITS,
                 ],
                 "`signals`, `count`",
                 400,
@@ -158,8 +200,10 @@ def document() -> dict[str, Any]:
                 "the latest option-group signals, newest first, from every worker",
                 [
                     _param("group", "query", "one group's only (`ES|*|*|C`)", {"type": "string"}),
+                    *SIGNAL_FILTERS,
                     LIMIT,
                     SCOPE,
+                    UNITS,
                 ],
                 "`signals`, `count`",
                 400,

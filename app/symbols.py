@@ -119,3 +119,34 @@ async def take_or_refuse(
     for result in (await table.take(namespace, symbols)).values():
         if isinstance(result, Exception):
             raise result
+
+
+class SymbolNames:
+    """The table for those who only read it (the web views): read again at most every
+    `max_age_s`, so a listing names an instrument within seconds of its symbol's first use
+    without reading the topic on every request."""
+
+    def __init__(self, settings: Settings, max_age_s: float = 5.0) -> None:
+        self.table = SymbolTable(settings, "web")
+        self.max_age_s = max_age_s
+        self._loaded_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def entries(self) -> list[Entry]:
+        """Every entry, by instrument; raises when the topic cannot be read."""
+        async with self._lock:
+            now = time.monotonic()
+            if self._loaded_at is None or now - self._loaded_at > self.max_age_s:
+                await self.table.load()
+                self._loaded_at = now
+        return sorted(self.table.symbology.entries(), key=lambda e: e.instrument_id)
+
+    async def names(self) -> dict[int, Entry]:
+        """Each named instrument's entry; the last ones read (or none) when the topic cannot
+        be read now, since a listing must not fail for want of names."""
+        try:
+            entries = await self.entries()
+        except Exception as exc:
+            log.warning("symbols: the topic could not be read (%r); names may be missing", exc)
+            entries = self.table.symbology.entries()
+        return {e.instrument_id: e for e in entries}

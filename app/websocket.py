@@ -43,6 +43,7 @@ from typing import Any, Final
 import orjson
 
 from app import metrics
+from models.units import Units, parse_units, show
 
 STATE_CHANNELS: Final = ("bbo", "indicators", "pressure", "deltas")  # and bars.<interval>
 EVENT_CHANNELS: Final = ("signals",)
@@ -82,6 +83,7 @@ class Subscription:
     kind: str | None = None
     direction: str | None = None
     min_confidence: float | None = None
+    units: Units = "decimal"
 
     @classmethod
     def parse(cls, sub: int, frame: dict[str, Any], bar_intervals: Iterable[str]) -> Subscription:
@@ -101,7 +103,11 @@ class Subscription:
         conf = filters.get("min_confidence")
         if conf is not None and (not isinstance(conf, int | float) or not 0 <= conf <= 1):
             raise RequestError("min_confidence is a number from 0 to 1")
-        return cls(sub, channel, iid, **filters)
+        try:
+            units = parse_units(frame.get("units"))
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        return cls(sub, channel, iid, **filters, units=units)
 
     def wants(self, row: dict[str, Any]) -> bool:
         if self.instrument_id is not None and row.get("instrument_id") != self.instrument_id:
@@ -207,6 +213,24 @@ class Cache:
 Send = Callable[[str], Any]  # an awaitable sending one text frame
 
 
+class Row:
+    """A row the feed read, shown in either units (models/units.py); the decimal form is made
+    once, for the first subscription that wants it, whoever else gets the row."""
+
+    __slots__ = ("_decimal", "raw")
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+        self._decimal: dict[str, Any] | None = None
+
+    def shown(self, units: Units) -> dict[str, Any]:
+        if units == "raw":
+            return self.raw
+        if self._decimal is None:
+            self._decimal = show(self.raw)
+        return self._decimal
+
+
 class Client:
     """One connection: its subscriptions, its queue and its writer task."""
 
@@ -222,14 +246,14 @@ class Client:
         self.closed: str | None = None  # why, once the hub stopped feeding it
         self._sub_ids = itertools.count(1)
 
-    def publish(self, channel: str, row: dict[str, Any]) -> None:
+    def publish(self, channel: str, row: Row) -> None:
         for s in self.subs.values():
-            if s.channel == channel and s.wants(row):
+            if s.channel == channel and s.wants(row.raw):
                 if channel in EVENT_CHANNELS:
-                    if not self.queue.put_event(s.sub, row):
+                    if not self.queue.put_event(s.sub, row.shown(s.units)):
                         metrics.ws_events_dropped.inc()
                 else:
-                    self.queue.put_state(s.sub, state_key(channel, row), row)
+                    self.queue.put_state(s.sub, state_key(channel, row.raw), row.shown(s.units))
                 self.wake.set()
 
     async def request(self, text: str) -> None:
@@ -267,7 +291,7 @@ class Client:
         await self.hub.ensure_channel(s.channel)
         # Snapshot and registration with no await between them: nothing the feed reads can
         # fall between the snapshot and the first update.
-        snapshot = self.hub.cache.snapshot(s)
+        snapshot = [Row(r).shown(s.units) for r in self.hub.cache.snapshot(s)]
         self.queue.start(s.sub)
         self.subs[s.sub] = s
         self.hub.listening(self)
@@ -384,8 +408,9 @@ class Hub:
 
     def publish(self, channel: str, rows: Iterable[dict[str, Any]]) -> None:
         every = self._listeners.get((channel, None), {})
-        for row in rows:
-            self.cache.add(channel, row)
-            mine = self._listeners.get((channel, row.get("instrument_id")))
+        for raw in rows:
+            self.cache.add(channel, raw)
+            mine = self._listeners.get((channel, raw.get("instrument_id")))
+            row = Row(raw)
             for c in ({**every, **mine} if mine else every).values():
                 c.publish(channel, row)

@@ -216,7 +216,9 @@ class Worker:
         return True
 
     def get(self, path: str, **params: Any) -> Any:
-        r = requests.get(self.url + path, params=params, timeout=10)
+        """A view's JSON in the topics' units (`units=raw`), to compare with backfill's rows;
+        pass `units="decimal"` for what a client gets by default."""
+        r = requests.get(self.url + path, params={"units": "raw", **params}, timeout=10)
         r.raise_for_status()
         return r.json()
 

@@ -14,6 +14,7 @@ import pytest
 from app.file_driver import run_files
 from app.settings import load_settings
 from load_tests.gen_mbo import GenConfig, write
+from models.units import show
 from tests.integration.conftest import Deployment, Worker, consume_all, wait_for
 
 TOPICS = ("bars.1m", "bars.5m", "bars.15m", "indicators", "signals")  # signals: patterns
@@ -115,6 +116,17 @@ def test_live_bars_equal_backfill_at_any_pace_batch_and_partition_count(
     assert {k: ind[k] for k in newest if k not in ("instrument_id", "interval", "start")} == {
         k: v for k, v in newest.items() if k not in ("instrument_id", "interval", "start")
     }
+    # By default, decimal prices and ISO times; `from`/`to` choose bars by their start.
+    newest_bars = sorted(last, key=lambda r: r["start"])[-3:]
+    shown = w.get(f"/bars/{iid}/", interval="1m", units="decimal")["bars"][-3:]
+    assert shown == [show(b) for b in newest_bars]
+    assert shown[-1]["close"] == pytest.approx(newest_bars[-1]["close"] / 1e9)
+    since, until = shown[0]["start"], newest_bars[-1]["start"]
+    ranged = w.get(f"/bars/{iid}/", interval="1m", limit=10, **{"from": since, "to": until})
+    assert ranged["bars"] == newest_bars[:2]
+    bad = w.get_raw(f"/bars/{iid}/?from=yesterday")
+    assert bad.status_code == 400 and bad.json()["parameter"] == "from"
+    assert w.get_raw(f"/bars/{iid}/?units=cents").json()["parameter"] == "units"
     assert w.get_raw(f"/bars/{iid}/?interval=7q").status_code == 400
     assert w.get_raw(f"/bars/{iid}/?interval=2m").status_code == 400
     assert w.get_raw(f"/bars/{iid}/?limit=0").status_code == 400

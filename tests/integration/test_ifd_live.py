@@ -88,6 +88,22 @@ def test_live_pressure_signals_and_option_groups_equal_backfill(
     assert mine == [s for s in newest if s["instrument_id"] == iid]
     assert w.get_raw("/signals/?instrument_id=x").status_code == 400
     assert w.get_raw("/signals/?limit=0").status_code == 400
+    # Filters: kind, direction, confidence and a range of window starts [from, to).
+    ifd = [s for s in newest if s["kind"] == "ifd"]
+    since, until = ifd[-1]["start"], ifd[0]["start"]
+    side = ifd[len(ifd) // 2]["direction"]
+    conf = sorted(s["confidence"] for s in ifd if s["direction"] == side)[-3]
+    chosen = [
+        s
+        for s in ifd
+        if s["direction"] == side and s["confidence"] >= conf and since <= s["start"] < until
+    ]
+    query = {"kind": "ifd", "direction": side, "min_confidence": conf, "limit": 1000}
+    got = w.get("/signals/", **query, **{"from": since, "to": until})["signals"]
+    assert [s["id"] for s in got] == [s["id"] for s in chosen] and chosen
+    for bad in ("direction=UP", "min_confidence=2", "to=soon"):
+        r = w.get_raw(f"/signals/?{bad}")
+        assert r.status_code == 400 and r.json()["parameter"] == bad.split("=")[0]
 
     by_group = lambda s: (s["start"], s["group"], s["direction"])  # noqa: E731
     newest = sorted(want[OPTIONS_SIGNALS], key=by_group, reverse=True)

@@ -22,8 +22,8 @@ from tests.integration.test_bars_live import start
 from tests.integration.test_ifd_live import IFD_ENV, ifd_file  # noqa: F401  (a fixture)
 
 SUBSCRIPTIONS = [
-    {"op": "subscribe", "channel": "signals", "ref": "signals"},
-    {"op": "subscribe", "channel": "bars.1m", "ref": "bars"},
+    {"op": "subscribe", "channel": "signals", "ref": "signals", "units": "raw"},
+    {"op": "subscribe", "channel": "bars.1m", "ref": "bars", "units": "raw"},
 ]
 
 

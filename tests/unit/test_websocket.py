@@ -80,7 +80,7 @@ async def test_a_snapshot_then_updates_in_order_and_a_stuck_client_delays_no_one
     a, b = hub.connect(fine.send), hub.connect(stuck.send)
     writers = [asyncio.ensure_future(c.writer()) for c in (a, b)]
     await a.request('{"op": "subscribe", "channel": "signals", "instrument_id": 1, "ref": "s"}')
-    await a.request('{"op": "subscribe", "channel": "bars.1m", "ref": "b"}')
+    await a.request('{"op": "subscribe", "channel": "bars.1m", "ref": "b", "units": "raw"}')
     await a.request('{"op": "subscribe", "channel": "nope", "ref": "x"}')
     await a.request("[1]")
     stuck.stuck = False  # let its subscription answer through, then jam it
@@ -106,6 +106,31 @@ async def test_a_snapshot_then_updates_in_order_and_a_stuck_client_delays_no_one
     assert writers[1].done() and not writers[0].done()
     for w in writers:
         w.cancel()
+
+
+async def test_each_subscription_gets_the_units_it_asked_for() -> None:
+    bar = {"instrument_id": 1, "start": 60_000_000_000, "close": 50_080_000_000, "volume": 7}
+    hub = Hub(INTERVALS)
+    hub.publish("bars.1m", [bar])
+    socket = Socket()
+    c = hub.connect(socket.send)
+    writer = asyncio.ensure_future(c.writer())
+    await c.request('{"op": "subscribe", "channel": "bars.1m"}')
+    await c.request('{"op": "subscribe", "channel": "bars.1m", "units": "raw"}')
+    await c.request('{"op": "subscribe", "channel": "bars.1m", "units": "cents", "ref": 3}')
+    hub.publish("bars.1m", [{**bar, "start": 120_000_000_000}])
+    await asyncio.sleep(0.05)
+    writer.cancel()
+    decimal, raw, error = socket.frames[:3]
+    assert decimal["snapshot"] == [
+        {"instrument_id": 1, "start": "1970-01-01T00:01:00.000000000Z", "close": 50.08, "volume": 7}
+    ]
+    assert raw["snapshot"] == [bar]
+    assert error == {"type": "error", "error": "units is decimal or raw, not 'cents'", "ref": 3}
+    updates = {f["sub"]: f["data"] for f in socket.frames if f["type"] == "update"}
+    assert updates[1]["start"] == "1970-01-01T00:02:00.000000000Z"
+    assert updates[2]["start"] == 120_000_000_000
+    assert hub.cache.snapshot(Subscription(9, "bars.1m"))[-1]["close"] == 50_080_000_000
 
 
 def test_the_feed_takes_each_books_last_row_of_a_bbo_message() -> None:
