@@ -212,6 +212,9 @@ class _Track:
     clock: int = 0  # latest ts_event taken: a trade stamped earlier takes effect here
     first_t: int | None = None  # when a price first stood: time-weighting starts there
     last_close: int | None = None  # the close of the last bar emitted: the price standing
+    # price * time the track ran through windows that had no trade then, by window start: a
+    # trade that comes late into one (within the lateness) opens it with this time credited
+    unopened: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -392,16 +395,22 @@ class BarEngine(Watermarked):
             seg_p[0] = track.last_px
         keep = seg_b > seg_a
         if keep.any():
-            self._credit(windows, iv, seg_a[keep], seg_b[keep], seg_p[keep])
+            self._credit(windows, track, iv, seg_a[keep], seg_b[keep], seg_p[keep])
         track.last_px = int(px[-1])
         track.clock = int(eff[-1])
         return whole
 
-    @staticmethod
     def _credit(
-        windows: dict[int, _Acc], iv: int, a: np.ndarray, b: np.ndarray, p: np.ndarray
+        self,
+        windows: dict[int, _Acc],
+        track: _Track,
+        iv: int,
+        a: np.ndarray,
+        b: np.ndarray,
+        p: np.ndarray,
     ) -> None:
-        """Credit price * time of segments [a, b) to the open windows they fall in."""
+        """Credit price * time of segments [a, b) to the windows they fall in: the open ones,
+        and those not open yet that a trade within the lateness may still open."""
         wa = a - a % iv
         last = b - 1
         inside = wa == last - last % iv
@@ -410,20 +419,29 @@ class BarEngine(Watermarked):
             acc = windows.get(w0)
             if acc is not None:
                 acc.twap_area += exact_dot(p, b - a)
+            else:
+                self._unopened(track, iv, {w0: exact_dot(p, b - a)})
             return
+        unopened: dict[int, int] = {}
         if inside.any():
             ws, d, pi = wa[inside], (b - a)[inside], p[inside]
             order = np.argsort(ws, kind="stable")
             ws, d, pi = ws[order], d[order], pi[order]
             cuts = (np.flatnonzero(np.diff(ws)) + 1).tolist()
             for lo, hi in zip([0, *cuts], [*cuts, len(ws)], strict=True):
-                acc = windows.get(int(ws[lo]))
+                start = int(ws[lo])
+                acc = windows.get(start)
                 if acc is not None:
                     acc.twap_area += exact_dot(pi[lo:hi], d[lo:hi])
+                else:
+                    unopened[start] = exact_dot(pi[lo:hi], d[lo:hi])
         # A segment across window edges: rare in busy data, but in sparse data (a trade every
         # few seconds, and a backfill chunk holding thousands of windows) nearly every segment
         # crosses one. Only the windows it overlaps can gain: visit whichever is fewer, the
         # window starts it spans or the open windows.
+        # Windows not open that a trade may still open: those the watermark has not passed.
+        wm = self.watermark
+        floor = None if wm is None else wm - wm % iv  # the first window a trade may still open
         for k in np.flatnonzero(~inside).tolist():
             t0, t1, price = int(a[k]), int(b[k]), int(p[k])
             first, end = t0 - t0 % iv, t1
@@ -436,6 +454,24 @@ class BarEngine(Watermarked):
                 overlap = min(t1, start + iv) - max(t0, start)
                 if overlap > 0:
                     acc.twap_area += price * overlap
+            for start in range(first if floor is None else max(first, floor), end, iv):
+                if start not in windows:
+                    overlap = min(t1, start + iv) - max(t0, start)
+                    if overlap > 0:
+                        unopened[start] = unopened.get(start, 0) + price * overlap
+        if unopened:
+            self._unopened(track, iv, unopened)
+
+    def _unopened(self, track: _Track, iv: int, areas: dict[int, int]) -> None:
+        """Keep price * time of windows not open, for those the watermark has not passed."""
+        wm = self.watermark
+        kept = track.unopened
+        for start, area in areas.items():
+            if wm is None or start + iv > wm:
+                kept[start] = kept.get(start, 0) + area
+        if wm is not None:
+            for start in [s for s in kept if s + iv <= wm]:
+                del kept[start]
 
     def _fold(
         self,
@@ -458,6 +494,7 @@ class BarEngine(Watermarked):
                 close_ts=part.close_ts,
                 close_px=part.close_px,
                 twap_from=max(start, track.first_t if track.first_t is not None else start),
+                twap_area=track.unopened.pop(start, 0),
             )
             heapq.heappush(self._ends, (start + iv, iv, iid))
         else:
@@ -492,7 +529,8 @@ class BarEngine(Watermarked):
                 for start, acc in wins.items()
             ],
             "tracks": [
-                [iv, t.last_px, t.clock, t.first_t, t.last_close] for iv, t in inst.tracks.items()
+                [iv, t.last_px, t.clock, t.first_t, t.last_close, sorted(t.unopened.items())]
+                for iv, t in inst.tracks.items()
             ],
         }
 
@@ -505,9 +543,11 @@ class BarEngine(Watermarked):
                     values.append(values[_ACC_FIELDS.index("volume")])  # all trades priced then
                 inst.open.setdefault(iv, {})[start] = _Acc(*values)
                 heapq.heappush(self._ends, (start + iv, iv, instrument_id))
-        for iv, *track in state["tracks"]:  # four fields before last_close was kept
+        # four fields before last_close was kept, five before the unopened windows' time
+        for iv, *track in state["tracks"]:
             if iv in self.intervals:
-                inst.tracks[iv] = _Track(*track)
+                unopened = dict(map(tuple, track.pop())) if len(track) == 5 else {}
+                inst.tracks[iv] = _Track(*track, unopened=unopened)
         self._instruments[instrument_id] = inst
 
     def close(self) -> list[Bar]:

@@ -271,6 +271,34 @@ def test_bars_equal_the_reference_in_any_batches(
     assert late_count == len(late)
 
 
+@settings(max_examples=150, deadline=None)
+@given(streams(), st.booleans())
+def test_bars_equal_the_reference_fed_one_trade_at_a_time(
+    stream: list[tuple], per_instrument: bool
+) -> None:
+    # Closes between every trade: a trade late into a window no trade had opened still finds
+    # the time the price stood there before it.
+    want, late = reference(stream, [MIN, 5 * MIN], 2 * SEC)
+    got, late_count = _run(stream, list(range(len(stream))), per_instrument)
+    assert sorted(got) == sorted(want)
+    assert late_count == len(late)
+
+
+def test_a_late_trade_opening_a_window_gets_the_price_that_stood_there() -> None:
+    # 100 stands from 0:30; a trade at 2:00.5; then one stamped 1:59, received 2:01.5, within
+    # the lateness: it opens [1:00, 2:00), where 100 stood throughout (the trade itself takes
+    # effect at 2:00.5, the latest time already taken).
+    stream = [
+        (1, 30 * SEC, 100 * 10**9, 1, ord("B")),
+        (1, 120_500_000_000, 110 * 10**9, 1, ord("B")),
+        (1, 119 * SEC, 105 * 10**9, 1, ord("B"), 121_500_000_000),
+    ]
+    for cuts in ([], [1, 2]):
+        bars = {b[2]: b for b in _run(stream, cuts, per_instrument=True)[0] if b[1] == MIN}
+        assert bars[MIN][-1] == 100 * 10**9  # twap of [1:00, 2:00)
+        assert bars[MIN][3] == bars[MIN][6] == 105 * 10**9  # its open and close: the trade
+
+
 def test_a_trade_within_the_lateness_lands_in_its_window_one_beyond_is_late() -> None:
     e = BarEngine([MIN], 5 * SEC)
     e.add(1, _trades([(1, 10 * SEC, 100, 1, ord("B")), (1, 63 * SEC, 101, 1, ord("B"))]))
