@@ -1,6 +1,6 @@
 """What the WebSocket sources (`depth`, `ticks`) share: a run that sends what their books make to
-the raw MBO topic, the flush tick, receive stamps that never run backwards, gap records, dead
-letters and the recording of what was taken.
+the raw MBO topic, the flush tick, receive stamps that never run backwards, watermarks that move
+on while the feed is quiet, gap records, dead letters and the recording of what was taken.
 
 A subclass provides `_pump(stop)`: its connection loop, which hands each message to its own
 `_take` in order; `books` (anything with `take()` returning the MBO records made since the last
@@ -30,6 +30,9 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 FLUSH_S = 0.02  # records wait at most this long before they go to the batcher
+# While the feed is quiet, each partition hears that time moved on once it has moved this far:
+# windows close on time without a marker per tick (each costs a worker a message).
+QUIET_MARKER_STEP_NS = 1_000_000_000
 GAPS_TOPIC = "live.gaps"
 STOP = object()  # a queue item that ends the pump
 
@@ -207,6 +210,11 @@ class StreamSource:
     async def _flush(self) -> None:
         records = self.books.take()
         if not len(records):
+            # Nothing waits: whatever the feed sends next is stamped from now on (stamps never
+            # run backwards), so the partitions may hear that time has moved on and close
+            # their windows while the feed is quiet. No await between the take and the stamp.
+            self.sender.wm.read(self.stamp())
+            await self.sender.mark(self.sender.wm.bounds(self.batcher), QUIET_MARKER_STEP_NS)
             return
         self.stats.records += len(records)  # type: ignore[attr-defined]
         self.records_metric.inc(len(records))

@@ -15,6 +15,7 @@ import requests
 
 from app.feeds.mbo_files import open_mbo
 from app.feeds.tick_capture import instrument_for
+from app.feeds.watermarks import WM_HEADER, decode_ns
 from app.file_driver import run_files
 from app.settings import load_settings
 from models.mbo import F_VOLUME_ONLY, MBO_DTYPE, MBO_SIZE
@@ -33,6 +34,39 @@ def _get(url: str) -> dict | None:
         return requests.get(url, timeout=5).json()
     except (requests.RequestException, ValueError):
         return None
+
+
+def _raw_bounds(bootstrap: str, topic: str, partitions: int) -> tuple[int, dict[int, int]]:
+    """The latest ts_recv of any record on the raw topic, and per partition the latest
+    watermark a marker carried."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def run() -> tuple[int, dict[int, int]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        await consumer.start()
+        last, marks = 0, {}
+        try:
+            # up to the end the topic has now: a quiet source goes on sending markers
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+                batch = await consumer.getmany(*tps, timeout_ms=1000)
+                for m in (m for msgs in batch.values() for m in msgs):
+                    if m.value and len(m.value) % MBO_SIZE == 0:
+                        recs = np.frombuffer(m.value, dtype=MBO_DTYPE)
+                        last = max(last, int(recs["ts_recv"].max()))
+                    elif not m.value:
+                        wm = decode_ns(dict(m.headers)[WM_HEADER])
+                        marks[m.partition] = max(marks.get(m.partition, wm), wm)
+        finally:
+            await consumer.stop()
+        return last, marks
+
+    return asyncio.run(run())
 
 
 def test_faults_leave_the_bars_equal_to_the_file_drivers(
@@ -78,6 +112,19 @@ def test_faults_leave_the_bars_equal_to_the_file_drivers(
         assert status["dead_letters"] == 2, status
         assert status["excluded_trades"] > 0, status
         assert w.alive()
+        # The feed is quiet now, the source still connected: every partition hears time move
+        # on past the last record, so windows close without waiting for more ticks.
+        bootstrap = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
+        partitions = int(deployment.base_env["TAPESTREAM_PARTITIONS"])
+        wait_for(
+            lambda: (
+                (got := _raw_bounds(bootstrap, f"{deployment.prefix}mbo.raw", partitions))[1]
+                and len(got[1]) == partitions
+                and min(got[1].values()) > got[0] + 4_000_000_000  # the lateness and a 1 s window
+            ),
+            30,
+            "markers past the last record while the feed is quiet",
+        )
     finally:
         for p in (source, vendor):
             p.terminate()
@@ -112,11 +159,24 @@ def test_faults_leave_the_bars_equal_to_the_file_drivers(
     assert 0 < len(odd_lots) <= sum(made["excluded"].values())
     assert len(trades) <= sum(made["trades"].values())  # the gap lost some
 
-    result = run_files([str(record)], load_settings({"TAPESTREAM_BAR_INTERVALS": INTERVALS}),
-                       progress=False)  # fmt: skip
+    settings = load_settings({"TAPESTREAM_BAR_INTERVALS": INTERVALS})
+    result = run_files([str(record)], settings, progress=False)
     want = {t: result.row_topics[t] for t in ("bars.1s", "bars.5s")}
     assert len(want["bars.1s"]) >= 10
-    assert_same(live_rows(deployment, want), want)
+    # The file driver closes the windows its records prove final: those that ended a lateness
+    # before the last arrival. The worker closed those and, as the quiet feed's markers told it
+    # that time moved on, the rest too: each holding just the recording's trades in it.
+    final = int(from_file["ts_recv"].max()) - settings.lateness_ns
+    live = live_rows(deployment, want)
+    for topic, iv in zip(want, settings.bar_intervals_ns, strict=True):
+        closed_by_quiet = [b for b in live[topic] if b["start"] + iv > final]
+        live[topic] = [b for b in live[topic] if b["start"] + iv <= final]
+        assert closed_by_quiet or iv > 1_000_000_000, topic
+        for bar in closed_by_quiet:
+            mine = trades[trades["instrument_id"] == bar["instrument_id"]]
+            mine = mine[(mine["ts_event"] >= bar["start"]) & (mine["ts_event"] < bar["start"] + iv)]
+            assert (bar["volume"], bar["trades"]) == (int(mine["size"].sum()), len(mine)), bar
+    assert_same(live, want)
     for bar in want["bars.1s"] + want["bars.5s"]:
         assert bar["high"] < 150_000_000_000  # the odd lots print at three times the market
         assert bar["vwap"] < 150_000_000_000
