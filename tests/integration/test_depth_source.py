@@ -173,7 +173,7 @@ def test_gaps_resync_and_the_workers_books_equal_the_venues(
         truth = {side: lv[:100] for side, lv in _venue_book(btc_venue, "BTCUSDT").items()}
 
         def btc_caught_up() -> bool:
-            r = w2.get_raw(f"/books/{btc}/?depth=100")
+            r = w2.get_raw(f"/books/{btc}/?depth=100&units=raw")
             view = r.json()["books"][0] if r.status_code == 200 else {}
             return {s: [lv[:2] for lv in view.get(s, [])] for s in ("bids", "asks")} == truth
 
