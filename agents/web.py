@@ -608,7 +608,7 @@ _BARS = [f"bars.{interval_name(iv)}" for iv in settings.bar_intervals_ns]
 hub = Hub([interval_name(iv) for iv in settings.bar_intervals_ns], max_pending=settings.ws_queue)
 feed = TopicFeed(
     hub,
-    settings.bootstrap_servers,
+    settings,
     {c: settings.topic(c) for c in (*STATE_CHANNELS, *EVENT_CHANNELS, *_BARS)},
     settings.partitions,
     settings.ws_warm,

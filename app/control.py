@@ -20,10 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import TopicPartition
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
+from app import kafka
 from app.settings import Settings
 from tables.runtime_config import RuntimeConfig, parse
 
@@ -71,7 +72,7 @@ BOOTSTRAP_ATTEMPTS = 8  # about 30 s of backoff in all
 
 async def ensure_compacted_topic(settings: Settings, name: str) -> str:
     """A one-partition compacted topic (settings, delivery logs): created if missing."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = kafka.admin(settings)
     for attempt in range(1, BOOTSTRAP_ATTEMPTS + 1):
         # A worker's first connection has been refused now and then by a broker that was up
         # (seen on a loaded machine): without a retry the worker's start failed with it.
@@ -108,7 +109,7 @@ async def ensure_compacted_topic(settings: Settings, name: str) -> str:
 async def publish(settings: Settings, key: str, text: str) -> None:
     parse(key, text)  # refuse a bad value before anything is written
     name = await ensure_control_topic(settings)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    producer = kafka.producer(settings, acks="all")
     await producer.start()
     try:
         body = {"value": text, "set_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -127,9 +128,7 @@ async def follow(
     """Apply every record of the control topic from its start, then each new one; set
     `caught_up` once the records there at the start are applied; end when `stop` is set."""
     name = await ensure_control_topic(settings)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None
-    )
+    consumer = kafka.consumer(settings, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
         tp = TopicPartition(name, 0)
@@ -157,8 +156,8 @@ async def follow(
 async def read_compacted(settings: Settings, topic: str) -> dict[str, dict[str, Any]]:
     """The latest JSON value per key of a one-partition compacted topic (the alerts' delivery
     log, the symbology), read from its start to the end it had when this began."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+    consumer = kafka.consumer(
+        settings,
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",

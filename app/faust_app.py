@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import app.codecs  # registers the orjson codec before any topic uses it
+from app.kafka import faust_credentials
 from app.settings import SettingsError, load_settings
 from app.transport import OUTPUT_MARGIN, App, Worker
 
@@ -18,6 +19,7 @@ except SettingsError as exc:
 app = App(
     settings.app_id,
     broker=settings.broker,
+    broker_credentials=faust_credentials(settings),
     store=settings.store,
     datadir=str(settings.data_dir),
     processing_guarantee=settings.processing_guarantee,

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 from aiokafka import AIOKafkaProducer
 
+from app import kafka
 from app.feeds.batching import Batch, Batcher
 from app.feeds.watermarks import SourceWatermarks
 from app.settings import Settings
@@ -32,8 +33,8 @@ MARKER_STEP_NS = 100_000_000
 
 def raw_producer(settings: Settings, *, paced: bool) -> AIOKafkaProducer:
     """`paced`: records come at their recorded or live pace, so each send goes at once."""
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+    return kafka.producer(
+        settings,
         acks="all",
         enable_idempotence=True,
         linger_ms=0 if paced else 5,

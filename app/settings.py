@@ -9,7 +9,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 if TYPE_CHECKING:
     from pipeline.stages import StageConfig
@@ -17,10 +25,25 @@ if TYPE_CHECKING:
     from tables.patterns import PatternConfig
 
 Guarantee = Literal["at_least_once", "exactly_once"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class Settings(BaseModel, frozen=True):
     broker: str = Field("kafka://127.0.0.1:9092", description="KAFKA_BROKER")
+    # How every client reaches the broker (app/kafka.py): TLS and SASL, from the environment.
+    kafka_security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="TAPESTREAM_KAFKA_SECURITY_PROTOCOL"
+    )
+    kafka_sasl_mechanism: SaslMechanism = Field(
+        "SCRAM-SHA-512", description="TAPESTREAM_KAFKA_SASL_MECHANISM"
+    )
+    kafka_username: str = Field("", description="TAPESTREAM_KAFKA_USERNAME")
+    # A SecretStr prints as stars, so no repr or log of the settings shows it.
+    kafka_password: SecretStr = Field(SecretStr(""), description="TAPESTREAM_KAFKA_PASSWORD")
+    kafka_ca_file: Path | None = Field(None, description="TAPESTREAM_KAFKA_CA_FILE")
+    kafka_cert_file: Path | None = Field(None, description="TAPESTREAM_KAFKA_CERT_FILE")
+    kafka_key_file: Path | None = Field(None, description="TAPESTREAM_KAFKA_KEY_FILE")
     app_id: str = Field("tapestream", description="TAPESTREAM_APP_ID")
     topic_prefix: str = Field("", description="TAPESTREAM_TOPIC_PREFIX")
     partitions: int = Field(4, ge=1, le=1024, description="TAPESTREAM_PARTITIONS")
@@ -243,6 +266,22 @@ class Settings(BaseModel, frozen=True):
             partitions=self.partitions,
         )
 
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not (self.kafka_username and self.kafka_password.get_secret_value()):
+            raise ValueError(
+                "TAPESTREAM_KAFKA_SECURITY_PROTOCOL is SASL_*: set TAPESTREAM_KAFKA_USERNAME and"
+                " TAPESTREAM_KAFKA_PASSWORD"
+            )
+        if (self.kafka_cert_file is None) != (self.kafka_key_file is None):
+            raise ValueError("TAPESTREAM_KAFKA_CERT_FILE and TAPESTREAM_KAFKA_KEY_FILE go together")
+        for name in ("kafka_ca_file", "kafka_cert_file", "kafka_key_file"):
+            f = getattr(self, name)
+            if f is not None and not f.is_file():
+                raise ValueError(f"{type(self).model_fields[name].description}: {f} is not a file")
+        return self
+
     @field_validator("store")
     @classmethod
     def _store_url(cls, v: str) -> str:
@@ -273,8 +312,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     try:
         return Settings(**values)
     except ValidationError as exc:
+        # Each problem by its variable and rule; never the value, which may be a secret.
         problems = "; ".join(
             f"{Settings.model_fields[str(e['loc'][0])].description}: {e['msg']}"
+            if e["loc"]
+            else e["msg"].removeprefix("Value error, ")
             for e in exc.errors()
         )
         raise SettingsError(f"invalid configuration: {problems}") from None

@@ -14,8 +14,8 @@ import time
 from collections.abc import Iterable
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
+from app import kafka
 from app.control import ensure_compacted_topic, read_compacted
 from app.settings import Settings
 from tables.symbology import Entry, SymbolCollision, Symbology
@@ -91,9 +91,7 @@ class SymbolTable:
 
     async def _write(self, entries: list[Entry]) -> None:
         assert self._topic is not None
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap_servers, acks="all", enable_idempotence=True
-        )
+        producer = kafka.producer(self.settings, acks="all", enable_idempotence=True)
         try:
             await producer.start()
             sends = [

@@ -19,6 +19,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from app import kafka
+from app.settings import Settings
 from app.websocket import Hub
 from models import book_events
 from pipeline.graph import COLUMNAR
@@ -28,11 +30,11 @@ log = logging.getLogger(__name__)
 
 class TopicFeed:
     def __init__(
-        self, hub: Hub, bootstrap: str, topic_of: dict[str, str], partitions: int, warm: int
+        self, hub: Hub, settings: Settings, topic_of: dict[str, str], partitions: int, warm: int
     ) -> None:
         self.hub = hub
         self.partitions = partitions  # every tapestream topic has the configured count
-        self.bootstrap = bootstrap
+        self.settings = settings
         self.topic_of = topic_of  # channel -> topic name (with the deployment's prefix)
         self.channel_of = {t: c for c, t in topic_of.items()}
         self.warm = warm
@@ -69,8 +71,8 @@ class TopicFeed:
 
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
+            self._consumer = kafka.consumer(
+                self.settings,
                 group_id=None,
                 enable_auto_commit=False,
                 isolation_level="read_committed",

@@ -19,9 +19,10 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.cli import option
 
+from app import kafka
 from app.alert_config import AlertConfigError, load
 from app.alert_sink import AlertSink, decode, http_sender
 from app.commands import exit_with
@@ -46,13 +47,11 @@ async def run(
     dead = settings.topic("dead.letters")
     for topic in (*sources, dead):  # the workers may not have made them yet
         await ensure_topic(settings, topic, settings.partitions)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
-    )
+    producer = kafka.producer(settings, acks="all", enable_idempotence=True)
     await producer.start()
-    consumer = AIOKafkaConsumer(
+    consumer = kafka.consumer(
+        settings,
         *sources,
-        bootstrap_servers=settings.bootstrap_servers,
         group_id=f"{settings.app_id}-alerts",
         enable_auto_commit=False,
         isolation_level="read_committed",

@@ -23,10 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from faust.cli import argument, option
 
+from app import kafka
 from app.commands import exit_with
 from app.commands.replay import ensure_topic
 from app.faust_app import app
@@ -93,9 +94,7 @@ async def load(settings: Settings, tables: dict[str, Rows], force: bool) -> int:
                 f"{topic} already holds {held:,} records: this deployment has state of its own "
                 "(--force to write over its entries anyway)"
             )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
-    )
+    producer = kafka.producer(settings, acks="all", enable_idempotence=True)
     await producer.start()
     written = 0
     try:
@@ -112,7 +111,7 @@ async def load(settings: Settings, tables: dict[str, Rows], force: bool) -> int:
 
 
 async def _held(settings: Settings, topic: str, partitions: int) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None)
+    consumer = kafka.consumer(settings, group_id=None)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]

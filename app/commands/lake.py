@@ -16,9 +16,9 @@ import sys
 
 import click
 import orjson
-from aiokafka import AIOKafkaConsumer
 from faust.cli import option
 
+from app import kafka
 from app.commands import exit_with
 from app.commands.replay import ensure_topic
 from app.faust_app import app, settings
@@ -63,8 +63,8 @@ async def sink(
     layouts = {settings.topic(b): (b, layout_of(b, RAW_MBO_BASE, COLUMNAR)) for b in bases}
     for topic in layouts:  # the workers may not have made them yet
         await ensure_topic(settings, topic, settings.partitions)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+    consumer = kafka.consumer(
+        settings,
         group_id=f"{settings.app_id}-lake",
         enable_auto_commit=False,
         isolation_level="read_committed",

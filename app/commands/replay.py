@@ -29,6 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faust.cli import argument, option
 
+from app import kafka
 from app.commands import exit_with
 from app.faust_app import app
 from app.feeds.batching import Batcher
@@ -89,7 +90,7 @@ async def ensure_topic(
 ) -> int:
     """Create the topic if it is missing (with the settings' topic configs, `configs` over
     them); return its partition count."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = kafka.admin(settings)
     await admin.start()
     try:
         if name not in await admin.list_topics():

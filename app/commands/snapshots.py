@@ -22,9 +22,9 @@ import time
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faust.cli import option
 
+from app import kafka
 from app.commands import exit_with
 from app.commands.replay import ensure_topic
 from app.faust_app import app, settings
@@ -88,11 +88,9 @@ async def run(settings: Settings, interval_ns: int, stop: asyncio.Event) -> dict
     )
     writer = SnapshotWriter(interval_ns, state, covered)
     log.info("snapshots: %d instruments restored; resuming at %s", len(covered), resume)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
-    )
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+    producer = kafka.producer(settings, acks="all", enable_idempotence=True)
+    consumer = kafka.consumer(
+        settings,
         enable_auto_commit=False,
         isolation_level="read_committed",
         # Where a snapshot's offset is gone (retention), from the earliest still there.

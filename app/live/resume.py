@@ -23,8 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from app import kafka
 from app.feeds.watermarks import WM_HEADER, header
 from app.live.cursor import LiveCursor
+from app.settings import Settings
 from models import definitions
 from models.mbo import F_SNAPSHOT, MBO_DTYPE, MBO_SIZE
 
@@ -62,7 +64,7 @@ class Resumed:
 
 
 async def read_positions(
-    bootstrap: str,
+    settings: Settings,
     topic: str,
     partitions: int,
     source: bytes,
@@ -72,8 +74,8 @@ async def read_positions(
     """The cursor of subscription `source`, from the tail of each partition of `topic`."""
     tails: dict[int, int] = {}
     floors: dict[int, int] = {}
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+    consumer = kafka.consumer(
+        settings,
         enable_auto_commit=False,
         isolation_level="read_committed",
         auto_offset_reset="earliest",

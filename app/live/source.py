@@ -160,7 +160,7 @@ class LiveSource:
         self._pending = []
         try:
             resumed = await read_positions(
-                self.settings.bootstrap_servers,
+                self.settings,
                 self.topic,
                 partitions,
                 self.source,

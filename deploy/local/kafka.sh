@@ -4,6 +4,12 @@
 #   deploy/local/kafka.sh start    resolve jars (cached), format storage, start, wait until it answers
 #   deploy/local/kafka.sh stop     stop the broker this script started
 #   deploy/local/kafka.sh status   exit 0 if the broker answers
+#   deploy/local/kafka.sh secure   print the SASL and TLS listeners and where their credentials are
+#
+# Besides PLAINTEXT on KAFKA_PORT, the broker listens with SASL (PLAIN, SCRAM-SHA-256 and -512)
+# on KAFKA_PORT+2 and with TLS on KAFKA_PORT+3, so clients' security settings can be tested
+# against it. Their user, password and CA are made here on first start, kept in the broker's
+# run directory (mode 600), and never printed.
 #
 # If KAFKA_BROKER is set to a broker that answers (Redpanda in production), nothing is started.
 #
@@ -18,6 +24,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 port=${KAFKA_PORT:-9092}
 ctrl_port=$((port + 1))
+sasl_port=$((port + 2))
+ssl_port=$((port + 3))
 version=${KAFKA_VERSION:-3.9.1}
 home=${KAFKA_HOME_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tapestream/kafka}
 jars=$home/jars-$version
@@ -53,17 +61,56 @@ resolve_jars() {
   touch "$jars/.complete"
 }
 
+# The SASL user's password and the TLS listener's CA and certificate (for 127.0.0.1), made once.
+make_credentials() {
+  local tls=$run/tls
+  if [ ! -f "$run/credentials" ]; then
+    mkdir -p "$run"
+    (umask 077 && printf 'TAPESTREAM_KAFKA_USERNAME=tapestream\nTAPESTREAM_KAFKA_PASSWORD=%s\n' \
+      "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$run/credentials")
+  fi
+  if [ ! -f "$tls/broker.pem" ]; then
+    mkdir -p "$tls"
+    (
+      cd "$tls"
+      umask 077
+      openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=tapestream local CA" \
+        -keyout ca.key -out ca.pem 2>/dev/null
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout broker.key \
+        -out broker.csr 2>/dev/null
+      printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >san.ext
+      openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile san.ext -out broker.crt 2>/dev/null
+      # Kafka's PEM key store: the key in PKCS#8, then the certificate chain, in one file
+      openssl pkcs8 -topk8 -nocrypt -in broker.key -out broker.p8
+      cat broker.p8 broker.crt ca.pem >broker.pem
+      chmod 644 ca.pem
+    )
+  fi
+}
+
 write_config() {
   mkdir -p "$run/data"
-  cat >"$run/server.properties" <<EOF
+  make_credentials
+  local user password
+  user=$(sed -n 's/^TAPESTREAM_KAFKA_USERNAME=//p' "$run/credentials")
+  password=$(sed -n 's/^TAPESTREAM_KAFKA_PASSWORD=//p' "$run/credentials")
+  (umask 077 && cat >"$run/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$ctrl_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctrl_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctrl_port,SASL_PLAINTEXT://127.0.0.1:$sasl_port,SSL://127.0.0.1:$ssl_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port,SSL://127.0.0.1:$ssl_port
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL
 inter.broker.listener.name=PLAINTEXT
+# Clients' security settings are tested against these (SCRAM users are added after start).
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$user="$password";
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.ssl.ssl.keystore.type=PEM
+listener.name.ssl.ssl.keystore.location=$run/tls/broker.pem
 log.dirs=$run/data
 num.partitions=1
 # Topics are created by tapestream with the configured partition count, never implicitly
@@ -82,6 +129,7 @@ message.max.bytes=10485760
 log.retention.hours=168
 log.segment.bytes=268435456
 EOF
+  )
   cat >"$run/log4j.properties" <<EOF
 log4j.rootLogger=WARN, file
 log4j.appender.file=org.apache.log4j.FileAppender
@@ -145,6 +193,7 @@ start() {
   disown
   for _ in $(seq 1 240); do
     if answers "127.0.0.1:$port"; then
+      add_scram_user
       say "ready in $((SECONDS - t0))s"
       return 0
     fi
@@ -158,6 +207,31 @@ start() {
   say "broker did not answer within 120s"
   stop
   return 1
+}
+
+# SCRAM credentials live in the cluster's metadata: added once per data directory.
+add_scram_user() {
+  [ -f "$run/data/.scram-user" ] && return 0
+  local user password
+  user=$(sed -n 's/^TAPESTREAM_KAFKA_USERNAME=//p' "$run/credentials")
+  password=$(sed -n 's/^TAPESTREAM_KAFKA_PASSWORD=//p' "$run/credentials")
+  local mechanism
+  for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do  # one per request, as the broker wants
+    java_cmd kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$port" --alter \
+      --add-config "$mechanism=[password=$password]" --entity-type users --entity-name "$user"
+    # its output would show the password on an error: the outcome alone is reported
+    if ! "${java_args[@]}" >/dev/null 2>&1; then
+      say "could not add the $mechanism user; the SASL listener will refuse it"
+      return 0
+    fi
+  done
+  touch "$run/data/.scram-user"
+}
+
+# Where a client finds the secured listeners (the password stays in the credentials file).
+secure() {
+  printf 'SASL_BOOTSTRAP=127.0.0.1:%s\nSSL_BOOTSTRAP=127.0.0.1:%s\n' "$sasl_port" "$ssl_port"
+  printf 'CREDENTIALS_FILE=%s\nCA_FILE=%s\n' "$run/credentials" "$run/tls/ca.pem"
 }
 
 stop() {
@@ -185,5 +259,6 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  secure) secure ;;
+  *) echo "usage: $0 start|stop|status|secure" >&2; exit 2 ;;
 esac

@@ -35,7 +35,7 @@ class FlakyAdmin:
 
 
 async def test_a_refused_first_connection_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(control, "AIOKafkaAdminClient", FlakyAdmin)
+    monkeypatch.setattr(control.kafka, "AIOKafkaAdminClient", FlakyAdmin)
     monkeypatch.setattr(control.asyncio, "sleep", _no_wait)
     name = await control.ensure_compacted_topic(Settings(), "x.control")
     assert name == "x.control" and FlakyAdmin.created == ["x.control"] and FlakyAdmin.starts == 3
@@ -43,7 +43,7 @@ async def test_a_refused_first_connection_is_retried(monkeypatch: pytest.MonkeyP
 
 async def test_a_broker_that_stays_away_still_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     FlakyAdmin.starts, FlakyAdmin.fails = 0, 100
-    monkeypatch.setattr(control, "AIOKafkaAdminClient", FlakyAdmin)
+    monkeypatch.setattr(control.kafka, "AIOKafkaAdminClient", FlakyAdmin)
     monkeypatch.setattr(control.asyncio, "sleep", _no_wait)
     with pytest.raises(KafkaConnectionError):
         await control.ensure_compacted_topic(Settings(), "x.control")
