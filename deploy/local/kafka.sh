@@ -219,11 +219,17 @@ add_scram_user() {
   for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do  # one per request, as the broker wants
     java_cmd kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$port" --alter \
       --add-config "$mechanism=[password=$password]" --entity-type users --entity-name "$user"
-    # its output would show the password on an error: the outcome alone is reported
-    if ! "${java_args[@]}" >/dev/null 2>&1; then
-      say "could not add the $mechanism user; the SASL listener will refuse it"
-      return 0
-    fi
+    # Its output would show the password on an error: the outcome alone is reported. The
+    # broker may still be settling just after it first answers: a few tries.
+    local try
+    for try in 1 2 3 4 5; do
+      "${java_args[@]}" >/dev/null 2>&1 && break
+      if [ "$try" = 5 ]; then
+        say "could not add the $mechanism user; the SASL listener will refuse it"
+        return 0
+      fi
+      sleep 2
+    done
   done
   touch "$run/data/.scram-user"
 }
