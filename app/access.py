@@ -12,10 +12,12 @@ that something in front of it (a proxy, a private network) decides who gets in.
 Tokens are read from the environment here and nowhere else, compared in constant time, and
 never logged or echoed. A request presents one as `Authorization: Bearer <token>`; a browser's
 WebSocket, which cannot set that header, as the subprotocol `bearer.<token>`. `/health` and
-`/ready` stay open for probes; `/ingest/ticks` has its own token (app/tick_ingest.py). Routed
-requests carry the caller's header on to the worker that owns the key, so every worker must be
-given the same tokens, and a worker trusts the others of its consumer group with them: the
-broker is the boundary of trust. Without tokens (and without `TAPESTREAM_WEB_INSECURE=1`) a
+`/ready` stay open for probes, and so do reads of the dashboard's page and files (`/`,
+`/dashboard/<file>`), which hold no data, for a browser's navigation cannot present a token
+either; `/ingest/ticks` has its own token (app/tick_ingest.py). Routed requests carry the
+caller's header on to the worker that owns the key, so every worker must be given the same
+tokens, and a worker trusts the others of its consumer group with them: the broker is the
+boundary of trust. Without tokens (and without `TAPESTREAM_WEB_INSECURE=1`) a
 request must name a loopback host and a browser's page must come from one, so that a web page
 on this machine cannot reach the worker through a name of its own (DNS rebinding).
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -32,6 +35,9 @@ READ_VARIABLE = "TAPESTREAM_READ_TOKENS"
 OPERATOR_VARIABLE = "TAPESTREAM_OPERATOR_TOKENS"
 INSECURE_VARIABLE = "TAPESTREAM_WEB_INSECURE"
 OPEN_PATHS = frozenset({"/health", "/ready"})
+DASHBOARD_PAGE = "/"
+# The dashboard's files: one plain name of a served type, so no path that routes elsewhere.
+DASHBOARD_FILES = re.compile(r"/dashboard/[A-Za-z0-9_-]+\.(?:html|js|css)")
 WS_PATH = "/ws"
 OWN_AUTH_PATHS = frozenset({"/ingest/ticks"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -132,7 +138,7 @@ class Access:
         """None if the request may go on, else why not."""
         if not self.on:
             return None if self.insecure else _same_machine(r)
-        if r.path in OPEN_PATHS or r.path in OWN_AUTH_PATHS:
+        if r.path in OPEN_PATHS or r.path in OWN_AUTH_PATHS or _dashboard_read(r):
             return None
         token = bearer(r.authorization)
         if token is None and r.path == WS_PATH:
@@ -145,6 +151,12 @@ class Access:
         if r.method.upper() not in READ_METHODS and role != OPERATOR:
             return Refusal(403, "changing anything takes an operator token")
         return None
+
+
+def _dashboard_read(r: Request) -> bool:
+    if r.method.upper() not in READ_METHODS:
+        return False
+    return r.path == DASHBOARD_PAGE or DASHBOARD_FILES.fullmatch(r.path) is not None
 
 
 def _same_machine(r: Request) -> Refusal | None:

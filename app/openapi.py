@@ -242,6 +242,19 @@ def document() -> dict[str, Any]:
                 }
             },
             "/openapi.json": _get("this document", [], "the OpenAPI 3.1 document"),
+            "/": {
+                "get": {
+                    "summary": "the live dashboard (docs/dashboard.md); its script and style"
+                    " sheet are at /dashboard/{name}. Open without a token: the page takes it"
+                    " from its URL fragment (/#token=...)",
+                    "responses": {
+                        "200": {
+                            "description": "the page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/ingest/ticks": _ingest(),
         },
         "components": {

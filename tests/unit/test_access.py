@@ -97,3 +97,37 @@ def test_a_bad_token_is_refused_without_showing_it(bad: str) -> None:
     with pytest.raises(AccessError) as exc:
         _access({"TAPESTREAM_READ_TOKENS": bad})
     assert bad not in str(exc.value) and "TAPESTREAM_READ_TOKENS" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/", None),
+        ("HEAD", "/", None),
+        ("GET", "/dashboard/dashboard.js", None),
+        ("GET", "/dashboard/dashboard.css", None),
+        ("GET", "/dashboard/index.html", None),
+        ("PUT", "/", 401),  # reads only
+        ("GET", "/dashboard/", 401),
+        ("GET", "/dashboard/notes.txt", 401),
+        ("GET", "/dashboard/../books/", 401),
+        ("GET", "/dashboard/x.js/../../books/", 401),
+        ("GET", "/dashboard/a/b.js", 401),
+        ("GET", "/dashboardx.js", 401),
+        ("GET", "//", 401),
+    ],
+)
+def test_the_dashboard_page_and_files_are_open_and_nothing_beside_them(
+    method: str, path: str, status: int | None
+) -> None:
+    """A browser's navigation cannot present a token: the page and its files, which hold no
+    data, are open; the page then presents the token from its URL fragment to the data."""
+    refusal = _check(_access(), method, path)
+    assert (refusal.status if refusal else None) == status
+
+
+def test_without_tokens_the_dashboard_is_for_this_machine_only() -> None:
+    access = _access({})
+    assert _check(access, "GET", "/", host="127.0.0.1:6066") is None
+    refusal = _check(access, "GET", "/", host="evil.example:6066")
+    assert refusal is not None and refusal.status == 403
