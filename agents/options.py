@@ -29,7 +29,9 @@ from app.option_parts import parts_of
 from app.state_tables import TABLES, journal
 from app.topics import OPTION_TOPICS, ensure_declared, option_parts
 from app.transport import source_partition
+from pipeline.graph import name_of
 from pipeline.stages import OptionGroups
+from tables.options import OPTIONS_SIGNALS
 
 AGENT = "options"
 log = logging.getLogger(__name__)
@@ -39,6 +41,9 @@ groups = OptionGroups(settings.stage_config())
 groups.groups.set_signal_config(control.current.signal)
 control.on_change(lambda config: groups.groups.set_signal_config(config.signal))
 PARTS = option_parts.get_topic_name()
+STAGE = name_of(OptionGroups)
+metrics.stage_records_in.add_source(lambda: [((STAGE,), groups.taken)])
+metrics.stage_records_out.add_source(lambda: [((STAGE,), groups.made)])
 checkpoints = Checkpointer(
     app,
     AGENT,
@@ -78,6 +83,8 @@ async def aggregate_options(stream):  # type: ignore[no-untyped-def]
                         key=row["group"].encode(), value=orjson.dumps(row), partition=msg.partition
                     )
                     metrics.records_processed.labels(AGENT).inc()
+                    if topic == OPTIONS_SIGNALS:
+                        metrics.signals.labels(row.get("kind", "unknown")).inc()
                 metrics.messages_processed.labels(AGENT).inc()
             except Exception as exc:
                 await processing_failed(AGENT, event, exc)

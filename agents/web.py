@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp.web import WebSocketResponse
+from aiohttp.web import HTTPRequestEntityTooLarge, WebSocketResponse
 from faust.exceptions import SameNode
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.web import Request, Response, View
@@ -206,15 +206,21 @@ def _data(view: View, units: Units, body: dict[str, Any]) -> Response:
     return view.json(shown(body, units))
 
 
+def _digits(raw: str, most: int) -> bool:
+    """ASCII digits, at most `most` of them: str.isdigit() also takes "²", which int() refuses,
+    and int() refuses more than 4300 digits; either would answer 500."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= most
+
+
 def _instrument(raw: str, parameter: str = "instrument_id") -> int:
-    if not raw.isdigit():
+    if not _digits(raw, 10):  # ids are uint32
         raise _BadRequest(parameter, f"not an instrument id: {raw!r}")
     return int(raw)
 
 
 def _bounded(request: Request, name: str, default: int, top: int) -> int:
     raw = request.query.get(name, str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= top:
+    if not _digits(raw, 18) or not 1 <= int(raw) <= top:
         raise _BadRequest(name, f"{name} must be an integer from 1 to {top}, not {raw!r}")
     return int(raw)
 
@@ -542,8 +548,10 @@ class ConfigKeyView(View):
     async def put(self, request: Request, key: str) -> Response:
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to decode
             return self.json({"error": 'the body must be JSON: {"value": ...}'}, status=400)
+        except HTTPRequestEntityTooLarge as exc:  # aiohttp's own answer would be plain text
+            return self.json({"error": exc.text}, status=413)
         value = body.get("value") if isinstance(body, dict) else None
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             return self.json({"error": "`value` must be a string or a number"}, status=400)
@@ -652,6 +660,12 @@ class WebSocketView(View):
             metrics.ws_clients.set(len(hub.clients))
             for task in (reader, writer):
                 task.cancel()
+            # Each task's end retrieved: a send to a client that just left raises
+            # ConnectionError, which is no error of ours; anything else is logged once here
+            # rather than as "Task exception was never retrieved".
+            for end in await asyncio.gather(reader, writer, return_exceptions=True):
+                if isinstance(end, Exception) and not isinstance(end, ConnectionError):
+                    log.error("WebSocket client %d failed", client.id, exc_info=end)
             if not ws.closed:
                 await ws.close()
         return ws

@@ -88,6 +88,8 @@ class Checkpointer:
         # flushes.
         self.checkpoint_lock = asyncio.Lock()
         self.unacked: dict[int, list[EventT]] = {}
+        # Partition -> the offset after the last event handed to the agent (`position`).
+        self.next_offset: dict[int, int] = {}
         # Partition -> the consumer generation in which it was lost (`fence`): its events
         # are refused until the group assigns partitions again.
         self.fenced: dict[int, int] = {}
@@ -131,7 +133,14 @@ class Checkpointer:
         if self.contiguous and not self._in_sequence(message):
             return False
         self.unacked.setdefault(message.partition, []).append(event)
+        self.next_offset[message.partition] = message.offset + 1
         return True
+
+    def position(self, partition: int) -> int | None:
+        """The offset after the last event of the partition handed to the agent in this
+        assignment (None: none yet): where it goes on, which Faust's own position, the
+        fetcher's, runs ahead of by everything fetched and buffered."""
+        return self.next_offset.get(partition)
 
     def _in_sequence(self, message: Any) -> bool:
         """Whether no message of the partition was skipped before this one: the first of an
@@ -345,6 +354,7 @@ class Checkpointer:
     def release(self, partitions: set[int]) -> None:
         for p in partitions:
             self.unacked.pop(p, None)
+            self.next_offset.pop(p, None)
             if self.forget is not None:
                 self.forget(p)
         for _, state in self.states:

@@ -141,7 +141,14 @@ async def follow(
                 try:
                     text = orjson.loads(m.value)["value"]
                     key = m.key.decode()
-                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                # UnicodeDecodeError: a key that is not UTF-8 must not end the follower
+                except (
+                    orjson.JSONDecodeError,
+                    UnicodeDecodeError,
+                    KeyError,
+                    TypeError,
+                    AttributeError,
+                ) as exc:
                     log.error("control: record at offset %d is not a setting: %r", m.offset, exc)
                     continue
                 apply(key, str(text))

@@ -1,8 +1,55 @@
-"""Prometheus metrics of tapestream's own; Faust's sensor metrics share the registry."""
+"""Prometheus metrics of tapestream's own; Faust's sensor metrics share the registry.
+
+Base units (seconds, bytes; records where a count is of records); counters are exposed with
+`_total`. docs/operations.md lists them with their labels, and deploy/grafana/tapestream.json
+charts them (tests/unit/test_grafana.py holds the two together).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from app import build
+
+Samples = Iterable[tuple[Sequence[str], float]]  # (label values, value)
+
+
+class Polled(Collector):
+    """A counter or gauge read when scraped, from numbers its sources keep (`add_source`):
+    what the hot path counts stays a plain integer addition, where prometheus_client's
+    Counter takes a lock and a label lookup on every increment."""
+
+    def __init__(
+        self, name: str, documentation: str, labels: Sequence[str] = (), counter: bool = True
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = list(labels)
+        self.counter = counter
+        self.sources: list[Callable[[], Samples]] = []
+        REGISTRY.register(self)
+
+    def add_source(self, source: Callable[[], Samples]) -> None:
+        self.sources.append(source)
+
+    def _family(self) -> Metric:
+        kind = CounterMetricFamily if self.counter else GaugeMetricFamily
+        return kind(self.name, self.documentation, labels=self.labels)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for source in self.sources:
+            for labels, value in source():
+                family.add_metric(list(labels), value)
+        yield family
+
 
 records_processed = Counter(
     "tapestream_records_processed",
@@ -76,11 +123,64 @@ processing_lag = Gauge(
     "wall-clock time from a message's broker timestamp until the agent applied it (latest)",
     ["agent"],
 )
+consumer_lag = Gauge(
+    "tapestream_consumer_lag",
+    "records in the partition not yet processed by this worker: the partition's high-water "
+    "mark (last stable offset under exactly_once) minus the offset it processes next "
+    "(agents/lag.py)",
+    ["topic", "partition"],
+)
+stage_records_in = Polled(
+    "tapestream_stage_records_in",
+    "items a stage of the graph took in: MBO records (books, instrument-stats), trades "
+    "(bars), trades and BBO updates (flow), delta parts (deltas), option parts "
+    "(option-groups)",
+    ["stage"],
+)
+stage_records_out = Polled(
+    "tapestream_stage_records_out",
+    "rows a stage of the graph made: level changes, BBO updates and trades (books); bars, "
+    "indicators, late trades and pattern signals (bars); pressure windows, signals and option "
+    "parts (flow); deltas; group windows and signals (option-groups)",
+    ["stage"],
+)
+late_trades = Counter(
+    "tapestream_late_trades",
+    "trades that came after the watermark had closed their bar (trades.late rows), by the "
+    "bar interval they were late for",
+    ["interval"],
+)
+sequence_gaps = Polled(
+    "tapestream_sequence_gaps",
+    "sequence gaps this worker's books met in their venue's feed (each marks its book suspect)",
+)
+suspect_books = Polled(
+    "tapestream_suspect_books",
+    "books held by this worker that are suspect (a sequence gap, F_MAYBE_BAD_BOOK or a "
+    "failed apply) until their next clear",
+    counter=False,
+)
+signals = Counter(
+    "tapestream_signals",
+    "signals published, by kind (ifd, options_flow, processing_lag and the bar patterns)",
+    ["kind"],
+)
+build_info = Polled(
+    "tapestream_build_info",
+    "always 1: the tapestream version and commit and the Python this process runs",
+    ["version", "commit", "python"],
+    counter=False,
+)
+# Asked for when first scraped: the commit can take a `git` run to find.
+build_info.add_source(lambda: [((build.version(), build.commit(), build.python()), 1)])
 ws_clients = Gauge("tapestream_ws_clients", "WebSocket clients connected to this worker")
 ws_frames_sent = Counter("tapestream_ws_frames_sent_total", "WebSocket frames sent to clients")
 ws_events_dropped = Counter(
     "tapestream_ws_events_dropped_total",
     "Signals a slow WebSocket client's full queue dropped (each announced by a gap frame)",
+)
+ws_gap_notices = Counter(
+    "tapestream_ws_gap_notices_total", "gap frames sent to slow WebSocket clients"
 )
 ws_closed_slow = Counter(
     "tapestream_ws_closed_slow_total", "WebSocket clients closed for reading too slowly"

@@ -271,6 +271,7 @@ def _put_config() -> dict[str, Any]:
         "401": "no bearer token, or an unknown one (tokens on: docs/web.md#access)",
         "403": "a reader's token: changes take an operator's",
         "404": "no such setting",
+        "413": "the body is over the web server's limit (1 MiB)",
         "422": "the value breaks its rule, or the settings as a whole",
         "503": "the control topic did not take the change; try again after Retry-After",
     }

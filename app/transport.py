@@ -66,6 +66,11 @@ class PartitionState(Protocol):
         """Release the partitions and refuse their events until the next assignment."""
         ...
 
+    def position(self, partition: int) -> int | None:
+        """The offset the agent applies next in the partition, if it has taken any since
+        the partition was assigned."""
+        ...
+
 
 # Every agent's state: a revoke runs with all of them still and releases the partitions in all.
 partition_states: list[PartitionState] = []

@@ -269,7 +269,8 @@ class Client:
                 await self._subscribe(frame, ref)
             elif op == "unsubscribe":
                 sub = frame.get("sub")
-                if sub not in self.subs:
+                # an int first: a list or an object is unhashable, and the lookup would raise
+                if not isinstance(sub, int) or isinstance(sub, bool) or sub not in self.subs:
                     raise RequestError(f"no subscription {sub!r}")
                 del self.subs[sub]
                 self.hub.listening(self)
@@ -320,6 +321,9 @@ class Client:
                 self.closed = f"too slow: more than {self.queue.max_dropped} signals dropped"
                 return
             frames = self.queue.take() or [{"type": "heartbeat", "ts": time.time_ns()}]
+            gaps = sum(f["type"] == "gap" for f in frames)
+            if gaps:
+                metrics.ws_gap_notices.inc(gaps)
             sent = time.time_ns()
             async with self.hub.send_lock(self):
                 for f in frames:

@@ -87,6 +87,28 @@ def mbo_row(
     )  # fmt: skip
 
 
+class OutOfRange(ValueError):
+    """A row a record cannot hold; `row` is its index among the rows converted."""
+
+    def __init__(self, row: int, detail: str) -> None:
+        self.row = row
+        super().__init__(detail)
+
+
+def records_from_rows(rows: list[tuple]) -> np.ndarray:
+    """`mbo_row` tuples as records; OutOfRange for the first value a field cannot hold (numpy's
+    own OverflowError names neither the row nor the field)."""
+    try:
+        return np.array(rows, dtype=MBO_DTYPE)
+    except OverflowError:
+        for i, row in enumerate(rows):
+            for name, value in zip(MBO_DTYPE.names or (), row, strict=True):
+                info = np.iinfo(MBO_DTYPE[name])
+                if not info.min <= value <= info.max:
+                    raise OutOfRange(i, f"{name} {value} is out of its field's range") from None
+        raise
+
+
 def instrument_id_for(name: str) -> int:
     """A stable instrument id for a feed that has none of its own (LOBSTER, crypto venues):
     CRC-32 of the name, in 31 bits."""
@@ -149,14 +171,24 @@ class MalformedMessage(ValueError):
         super().__init__(detail)
 
 
+def key_instrument(key: bytes | None) -> int:
+    """The instrument a raw-topic key names; MalformedMessage unless the key is the id exactly as
+    `instrument_key` writes it: int() also reads b"05", b" 5" or b"+5", which the producer's
+    partitioner hashes to another partition than b"5", splitting the instrument's state."""
+    try:
+        iid = int(key or b"")
+    except ValueError:
+        iid = -1
+    if iid < 0 or key != instrument_key(iid):
+        raise MalformedMessage("bad_key", f"key {key!r} is not an instrument id")
+    return iid
+
+
 def parse_message(key: bytes | None, payload: bytes | None) -> np.ndarray:
     """Records of one raw-topic message, checked against its key; raises MalformedMessage."""
     if not payload:
         raise MalformedMessage("empty", "message has no payload")
-    try:
-        iid = int(key or b"")
-    except ValueError:
-        raise MalformedMessage("bad_key", f"key {key!r} is not an instrument id") from None
+    iid = key_instrument(key)
     try:
         records = decode_records(payload)
     except ValueError as exc:

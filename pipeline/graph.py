@@ -141,6 +141,12 @@ def segment(key: str, graph: tuple[StageSpec, ...] = GRAPH) -> list[StageSpec]:
     return [s for s in graph if s.key == key]
 
 
+def name_of(kind: type) -> str:
+    """The name the graph gives the stage of this class."""
+    (name,) = (s.name for s in GRAPH if s.make is kind)
+    return name
+
+
 def tables(graph: tuple[StageSpec, ...] = GRAPH) -> Iterator[tuple[str, str]]:
     """(table, what it holds) of every stage."""
     for s in graph:

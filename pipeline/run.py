@@ -37,7 +37,9 @@ class InstrumentStages:
     ) -> None:
         """`tables(name)` reads a table's checkpoint; `publishes(instrument_id)` says whether
         its signals go out (runtime control)."""
-        self.stages = [spec.make(config) for spec in segment(INSTRUMENT)]
+        specs = segment(INSTRUMENT)
+        self.names = [spec.name for spec in specs]
+        self.stages = [spec.make(config) for spec in specs]
         self.tables = tables
         self.publishes = publishes
         self.books: Books = self._one(Books)
@@ -53,6 +55,10 @@ class InstrumentStages:
     def states(self) -> list[tuple[str, CheckpointedState]]:
         """(table, state) for every state the stages keep, in stage order."""
         return [pair for stage in self.stages for pair in stage.states]
+
+    def stage_counts(self) -> list[tuple[str, int, int]]:
+        """(stage, items taken in, rows made) of every stage since this runner was built."""
+        return [(n, s.taken, s.made) for n, s in zip(self.names, self.stages, strict=True)]
 
     def restore(self, partition: int, instrument_id: int | None = None) -> None:
         """The state of the partition (and instrument) from the last checkpoint, for every

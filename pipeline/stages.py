@@ -7,6 +7,10 @@ reads what the stages before it put there and adds what it makes. `apply` handle
 then every stage's `advance`, so everything a message made is seen by the stages after the one
 that made it. Each stage names the state it keeps and the table that holds its checkpoint
 (`states`), and restores that state for a key in `restore`.
+
+Each stage also counts the items it took in and the rows it made (`taken`, `made`): plain
+integers, read when the runtime is asked for its metrics, so counting costs an addition per
+message and nothing per record.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models.book_events import TRADES
+from models.book_events import BBO, TRADES
 from models.trades import trades_from_columns
 from tables import book_messages
 from tables.bar_state import BarSet
@@ -36,6 +40,18 @@ Get = Callable[[bytes], bytes | None]
 Tables = Callable[[str], Get]
 Row = tuple[str, dict[str, Any]]  # (topic base name, row)
 DELTAS = "deltas"
+
+
+def book_rows(messages: dict[str, dict]) -> int:
+    """How many rows the books' columnar messages hold (each has one event number a row)."""
+    return sum(len(m["event"]) for m in messages.values())
+
+
+class Counted:
+    """Items a stage took in and rows it made, for the metrics (`app/metrics.py`)."""
+
+    taken: int = 0
+    made: int = 0
 
 
 class CheckpointedState(Protocol):
@@ -86,7 +102,7 @@ class Step:
         return kept
 
 
-class Books:
+class Books(Counted):
     """L3 books from the raw records: `book.deltas`, `bbo` and `trades` messages, and the top
     levels at the end of each second for the deltas."""
 
@@ -129,6 +145,8 @@ class Books:
             step.repeat = True
             return
         step.book = book_messages.messages(iid, applied, self.books)
+        self.taken += len(step.records)
+        self.made += book_rows(step.book)
 
     def advance(self, step: Step) -> None:
         if step.bound is not None:
@@ -136,7 +154,7 @@ class Books:
         step.delta_parts += self.seconds.take()
 
 
-class InstrumentCounts:
+class InstrumentCounts(Counted):
     """Record and action counts per instrument (the /instruments/ view)."""
 
     def __init__(self, config: StageConfig) -> None:
@@ -150,12 +168,13 @@ class InstrumentCounts:
     def apply(self, step: Step) -> None:
         assert step.instrument_id is not None and step.records is not None
         self.stats.apply(step.instrument_id, step.records, step.offset)
+        self.taken += len(step.records)
 
     def advance(self, step: Step) -> None:
         pass
 
 
-class Bars:
+class Bars(Counted):
     """Event-time bars, their indicators and patterns from the trades the books published,
     closed by the source watermark."""
 
@@ -174,16 +193,20 @@ class Bars:
             return
         trades, _ = trades_from_columns(message)
         assert step.instrument_id is not None
-        step.emit(self.bars.add(step.partition, step.offset, step.instrument_id, trades))
+        self.taken += len(trades)
+        self.made += len(
+            step.emit(self.bars.add(step.partition, step.offset, step.instrument_id, trades))
+        )
 
     def advance(self, step: Step) -> None:
         if step.bound is None:
             return
         rows = step.emit(self.bars.advance(step.partition, step.offset, step.bound))
+        self.made += len(rows)
         step.delta_parts += item_parts(rows, self.lateness)
 
 
-class Flow:
+class Flow(Counted):
     """Institutional flow: pressure windows of trades against the book's top, baselines and
     signals; an option's closed windows as parts of its groups."""
 
@@ -202,17 +225,23 @@ class Flow:
     def apply(self, step: Step) -> None:
         assert step.instrument_id is not None
         self.flow.add_book_output(step.partition, step.instrument_id, step.book)
+        for name in (TRADES, BBO):
+            message = step.book.get(name)
+            if message is not None:
+                self.taken += len(message["event"])
 
     def advance(self, step: Step) -> None:
         if step.bound is not None:
             rows = step.emit(self.flow.advance(step.partition, step.bound))
+            self.made += len(rows)
             step.delta_parts += item_parts(rows, self.lateness)
         if self.flow.config.option_groups:
             step.option_parts = self.flow.take_option_parts(step.partition)
             step.option_watermark = self.flow.watermark(step.partition)
+            self.made += len(step.option_parts)
 
 
-class Deltas:
+class Deltas(Counted):
     """The one-second delta topic: the books' seconds and the closed items merged, published
     once the watermark has passed each second."""
 
@@ -228,6 +257,7 @@ class Deltas:
         pass
 
     def advance(self, step: Step) -> None:
+        self.taken += len(step.delta_parts)
         for part in step.delta_parts:
             if not self.merges.add(step.partition, *part):
                 step.duplicate_parts += 1
@@ -236,12 +266,12 @@ class Deltas:
         # Books and items are both closed by this one watermark: the merge's two sources
         # move together.
         for source in (BOOKS, BARS):
-            step.rows += [
-                (DELTAS, d) for d in self.merges.advance(step.partition, source, step.bound)
-            ]
+            rows = self.merges.advance(step.partition, source, step.bound)
+            self.made += len(rows)
+            step.rows += [(DELTAS, d) for d in rows]
 
 
-class OptionGroups:
+class OptionGroups(Counted):
     """Option windows added up by group, from every source partition's parts; a group's window
     closes once every source's watermark has passed its end. Keyed by group: its input crosses
     a topic (options.parts) on the Faust driver."""
@@ -256,7 +286,10 @@ class OptionGroups:
 
     def add(self, partition: int, parts: list[list[Any]]) -> int:
         """The parts; how many were of windows already published."""
+        self.taken += len(parts)
         return sum(not self.groups.add(partition, *part) for part in parts)
 
     def advance(self, partition: int, source: int, watermark: int) -> list[Row]:
-        return self.groups.advance(partition, source, watermark)
+        rows = self.groups.advance(partition, source, watermark)
+        self.made += len(rows)
+        return rows

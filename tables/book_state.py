@@ -102,6 +102,10 @@ class BookSet:
         self.instruments: dict[int, Instrument] = {}
         self._books: dict[int, list[int]] = {}  # instrument -> engine book indices
         self._publishers = np.zeros(0, np.int64)
+        # For `sequence_gaps`: each held book's gap count when it was loaded (what earlier
+        # workers had counted), and the gaps counted here in books since evicted.
+        self._gaps_loaded: dict[int, int] = {}
+        self._gaps_evicted = 0
 
     # -- loading and evicting ---------------------------------------------------------------
     def loaded(self, instrument_id: int) -> bool:
@@ -166,6 +170,7 @@ class BookSet:
         row[K.B_LAST_SEQ] = meta["last_sequence"]
         row[K.B_SUSPECT] = int(meta["suspect"])
         row[K.B_CNT : K.B_CNT + K.N_COUNTERS] = [meta["counters"][n] for n in COUNTER_NAMES]
+        self._gaps_loaded[b] = int(row[K.B_CNT + K.CNT_GAPS])
         row[K.B_NEXT_PAGE] = meta["next_page"]
         row[K.B_EVENT] = meta["event"]
         row[K.B_BBO : K.B_BBO + 6] = meta["bbo"]
@@ -189,6 +194,8 @@ class BookSet:
 
     def _drop_books(self, instrument_id: int) -> None:
         for b in self._books.pop(instrument_id, []):
+            gaps = int(self.engine.S.B[b, K.B_CNT + K.CNT_GAPS])
+            self._gaps_evicted += gaps - self._gaps_loaded.pop(b, 0)
             K.evict_book(self.engine.S, b)
             self.engine.S.B[b] = fresh_book_row()
 
@@ -348,6 +355,21 @@ class BookSet:
         return orjson.dumps(meta)
 
     # -- reading --------------------------------------------------------------------------
+    def sequence_gaps(self) -> int:
+        """Sequence gaps these books have met since this set was made: counted, unlike the
+        books' own counters, only once the books were here (a message applied again after a
+        restart or rebalance counts again), and kept when a book is evicted."""
+        n = len(self.engine.book_keys)
+        # Evicted books' rows are fresh (zero counts), so the sum covers the held ones.
+        held = int(self.engine.S.B[:n, K.B_CNT + K.CNT_GAPS].sum())
+        return self._gaps_evicted + held - sum(self._gaps_loaded.values())
+
+    def suspect_books(self) -> int:
+        """Books held now that are marked suspect (a sequence gap, F_MAYBE_BAD_BOOK or a
+        failed apply) until their next clear."""
+        n = len(self.engine.book_keys)
+        return int(self.engine.S.B[:n, K.B_SUSPECT].sum())
+
     def publisher_of(self) -> np.ndarray:
         """Publisher id of each engine book index."""
         keys = self.engine.book_keys

@@ -39,13 +39,28 @@ def _percent(v: float) -> bool:
     return 0 < v < 100
 
 
+MAX_SECONDS = 9e9  # a duration held in integer ns must fit an int64 (about 292 years)
+
+
+def _seconds(v: float) -> bool:
+    return 0 <= v <= MAX_SECONDS
+
+
+def _instrument_ids(v: str) -> bool:
+    # ASCII digits only: str.isdigit() also takes "²", which int() then refuses; and ids are
+    # uint32, so ten digits at most
+    return v == "" or all(
+        x.isascii() and x.isdigit() and len(x) <= 10 and int(x) < 1 << 32 for x in v.split(",")
+    )
+
+
 KEYS: dict[str, Key] = {
     "signal.z_volume": Key(float, _positive, "a number > 0", "z-score threshold on log volume"),
     "signal.z_net": Key(float, _positive, "a number > 0", "z-score threshold on net flow"),
     "signal.z_flow": Key(float, _not_negative, "a number >= 0", "TFI z threshold (0: off)"),
     "signal.volume_floor": Key(int, _not_negative, "an integer >= 0", "least window volume"),
     "signal.min_sessions": Key(int, _positive, "an integer >= 1", "least baseline sessions"),
-    "signal.cooldown": Key(float, _not_negative, "seconds >= 0", "same-direction cooldown"),
+    "signal.cooldown": Key(float, _seconds, "seconds from 0 to 9e9", "same-direction cooldown"),
     "pattern.volume_factor": Key(float, _positive, "a number > 0", "volume spike factor"),
     "pattern.price_pct": Key(float, _positive, "a number > 0", "price spike, % from SMA 20"),
     "pattern.breakout_pct": Key(float, _not_negative, "a number >= 0", "breakout margin, %"),
@@ -53,7 +68,7 @@ KEYS: dict[str, Key] = {
     "pattern.rsi_low": Key(float, _percent, "a number in (0, 100)", "RSI oversold line"),
     "filter.instruments": Key(
         str,
-        lambda v: v == "" or all(x.isdigit() for x in v.split(",")),
+        _instrument_ids,
         "instrument ids separated by commas, or empty for all",
         "instruments whose signals are published",
     ),
@@ -71,6 +86,9 @@ def parse(key: str, text: str) -> Any:
         raise ValueError(f"{key} must be {spec.rule}, not {text!r}") from None
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{key} must be {spec.rule} and finite, not {text!r}")
+    if isinstance(value, int) and not -(1 << 63) <= value < 1 << 63:
+        # past 64 bits no JSON encoder here takes it: /config/ would fail on every worker
+        raise ValueError(f"{key} must be {spec.rule} and below 2^63, not {text!r}")
     if not spec.check(value):
         raise ValueError(f"{key} must be {spec.rule}, not {text!r}")
     return value

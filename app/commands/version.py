@@ -3,9 +3,9 @@ answers before the app is loaded, so it can only name Faust.)"""
 
 from __future__ import annotations
 
-import platform
 from importlib import metadata
 
+from app import build
 from app.faust_app import app
 
 
@@ -16,7 +16,8 @@ def versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
-    out["python"] = platform.python_version()
+    out["python"] = build.python()
+    out["commit"] = build.commit()
     return out
 
 

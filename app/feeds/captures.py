@@ -20,13 +20,26 @@ class BadMessage(ValueError):
     """A message that is not a well-formed Binance market-stream message."""
 
 
+# A record's times are uint64 ns; a time is refused from 2^63 on, as models/ticks.py does, so
+# that a record made of it fits every field and sum that holds one.
+MAX_NS = 1 << 63
+
+
+def receive_ns(stamp: bytes) -> int:
+    """A capture line's local receive time."""
+    if not stamp.isdigit() or len(stamp) > 19 or int(stamp) >= MAX_NS:
+        raise BadMessage("not '<local ns> <json>'")
+    return int(stamp)
+
+
 def parse_line(line: bytes) -> tuple[int, Any]:
     """(local receive ns, decoded JSON) of one capture line."""
     stamp, _, body = line.partition(b" ")
-    if not stamp.isdigit() or not body.strip():
+    ts = receive_ns(stamp)
+    if not body.strip():
         raise BadMessage("not '<local ns> <json>'")
     try:
-        return int(stamp), orjson.loads(body)
+        return ts, orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadMessage(f"bad JSON ({exc})") from None
 
@@ -46,7 +59,7 @@ def first_line(path: Path) -> bytes:
     try:
         with open(path, "rb") as raw:
             return lines_of(raw).readline(1 << 16)
-    except (OSError, EOFError, gzip.BadGzipFile):
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error):  # zlib: a corrupt deflate stream
         return b""
 
 

@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app.feeds.captures import BadMessage, capture_chunks, first_line, named, parse_line
+from app.feeds.captures import (
+    MAX_NS,
+    BadMessage,
+    capture_chunks,
+    first_line,
+    named,
+    parse_line,
+)
 from models.mbo import (
     F_LAST,
     F_MAYBE_BAD_BOOK,
@@ -103,6 +110,14 @@ def _int(data: dict, key: str) -> int:
     return value
 
 
+def _ms(data: dict, key: str) -> int:
+    """A venue time in ms, as ns: one a record's times cannot hold is refused."""
+    value = _int(data, key)
+    if value >= MAX_NS // MS:
+        raise BadMessage(f"field {key!r} is {value!r}, not a time in ms")
+    return value * MS
+
+
 def _symbol(data: dict) -> str:
     s = data.get("s")
     if not isinstance(s, str) or not s.isalnum():
@@ -139,7 +154,7 @@ def parse_stream_message(body: Any) -> tuple[str | None, Message]:
             first_id=_int(data, "U"),
             last_id=_int(data, "u"),
             previous_id=_int(data, "pu"),
-            ts_event=_int(data, "T") * MS,
+            ts_event=_ms(data, "T"),
             bids=_levels(data.get("b"), "b"),
             asks=_levels(data.get("a"), "a"),
         )
@@ -148,7 +163,7 @@ def parse_stream_message(body: Any) -> tuple[str | None, Message]:
         if not isinstance(maker, bool):
             raise BadMessage(f"field 'm' is {maker!r}, not a boolean")
         return _symbol(data), Trade(
-            ts_event=_int(data, "T") * MS,
+            ts_event=_ms(data, "T"),
             trade_id=_int(data, "t"),
             price=decimal_units(data.get("p"), 9, "price"),
             size=decimal_units(data.get("q"), SIZE_DECIMALS, "qty", SIZE_LIMIT),
@@ -160,10 +175,12 @@ def parse_stream_message(body: Any) -> tuple[str | None, Message]:
 
 
 def parse_snapshot(data: dict) -> DepthSnapshot:
-    ts = data.get("T", data.get("E", 0))
+    key = "T" if "T" in data else "E"
+    ts = data.get(key)
     return DepthSnapshot(
         last_update_id=_int(data, "lastUpdateId"),
-        ts_event=(ts if isinstance(ts, int) else 0) * MS,
+        # a snapshot may come without a time (then 0); one given must be one
+        ts_event=_ms(data, key) if isinstance(ts, int) else 0,
         bids=_levels(data.get("bids"), "bids"),
         asks=_levels(data.get("asks"), "asks"),
     )

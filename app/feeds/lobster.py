@@ -37,10 +37,11 @@ import numpy as np
 from models.mbo import (
     F_LAST,
     F_SNAPSHOT,
-    MBO_DTYPE,
     UNDEF_PRICE,
+    OutOfRange,
     instrument_id_for,
     mbo_row,
+    records_from_rows,
 )
 
 if TYPE_CHECKING:
@@ -156,8 +157,18 @@ def _seed_levels(book_row: list[str], first: list[str]) -> list[tuple[int, int, 
     return bids + asks
 
 
-def lobster_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
+def _records(f: MboFile, rows: list[tuple]) -> np.ndarray:
     from app.feeds.mbo_files import InputError
+
+    try:
+        return records_from_rows(rows)
+    except OutOfRange as exc:
+        line = rows[exc.row][-1] or 1  # a row's sequence is its line; the seed's come from line 1
+        raise InputError(f.path, f"line {line}", f"bad LOBSTER row ({exc})") from None
+
+
+def lobster_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
+    from app.feeds.mbo_files import InputError, csv_rows
 
     m = NAME.match(f.path.name)
     assert m is not None
@@ -168,9 +179,10 @@ def lobster_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
     midnight = datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=NEW_YORK)
     tr = _Translator(iid, int(midnight.timestamp()) * 1_000_000_000)
     book_file = orderbook_path(f.path)
-    with open(f.path, newline="") as fh:
+    # surrogateescape: a byte that is not UTF-8 fails its own line's fields (mbo_files.py)
+    with open(f.path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         reader = csv.reader(fh)
-        for row in reader:
+        for row in csv_rows(reader, f.path):
             line = reader.line_num
             if not row:
                 continue
@@ -189,10 +201,12 @@ def lobster_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
                 raise InputError(f.path, f"line {line}", f"bad LOBSTER row ({exc})") from None
             if len(tr.rows) >= chunk_records:
                 f.bytes_read = fh.buffer.tell()  # progress, once a chunk
+                chunk = _records(f, tr.rows)
                 f.records_read += len(tr.rows)
-                yield np.array(tr.rows, dtype=MBO_DTYPE)
+                yield chunk
                 tr.rows = []
     f.bytes_read = f.size
     if tr.rows:
+        chunk = _records(f, tr.rows)
         f.records_read += len(tr.rows)
-        yield np.array(tr.rows, dtype=MBO_DTYPE)
+        yield chunk

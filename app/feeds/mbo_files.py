@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import databento_dbn
 import numpy as np
 import pyarrow as pa
 import zstandard
 
+from models.definitions import dbn_call
 from models.mbo import (
     ACTION_CODES,
     MBO_DTYPE,
@@ -33,7 +34,9 @@ from models.mbo import (
     MBO_SIZE,
     SIDE_CODES,
     UNDEF_PRICE,
+    OutOfRange,
     empty_records,
+    records_from_rows,
 )
 from models.trades import (
     TRADE_DTYPE,
@@ -313,7 +316,7 @@ def _metadata(
     if len(data) < 8 + meta_len:
         raise InputError(f.path, "metadata", "truncated: file ends inside the DBN metadata")
     try:
-        meta = databento_dbn.Metadata.decode(data[: 8 + meta_len])
+        meta = dbn_call(databento_dbn.Metadata.decode, data[: 8 + meta_len])
     except Exception as exc:
         raise InputError(f.path, "metadata", f"unreadable DBN metadata ({exc})") from None
     pending.add(data[8 + meta_len :])
@@ -325,7 +328,14 @@ def _dbn_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
     with open(f.path, "rb") as fh:
         pending = _Pending()
         raw = _raw_bytes(f, fh, lambda: target - pending.size)
-        meta, offset = _metadata(f, raw, pending)
+        try:
+            meta, offset = _metadata(f, raw, pending)
+        except _TruncatedFrame:
+            raise InputError(
+                f.path,
+                f"compressed byte {f.bytes_read}",
+                "truncated: the zstd stream ends inside a frame, in the DBN metadata",
+            ) from None
         schema = str(meta.schema) if meta.schema is not None else None
         if schema not in (None, f.kind.schema):
             raise InputError(f.path, "metadata", f"schema is {schema}, expected {f.kind.schema}")
@@ -397,6 +407,8 @@ def _carve_mixed(
     while pos + 2 <= end:
         length = data[pos] * 4
         if length < 16:
+            if keep:  # the records before it first: the next call starts at it, and raises
+                break
             raise InputError(
                 f.path, f"byte {offset + pos - start}", f"corrupt record header (length {length})"
             )
@@ -457,13 +469,32 @@ class _CountingReader(io.RawIOBase):
         return n or 0
 
 
+def csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
+    """The rows of a csv reader; its own errors (a field over the module's size limit) as an
+    InputError naming the line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise InputError(path, f"line {reader.line_num}", f"not CSV ({exc})") from None
+        yield row
+
+
 def _csv_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
     with open(f.path, "rb") as fh:
+        # surrogateescape: a byte that is not UTF-8 fails the field it is in, on its own line
+        # (strict decoding fails blocks of lines ahead of it, before the rows above it are out)
         text = io.TextIOWrapper(
-            io.BufferedReader(_CountingReader(fh, f)), encoding="utf-8", newline=""
+            io.BufferedReader(_CountingReader(fh, f)),
+            encoding="utf-8",
+            errors="surrogateescape",
+            newline="",
         )
         reader = csv.reader(text)
-        header = next(reader, None)
+        rows_in = csv_rows(reader, f.path)
+        header = next(rows_in, None)
         if header is None:
             raise InputError(f.path, "line 1", "empty file (expected a CSV header)")
         cols = {name.strip(): i for i, name in enumerate(header)}
@@ -478,7 +509,8 @@ def _csv_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
         sym_col = cols.get("symbol")
         width = len(header)
         rows: list[tuple] = []
-        for row in reader:
+        lines: list[int] = []
+        for row in rows_in:
             line = reader.line_num
             if not row:
                 continue
@@ -490,18 +522,38 @@ def _csv_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
                 if rtype_col is not None and int(row[rtype_col]) != MBO_RTYPE:
                     raise ValueError(f"rtype {row[rtype_col]} is not MBO (160)")
                 rec = _csv_record(row, idx, opt)
+                symbol = row[sym_col] if sym_col is not None else ""
+                if not symbol.isascii():
+                    _utf8(symbol, "symbol")
             except (ValueError, IndexError) as exc:
                 raise InputError(f.path, f"line {line}", f"bad MBO row ({exc})") from None
             rows.append(rec)
-            if sym_col is not None and row[sym_col]:
-                f.symbols.setdefault(rec[3], row[sym_col])
+            lines.append(line)
+            if symbol:
+                f.symbols.setdefault(rec[3], symbol)
             if len(rows) >= chunk_records:
+                chunk = _csv_records(f, rows, lines)
                 f.records_read += len(rows)
-                yield np.array(rows, dtype=MBO_DTYPE)
-                rows = []
+                yield chunk
+                rows, lines = [], []
         if rows:
+            chunk = _csv_records(f, rows, lines)
             f.records_read += len(rows)
-            yield np.array(rows, dtype=MBO_DTYPE)
+            yield chunk
+
+
+def _utf8(text: str, what: str) -> None:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a byte that is not UTF-8, read as a lone surrogate
+        raise ValueError(f"{what} {text!r} is not UTF-8 text") from None
+
+
+def _csv_records(f: MboFile, rows: list[tuple], lines: list[int]) -> np.ndarray:
+    try:
+        return records_from_rows(rows)
+    except OutOfRange as exc:
+        raise InputError(f.path, f"line {lines[exc.row]}", f"bad MBO row ({exc})") from None
 
 
 def _csv_record(row: list[str], idx: dict[str, int], opt: dict[str, int]) -> tuple:
@@ -591,7 +643,9 @@ def read_definitions(path: str | Path) -> list[databento_dbn.InstrumentDefMsg]:
             for chunk in _raw_bytes(f, fh):
                 decoder.write(chunk)
                 out += [
-                    r for r in decoder.decode() if isinstance(r, databento_dbn.InstrumentDefMsg)
+                    r
+                    for r in dbn_call(decoder.decode)
+                    if isinstance(r, databento_dbn.InstrumentDefMsg)
                 ]
         except _TruncatedFrame:
             raise InputError(p, f"byte {f.bytes_read:,}", "truncated zstd frame") from None

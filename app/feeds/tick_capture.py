@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from app.feeds.captures import BadMessage, capture_chunks, first_line, named
+from app.feeds.captures import BadMessage, capture_chunks, first_line, named, receive_ns
 from models.mbo import F_LAST, F_TOB, F_VOLUME_ONLY, MBO_DTYPE, instrument_id_for, mbo_row
 from models.ticks import Tick, TickQuote, TickTrade
 from tables.tick_rules import ASK, BID, Aggressor, Conditions, Sequences
@@ -235,7 +235,14 @@ def tick_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
         conditions = (
             Conditions.from_json(orjson.loads(table.read_bytes())) if table.exists() else None
         )
-    except (OSError, orjson.JSONDecodeError, KeyError, ValueError, AttributeError) as exc:
+    except (
+        OSError,
+        orjson.JSONDecodeError,
+        KeyError,
+        ValueError,
+        AttributeError,
+        TypeError,
+    ) as exc:
         from app.feeds.mbo_files import InputError
 
         raise InputError(table, "open", f"not a condition table ({exc})") from None
@@ -244,12 +251,11 @@ def tick_chunks(f: MboFile, chunk_records: int) -> Iterator[np.ndarray]:
 
     def take(number: int, line: bytes) -> None:
         stamp, _, body = line.partition(b" ")
-        if not stamp.isdigit():
-            raise BadMessage("not '<local ns> <json>'")
+        ts = receive_ns(stamp)
         for event in parse_frame(body):
             tick = parse_event(event)
             if tick is not None:
                 named(f, tick.instrument_id, tick.symbol)
-                books.add(tick, int(stamp))
+                books.add(tick, ts)
 
     yield from capture_chunks(f, chunk_records, books, take)

@@ -50,6 +50,7 @@ from app.live.resume import (
 )
 from app.raw_sender import RawSender, SourceStats, raw_producer
 from app.settings import Settings
+from models.definitions import is_dbn_panic
 from models.mbo import F_LAST, F_MAYBE_BAD_BOOK, MBO_DTYPE, MBO_SIZE, UNDEF_PRICE
 
 log = logging.getLogger(__name__)
@@ -288,6 +289,15 @@ class LiveSource:
                     record = await it.__anext__()
                 except (StopAsyncIteration, ValueError):  # the connection ended
                     break
+                except BaseException as exc:
+                    if not is_dbn_panic(exc):
+                        raise
+                    # a record the client's decoder panicked on, as a BaseException that would
+                    # end the process: the session ends as on any error instead, and the next
+                    # one resumes from the cursor
+                    raise db.BentoError(
+                        f"an undecodable record from the gateway ({str(exc).splitlines()[0]})"
+                    ) from None
                 self._last_record = time.monotonic()
                 if type(record) is mbo:
                     # self._pending each time: the watcher swaps it while the read waits

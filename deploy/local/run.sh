@@ -65,11 +65,14 @@ if [ "$SOURCE" = depth ]; then
 fi
 cat <<MSG
 
-  tapestream is up. Web views (they change as the feed runs):
+  tapestream is up. The live dashboard: $url/
+  Web views (they change as the feed runs):
     $url/books/                every instrument's best bid and offer
     $url/books/$one/?depth=10  one instrument's top 10 levels a side
     $url/instruments/          record and action counts per instrument
     $url/instruments/$one/     one instrument
+    $url/bars/$one/            its latest 1-minute bars
+    $url/openapi.json          the documented API
     $url/metrics               Prometheus metrics
     $url/health                worker status
 

@@ -1,5 +1,6 @@
 """Malformed raw-topic messages go to the dead-letter topic with the reason, are counted in
-/metrics, and never stop the worker or disturb the good messages around them."""
+/metrics, and never stop the worker or disturb the good messages around them. The same
+worker's /metrics has every metric the Grafana dashboard charts (deploy/grafana)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import numpy as np
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from load_tests.gen_mbo import option_definitions
 from models.definitions import encode
 from models.mbo import empty_records
 from tests.integration.conftest import Deployment, consume_all, wait_for
+from tests.unit.test_grafana import dashboard_metrics, exposed_names
 
 pytestmark = pytest.mark.integration
 
@@ -70,9 +73,33 @@ def test_bad_messages_are_dead_lettered_and_counted(deployment: Deployment, brok
     metrics = w.get_raw("/metrics").text
     for kind in kinds:
         assert f'tapestream_dead_letters_total{{agent="instruments",kind="{kind}"}} 1.0' in metrics
+    # Checked here, where a worker has run anyway: every metric the dashboard charts is one a
+    # real worker exposes (tests/unit/test_grafana.py parses the queries).
+    used = dashboard_metrics()
+    missing = {name: sorted(used[name]) for name in set(used) - exposed_names(metrics)}
+    assert not missing, missing
+    taken = _samples(metrics, "tapestream_stage_records_in_total", "stage")
+    assert taken[("books",)] == taken[("instrument-stats",)] == 5  # the good records
+
+    def lags() -> dict[tuple[str, ...], float]:
+        got = _samples(w.get_raw("/metrics").text, "tapestream_consumer_lag", "topic", "partition")
+        return {k: v for k, v in got.items() if k[0] == raw}
+
+    caught_up = {(raw, str(p)): 0.0 for p in range(4)}
+    wait_for(lambda: lags() == caught_up, 30, "every raw partition's lag at 0")
     assert w.get("/instruments/5/")["messages"] == 2
     book = w.get("/books/5/")["books"][0]
     assert book["orders"] == 0 and book["counters"]["bad_records"] == 5  # A with size 0
+
+
+def _samples(exposition: str, name: str, *labels: str) -> dict[tuple[str, ...], float]:
+    """The samples of one metric: the values of `labels` -> value."""
+    return {
+        tuple(s.labels[k] for k in labels): s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+        if s.name == name
+    }
 
 
 def _definition(iid: int) -> bytes:

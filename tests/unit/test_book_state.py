@@ -220,3 +220,37 @@ def test_a_failed_apply_marks_its_instrument_suspect_and_spares_the_rest(
     assert len(got) > 1000
     others = lambda snap: {k: v for k, v in snap.items() if k[1] != bad_iid}  # noqa: E731
     assert others(_snapshot(books)) == others(_snapshot(reference))
+
+
+def test_sequence_gaps_count_where_they_are_met_and_suspect_books_until_a_clear() -> None:
+    """`sequence_gaps` counts only the gaps this set's books met (not those a checkpoint
+    brings along), keeps them when the books are evicted, and `suspect_books` counts the
+    books held now that are suspect (the metrics tapestream_sequence_gaps_total and
+    tapestream_suspect_books)."""
+    from tests.unit.test_book_engine import A, R, _records
+
+    def adds(*seqs: int) -> np.ndarray:
+        return _records([(1, 5, A, BID, 100 + s, 1, s, F_LAST, s) for s in seqs])
+
+    store = Store()
+    books = BookSet()
+    books.load(5, 1, store.get)
+    books.process(5, adds(1, 2, 5), 0)  # 3 and 4 skipped
+    assert (books.sequence_gaps(), books.suspect_books()) == (1, 1)
+    for writes in books.checkpoint().values():
+        store.write(writes)
+
+    later = BookSet()
+    later.load(5, 1, store.get)
+    assert later.engine.counters(later.books_of(5)[0])["gaps"] == 1
+    assert (later.sequence_gaps(), later.suspect_books()) == (0, 1)  # its gap was counted
+    later.process(5, adds(6, 9), 1)
+    assert later.sequence_gaps() == 1
+    later.evict([1])
+    assert (later.sequence_gaps(), later.suspect_books()) == (1, 0)
+    later.load(5, 1, store.get)  # the checkpoint of before: the gap at 9 is not in it
+    later.process(5, adds(6, 9), 1)
+    assert later.sequence_gaps() == 2  # met again, counted again
+
+    books.process(5, _records([(1, 5, R, 0, 0, 0, 0, F_LAST, 6)]), 1)
+    assert (books.sequence_gaps(), books.suspect_books()) == (1, 0)

@@ -136,3 +136,28 @@ def test_a_message_applied_already_makes_nothing(inputs: list[tuple[int, Any]]) 
     assert not stages.message(partition, 0, batch.instrument_id, batch.records).repeat
     again = stages.message(partition, 0, batch.instrument_id, batch.records)
     assert again.repeat and not again.book and not again.rows
+
+
+def test_each_stage_counts_what_it_took_and_made(inputs: list[tuple[int, Any]]) -> None:
+    """The counts behind tapestream_stage_records_{in,out}_total: the books take every
+    record and make every row of their three topics; bars, flow and deltas between them make
+    every row and option part published; a message applied already counts nowhere."""
+    stages = _stages({})
+    made = _run(stages, inputs, 0, len(inputs))
+    again = next(i for i, x in enumerate(inputs) if not isinstance(x[1], int))
+    before = stages.stage_counts()
+    partition, batch = inputs[again]
+    assert stages.message(partition, again, batch.instrument_id, batch.records).repeat
+    assert stages.stage_counts() == before
+    counts = {name: (taken, out) for name, taken, out in before}
+    records = sum(len(b.records) for _, b in inputs if not isinstance(b, int))
+    rows = lambda topic: sum(len(m["event"]) for t, m in made if t == topic)  # noqa: E731
+    assert counts["books"] == (records, rows("book.deltas") + rows("bbo") + rows("trades"))
+    assert counts["instrument-stats"] == (records, 0)
+    assert counts["bars"][0] == rows("trades")
+    assert counts["flow"][0] == rows("trades") + rows("bbo")
+    assert counts["deltas"][1] == sum(t == "deltas" for t, _ in made) > 0
+    book_topics = ("book.deltas", "bbo", "trades")
+    others = sum(t not in book_topics for t, _ in made)
+    assert counts["bars"][1] + counts["flow"][1] + counts["deltas"][1] == others
+    assert counts["deltas"][0] > 0
