@@ -75,6 +75,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class WorkerExited(AssertionError):
+    """A worker's process is gone: no wait for it to answer can end well, so waits stop at once
+    and show its log."""
+
+
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
@@ -83,6 +88,8 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
             value = check()
             if value:
                 return value
+        except WorkerExited:
+            raise
         except Exception as exc:  # the service may not be up yet
             last_exc = exc
         time.sleep(interval)
@@ -212,7 +219,8 @@ class Worker:
 
     def alive(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
-            raise AssertionError(f"worker {self.name} exited; log:\n{self.log_tail()}")
+            code = None if self.proc is None else self.proc.returncode
+            raise WorkerExited(f"worker {self.name} exited ({code}); log:\n{self.log_tail()}")
         return True
 
     def get(self, path: str, **params: Any) -> Any:

@@ -79,10 +79,12 @@ class Api:
     """The worker's views, as a client with the reader's token."""
 
     def __init__(self, w: Worker) -> None:
+        self.worker = w
         self.url = w.url
         self.headers = {"Authorization": f"Bearer {TOKEN}"}
 
     def get(self, path: str, **params: Any) -> Any:
+        self.worker.alive()
         r = requests.get(self.url + path, params=params, headers=self.headers, timeout=10)
         r.raise_for_status()
         return r.json()
