@@ -100,7 +100,13 @@ async def _fetch_peer(
     ) as resp:
         resp.raise_for_status()
         body = await resp.json()
+        if body.get("partial"):
+            raise _PeerPartial()
         return list(body[field])
+
+
+class _PeerPartial(Exception):
+    """A peer answered with what it has, but not all it owns (it is restoring its tables)."""
 
 
 async def _gather(
@@ -111,6 +117,10 @@ async def _gather(
     silently."""
     items = list(local)
     errors: list[str] = []
+    if _recovering():
+        # What this worker holds is not yet all it owns: the answer says so, never a total
+        # that looks whole and is not (the peers' own answers say so for them).
+        errors.append("this worker: restoring its tables")
     if request.query.get("scope") != "local":
         peers = _peer_urls()
         if peers:
@@ -138,6 +148,8 @@ def _said(exc: BaseException) -> str:
     request's headers, the caller's token among them."""
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"HTTP {exc.status}"
+    if isinstance(exc, _PeerPartial):
+        return "restoring its tables"
     return type(exc).__name__
 
 

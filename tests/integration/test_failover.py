@@ -14,7 +14,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -23,9 +22,9 @@ import requests
 from app.file_driver import BOOK_TABLE_DEPTH, FileRun, run_files
 from app.settings import load_settings
 from load_tests.gen_mbo import GenConfig, write
+from load_tests.topic_rows import consume_all, expected_rows, live_rows
 from load_tests.worker_proc import comparable_counts, counts_differing
-from models import book_events
-from tests.integration.conftest import Deployment, Worker, consume_all, wait_for
+from tests.integration.conftest import Deployment, Worker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,37 +44,6 @@ def failover_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, FileR
     result = run_files([str(path)], load_settings({}), progress=False)
     assert result.records >= CONFIG.records
     return path, result
-
-
-def expected_rows(result: FileRun) -> dict[str, list[bytes]]:
-    """Per output topic, backfill's rows, each as canonical JSON."""
-    out = {t: [_canon(r) for r in result.topic_rows(t)] for t in result.topics}
-    # with the topics it leaves empty (late trades, signals, option groups): so must live
-    out.update({t: [_canon(r) for r in rows] for t, rows in result.row_topics.items()})
-    return out
-
-
-def _canon(row: dict[str, Any]) -> bytes:
-    return orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
-
-
-def live_rows(d: Deployment, want: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
-    """Every row of each topic, as canonical JSON, in no particular order; columnar messages
-    (book.deltas, bbo, trades) split into rows; source-watermark markers left out."""
-    bootstrap = d.base_env["KAFKA_BROKER"].removeprefix("kafka://")
-    out: dict[str, list[bytes]] = {}
-    for topic in want:
-        rows: list[bytes] = []
-        for _, value, _, _ in consume_all(bootstrap, f"{d.prefix}{topic}", timeout=30):
-            if not value:
-                continue
-            message = orjson.loads(value)
-            if topic in ("book.deltas", "bbo", "trades"):
-                rows.extend(_canon(r) for r in book_events.rows(message))
-            elif message.get("kind") != "processing_lag":  # wall-clock, not from the data
-                rows.append(_canon(message))
-        out[topic] = rows
-    return out
 
 
 def _progress(workers: list[Worker]) -> int:
@@ -133,12 +101,28 @@ def test_kill9_wipe_and_join_across_workers_change_no_output(
         shutil.rmtree(b.state_dir, ignore_errors=True)
         time.sleep(2)
         b.restart()  # from nothing: its tables come back from the changelogs
+        _assert_partial_while_restoring(a, b)
         _, err = replay.communicate(timeout=180)
         assert replay.returncode == 0, err
     finally:
         if replay.poll() is None:
             replay.kill()
     assert_as_backfill(deployment, [a, b, c], result, guarantee)
+
+
+def _assert_partial_while_restoring(asker: Worker, restoring: Worker) -> None:
+    """While a worker restores its tables, a view gathered from every worker says it is
+    partial: never a total that looks whole and is short by that worker's instruments."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        before = restoring.get("/health")["recovery"]["recovering"]
+        body = asker.get("/instruments/")
+        after = restoring.get("/health")["recovery"]["recovering"]
+        if not before:
+            return  # restored (or not yet begun, which the next poll shows)
+        if after:
+            assert body.get("partial"), (body["records"], body.get("errors"))
+        time.sleep(0.2)
 
 
 # Under exactly_once only. At-least-once cannot fence a stopped worker's writes: a checkpoint
@@ -198,9 +182,10 @@ def assert_as_backfill(
         raise AssertionError(f"{exc}\n{stands}\nrecords differing: {short}") from None
 
     want = expected_rows(result)
+    bootstrap = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
     deadline = time.monotonic() + 120
     while True:
-        got = live_rows(deployment, want)
+        got = live_rows(bootstrap, deployment.prefix, list(want))
         if all(len(set(got[t])) >= len(set(want[t])) for t in want):
             break
         assert time.monotonic() < deadline, {t: (len(got[t]), len(want[t])) for t in want}
@@ -217,7 +202,6 @@ def assert_as_backfill(
     for w in workers:
         wait_for(lambda w=w: w.alive() and _books_equal(w, books), 60, f"{w.name}'s books")
         assert comparable_counts(w.get("/instruments/")["instruments"]) == counts
-    bootstrap = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
     dead = consume_all(bootstrap, f"{deployment.prefix}dead.letters", timeout=10)
     assert [orjson.loads(v)["reason"] for _, v, _, _ in dead] == []
 
