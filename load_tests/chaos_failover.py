@@ -20,7 +20,6 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,60 +36,15 @@ from app.settings import load_settings
 from load_tests.gen_mbo import GenConfig, write
 from load_tests.worker_proc import (
     ROOT,
+    ManagedProcess,
     comparable_counts,
     counts_differing,
     delete_deployment,
-    get_json,
-    spawn_worker,
+    free_port,
 )
 
 REPLAY = [sys.executable, "-m", "faust", "-A", "app", "replay"]
 SESSION_TIMEOUT_S = load_settings().session_timeout
-
-
-@dataclass
-class ChaosWorker:
-    name: str
-    env: dict[str, str]
-    log: Path
-    proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.env['TAPESTREAM_WEB_PORT']}"
-
-    def start(self) -> None:
-        self.proc = spawn_worker(self.env, self.log)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill9(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def pause(self, seconds: float) -> None:
-        """SIGSTOP, then SIGCONT: a worker unresponsive past its session timeout comes back
-        to find its partitions given away (under exactly_once, its transactions fenced)."""
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGSTOP)
-            time.sleep(seconds)
-            self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def get(self, path: str) -> Any:
-        return get_json(self.url + path)
 
 
 @dataclass
@@ -100,15 +54,7 @@ class Round:
     exits: list[str] = field(default_factory=list)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _counted(workers: list[ChaosWorker]) -> int | None:
+def _counted(workers: list[ManagedProcess]) -> int | None:
     for w in workers:
         if not w.alive():
             continue
@@ -140,16 +86,16 @@ def run_round(
         "PYTHONUNBUFFERED": "1",
     }
     rnd = Round(guarantee)
-    workers: list[ChaosWorker] = []
+    workers: list[ManagedProcess] = []
 
-    def add_worker() -> ChaosWorker:
+    def add_worker() -> ManagedProcess:
         name = f"w{len(workers)}"
         env = {
             **base,
-            "TAPESTREAM_WEB_PORT": str(_free_port()),
+            "TAPESTREAM_WEB_PORT": str(free_port()),
             "TAPESTREAM_DATA_DIR": str(tmp / f"state-{name}"),
         }
-        w = ChaosWorker(name, env, tmp / f"{name}.log")
+        w = ManagedProcess.worker(name, env, tmp / f"{name}.log")
         w.start()
         workers.append(w)
         return w
@@ -274,7 +220,7 @@ WATCHED_METRICS = (
 )
 
 
-def where_it_stands(workers: list[ChaosWorker], env: dict[str, str]) -> dict[str, Any]:
+def where_it_stands(workers: list[ManagedProcess], env: dict[str, str]) -> dict[str, Any]:
     """What an operator would look at when processing stops: each worker's partitions and
     local record count, and the group's committed offsets against the end of each input."""
     import asyncio

@@ -28,11 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "var" / "bench"
 
 
+def worker_argv(level: str = "info") -> list[str]:
+    return [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", level]
+
+
 def spawn_worker(env: dict[str, str], log_path: Path, level: str = "info") -> subprocess.Popen:
     """`faust -A app worker` with `env`, its output appended to `log_path`."""
     with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", level],
+            worker_argv(level),
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -62,9 +66,79 @@ def counts_differing(got: list[dict], want: list[dict], partitions: int) -> dict
     return out
 
 
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as r:
+def get_json(url: str, timeout: float = 5) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
         return orjson.loads(r.read())
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (another process may take it before it is used)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ManagedProcess:
+    """A process of a deployment that faults kill, pause and restart: a worker, a source, a
+    sink. It knows whether its end was asked for, so one that ends by itself is told apart."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    url: str = ""  # its web server, if it has one
+    proc: subprocess.Popen | None = None
+    ended_on_purpose: bool = False
+
+    @classmethod
+    def worker(cls, name: str, env: dict[str, str], log: Path) -> ManagedProcess:
+        """`faust -A app worker` on the web port its environment gives."""
+        url = f"http://127.0.0.1:{env['TAPESTREAM_WEB_PORT']}"
+        return cls(name, worker_argv(), env, log, url)
+
+    def get(self, path: str, timeout: float = 5) -> dict:
+        return get_json(self.url + path, timeout)
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.ended_on_purpose = False
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def exited_by_itself(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None and not self.ended_on_purpose
+
+    def kill9(self) -> None:
+        self.ended_on_purpose = True
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def pause(self, seconds: float) -> None:
+        """SIGSTOP, then SIGCONT: a worker unresponsive past its session timeout comes back
+        to find its partitions given away (under exactly_once, its transactions fenced)."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGSTOP)
+            time.sleep(seconds)
+            self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        self.ended_on_purpose = True
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
 
 
 @dataclass
@@ -114,9 +188,7 @@ def bench_worker(
     fill its input topic, say). Its topics and state are deleted when it stops, unless
     `keep` (another worker will carry on with them: call `delete_deployment` after)."""
     tag = f"bench{uuid.uuid4().hex[:8]}"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,

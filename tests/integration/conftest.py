@@ -25,8 +25,11 @@ import orjson
 import pytest
 import requests
 
+from load_tests.topic_rows import consume_all
 from load_tests.worker_proc import spawn_worker
 from tests.conftest import ROOT
+
+__all__ = ["consume_all"]  # the tests' way to read a topic, from load_tests
 
 pytestmark = pytest.mark.integration
 
@@ -312,45 +315,3 @@ def deployment(broker: str, tmp_path: Path) -> Iterator[Deployment]:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
-
-
-def consume_all(
-    bootstrap: str,
-    topic: str,
-    expect_messages: int | None = None,
-    timeout: float = 60,
-    isolation: str = "read_committed",
-) -> list[tuple[bytes, bytes, int, int]]:
-    """(key, value, partition, offset) of every message in a topic, by plain aiokafka."""
-    import asyncio
-
-    from aiokafka import AIOKafkaConsumer
-
-    async def run() -> list[tuple[bytes, bytes, int, int]]:
-        consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            isolation_level=isolation,
-            group_id=None,
-        )
-        await consumer.start()
-        out: list[tuple[bytes, bytes, int, int]] = []
-        try:
-            deadline = time.monotonic() + timeout
-            idle_since = time.monotonic()
-            while time.monotonic() < deadline:
-                batch = await consumer.getmany(timeout_ms=500)
-                got = [m for msgs in batch.values() for m in msgs]
-                out.extend((m.key, m.value, m.partition, m.offset) for m in got)
-                if got:
-                    idle_since = time.monotonic()
-                done = expect_messages is not None and len(out) >= expect_messages
-                if done or (expect_messages is None and time.monotonic() - idle_since > 3):
-                    break
-        finally:
-            await consumer.stop()
-        return out
-
-    return asyncio.run(run())

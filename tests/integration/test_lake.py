@@ -11,22 +11,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import duckdb
 import numpy as np
-import orjson
 import pyarrow.parquet as pq
 import pytest
 
 from app.feeds.mbo_files import open_mbo
 from app.lake_files import parse_name
-from models.definitions import is_definition
-from models.mbo import MBO_SIZE
-from pipeline.graph import COLUMNAR
+from load_tests.topic_rows import lake_row_counts, topic_row_counts
 from tests.conftest import ARL_MBO_CSV, ROOT, require
-from tests.integration.conftest import Deployment, consume_all, wait_for
+from tests.integration.conftest import Deployment, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -42,39 +38,6 @@ def _sink(d: Deployment, root: Path, *args: str) -> subprocess.Popen:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-
-
-def _rows_per_message(base: str, value: bytes | None) -> int:
-    if not value:
-        return 0
-    if base == "mbo.raw":
-        return len(value) // 520 if is_definition(value) else len(value) // MBO_SIZE
-    if base in COLUMNAR:
-        return len(orjson.loads(value)["ts_recv"])
-    return 1
-
-
-def _topic_rows(d: Deployment, base: str) -> Counter:
-    """(partition, offset) -> rows its message makes, for every message of the topic."""
-    bootstrap = d.base_env["KAFKA_BROKER"].removeprefix("kafka://")
-    out: Counter = Counter()
-    for _, value, partition, offset in consume_all(bootstrap, d.prefix + base, timeout=5):
-        n = _rows_per_message(base, value)
-        if n:
-            out[(partition, offset)] = n
-    return out
-
-
-def _lake_rows(root: Path, base: str) -> Counter:
-    files = list((root / base).rglob("*.parquet"))
-    if not files:
-        return Counter()
-    rows = duckdb.sql(
-        f"SELECT kafka_partition, kafka_offset, count(*) FROM read_parquet("
-        f"'{root / base}/**/*.parquet', union_by_name=true, hive_partitioning=false) "
-        "GROUP BY ALL"
-    ).fetchall()
-    return Counter({(p, o): n for p, o, n in rows})
 
 
 def _assert_files_sound(root: Path) -> None:
@@ -133,11 +96,16 @@ def test_the_lake_holds_every_record_once_through_kill9s_of_the_sink(
 
         differing: dict[str, str] = {}
 
+        bootstrap = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
+
         def caught_up() -> bool:
             topics = {p.name for p in root.iterdir() if p.is_dir()}
             differing.clear()
             for t in topics:
-                got, want = _lake_rows(root, t), _topic_rows(deployment, t)
+                got, want = (
+                    lake_row_counts(root, t),
+                    topic_row_counts(bootstrap, deployment.prefix, t),
+                )
                 if got != want:
                     extra, missing = got - want, want - got
                     differing[t] = f"{len(extra)} extra {sorted(extra)[:3]}, " + (
@@ -176,7 +144,9 @@ def test_the_lakes_raw_mbo_gives_the_mbp10_of_the_original_file(deployment: Depl
     sink = _sink(deployment, root, "--topics", "mbo.raw", "--roll-seconds", "1")
     try:
         wait_for(
-            lambda: sum(_lake_rows(root, "mbo.raw").values()) == 5886, 60, "the lake's ARL records"
+            lambda: sum(lake_row_counts(root, "mbo.raw").values()) == 5886,
+            60,
+            "the lake's ARL records",
         )
         sink.send_signal(signal.SIGTERM)
         assert sink.wait(timeout=60) == 0
