@@ -22,9 +22,10 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 from aiokafka.admin import NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from app import kafka
+from app.backoff import Backoff
 from app.settings import Settings
 from tables.runtime_config import RuntimeConfig, parse
 
@@ -126,38 +127,81 @@ async def follow(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Apply every record of the control topic from its start, then each new one; set
-    `caught_up` once the records there at the start are applied; end when `stop` is set."""
-    name = await ensure_control_topic(settings)
-    consumer = kafka.consumer(settings, enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        tp = TopicPartition(name, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        while stop is None or not stop.is_set():
-            batch = await consumer.getmany(tp, timeout_ms=500)
-            for m in batch.get(tp, []):
-                try:
-                    text = orjson.loads(m.value)["value"]
-                    key = m.key.decode()
-                # UnicodeDecodeError: a key that is not UTF-8 must not end the follower
-                except (
-                    orjson.JSONDecodeError,
-                    UnicodeDecodeError,
-                    KeyError,
-                    TypeError,
-                    AttributeError,
-                ) as exc:
-                    log.error("control: record at offset %d is not a setting: %r", m.offset, exc)
-                    continue
-                apply(key, str(text))
-            # Past the records that were there at the start (some may have been compacted
-            # away, so count by position, not by records seen).
-            if caught_up is not None and await consumer.position(tp) >= end:
-                caught_up.set()
-    finally:
-        await consumer.stop()
+    `caught_up` once the records there at the start are applied; end when `stop` is set.
+
+    A broker that goes away (a restart) is waited out, and following goes on after the last
+    record applied: never again from the start, which would flip each setting back through
+    its history. Without this a worker crashed when the broker restarted under it."""
+    stop = stop or asyncio.Event()
+    backoff = Backoff(0.5, 10.0)
+    follower = _Follower(settings, apply, caught_up, stop, backoff)
+    while not stop.is_set():
+        try:
+            await follower.run()
+            return
+        except KafkaError as exc:
+            log.warning("control: lost the broker (%r); following again shortly", exc)
+            await backoff.wait(stop)
+
+
+class _Follower:
+    """One consumer's life of `follow`; `next_offset` outlives it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        apply: Callable[[str, str], Any],
+        caught_up: asyncio.Event | None,
+        stop: asyncio.Event,
+        backoff: Backoff,
+    ) -> None:
+        self.settings, self.apply, self.caught_up = settings, apply, caught_up
+        self.stop, self.backoff = stop, backoff
+        self.next_offset: int | None = None  # None: from the topic's start
+
+    async def run(self) -> None:
+        name = await ensure_control_topic(self.settings)
+        consumer = kafka.consumer(
+            self.settings, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            tp = TopicPartition(name, 0)
+            consumer.assign([tp])
+            if self.next_offset is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, self.next_offset)
+            end = (await consumer.end_offsets([tp]))[tp]
+            self.backoff.reset()
+            while not self.stop.is_set():
+                batch = await consumer.getmany(tp, timeout_ms=500)
+                for m in batch.get(tp, []):
+                    self.next_offset = m.offset + 1
+                    self._take(m)
+                # Past the records that were there at the start (some may have been compacted
+                # away, so count by position, not by records seen).
+                if self.caught_up is not None and await consumer.position(tp) >= end:
+                    self.caught_up.set()
+        finally:
+            with contextlib.suppress(Exception):  # the broker may be the reason we are here
+                await consumer.stop()
+
+    def _take(self, m: Any) -> None:
+        try:
+            text = orjson.loads(m.value)["value"]
+            key = m.key.decode()
+        # UnicodeDecodeError: a key that is not UTF-8 must not end the follower
+        except (
+            orjson.JSONDecodeError,
+            UnicodeDecodeError,
+            KeyError,
+            TypeError,
+            AttributeError,
+        ) as exc:
+            log.error("control: record at offset %d is not a setting: %r", m.offset, exc)
+            return
+        self.apply(key, str(text))
 
 
 async def read_compacted(settings: Settings, topic: str) -> dict[str, dict[str, Any]]:
