@@ -7,7 +7,7 @@ import sys
 import app.codecs  # registers the orjson codec before any topic uses it
 from app.kafka import faust_credentials
 from app.settings import SettingsError, load_settings
-from app.transport import OUTPUT_MARGIN, App, Worker
+from app.transport import OUTPUT_MARGIN, App, TableManager, Worker
 
 try:
     settings = load_settings()
@@ -48,6 +48,7 @@ app = App(
     # for good. What is not committed is simply processed again (and recognised as such).
     stream_wait_empty=False,
     Worker=Worker,
+    TableManager=TableManager,
     autodiscover=False,
     web_enabled=True,
 )

@@ -20,6 +20,7 @@ import logging
 import shutil
 import time
 import weakref
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, contextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ import faust
 from aiokafka.errors import IllegalOperation, ProducerFenced
 from faust.exceptions import ProducerSendError
 from faust.streams import _current_event
+from faust.tables.recovery import Recovery
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, EventT, TransportT
@@ -642,6 +644,36 @@ SETTLE_TRIES = 15
 # What the producer's request limit allows beyond a message's key and value (App sets the
 # limit to the largest message plus this).
 OUTPUT_MARGIN = 65_536
+
+
+class SeekingRecovery(Recovery):
+    """Table recovery that never seeks a changelog partition to an offset aiokafka refuses.
+    faust-streaming 0.15 keeps None as the start of a partition with no persisted offset
+    whose earliest offset it did not learn (`Recovery._add`, then `_build_offsets`), and
+    `_seek_offsets` passes it on: `seek` raised "Offset must be a positive integer" and the
+    worker crashed while starting its standby partitions (seen in the chaos run, on a worker
+    whose state had been wiped, after broker restarts). Such a partition is read from its
+    start, as a new standby or a wiped worker's would be anyway."""
+
+    async def _seek_offsets(self, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
+        await super()._seek_offsets(consumer, tps, seekable_offsets(tps, offsets), title)
+
+
+def seekable_offsets(tps: Any, offsets: Mapping[TP, int | None]) -> Counter[TP]:
+    """Each partition's offset to read from: -1 and None (nothing known) as the start."""
+    out: Counter[TP] = Counter()
+    for tp in tps:
+        offset = offsets.get(tp)
+        out[tp] = offset if isinstance(offset, int) and offset >= 0 else 0
+    return out
+
+
+class TableManager(faust.tables.TableManager):
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = SeekingRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
 
 
 class Transport(aiokafka_driver.Transport):

@@ -116,3 +116,19 @@ def test_the_pause_clock_counts_each_stall_past_its_limit_once() -> None:
     ticking, held, after = asyncio.run(run())
     assert not ticking and held and not after
     assert len(stalls) == 1 and stalls[0] >= 0.3
+
+
+def test_recovery_reads_a_changelog_partition_with_no_known_offset_from_its_start() -> None:
+    """Faust left None for such a partition and aiokafka's seek refused it, crashing the
+    worker as it started its standbys."""
+    from faust.types import TP
+
+    a, b, c, d = (TP("x-changelog", p) for p in range(4))
+    got = transport.seekable_offsets({a, b, c, d}, {a: None, b: -1, c: 41})
+    assert got == {a: 0, b: 0, c: 41, d: 0}
+
+
+def test_the_app_recovers_tables_through_the_seeking_recovery() -> None:
+    from app.faust_app import app
+
+    assert isinstance(app.tables.recovery, transport.SeekingRecovery)
