@@ -341,6 +341,7 @@ class LiveSource:
         elif isinstance(record, dbn.SystemMsg):
             if record.is_heartbeat():
                 self.stats.heartbeats += 1
+                await self._tell_every_partition()
         elif isinstance(record, dbn.ErrorMsg):
             log.warning("gateway error %s: %s", record.code, record.err)
             if record.code == dbn.ErrorCode.REPLAY_DATA_AGED_OUT:
@@ -349,6 +350,17 @@ class LiveSource:
             pass
         else:
             await self._dead_letter(record)
+
+    async def _tell_every_partition(self) -> None:
+        """The feed is idle (a heartbeat comes only then): every partition hears how far the
+        stream has been read, however little that moved since it was last told. While records
+        flow a partition is told only every MARKER_STEP_NS, so without this the partitions a
+        little behind when a feed went quiet kept their last second open, and its deltas and
+        windows unpublished, until records came again (seen in the chaos run at the end of
+        the feed)."""
+        async with self._flush_lock:
+            await self._flush_locked()  # what is pending first: the bound counts it as sent
+            await self.sender.mark(self.sender.wm.bounds(self.batcher))
 
     async def _define(self, record: dbn.InstrumentDefMsg) -> None:
         raw = bytes(record)

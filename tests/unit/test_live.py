@@ -239,3 +239,44 @@ def test_an_idle_stand_in_sends_heartbeats_and_can_send_another_schema() -> None
             await gw.close()
 
     asyncio.run(run())
+
+
+async def test_a_heartbeat_tells_every_partition_how_far_the_stream_was_read(
+    tmp_path: Path,
+) -> None:
+    """While records flow a partition hears of time only every MARKER_STEP_NS; when the feed
+    goes quiet (a heartbeat) every partition must hear the last receive time read, or those a
+    little behind keep their last second open, and its deltas unpublished, until records come
+    again (found by load_tests/chaos.py at the end of its feed)."""
+    from app.feeds.batching import Batcher
+    from app.feeds.watermarks import WM_HEADER, decode_ns
+    from app.live.source import LiveConfig, LiveSource
+    from app.raw_sender import RawSender
+    from app.settings import Settings
+    from load_tests.gen_mbo import GenConfig, write
+
+    path = tmp_path / "quiet.mbo.dbn"
+    write(path, GenConfig(records=3_000, instruments=8, events_per_second=2_000, seed=3))
+    records = np.concatenate(list(open_mbo(path).chunks()))
+    told: dict[int, int] = {}
+
+    class Producer:
+        async def send(self, topic: str, value: bytes, **kwargs: object) -> asyncio.Future:
+            for name, raw in kwargs.get("headers") or ():  # type: ignore[union-attr]
+                if name == WM_HEADER:
+                    told[kwargs["partition"]] = decode_ns(raw)  # type: ignore[index]
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    settings = Settings()
+    source = LiveSource(LiveConfig("GLBX.MDP3", ["ALL_SYMBOLS"]), settings, "key", "mbo.raw")
+    source.sender = RawSender(Producer(), "mbo.raw", source.stats.tally, 4)  # type: ignore[arg-type]
+    source.batcher = Batcher(settings.batch_records, settings.max_message_bytes)
+    for chunk in np.array_split(records, 30):  # as the reader hands them over
+        source._pending = [chunk.tobytes()]
+        await source._flush_pending()
+    last = int(records["ts_recv"].max())
+    assert min(told.values()) < last  # some partitions were a step behind
+    await source._take(dbn.SystemMsg(last, "Heartbeat", code=dbn.SystemCode.HEARTBEAT))
+    assert told == dict.fromkeys(range(4), last)
