@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -204,6 +205,10 @@ class Deployment:
         wait_for(ready, 90, f"{len(workers)} worker(s) to own the raw partitions")
 
 
+# The first line of a crash in a worker's log.
+FIRST_ERROR = re.compile(r"\[(ERROR|CRITICAL)\]|^Traceback")
+
+
 @dataclass
 class Worker:
     name: str
@@ -278,10 +283,17 @@ class Worker:
             self.proc.wait(timeout=10)
 
     def log_tail(self, n: int = 60) -> str:
+        """The log's last n lines, after its first error and what followed it: a crash is
+        logged where it happened, and the shutdown that follows fills the tail."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+            lines = self.log_path.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             return "(no log)"
+        first = next((i for i, line in enumerate(lines) if FIRST_ERROR.search(line)), None)
+        if first is None or first >= len(lines) - n:
+            return "\n".join(lines[-n:])
+        cause = lines[max(0, first - 5) : first + n]
+        return "\n".join([*cause, "[...]", *lines[-n:]])
 
 
 @pytest.fixture
