@@ -22,7 +22,7 @@ from faust.types import TP
 
 from app import metrics
 from app.faust_app import app
-from app.transport import committed_offset, partition_states
+from app.transport import committed_offset, log_starts, partition_states
 
 # Often enough to follow a backlog draining; each pass reads cached offsets only.
 LAG_EVERY_S = 5.0
@@ -70,32 +70,6 @@ def partition_lags(
     return lags, unknown
 
 
-class LogStarts:
-    """The first offset of partitions with nothing committed, asked of the broker once per
-    assignment (a broker round trip, unlike the rest)."""
-
-    def __init__(self) -> None:
-        self.generation: int | None = None
-        self.starts: dict[TP, int] = {}
-
-    async def add(self, consumer: object, partitions: set[TP]) -> None:
-        if self.generation != app.consumer_generation_id:
-            self.generation = app.consumer_generation_id
-            self.starts.clear()
-        wanted = partitions - set(self.starts)
-        if not wanted:
-            return
-        try:
-            got = await consumer.earliest_offsets(*wanted)  # type: ignore[attr-defined]
-        except Exception as exc:  # the broker may be away a moment; next time, then
-            log.debug("log start offsets of %s: %r", sorted(wanted), exc)
-            return
-        self.starts.update({tp: o for tp, o in got.items() if o is not None and o >= 0})
-
-
-log_starts = LogStarts()
-
-
 @app.timer(LAG_EVERY_S)
 async def report_lag() -> None:
     consumer = app.consumer
@@ -106,7 +80,7 @@ async def report_lag() -> None:
     inputs = agent_inputs()
     lags, unknown = partition_lags(consumer, assigned, inputs, log_starts.starts)
     if unknown:
-        await log_starts.add(consumer, unknown)
+        await log_starts.add(app, unknown)
         lags, _ = partition_lags(consumer, assigned, inputs, log_starts.starts)
     # Partitions gone to another worker must not keep their last value here: cleared and set
     # in one step, with no await between, so a scrape never sees the gauge half-filled.

@@ -34,6 +34,7 @@ from app.transport import (
     flush_buffered,
     partition_states,
     stall_guard,
+    start_offset,
 )
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,8 @@ class Checkpointer:
 
     def _in_sequence(self, message: Any) -> bool:
         """Whether no message of the partition was skipped before this one: the first of an
-        assignment is the one at the committed offset, each next one follows the last.
+        assignment is the one at the committed offset (with nothing committed, at the log's
+        start), each next one follows the last.
 
         Seen around rebalances, under both guarantees: after an assignment Faust hands out a
         batch it fetched before it, from past the committed offset, and fills the offsets it
@@ -160,7 +162,7 @@ class Checkpointer:
         if seen is not None and seen[0] == generation:
             expected: int | None = seen[1]
         else:
-            expected = committed_offset(self.app, message.tp)
+            expected = start_offset(self.app, message.tp)
         if expected is None or message.offset <= expected:
             self.seeking.pop(partition, None)
             self.expected[partition] = (generation, max(message.offset + 1, expected or 0))

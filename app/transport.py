@@ -37,6 +37,7 @@ from faust.types import TP, EventT, TransportT
 from faust.types.enums import ProcessingGuarantee
 
 from app import metrics
+from app.kafka import BrokerUnreachable
 from app.local_state import open_local_state
 from app.pauses import pause_clock
 
@@ -380,6 +381,22 @@ class CheckpointingConsumer(aiokafka_driver.Consumer):
     def ack(self, message: Any) -> bool:
         return acknowledgeable(self.app, message) and bool(super().ack(message))
 
+    async def perform_seek(self) -> None:
+        """After the seek to the committed offsets, before any event of the assignment: the
+        log start of every input partition with nothing committed, where its first event
+        must be. Without it a checkpointed agent took whatever came first as the start (seen
+        in the chaos run: a partition taken over before its first commit lost its first
+        4,269 records, handed out from past them after a rebalance)."""
+        await super().perform_seek()
+        inputs = {state.topic for state in partition_states}
+        fresh = {
+            tp
+            for tp in self.assignment()
+            if tp.topic in inputs and committed_offset(self.app, tp) is None
+        }
+        if fresh:
+            await log_starts.add(self.app, fresh)
+
 
 def acknowledgeable(app: Any, message: Any) -> bool:
     """Whether an acknowledgement of `message` may count towards the committed offset.
@@ -502,6 +519,45 @@ def committed_offset(app: Any, tp: TP) -> int | None:
     it since (Faust keeps it privately)."""
     offset = app.consumer._committed_offset.get(tp)
     return None if offset is None else int(offset)
+
+
+class LogStarts:
+    """The first offset of the log of partitions with nothing committed: where the group's
+    consumer begins them (auto_offset_reset earliest). Faust keeps a committed offset of 0 as
+    None, like none at all. Asked of the broker once per assignment."""
+
+    def __init__(self) -> None:
+        self.generation: int | None = None
+        self.starts: dict[TP, int] = {}
+
+    async def add(self, app: Any, partitions: set[TP]) -> None:
+        if self.generation != app.consumer_generation_id:
+            self.generation = app.consumer_generation_id
+            self.starts.clear()
+        wanted = partitions - set(self.starts)
+        if not wanted:
+            return
+        try:
+            got = await app.consumer.earliest_offsets(*wanted)
+        except Exception as exc:  # the broker may be away a moment; asked again later
+            log.warning("log start offsets of %s unknown: %r", sorted(wanted), exc)
+            return
+        self.starts.update({tp: o for tp, o in got.items() if o is not None and o >= 0})
+
+    def get(self, app: Any, tp: TP) -> int | None:
+        if self.generation != app.consumer_generation_id:
+            return None
+        return self.starts.get(tp)
+
+
+log_starts = LogStarts()
+
+
+def start_offset(app: Any, tp: TP) -> int | None:
+    """Where the group goes on in the partition since its assignment: the committed offset,
+    else the start of its log; None while neither is known."""
+    committed = committed_offset(app, tp)
+    return committed if committed is not None else log_starts.get(app, tp)
 
 
 def table_owner(app: Any, table: Any, key: str) -> Any | None:
@@ -702,6 +758,12 @@ class Worker(faust.Worker):
             if problem:
                 log.critical("the worker will not start: %s", problem)
                 raise SystemExit(1)
+        if self.app.wait_for_broker is not None:
+            try:
+                await self.app.wait_for_broker()
+            except BrokerUnreachable as exc:
+                log.critical("the worker will not start: %s", exc)
+                raise SystemExit(1) from None
         # after Faust changed to --workdir, which a relative data directory is read from
         exactly_once = self.app.conf.processing_guarantee == ProcessingGuarantee.EXACTLY_ONCE
         open_local_state(Path(self.app.conf.tabledir), exactly_once)
@@ -724,6 +786,8 @@ def freeze_heap() -> None:
 class App(faust.App):
     # The broker's longest wait for fetch data (`ConsumerThread`); app.faust_app sets it.
     fetch_wait_s: float = 0.02
+    # Awaited before Faust's start-up, which makes one attempt at the broker.
+    wait_for_broker: Callable[[], Awaitable[None]] | None = None
 
     def _new_transport(self) -> TransportT:
         return Transport(self.conf.broker_consumer, self)

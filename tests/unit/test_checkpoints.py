@@ -355,6 +355,43 @@ def test_a_partition_whose_messages_come_with_a_hole_is_sought_back(
     asyncio.run(run())
 
 
+def test_a_partition_with_nothing_committed_starts_at_its_log_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen in the chaos run under exactly_once: a partition taken over before anything was
+    committed for it had its first message handed out 4,269 records into the log, and with no
+    committed offset to hold it to, those records were never applied."""
+    sought: list[tuple[TP, int]] = []
+
+    async def seek(tp: TP, offset: int) -> None:
+        sought.append((tp, offset))
+
+    async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+        return {tp: 0 for tp in tps}
+
+    monkeypatch.setattr(transport, "log_starts", transport.LogStarts())
+    app = SimpleNamespace(
+        consumer_generation_id=3,
+        flow_control=FlowControl(),
+        consumer=SimpleNamespace(
+            _committed_offset={}, seek=seek, earliest_offsets=earliest_offsets
+        ),
+    )
+    books = Checkpointer(app, "books", [], topic="raw", contiguous=True)
+
+    async def run() -> None:
+        await transport.log_starts.add(app, {TP("raw", 1)})
+        assert not books.admit(Event(RawMessage(1, 3, 14)))
+        await asyncio.sleep(0)
+        assert sought == [(TP("raw", 1), 0)]
+        assert books.admit(Event(RawMessage(1, 3, 0)))
+        # The log starts learned belong to their assignment.
+        app.consumer_generation_id = 4
+        assert transport.start_offset(app, TP("raw", 1)) is None
+
+    asyncio.run(run())
+
+
 # -- the journal that makes an at_least_once checkpoint whole -------------------------------
 
 

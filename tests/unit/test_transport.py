@@ -132,3 +132,38 @@ def test_the_app_recovers_tables_through_the_seeking_recovery() -> None:
     from app.faust_app import app
 
     assert isinstance(app.tables.recovery, transport.SeekingRecovery)
+
+
+def test_the_seek_at_an_assignment_learns_where_uncommitted_inputs_begin(
+    monkeypatch: Any,
+) -> None:
+    """Input partitions with nothing committed get their log start at the assignment's seek,
+    before any event of it is handed out; committed ones and changelogs are not asked."""
+    from faust.types import TP
+
+    from app.transport import CheckpointingConsumer, aiokafka_driver
+
+    asked: list[set[TP]] = []
+
+    async def seek_to_committed(self: Any) -> None:
+        self._committed_offset[TP("raw", 0)] = 40
+
+    async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+        asked.append(set(tps))
+        return {tp: 7 for tp in tps}
+
+    monkeypatch.setattr(aiokafka_driver.Consumer, "perform_seek", seek_to_committed)
+    monkeypatch.setattr(transport, "partition_states", [SimpleNamespace(topic="raw")])
+    monkeypatch.setattr(transport, "log_starts", transport.LogStarts())
+    consumer = object.__new__(CheckpointingConsumer)
+    assigned = {TP("raw", 0), TP("raw", 1), TP("x-books-changelog", 1)}
+    consumer.assignment = lambda: assigned  # type: ignore[method-assign]
+    consumer._committed_offset = {}
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=5)
+    consumer.earliest_offsets = earliest_offsets  # type: ignore[method-assign]
+    consumer.app = app
+
+    asyncio.run(consumer.perform_seek())
+    assert asked == [{TP("raw", 1)}]
+    assert transport.start_offset(app, TP("raw", 1)) == 7
+    assert transport.start_offset(app, TP("raw", 0)) == 40
