@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import app.codecs  # registers the orjson codec before any topic uses it
-from app.kafka import faust_credentials
+from app.kafka import faust_credentials, wait_for_broker
 from app.settings import SettingsError, load_settings
 from app.transport import OUTPUT_MARGIN, App, TableManager, Worker
 
@@ -53,3 +53,4 @@ app = App(
     web_enabled=True,
 )
 app.fetch_wait_s = settings.fetch_wait
+app.wait_for_broker = lambda: wait_for_broker(settings, settings.broker_wait)

@@ -9,7 +9,10 @@ error message shows it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -17,7 +20,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.auth import SASLCredentials, SSLCredentials
 from faust.types.auth import CredentialsT
 
+from app.backoff import Backoff
 from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -75,3 +81,41 @@ def faust_credentials(settings: Settings) -> CredentialsT | None:
         ssl_context=ctx,
         mechanism=settings.kafka_sasl_mechanism,
     )
+
+
+class BrokerUnreachable(Exception):
+    pass
+
+
+async def wait_for_broker(settings: Settings, limit_s: float) -> None:
+    """Return once the broker answers a metadata request; retry with backoff, and give up
+    after `limit_s` seconds. A worker (re)started while the broker restarts would otherwise
+    exit at once: Faust's start-up makes one attempt (seen in the chaos run)."""
+    deadline = time.monotonic() + limit_s
+    backoff = Backoff(0.5, 10.0)
+    never = asyncio.Event()
+    attempt = 0
+    while True:
+        attempt += 1
+        client = admin(settings, request_timeout_ms=10_000)
+        try:
+            await client.start()
+            if attempt > 1:
+                log.warning("the broker answers after %d attempts", attempt)
+            return
+        except Exception as exc:  # aiokafka raises several kinds for a broker away
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BrokerUnreachable(
+                    f"no broker at {settings.bootstrap_servers} after {limit_s:.0f} s "
+                    f"(TAPESTREAM_BROKER_WAIT): {type(exc).__name__}: {exc}"
+                ) from exc
+            log.warning(
+                "waiting for the broker at %s (%.0f s left): %s",
+                settings.bootstrap_servers,
+                left,
+                type(exc).__name__,
+            )
+        finally:
+            await client.close()
+        await backoff.wait(never)

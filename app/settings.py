@@ -69,6 +69,7 @@ class Settings(BaseModel, frozen=True):
     bar_intervals: str = Field("1m,5m,15m", description="TAPESTREAM_BAR_INTERVALS")
     allowed_lateness: float = Field(2.0, ge=0, le=3600, description="TAPESTREAM_ALLOWED_LATENESS")
     session_timeout: float = Field(10.0, ge=6, le=300, description="TAPESTREAM_SESSION_TIMEOUT")
+    broker_wait: float = Field(300.0, ge=0, le=86_400, description="TAPESTREAM_BROKER_WAIT")
     pressure_interval: str = Field("5m", description="TAPESTREAM_PRESSURE_INTERVAL")
     large_trade_size: int = Field(50, ge=1, description="TAPESTREAM_LARGE_TRADE_SIZE")
     session_start: str = Field("00:00", description="TAPESTREAM_SESSION_START")
