@@ -34,6 +34,7 @@ from app.feeds.watermarks import WM_HEADER, header
 from app.option_parts import OptionPartSender
 from app.state_tables import TABLES, journal
 from app.topics import BOOK_TOPICS, RAW_MBO, ROW_TOPICS, ensure_declared, option_parts, raw_mbo
+from app.transport import before_joining
 from models import book_events
 from models.bar_events import LATE_TRADES
 from models.definitions import is_definition, parse_definitions
@@ -81,11 +82,14 @@ _configure(control.current)
 control.on_change(_configure)
 
 
-@app.task
-async def _load_kernels() -> None:
-    # Loading the compiled kernels from numba's cache takes a second or two; a worker pays it
-    # while it starts, not on the first message of a partition.
+def _load_kernels() -> None:
+    # Loading the compiled kernels from numba's cache takes a second or two, compiling them
+    # (the first start after an install without `make install`) two minutes: a worker pays it
+    # before it joins its group, not on the first message of a partition.
     log.info("%s: kernels ready in %.1f s", AGENT, warm_up())
+
+
+before_joining.append(_load_kernels)
 
 
 def restore_books(instrument_id: int, partition: int) -> None:

@@ -742,6 +742,11 @@ class Transport(aiokafka_driver.Transport):
 # returns the reason it must not, or None.
 start_checks: list[Callable[[Any], str | None]] = []
 
+# What a worker prepares before it joins its group (agents/instruments.py adds the kernels'
+# compile): slow synchronous work that, done later on the event loop, stood a member of the
+# group still past its session timeout.
+before_joining: list[Callable[[], None]] = []
+
 
 class Worker(faust.Worker):
     """`faust worker` without the terminal spinner. At the default log level (WARN) Faust
@@ -758,6 +763,8 @@ class Worker(faust.Worker):
             if problem:
                 log.critical("the worker will not start: %s", problem)
                 raise SystemExit(1)
+        for prepare in before_joining:
+            prepare()
         if self.app.wait_for_broker is not None:
             try:
                 await self.app.wait_for_broker()
