@@ -61,6 +61,10 @@ async def sink(
 ) -> dict:
     lake = Lake(root, instance)
     layouts = {settings.topic(b): (b, layout_of(b, RAW_MBO_BASE, COLUMNAR)) for b in bases}
+    try:  # restarted while the broker restarts, it waits
+        await kafka.wait_for_broker(settings, settings.broker_wait)
+    except kafka.BrokerUnreachable as exc:
+        exit_with(str(exc), 1)
     for topic in layouts:  # the workers may not have made them yet
         await ensure_topic(settings, topic, settings.partitions)
     consumer = kafka.consumer(

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
@@ -115,7 +116,12 @@ async def ensure_topic(
 
 async def ensure_source_topics(settings: Settings, topic: str, gaps: str) -> int:
     """The topics a long-running source writes (the raw topic, its gaps and dead letters);
-    returns the raw topic's partition count."""
+    returns the raw topic's partition count. A source (re)started while its broker restarts
+    waits for it (TAPESTREAM_BROKER_WAIT) instead of exiting."""
+    try:  # restarted while the broker restarts, it waits
+        await kafka.wait_for_broker(settings, settings.broker_wait)
+    except kafka.BrokerUnreachable as exc:
+        exit_with(str(exc), 1)
     partitions = await ensure_topic(settings, topic, settings.partitions)
     await ensure_topic(settings, settings.topic(gaps), settings.partitions)
     await ensure_topic(settings, settings.topic("dead.letters"), settings.partitions)
@@ -151,13 +157,39 @@ async def replay_files(
     `on_pace_start(t0_wall, t0_event)`: with `speed`, called once the pace clock starts: a
     record with ts_recv T is due at t0_wall + (T - t0_event) / (speed * 1e9), monotonic time
     (benchmarks measure latency from it)."""
-    topic = topic or settings.topic(RAW_MBO_BASE)
-    if speed is not None and speed <= 0:
-        raise ReplayError("--speed must be positive")
     # every file must exist before anything is sent
     defined = [read_definitions(p) for p in paths if is_definition_file(p)]
     files = [open_mbo(p) for p in paths if not is_definition_file(p)]
-    defined += [d for d in (f.definitions() for f in files) if d]  # a lake's
+    return await replay_inputs(
+        files,
+        settings,
+        defined=defined,
+        speed=speed,
+        limit=limit,
+        progress=progress,
+        topic=topic,
+        on_pace_start=on_pace_start,
+    )
+
+
+async def replay_inputs(
+    files: Sequence[Any],
+    settings: Settings,
+    *,
+    defined: Sequence[Any] = (),
+    speed: float | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    topic: str | None = None,
+    on_pace_start: Callable[[float, int], None] | None = None,
+) -> ReplaySummary:
+    """`replay_files` of inputs already open: anything with an MboFile's `path`, `size`,
+    `bytes_read`, `chunks()` and `definitions()` (load_tests/soak.py replays a generated
+    stream through it); `defined`: definitions to send first."""
+    topic = topic or settings.topic(RAW_MBO_BASE)
+    if speed is not None and speed <= 0:
+        raise ReplayError("--speed must be positive")
+    defined = [*defined, *(d for d in (f.definitions() for f in files) if d)]  # a lake's
     summary = ReplaySummary(topic=topic)
     partitions = await ensure_topic(settings, topic, settings.partitions)
     producer = raw_producer(settings, paced=speed is not None)

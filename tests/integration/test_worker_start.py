@@ -1,5 +1,5 @@
-"""A worker started while its broker is away (restarting, or not up yet) waits for it, then
-starts; one that waits past TAPESTREAM_BROKER_WAIT exits with the reason."""
+"""A worker (or source, or lake sink) started while its broker is away (restarting, or not up yet)
+waits for it, then starts; one that waits past TAPESTREAM_BROKER_WAIT exits with the reason."""
 
 from __future__ import annotations
 
@@ -82,3 +82,22 @@ def test_a_worker_whose_broker_stays_away_exits_with_the_reason(deployment: Depl
     log = log_path.read_text()
     assert "the worker will not start: no broker at" in log
     assert "TAPESTREAM_BROKER_WAIT" in log
+
+
+def test_the_lake_sink_waits_for_its_broker_then_exits_with_the_reason(
+    deployment: Deployment,
+) -> None:
+    """The long-running commands (the sources, the lake sink) wait for the broker the same way."""
+    r = deployment.cli(
+        "lake",
+        "--root",
+        str(deployment.tmp / "lake"),
+        "--topics",
+        "mbo.raw",
+        timeout=60,
+        KAFKA_BROKER=f"kafka://127.0.0.1:{free_port()}",
+        TAPESTREAM_BROKER_WAIT="2",
+    )
+    assert r.returncode == 1, r.stderr
+    assert "error: no broker at" in r.stderr and "TAPESTREAM_BROKER_WAIT" in r.stderr
+    assert "waiting for the broker at" in r.stderr + r.stdout
