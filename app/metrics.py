@@ -7,6 +7,7 @@ charts them (tests/unit/test_grafana.py holds the two together).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -173,6 +174,21 @@ build_info = Polled(
 )
 # Asked for when first scraped: the commit can take a `git` run to find.
 build_info.add_source(lambda: [((build.version(), build.commit(), build.python()), 1)])
+
+
+def _loop_tasks() -> Samples:
+    try:
+        return [((), len(asyncio.all_tasks()))]
+    except RuntimeError:  # scraped outside the worker's event loop: nothing to count
+        return []
+
+
+event_loop_tasks = Polled(
+    "tapestream_event_loop_tasks",
+    "asyncio tasks alive in the worker's event loop: growth under steady load is a leak",
+    counter=False,
+)
+event_loop_tasks.add_source(_loop_tasks)
 ws_clients = Gauge("tapestream_ws_clients", "WebSocket clients connected to this worker")
 ws_frames_sent = Counter("tapestream_ws_frames_sent_total", "WebSocket frames sent to clients")
 ws_events_dropped = Counter(
