@@ -114,7 +114,7 @@ class Sample:
 def _metric_sum(text: str, name: str, labels: str = "") -> float | None:
     values = [
         float(m.group(1))
-        for m in re.finditer(rf"^{name}(?:{{{labels}[^}}]*}})? (\S+)$", text, re.MULTILINE)
+        for m in re.finditer(rf"^{name}(?:{{[^}}]*{labels}[^}}]*}})? (\S+)$", text, re.MULTILINE)
     ]
     return sum(values) if values else None
 
