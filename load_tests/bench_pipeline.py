@@ -47,6 +47,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -172,6 +173,28 @@ async def _reader(settings: Settings, topics: list[str]) -> AIOKafkaConsumer:
     return consumer
 
 
+async def time_rows(
+    consumer: AIOKafkaConsumer,
+    stop: asyncio.Event,
+    clock: dict[str, float],
+    speed: float,
+    take: Callable[[float, np.ndarray, Any], None],
+) -> None:
+    """Read output rows until `stop`; for each message, `take(read_at, due, message)` with the
+    monotonic time it was read and, per row, when replay sent the event that made it: the
+    start of the pace tick its ts_recv fell due in (`clock`: replay's `on_pace_start`)."""
+    while not stop.is_set():
+        batch = await consumer.getmany(timeout_ms=50)
+        now = time.monotonic()
+        for msgs in batch.values():
+            for m in msgs:
+                ts = np.asarray(orjson.loads(m.value)["ts_recv"], dtype=np.float64)
+                if not len(ts) or not clock:
+                    continue
+                due_s = (ts - clock["event"]) / (speed * 1e9)
+                take(now, clock["wall"] + np.floor(due_s / PACE_TICK_S) * PACE_TICK_S, m)
+
+
 async def _paced(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
     settings = load_settings(w.env)
     clock: dict[str, float] = {}
@@ -187,25 +210,15 @@ async def _paced(w: BenchWorker, path: Path, rate: float) -> dict[str, float]:
     wall_minus_mono = time.time() - time.monotonic()
     stop = asyncio.Event()
 
-    async def consume() -> None:
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=50)
-            now = time.monotonic()
-            for msgs in batch.values():
-                for m in msgs:
-                    ts = np.asarray(orjson.loads(m.value)["ts_recv"], dtype=np.float64)
-                    if not len(ts) or not clock:
-                        continue
-                    due_s = (ts - clock["event"]) / (speed * 1e9)
-                    due = clock["wall"] + np.floor(due_s / PACE_TICK_S) * PACE_TICK_S
-                    keep = due - clock["wall"] >= WARMUP_S
-                    latencies.append(now - due[keep])
-                    sent = m.timestamp / 1e3 - wall_minus_mono
-                    send_lags.append(sent - due[keep])
+    def take(now: float, due: np.ndarray, m: Any) -> None:
+        keep = due - clock["wall"] >= WARMUP_S
+        latencies.append(now - due[keep])
+        sent = m.timestamp / 1e3 - wall_minus_mono
+        send_lags.append(sent - due[keep])
 
     speed = _speed_for(path, rate)
     freeze_heap()  # this process is the consumer being timed; a full GC here is not latency
-    task = asyncio.create_task(consume())
+    task = asyncio.create_task(time_rows(consumer, stop, clock, speed, take))
     try:
         summary = await replay_files(
             [str(path)], settings, speed=speed, progress=False, on_pace_start=started

@@ -45,11 +45,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app.commands.replay import PACE_TICK_S, replay_inputs
+from app.commands.replay import replay_inputs
 from app.feeds.mbo_files import open_mbo
 from app.settings import load_settings
 from app.transport import freeze_heap
-from load_tests.bench_pipeline import _file, _reader, _speed_for
+from load_tests.bench_pipeline import _file, _reader, _speed_for, time_rows
 from load_tests.worker_proc import ROOT, BenchWorker, bench_worker
 
 # Order ids of each pass move on by this much: far above any the generator makes.
@@ -177,22 +177,12 @@ async def _feed(w: BenchWorker, stream: LoopedStream, speed: float, sampler: Sam
     latencies: list[np.ndarray] = []
     stop = asyncio.Event()
 
-    async def consume() -> None:
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=50)
-            now = time.monotonic()
-            for msgs in batch.values():
-                for m in msgs:
-                    ts = np.asarray(orjson.loads(m.value)["ts_recv"], dtype=np.float64)
-                    if not len(ts) or not clock:
-                        continue
-                    due_s = (ts - clock["event"]) / (speed * 1e9)
-                    due = clock["wall"] + np.floor(due_s / PACE_TICK_S) * PACE_TICK_S
-                    latencies.append(now - due)
-                    read_at.append(np.full(len(due), now - sampler.t0))
+    def take(now: float, due: np.ndarray, _: Any) -> None:
+        latencies.append(now - due)
+        read_at.append(np.full(len(due), now - sampler.t0))
 
     freeze_heap()
-    task = asyncio.create_task(consume())
+    task = asyncio.create_task(time_rows(consumer, stop, clock, speed, take))
     try:
         summary = await replay_inputs(
             [stream], settings, speed=speed, progress=False, on_pace_start=started

@@ -142,34 +142,12 @@ async def delete_topics(bootstrap: str, prefixes: Sequence[str]) -> list[str]:
         await admin.close()
 
 
-async def replay_files(
-    paths: Sequence[str],
-    settings: Settings,
-    *,
-    speed: float | None = None,
-    limit: int | None = None,
-    progress: bool = True,
-    topic: str | None = None,
-    on_pace_start: Callable[[float, int], None] | None = None,
-) -> ReplaySummary:
-    """Replay files to `topic` (default: the raw MBO topic named by `settings`).
-
-    `on_pace_start(t0_wall, t0_event)`: with `speed`, called once the pace clock starts: a
-    record with ts_recv T is due at t0_wall + (T - t0_event) / (speed * 1e9), monotonic time
-    (benchmarks measure latency from it)."""
+async def replay_files(paths: Sequence[str], settings: Settings, **options: Any) -> ReplaySummary:
+    """Replay files (definition files first) with `replay_inputs`'s options."""
     # every file must exist before anything is sent
     defined = [read_definitions(p) for p in paths if is_definition_file(p)]
     files = [open_mbo(p) for p in paths if not is_definition_file(p)]
-    return await replay_inputs(
-        files,
-        settings,
-        defined=defined,
-        speed=speed,
-        limit=limit,
-        progress=progress,
-        topic=topic,
-        on_pace_start=on_pace_start,
-    )
+    return await replay_inputs(files, settings, defined=defined, **options)
 
 
 async def replay_inputs(
@@ -183,9 +161,14 @@ async def replay_inputs(
     topic: str | None = None,
     on_pace_start: Callable[[float, int], None] | None = None,
 ) -> ReplaySummary:
-    """`replay_files` of inputs already open: anything with an MboFile's `path`, `size`,
-    `bytes_read`, `chunks()` and `definitions()` (load_tests/soak.py replays a generated
-    stream through it); `defined`: definitions to send first."""
+    """Replay inputs already open to `topic` (default: the raw MBO topic named by
+    `settings`): anything with an MboFile's `path`, `size`, `bytes_read`, `chunks()` and
+    `definitions()` (load_tests/soak.py replays a generated stream through it); `defined`:
+    definitions to send first.
+
+    `on_pace_start(t0_wall, t0_event)`: with `speed`, called once the pace clock starts: a
+    record with ts_recv T is due at t0_wall + (T - t0_event) / (speed * 1e9), monotonic time
+    (benchmarks measure latency from it)."""
     topic = topic or settings.topic(RAW_MBO_BASE)
     if speed is not None and speed <= 0:
         raise ReplayError("--speed must be positive")
