@@ -114,10 +114,13 @@ def topic_row_counts(bootstrap: str, prefix: str, base: str) -> Counter:
     return out
 
 
-def lake_row_counts(root: Path, base: str) -> Counter:
-    """(partition, offset) -> rows the lake holds of that message of topic `base`."""
+def lake_row_counts(root: Path | str, base: str) -> Counter:
+    """(partition, offset) -> rows the lake holds of that message of topic `base`; `root`: a
+    directory, or an object store's URI (read through pyarrow's filesystem)."""
     import duckdb
 
+    if isinstance(root, str):
+        return _object_store_row_counts(root, base)
     if not list((root / base).rglob("*.parquet")):
         return Counter()
     rows = duckdb.sql(
@@ -126,3 +129,19 @@ def lake_row_counts(root: Path, base: str) -> Counter:
         "GROUP BY ALL"
     ).fetchall()
     return Counter({(p, o): n for p, o, n in rows})
+
+
+def _object_store_row_counts(root: str, base: str) -> Counter:
+    import pyarrow.parquet as pq
+
+    from app.lake_files import Lake
+
+    lake = Lake(root, instance="reader")
+    out: Counter = Counter()
+    for path, _ in lake.files(base):
+        cols = pq.read_table(path, filesystem=lake.fs, columns=["kafka_partition", "kafka_offset"])
+        pairs = zip(
+            cols["kafka_partition"].to_pylist(), cols["kafka_offset"].to_pylist(), strict=True
+        )
+        out.update(pairs)
+    return out

@@ -1,6 +1,6 @@
 """The lake sink against the real broker: every record of every topic exactly once in the lake
-through kill -9s of the sink, the files readable by DuckDB, and the lake's raw MBO a source
-that gives the same MBP-10 as the original file."""
+through kill -9s of the sink, on a local disk and on an S3-compatible store; the files readable
+by DuckDB; and the lake's raw MBO a source that gives the same MBP-10 as the original file."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import itertools
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -22,7 +25,7 @@ from app.feeds.mbo_files import open_mbo
 from app.lake_files import parse_name
 from load_tests.topic_rows import lake_row_counts, topic_row_counts
 from tests.conftest import ARL_MBO_CSV, ROOT, require
-from tests.integration.conftest import Deployment, wait_for
+from tests.integration.conftest import Deployment, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -160,3 +163,81 @@ def test_the_lakes_raw_mbo_gives_the_mbp10_of_the_original_file(deployment: Depl
         assert run.returncode == 0, run.stderr
         outs.append(out.read_bytes())
     assert outs[0] == outs[1] and outs[0].count(b"\n") == 3928 + 1
+
+
+@pytest.fixture
+def object_store(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """An S3-compatible store on 127.0.0.1 (moto's server) with a bucket `lake`: the lake root's
+    URI and the environment its clients need."""
+    port = free_port()
+    log = open(tmp_path / "moto.log", "ab")  # noqa: SIM115 - the process keeps it
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "test-key",
+        "AWS_SECRET_ACCESS_KEY": "test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        wait_for(
+            lambda: socket.create_connection(("127.0.0.1", port), 1).close() or True, 30, "moto"
+        )
+        root = f"s3://lake/tapestream?endpoint_override=127.0.0.1:{port}&scheme=http"
+        fs, _ = pafs.FileSystem.from_uri(root + "&allow_bucket_creation=true")
+        fs.create_dir("lake")
+        yield root, env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.kill()
+        server.wait(timeout=10)
+
+
+def test_a_lake_on_an_object_store_holds_every_record_once_through_kill9s(
+    deployment: Deployment, lake_input: Path, object_store: tuple[str, dict[str, str]]
+) -> None:
+    """The same sink with an S3 URI for its root: configuration, not code. Each file is one PUT
+    under its final name, and a restarted sink resumes after the highest offset listed."""
+    root, env = object_store
+    deployment.base_env.update(env)
+    deployment.worker("w1")
+    records = np.concatenate(list(open_mbo(lake_input).chunks()))
+    span_s = (int(records["ts_recv"].max()) - int(records["ts_recv"].min())) / 1e9
+    args = ("--topics", "mbo.raw,trades", "--roll-seconds", "1", "--instance", "a")
+    sink = _sink(deployment, root, *args)
+    replay = deployment.replay(lake_input, "--speed", str(span_s / 30))
+    try:
+        for _ in range(3):
+            time.sleep(5)
+            assert sink.poll() is None, (deployment.tmp / "lake.log").read_text()[-3000:]
+            sink.send_signal(signal.SIGKILL)
+            sink.wait(timeout=30)
+            sink = _sink(deployment, root, *args)
+        _, err = replay.communicate(timeout=180)
+        assert replay.returncode == 0, err
+        bootstrap = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
+
+        def caught_up() -> bool:
+            return all(
+                lake_row_counts(root, t) == topic_row_counts(bootstrap, deployment.prefix, t)
+                for t in ("mbo.raw", "trades")
+            )
+
+        wait_for(caught_up, 120, "the object store to hold every record once")
+        sink.send_signal(signal.SIGTERM)
+        assert sink.wait(timeout=60) == 0
+    finally:
+        for p in (sink, replay):
+            if p.poll() is None:
+                p.kill()
+    raw = lake_row_counts(root, "mbo.raw")
+    assert sum(raw.values()) >= len(records)
