@@ -28,6 +28,7 @@ from faust.types import EventT
 from app import checkpoint_journal, metrics
 from app.transport import (
     as_event,
+    assignment_sought,
     checkpoint_acks,
     commit_guards,
     committed_offset,
@@ -161,6 +162,10 @@ class Checkpointer:
         seen = self.expected.get(partition)
         if seen is not None and seen[0] == generation:
             expected: int | None = seen[1]
+        elif not assignment_sought(self.app):
+            # Dropped unacknowledged: the seek that ends the wait hands it out again.
+            metrics.messages_stale.labels(self.name).inc()
+            return False
         else:
             expected = start_offset(self.app, message.tp)
         if expected is None or message.offset <= expected:

@@ -20,7 +20,7 @@ import logging
 import shutil
 import time
 import weakref
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, contextmanager
 from pathlib import Path
@@ -346,9 +346,57 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         return stable  # type: ignore[no-any-return]
 
 
+class ReadOffsets(defaultdict):
+    """Faust's read offsets (below its read offset, Faust's drain loop drops a partition's
+    messages without a word), held at a seek's offset until the message sought arrives.
+
+    The drain loop hands out a fetched batch one message at a time and sets the read offset
+    after each: a seek made meanwhile (`Checkpointer._in_sequence` seeking back over a hole,
+    or the seek that ends `perform_seek`) was undone by the rest of the batch, and the
+    messages sought then came again below the read offset and were all dropped. The
+    partition stood still until newer data came (seen in CI: books two minutes stale after a
+    restart, a joining worker's partition stopped for good at the end of a replay)."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda: None)
+        self.held: dict[TP, int] = {}
+
+    def hold(self, tp: TP, offset: int) -> None:
+        self.held[tp] = offset
+        super().__setitem__(tp, offset or None)
+
+    def __setitem__(self, tp: TP, offset: int | None) -> None:
+        held = self.held.get(tp)
+        if held is not None:
+            if offset != held:
+                return  # the rest of a batch fetched before the seek
+            del self.held[tp]
+        super().__setitem__(tp, offset)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        # Faust's perform_seek sets the read offsets of the new assignment this way
+        new = dict(*args, **kwargs)
+        for tp in new:
+            self.held.pop(tp, None)
+        super().update(new)
+
+    def pop(self, tp: TP, *default: Any) -> Any:
+        self.held.pop(tp, None)
+        return super().pop(tp, *default)
+
+
 class CheckpointingConsumer(aiokafka_driver.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_offset = ReadOffsets()
+
     def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        """Faust's seek, with the read offset held at `offset` (`ReadOffsets`)."""
+        await self._seek(partition, offset)
+        self._read_offset.hold(TP(partition.topic, partition.partition), offset)
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         if stall_guard.stood_still():
@@ -381,21 +429,31 @@ class CheckpointingConsumer(aiokafka_driver.Consumer):
     def ack(self, message: Any) -> bool:
         return acknowledgeable(self.app, message) and bool(super().ack(message))
 
+    # The consumer generation whose assignment perform_seek has sought.
+    sought_generation: int | None = None
+
     async def perform_seek(self) -> None:
-        """After the seek to the committed offsets, before any event of the assignment: the
-        log start of every input partition with nothing committed, where its first event
-        must be. Without it a checkpointed agent took whatever came first as the start (seen
-        in the chaos run: a partition taken over before its first commit lost its first
-        4,269 records, handed out from past them after a rebalance)."""
+        """After the seek to the committed offsets, before any event of the assignment is
+        taken: the log start of every input partition with nothing committed, where its
+        first event must be. Without it a checkpointed agent took whatever came first as the
+        start (seen in the chaos run: a partition taken over before its first commit lost
+        its first 4,269 records, handed out from past them after a rebalance).
+
+        Then every input partition is sought to its start again: what the fetcher brought
+        while Faust sought was dropped (`assignment_sought`), and aiokafka leaves a partition
+        with nothing committed wherever its fetcher was."""
+        generation = self.app.consumer_generation_id
         await super().perform_seek()
         inputs = {state.topic for state in partition_states}
-        fresh = {
-            tp
-            for tp in self.assignment()
-            if tp.topic in inputs and committed_offset(self.app, tp) is None
-        }
+        mine = {tp for tp in self.assignment() if tp.topic in inputs}
+        fresh = {tp for tp in mine if committed_offset(self.app, tp) is None}
         if fresh:
             await log_starts.add(self.app, fresh)
+        self.sought_generation = generation
+        for tp in sorted(mine):
+            start = start_offset(self.app, tp)
+            if start is not None and self.app.consumer_generation_id == generation:
+                await self.seek(tp, start)
 
 
 def acknowledgeable(app: Any, message: Any) -> bool:
@@ -553,9 +611,19 @@ class LogStarts:
 log_starts = LogStarts()
 
 
+def assignment_sought(app: Any) -> bool:
+    """Whether the current assignment's partitions have been sought to where the group goes
+    on in them. Faust resumes them before it seeks and hands out what the fetcher brings
+    meanwhile, while their committed offsets are not known yet: taken for the start of a
+    partition with nothing committed, the log start (which the lag metric learns early) made
+    a worker seek back to offset 0 and read the partition again."""
+    return bool(app.consumer.sought_generation == app.consumer_generation_id)
+
+
 def start_offset(app: Any, tp: TP) -> int | None:
     """Where the group goes on in the partition since its assignment: the committed offset,
-    else the start of its log; None while neither is known."""
+    else the start of its log; None while neither is known. Known only once
+    `assignment_sought`."""
     committed = committed_offset(app, tp)
     return committed if committed is not None else log_starts.get(app, tp)
 

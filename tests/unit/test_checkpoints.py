@@ -326,7 +326,7 @@ def test_a_partition_whose_messages_come_with_a_hole_is_sought_back(
     app = SimpleNamespace(
         consumer_generation_id=3,
         flow_control=FlowControl(),
-        consumer=SimpleNamespace(_committed_offset=committed, seek=seek),
+        consumer=SimpleNamespace(_committed_offset=committed, seek=seek, sought_generation=3),
     )
     books = Checkpointer(app, "books", [], topic="raw", contiguous=True)
 
@@ -374,13 +374,23 @@ def test_a_partition_with_nothing_committed_starts_at_its_log_start(
         consumer_generation_id=3,
         flow_control=FlowControl(),
         consumer=SimpleNamespace(
-            _committed_offset={}, seek=seek, earliest_offsets=earliest_offsets
+            _committed_offset={},
+            seek=seek,
+            earliest_offsets=earliest_offsets,
+            sought_generation=2,
         ),
     )
     books = Checkpointer(app, "books", [], topic="raw", contiguous=True)
 
     async def run() -> None:
+        # Faust hands out what the fetcher brings before its seek at the assignment is done,
+        # when where the partition begins is not known yet (the lag metric may have learned
+        # its log start already): dropped, without a seek of its own.
         await transport.log_starts.add(app, {TP("raw", 1)})
+        assert not books.admit(Event(RawMessage(1, 3, 14)))
+        await asyncio.sleep(0)
+        assert sought == []
+        app.consumer.sought_generation = 3
         assert not books.admit(Event(RawMessage(1, 3, 14)))
         await asyncio.sleep(0)
         assert sought == [(TP("raw", 1), 0)]

@@ -138,7 +138,8 @@ def test_the_seek_at_an_assignment_learns_where_uncommitted_inputs_begin(
     monkeypatch: Any,
 ) -> None:
     """Input partitions with nothing committed get their log start at the assignment's seek,
-    before any event of it is handed out; committed ones and changelogs are not asked."""
+    before any event of it is taken; committed ones and changelogs are not asked. Then each
+    input is sought to where it begins."""
     from faust.types import TP
 
     from app.transport import CheckpointingConsumer, aiokafka_driver
@@ -163,7 +164,44 @@ def test_the_seek_at_an_assignment_learns_where_uncommitted_inputs_begin(
     consumer.earliest_offsets = earliest_offsets  # type: ignore[method-assign]
     consumer.app = app
 
+    sought: list[tuple[TP, int]] = []
+
+    async def seek(tp: TP, offset: int) -> None:
+        sought.append((tp, offset))
+
+    consumer.seek = seek  # type: ignore[method-assign]
     asyncio.run(consumer.perform_seek())
     assert asked == [{TP("raw", 1)}]
+    # each input sought again, to where it begins: what came before the seek was dropped
+    assert sought == [(TP("raw", 0), 40), (TP("raw", 1), 7)]
+    assert transport.assignment_sought(app)
     assert transport.start_offset(app, TP("raw", 1)) == 7
     assert transport.start_offset(app, TP("raw", 0)) == 40
+
+
+def test_a_seek_holds_the_read_offset_until_the_message_sought_arrives() -> None:
+    """Faust's drain loop sets the read offset after each message it hands out and drops
+    what comes below it: the rest of a batch fetched before a seek must not undo the seek,
+    or the messages sought come again below the read offset and are all dropped."""
+    from faust.types import TP
+
+    offsets = transport.ReadOffsets()
+    tp = TP("raw", 0)
+    offsets[tp] = 160
+    offsets.hold(tp, 152)
+    for stale in (161, 162, 163):  # the rest of the batch, handed out after the seek
+        offsets[tp] = stale
+    assert offsets[tp] == 152  # so 152 onwards, fetched again, pass Faust's filter
+    offsets[tp] = 152  # the message sought
+    offsets[tp] = 153
+    assert offsets[tp] == 153
+    # A new assignment's offsets (Faust's perform_seek) and a revoke end a hold.
+    offsets.hold(tp, 10)
+    offsets.update({tp: 40})
+    offsets[tp] = 41
+    assert offsets[tp] == 41
+    offsets.hold(tp, 0)
+    assert offsets[tp] is None
+    offsets.pop(tp, None)
+    offsets[tp] = 5
+    assert offsets[tp] == 5
