@@ -19,7 +19,7 @@ import orjson
 from faust.cli import option
 
 from app import kafka
-from app.commands import exit_with
+from app.commands import exit_with, wait_for_broker_or_exit
 from app.commands.replay import ensure_topic
 from app.faust_app import app, settings
 from app.lake_files import Lake
@@ -61,10 +61,7 @@ async def sink(
 ) -> dict:
     lake = Lake(root, instance)
     layouts = {settings.topic(b): (b, layout_of(b, RAW_MBO_BASE, COLUMNAR)) for b in bases}
-    try:  # restarted while the broker restarts, it waits
-        await kafka.wait_for_broker(settings, settings.broker_wait)
-    except kafka.BrokerUnreachable as exc:
-        exit_with(str(exc), 1)
+    await wait_for_broker_or_exit(settings)
     for topic in layouts:  # the workers may not have made them yet
         await ensure_topic(settings, topic, settings.partitions)
     consumer = kafka.consumer(

@@ -31,7 +31,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from faust.cli import argument, option
 
 from app import kafka
-from app.commands import exit_with
+from app.commands import exit_with, wait_for_broker_or_exit
 from app.faust_app import app
 from app.feeds.batching import Batcher
 from app.feeds.mbo_files import InputError, is_definition_file, open_mbo, read_definitions
@@ -118,10 +118,7 @@ async def ensure_source_topics(settings: Settings, topic: str, gaps: str) -> int
     """The topics a long-running source writes (the raw topic, its gaps and dead letters);
     returns the raw topic's partition count. A source (re)started while its broker restarts
     waits for it (TAPESTREAM_BROKER_WAIT) instead of exiting."""
-    try:  # restarted while the broker restarts, it waits
-        await kafka.wait_for_broker(settings, settings.broker_wait)
-    except kafka.BrokerUnreachable as exc:
-        exit_with(str(exc), 1)
+    await wait_for_broker_or_exit(settings)
     partitions = await ensure_topic(settings, topic, settings.partitions)
     await ensure_topic(settings, settings.topic(gaps), settings.partitions)
     await ensure_topic(settings, settings.topic("dead.letters"), settings.partitions)
