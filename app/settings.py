@@ -49,6 +49,12 @@ class Settings(BaseModel, frozen=True):
     partitions: int = Field(4, ge=1, le=1024, description="TAPESTREAM_PARTITIONS")
     store: str = Field("rocksdb://", description="TAPESTREAM_STORE")
     data_dir: Path = Field(Path("var/state"), description="TAPESTREAM_DATA_DIR")
+    rocksdb_write_buffer_mb: int = Field(
+        4, ge=1, le=1024, description="TAPESTREAM_ROCKSDB_WRITE_BUFFER_MB"
+    )
+    rocksdb_block_cache_mb: int = Field(
+        8, ge=1, le=65_536, description="TAPESTREAM_ROCKSDB_BLOCK_CACHE_MB"
+    )
     web_host: str = Field("127.0.0.1", description="TAPESTREAM_WEB_HOST")
     web_port: int = Field(6066, ge=1, le=65535, description="TAPESTREAM_WEB_PORT")
     processing_guarantee: Guarantee = Field(
