@@ -56,6 +56,9 @@ class PartitionState(Protocol):
     """An agent's in-memory state, which follows the partitions of its input `topic`."""
 
     topic: str
+    # Whether the topic's offsets have no gaps (written outside transactions), so that the
+    # agent checks each message follows the last (`Checkpointer._in_sequence`)
+    contiguous: bool
 
     def still(self) -> AbstractAsyncContextManager[Any]:
         """Hold the agent still, with no checkpoint of it in flight."""
@@ -434,17 +437,17 @@ class CheckpointingConsumer(aiokafka_driver.Consumer):
 
     async def perform_seek(self) -> None:
         """After the seek to the committed offsets, before any event of the assignment is
-        taken: the log start of every input partition with nothing committed, where its
-        first event must be. Without it a checkpointed agent took whatever came first as the
-        start (seen in the chaos run: a partition taken over before its first commit lost
-        its first 4,269 records, handed out from past them after a rebalance).
+        taken: the log start of every contiguous input partition with nothing committed,
+        where its first event must be. Without it a checkpointed agent took whatever came
+        first as the start (seen in the chaos run: a partition taken over before its first
+        commit lost its first 4,269 records, handed out from past them after a rebalance).
 
-        Then every input partition is sought to its start again: what the fetcher brought
+        Then each of those inputs is sought to its start again: what the fetcher brought
         while Faust sought was dropped (`assignment_sought`), and aiokafka leaves a partition
         with nothing committed wherever its fetcher was."""
         generation = self.app.consumer_generation_id
         await super().perform_seek()
-        inputs = {state.topic for state in partition_states}
+        inputs = {state.topic for state in partition_states if state.contiguous}
         mine = {tp for tp in self.assignment() if tp.topic in inputs}
         fresh = {tp for tp in mine if committed_offset(self.app, tp) is None}
         if fresh:

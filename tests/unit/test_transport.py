@@ -154,10 +154,17 @@ def test_the_seek_at_an_assignment_learns_where_uncommitted_inputs_begin(
         return {tp: 7 for tp in tps}
 
     monkeypatch.setattr(aiokafka_driver.Consumer, "perform_seek", seek_to_committed)
-    monkeypatch.setattr(transport, "partition_states", [SimpleNamespace(topic="raw")])
+    monkeypatch.setattr(
+        transport,
+        "partition_states",
+        [
+            SimpleNamespace(topic="raw", contiguous=True),
+            SimpleNamespace(topic="parts", contiguous=False),
+        ],
+    )
     monkeypatch.setattr(transport, "log_starts", transport.LogStarts())
     consumer = object.__new__(CheckpointingConsumer)
-    assigned = {TP("raw", 0), TP("raw", 1), TP("x-books-changelog", 1)}
+    assigned = {TP("raw", 0), TP("raw", 1), TP("parts", 1), TP("x-books-changelog", 1)}
     consumer.assignment = lambda: assigned  # type: ignore[method-assign]
     consumer._committed_offset = {}
     app = SimpleNamespace(consumer=consumer, consumer_generation_id=5)
