@@ -195,6 +195,7 @@ class Checkpointer:
             )
             self.seeking.pop(partition, None)
             self.expected[partition] = (generation, message.offset + 1)
+            self.app.consumer.pass_over(message.tp, expected, message.offset)
             return True
         if now - state[3] >= SEEK_EVERY_S:
             seek = asyncio.ensure_future(self.app.consumer.seek(message.tp, expected))

@@ -447,16 +447,42 @@ class CheckpointingConsumer(aiokafka_driver.Consumer):
         with nothing committed wherever its fetcher was."""
         generation = self.app.consumer_generation_id
         await super().perform_seek()
-        inputs = {state.topic for state in partition_states if state.contiguous}
-        mine = {tp for tp in self.assignment() if tp.topic in inputs}
+        mine = {tp for tp in self.assignment() if tp.topic in contiguous_inputs()}
         fresh = {tp for tp in mine if committed_offset(self.app, tp) is None}
         if fresh:
             await log_starts.add(self.app, fresh)
+        # Faust also calls this from getmany, uncancelled: an older call ending late must not
+        # mark a newer assignment sought
+        if self.app.consumer_generation_id != generation:
+            return
         self.sought_generation = generation
-        for tp in sorted(mine):
+        for tp in sorted(mine & self.assignment()):
             start = start_offset(self.app, tp)
-            if start is not None and self.app.consumer_generation_id == generation:
-                await self.seek(tp, start)
+            # a log start not learned: from offset 0, which the broker moves to its start
+            await self.seek(tp, 0 if start is None else start)
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Faust records the offsets its drain loop passes over as a gap, which a commit
+        then passes whether or not they were acknowledged (`Consumer._new_offset` takes in
+        every gap interval below the highest acknowledgement, whole). A contiguous input has
+        no gaps of its own: what the loop passes over there is a stale batch ahead of a seek
+        back, not yet applied (`Checkpointer._in_sequence`), and a hold on the read offset
+        (`ReadOffsets`) widened it to the whole batch. Only `pass_over` makes such a gap."""
+        if tp.topic not in contiguous_inputs():
+            await super()._add_gap(tp, offset_from, offset_to)
+
+    def pass_over(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Let commits pass offsets `offset_from` to `offset_to - 1` of a contiguous input,
+        which the broker no longer has, and end the seek's hold."""
+        self._gap[tp].addi(offset_from, offset_to)
+        self._gap[tp].merge_overlaps()
+        self._read_offset.held.pop(tp, None)
+
+
+def contiguous_inputs() -> set[str]:
+    """The input topics whose offsets have no gaps: written outside transactions, and read
+    by an agent that checks each message follows the last."""
+    return {state.topic for state in partition_states if state.contiguous}
 
 
 def acknowledgeable(app: Any, message: Any) -> bool:

@@ -320,13 +320,19 @@ def test_a_partition_whose_messages_come_with_a_hole_is_sought_back(
     async def seek(tp: TP, offset: int) -> None:
         sought.append((tp, offset))
 
+    passed: list[tuple[TP, int, int]] = []
     clock = [100.0]
     monkeypatch.setattr(checkpoints.time, "monotonic", lambda: clock[0])
     committed = {TP("raw", 0): 4290, TP("raw", 1): 2963}
     app = SimpleNamespace(
         consumer_generation_id=3,
         flow_control=FlowControl(),
-        consumer=SimpleNamespace(_committed_offset=committed, seek=seek, sought_generation=3),
+        consumer=SimpleNamespace(
+            _committed_offset=committed,
+            seek=seek,
+            sought_generation=3,
+            pass_over=lambda tp, start, end: passed.append((tp, start, end)),
+        ),
     )
     books = Checkpointer(app, "books", [], topic="raw", contiguous=True)
 
@@ -349,7 +355,9 @@ def test_a_partition_whose_messages_come_with_a_hole_is_sought_back(
         # A hole that lasts is not a race (the broker no longer has those offsets): logged,
         # and the partition goes on.
         clock[0] += checkpoints.SEEK_LIMIT_S + 1
+        assert passed == []
         assert books.admit(Event(RawMessage(0, 3, 4302)))
+        assert passed == [(TP("raw", 0), 4292, 4302)]  # commits may pass them now
         assert books.admit(Event(RawMessage(0, 3, 4303)))
 
     asyncio.run(run())
