@@ -52,8 +52,9 @@ class Settings(BaseModel, frozen=True):
     rocksdb_write_buffer_mb: int = Field(
         4, ge=1, le=1024, description="TAPESTREAM_ROCKSDB_WRITE_BUFFER_MB"
     )
-    rocksdb_block_cache_mb: int = Field(
-        8, ge=1, le=65_536, description="TAPESTREAM_ROCKSDB_BLOCK_CACHE_MB"
+    rocksdb_cache_mb: int = Field(64, ge=8, le=65_536, description="TAPESTREAM_ROCKSDB_CACHE_MB")
+    rocksdb_memtables_mb: int = Field(
+        32, ge=4, le=65_536, description="TAPESTREAM_ROCKSDB_MEMTABLES_MB"
     )
     web_host: str = Field("127.0.0.1", description="TAPESTREAM_WEB_HOST")
     web_port: int = Field(6066, ge=1, le=65535, description="TAPESTREAM_WEB_PORT")
@@ -272,6 +273,15 @@ class Settings(BaseModel, frozen=True):
             delta_depth=self.delta_depth,
             partitions=self.partitions,
         )
+
+    @model_validator(mode="after")
+    def _rocksdb_budget(self) -> Settings:
+        if self.rocksdb_memtables_mb >= self.rocksdb_cache_mb:
+            raise ValueError(
+                "TAPESTREAM_ROCKSDB_MEMTABLES_MB must be below TAPESTREAM_ROCKSDB_CACHE_MB"
+                " (memtables are charged to the cache)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _kafka_security(self) -> Settings:

@@ -75,3 +75,12 @@ def test_a_command_with_a_bad_variable_says_so_in_one_line_and_exits_2() -> None
         "tapestream: invalid configuration: TAPESTREAM_PARTITIONS: Input should be a valid "
         "integer, unable to parse string as an integer"
     ]
+
+
+def test_rocksdb_memtables_fit_in_the_cache_they_are_charged_to() -> None:
+    s = load_settings({})
+    assert s.rocksdb_memtables_mb < s.rocksdb_cache_mb
+    with pytest.raises(SettingsError, match="TAPESTREAM_ROCKSDB_MEMTABLES_MB"):
+        load_settings(
+            {"TAPESTREAM_ROCKSDB_CACHE_MB": "32", "TAPESTREAM_ROCKSDB_MEMTABLES_MB": "32"}
+        )
