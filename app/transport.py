@@ -31,7 +31,7 @@ from aiokafka.errors import IllegalOperation, ProducerFenced
 from faust.exceptions import ProducerSendError
 from faust.streams import _current_event
 from faust.tables.recovery import Recovery
-from faust.transport.consumer import TransactionManager
+from faust.transport.consumer import TransactionManager, ensure_TP
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, EventT, TransportT
 from faust.types.enums import ProcessingGuarantee
@@ -392,6 +392,8 @@ class CheckpointingConsumer(aiokafka_driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._read_offset = ReadOffsets()
+        # The consumer generation whose assignment perform_seek has sought.
+        self.sought_generation: int | None = None
 
     def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -399,7 +401,7 @@ class CheckpointingConsumer(aiokafka_driver.Consumer):
     async def seek(self, partition: TP, offset: int) -> None:
         """Faust's seek, with the read offset held at `offset` (`ReadOffsets`)."""
         await self._seek(partition, offset)
-        self._read_offset.hold(TP(partition.topic, partition.partition), offset)
+        self._read_offset.hold(ensure_TP(partition), offset)
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         if stall_guard.stood_still():
@@ -431,9 +433,6 @@ class CheckpointingConsumer(aiokafka_driver.Consumer):
 
     def ack(self, message: Any) -> bool:
         return acknowledgeable(self.app, message) and bool(super().ack(message))
-
-    # The consumer generation whose assignment perform_seek has sought.
-    sought_generation: int | None = None
 
     async def perform_seek(self) -> None:
         """After the seek to the committed offsets, before any event of the assignment is

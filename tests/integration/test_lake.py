@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 KILLS = 10
 
 
-def _sink(d: Deployment, root: Path, *args: str) -> subprocess.Popen:
+def _sink(d: Deployment, root: Path | str, *args: str) -> subprocess.Popen:
     log = open(d.tmp / "lake.log", "ab")  # noqa: SIM115 - the process keeps it
     return subprocess.Popen(
         [sys.executable, "-m", "faust", "-A", "app", "lake", "--root", str(root), *args],
@@ -41,6 +41,16 @@ def _sink(d: Deployment, root: Path, *args: str) -> subprocess.Popen:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+
+
+def _kill9_and_restart(
+    d: Deployment, root: Path | str, sink: subprocess.Popen, *args: str
+) -> subprocess.Popen:
+    """kill -9 of a sink that must still be running, and a new one in its place."""
+    assert sink.poll() is None, (d.tmp / "lake.log").read_text()[-3000:]
+    sink.send_signal(signal.SIGKILL)
+    sink.wait(timeout=30)
+    return _sink(d, root, *args)
 
 
 def _assert_files_sound(root: Path) -> None:
@@ -88,11 +98,8 @@ def test_the_lake_holds_every_record_once_through_kill9s_of_the_sink(
     try:
         for _ in range(KILLS):
             time.sleep(rng.uniform(3.0, 6.0))  # the sink starts in about 3 s
-            assert sink.poll() is None, (deployment.tmp / "lake.log").read_text()[-3000:]
-            sink.send_signal(signal.SIGKILL)
-            sink.wait(timeout=30)
+            sink = _kill9_and_restart(deployment, root, sink, *args)
             kills.append(len(list(root.rglob("*.parquet"))))
-            sink = _sink(deployment, root, *args)
         _, err = replay.communicate(timeout=180)
         assert replay.returncode == 0, err
         wait_for(lambda: w.get("/instruments/"), 30, "the worker serving")
@@ -218,10 +225,7 @@ def test_a_lake_on_an_object_store_holds_every_record_once_through_kill9s(
     try:
         for _ in range(3):
             time.sleep(5)
-            assert sink.poll() is None, (deployment.tmp / "lake.log").read_text()[-3000:]
-            sink.send_signal(signal.SIGKILL)
-            sink.wait(timeout=30)
-            sink = _sink(deployment, root, *args)
+            sink = _kill9_and_restart(deployment, root, sink, *args)
         _, err = replay.communicate(timeout=180)
         assert replay.returncode == 0, err
         bootstrap = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
