@@ -13,13 +13,26 @@ synced, renamed into place and its directory synced: a reader never sees part of
 crash leaves at most a temporary file, which the next start removes. An object store (any
 `pyarrow.fs` URI such as `s3://bucket/lake`) gets the file under its final name in one PUT,
 which such stores make visible whole.
+
+One sink writes a partition at a time, by the consumer group's say; but a sink that stood still
+(SIGSTOP, a frozen VM) past the session timeout wakes up still holding a file of a partition
+another sink has taken over and written from the same offset. So before a file goes in place,
+the files of its hour and partition are listed, and a file whose span overlaps one already there
+is refused (`Superseded`): the sink that took the partition over wrote those records first. Any
+overlapping file is in that hour's directory, since a file starts with a record and a record's
+hour decides its directory. On a local disk the list and the rename are one step under a lock
+per partition; an object store has no such lock, so there the check narrows the window without
+closing it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -37,6 +50,21 @@ class Span:
     partition: int
     first: int
     last: int
+
+
+def overlaps(a: Span, b: Span) -> bool:
+    return a.partition == b.partition and a.first <= b.last and b.first <= a.last
+
+
+class Superseded(Exception):
+    """A file refused because another sink put a file over part of its span in place first."""
+
+    def __init__(self, span: Span, there: Span) -> None:
+        super().__init__(
+            f"partition {span.partition} offsets {span.first}-{span.last} overlap"
+            f" {there.first}-{there.last}, written by the sink that took the partition over"
+        )
+        self.span = span
 
 
 def file_name(span: Span) -> str:
@@ -105,10 +133,12 @@ class Lake:
         return gone
 
     def write(self, topic: str, hour: int, span: Span, table: pa.Table) -> tuple[str, int]:
-        """Put a file in place, whole; returns its path and size."""
+        """Put a file in place, whole; returns its path and size. Raises `Superseded` if a
+        file there overlaps its span."""
         directory = f"{self.topic_dir(topic)}/{hour_dir(hour)}"
         path = f"{directory}/{file_name(span)}"
         if not self.local:
+            self._refuse_overlap(directory, span)
             pq.write_table(table, path, filesystem=self.fs, compression=COMPRESSION)
             return path, self.fs.get_file_info(path).size
         os.makedirs(directory, exist_ok=True)
@@ -116,10 +146,34 @@ class Lake:
         pq.write_table(table, tmp, compression=COMPRESSION)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with self._partition_lock(topic, span.partition):
+            try:
+                self._refuse_overlap(directory, span)
+            except Superseded:
+                os.remove(tmp)
+                raise
+            os.replace(tmp, path)
         fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
         return path, os.path.getsize(path)
+
+    def _refuse_overlap(self, directory: str, span: Span) -> None:
+        selector = pafs.FileSelector(directory, allow_not_found=True)
+        for info in self.fs.get_file_info(selector):
+            there = parse_name(info.base_name) if info.type == pafs.FileType.File else None
+            if there is not None and overlaps(there, span):
+                raise Superseded(span, there)
+
+    @contextmanager
+    def _partition_lock(self, topic: str, partition: int) -> Iterator[None]:
+        """Held by one process at a time (flock: let go when the process dies, however)."""
+        lock = f"{self.topic_dir(topic)}/.p{partition:04d}.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)

@@ -24,7 +24,7 @@ import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from app import metrics
-from app.lake_files import Lake, Span
+from app.lake_files import Lake, Span, Superseded
 from app.lake_rows import BadMessage, Layout, hour_of
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,10 @@ class LakeSink:
         """The open files of the given (topic, partition)s, or of all."""
         keys = [k for k in self.open if partitions is None or k in partitions]
         return [r for topic, partition in keys for r in self._close(topic, partition)]
+
+    def discard(self, topic: str, partition: int) -> None:
+        """Forget the partition's open file: its records are read again."""
+        self.open.pop((topic, partition), None)
 
     def _close(self, topic: str, partition: int) -> list[Ready]:
         f = self.open.pop((topic, partition))
@@ -194,11 +198,37 @@ async def run(
             await _put(ready)
 
     async def _put(ready: list[Ready]) -> None:
+        refused: set[tuple[str, int]] = set()
         for r in ready:
-            _, size, rows = await asyncio.to_thread(write, lake, r)
+            if (r.topic, r.span.partition) in refused:
+                continue  # after a refused file, a later one would leave a hole before it
+            try:
+                _, size, rows = await asyncio.to_thread(write, lake, r)
+            except Superseded as exc:
+                refused.add((r.topic, r.span.partition))
+                await _reread(r, exc)
+                continue
             progress.files += 1
             progress.bytes += size
             progress.records += rows
+
+    topic_of = {name: topic for topic, (name, _) in sink.layouts.items()}
+    sought: set[TopicPartition] = set()
+
+    async def _reread(r: Ready, exc: Superseded) -> None:
+        """Another sink wrote part of this file's span first: this one stood still past the
+        session timeout. Its file is dropped, and the partition, if it is still this sink's,
+        is read again from where the lake now ends."""
+        metrics.lake_files_superseded.labels(r.topic).inc()
+        log.warning("lake: %s: file dropped, %s", r.topic, exc)
+        tp = TopicPartition(topic_of[r.topic], r.span.partition)
+        sink.discard(tp.topic, tp.partition)
+        if tp not in expected:
+            return
+        at = (await asyncio.to_thread(lake.resume_offsets, r.topic)).get(tp.partition, 0)
+        consumer.seek(tp, at)
+        expected[tp] = at
+        sought.add(tp)
 
     class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -232,11 +262,14 @@ async def run(
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            sought.clear()
             for tp, messages in batch.items():
                 if tp not in expected:
                     log.warning("lake: %d messages of %s (not assigned) left", len(messages), tp)
                     continue
                 for m in messages:
+                    if tp in sought:
+                        break  # the rest of the batch is past where the partition was sought
                     if m.offset < expected[tp]:
                         continue
                     expected[tp] = m.offset + 1

@@ -210,6 +210,11 @@ alerts = Counter(
 lake_records = Counter("tapestream_lake_records", "rows written to the lake", ["topic"])
 lake_files = Counter("tapestream_lake_files", "files put in place in the lake", ["topic"])
 lake_bytes = Counter("tapestream_lake_bytes", "bytes of Parquet written to the lake", ["topic"])
+lake_files_superseded = Counter(
+    "tapestream_lake_files_superseded",
+    "files dropped because another sink wrote part of their span first (docs/lake.md)",
+    ["topic"],
+)
 lake_bad_messages = Counter(
     "tapestream_lake_bad_messages",
     "messages not of their topic's layout, left out of the lake (their offsets still count)",

@@ -145,6 +145,50 @@ def test_the_lake_holds_every_record_once_through_kill9s_of_the_sink(
     assert got == dict(zip(ids.tolist(), counts.tolist(), strict=True))
 
 
+def test_a_sink_stopped_past_its_session_timeout_writes_nothing_twice(
+    deployment: Deployment, lake_input: Path
+) -> None:
+    """Two sinks share the partitions. One is stopped (SIGSTOP) past the session timeout with
+    files open; the other takes its partitions over and writes them from where the lake ended.
+    Woken, the stopped sink finds its files overlapping and drops them, and the lake holds every
+    record once, its files apart."""
+    deployment.base_env["TAPESTREAM_SESSION_TIMEOUT"] = "6"
+    root = deployment.tmp / "lake"
+    w = deployment.worker("w1")
+    records = np.concatenate(list(open_mbo(lake_input).chunks()))
+    span_s = (int(records["ts_recv"].max()) - int(records["ts_recv"].min())) / 1e9
+    args = ("--topics", "mbo.raw,trades", "--roll-seconds", "3")
+    stopped = _sink(deployment, root, *args, "--instance", "a")
+    taker = _sink(deployment, root, *args, "--instance", "b")
+    replay = deployment.replay(lake_input, "--speed", str(span_s / 40))
+    try:
+        time.sleep(8)  # both sinks started, both writing
+        stopped.send_signal(signal.SIGSTOP)
+        time.sleep(6 + 3 + 6)  # the session timeout, a roll of the taker's files, a margin
+        stopped.send_signal(signal.SIGCONT)
+        _, err = replay.communicate(timeout=180)
+        assert replay.returncode == 0, err
+        wait_for(lambda: w.get("/instruments/"), 30, "the worker serving")
+        bootstrap = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
+        wait_for(
+            lambda: all(
+                lake_row_counts(root, t) == topic_row_counts(bootstrap, deployment.prefix, t)
+                for t in ("mbo.raw", "trades")
+            ),
+            120,
+            "the lake to hold every record once",
+        )
+        for sink in (stopped, taker):
+            sink.send_signal(signal.SIGTERM)
+            assert sink.wait(timeout=60) == 0
+    finally:
+        for p in (stopped, taker, replay):
+            if p.poll() is None:
+                p.kill()
+    _assert_files_sound(root)
+    assert "file dropped" in (deployment.tmp / "lake.log").read_text()
+
+
 def test_the_lakes_raw_mbo_gives_the_mbp10_of_the_original_file(deployment: Deployment) -> None:
     """ARL's 3,928 MBP-10 rows, from the lake as from the CSV."""
     arl = require(ARL_MBO_CSV)

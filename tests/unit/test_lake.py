@@ -13,7 +13,7 @@ import pytest
 
 from app.feeds.lake_reader import definitions, lake_chunks, to_records
 from app.feeds.mbo_files import InputError, open_mbo, read_definitions
-from app.lake_files import Lake, Span, parse_name
+from app.lake_files import Lake, Span, Superseded, parse_name
 from app.lake_rows import NS_PER_HOUR, ColumnarLayout, RawLayout, RowLayout
 from app.lake_sink import LakeSink, write
 from models import definitions as defs
@@ -99,6 +99,32 @@ def test_a_file_is_put_in_place_whole_and_says_where_its_partition_resumes(tmp_p
     (Path(path).parent / ".p0001-y.parquet.another.tmp").write_bytes(b"another sink's")
     assert lake.resume_offsets("mbo.raw") == {1: 5}
     assert lake.remove_leftovers("mbo.raw") == 1
+
+
+def test_a_file_over_part_of_one_in_place_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    """Two sinks on one root, as when one stood still past the session timeout and the other
+    took its partition over from the same offset: the second file to arrive is refused."""
+    records = _records(100, HOUR0)
+
+    def ready(first: int, last: int, partition: int = 1) -> object:
+        sink, _ = _sink()
+        for offset in range(first, last + 1):
+            sink.add("t.mbo.raw", partition, offset, b"7", records[offset : offset + 1].tobytes())
+        (r,) = sink.close()
+        return r
+
+    taker, woken = Lake(str(tmp_path), "taker"), Lake(str(tmp_path), "woken")
+    write(taker, ready(0, 9))
+    write(taker, ready(10, 19))
+    with pytest.raises(Superseded, match="offsets 5-24 overlap 10-19"):
+        write(woken, ready(5, 24))
+    with pytest.raises(Superseded):
+        write(woken, ready(19, 19))
+    write(woken, ready(20, 29))  # apart: in place
+    write(woken, ready(0, 9, partition=2))  # another partition
+    assert taker.resume_offsets("mbo.raw") == {1: 30, 2: 10}
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert len(list(tmp_path.rglob("*.parquet"))) == 4
 
 
 def test_definitions_travel_whole_through_the_lake(tmp_path: Path) -> None:
