@@ -57,12 +57,13 @@ def overlaps(a: Span, b: Span) -> bool:
 
 
 class Superseded(Exception):
-    """A file refused because another sink put a file over part of its span in place first."""
+    """A file refused because another sink put a file over part of its span in place first
+    (one of the two stood still past the session timeout)."""
 
     def __init__(self, span: Span, there: Span) -> None:
         super().__init__(
             f"partition {span.partition} offsets {span.first}-{span.last} overlap"
-            f" {there.first}-{there.last}, written by the sink that took the partition over"
+            f" {there.first}-{there.last}, put in place first by another sink"
         )
         self.span = span
 
@@ -138,9 +139,15 @@ class Lake:
         directory = f"{self.topic_dir(topic)}/{hour_dir(hour)}"
         path = f"{directory}/{file_name(span)}"
         if not self.local:
+            buffer = pa.BufferOutputStream()
+            pq.write_table(table, buffer, compression=COMPRESSION)
+            data = buffer.getvalue()
+            # Listed just before the PUT, once the file is encoded: the window it leaves open
+            # is the upload's
             self._refuse_overlap(directory, span)
-            pq.write_table(table, path, filesystem=self.fs, compression=COMPRESSION)
-            return path, self.fs.get_file_info(path).size
+            with self.fs.open_output_stream(path) as out:
+                out.write(data)
+            return path, data.size
         os.makedirs(directory, exist_ok=True)
         tmp = f"{directory}/.{file_name(span)}.{self.instance}.tmp"
         pq.write_table(table, tmp, compression=COMPRESSION)

@@ -216,16 +216,18 @@ async def run(
     sought: set[TopicPartition] = set()
 
     async def _reread(r: Ready, exc: Superseded) -> None:
-        """Another sink wrote part of this file's span first: this one stood still past the
-        session timeout. Its file is dropped, and the partition, if it is still this sink's,
-        is read again from where the lake now ends."""
+        """Another sink put part of this file's span in place first: one of the two stood
+        still past the session timeout, and the partition was written from the same offset
+        twice. The file is dropped, and the partition, if it is still this sink's, is read
+        again from where the lake now ends."""
         metrics.lake_files_superseded.labels(r.topic).inc()
         log.warning("lake: %s: file dropped, %s", r.topic, exc)
         tp = TopicPartition(topic_of[r.topic], r.span.partition)
         sink.discard(tp.topic, tp.partition)
+        at = (await asyncio.to_thread(lake.resume_offsets, r.topic)).get(tp.partition, 0)
+        # Asked after the listing: a revoke may have come meanwhile
         if tp not in expected:
             return
-        at = (await asyncio.to_thread(lake.resume_offsets, r.topic)).get(tp.partition, 0)
         consumer.seek(tp, at)
         expected[tp] = at
         sought.add(tp)
@@ -268,8 +270,10 @@ async def run(
                     log.warning("lake: %d messages of %s (not assigned) left", len(messages), tp)
                     continue
                 for m in messages:
-                    if tp in sought:
-                        break  # the rest of the batch is past where the partition was sought
+                    # Sought back after a dropped file, or revoked while a file was written
+                    # (the rebalance callbacks run beside this loop): the rest is not to take.
+                    if tp in sought or tp not in expected:
+                        break
                     if m.offset < expected[tp]:
                         continue
                     expected[tp] = m.offset + 1

@@ -32,8 +32,8 @@ pytestmark = pytest.mark.integration
 KILLS = 10
 
 
-def _sink(d: Deployment, root: Path | str, *args: str) -> subprocess.Popen:
-    log = open(d.tmp / "lake.log", "ab")  # noqa: SIM115 - the process keeps it
+def _sink(d: Deployment, root: Path | str, *args: str, log_name: str = "lake") -> subprocess.Popen:
+    log = open(d.tmp / f"{log_name}.log", "ab")  # noqa: SIM115 - the process keeps it
     return subprocess.Popen(
         [sys.executable, "-m", "faust", "-A", "app", "lake", "--root", str(root), *args],
         cwd=ROOT,
@@ -150,19 +150,26 @@ def test_a_sink_stopped_past_its_session_timeout_writes_nothing_twice(
 ) -> None:
     """Two sinks share the partitions. One is stopped (SIGSTOP) past the session timeout with
     files open; the other takes its partitions over and writes them from where the lake ended.
-    Woken, the stopped sink finds its files overlapping and drops them, and the lake holds every
-    record once, its files apart."""
+    Woken, the stopped sink holds files over what the taker wrote: whichever of the two comes
+    second is dropped, and the lake holds every record once, its files apart."""
     deployment.base_env["TAPESTREAM_SESSION_TIMEOUT"] = "6"
     root = deployment.tmp / "lake"
     w = deployment.worker("w1")
     records = np.concatenate(list(open_mbo(lake_input).chunks()))
     span_s = (int(records["ts_recv"].max()) - int(records["ts_recv"].min())) / 1e9
     args = ("--topics", "mbo.raw,trades", "--roll-seconds", "3")
-    stopped = _sink(deployment, root, *args, "--instance", "a")
-    taker = _sink(deployment, root, *args, "--instance", "b")
+    stopped = _sink(deployment, root, *args, "--instance", "a", log_name="stopped")
+    taker = _sink(deployment, root, *args, "--instance", "b", log_name="taker")
     replay = deployment.replay(lake_input, "--speed", str(span_s / 40))
     try:
-        time.sleep(8)  # both sinks started, both writing
+        wait_for(
+            lambda: (
+                len({parse_name(f.name).partition for f in (root / "mbo.raw").rglob("p*.parquet")})
+                == 4
+            ),
+            60,
+            "files of every partition: both sinks writing",
+        )
         stopped.send_signal(signal.SIGSTOP)
         time.sleep(6 + 3 + 6)  # the session timeout, a roll of the taker's files, a margin
         stopped.send_signal(signal.SIGCONT)
@@ -186,7 +193,8 @@ def test_a_sink_stopped_past_its_session_timeout_writes_nothing_twice(
             if p.poll() is None:
                 p.kill()
     _assert_files_sound(root)
-    assert "file dropped" in (deployment.tmp / "lake.log").read_text()
+    logs = [(deployment.tmp / f"{name}.log").read_text() for name in ("stopped", "taker")]
+    assert any("file dropped" in log for log in logs), logs[0][-3000:]
 
 
 def test_the_lakes_raw_mbo_gives_the_mbp10_of_the_original_file(deployment: Deployment) -> None:

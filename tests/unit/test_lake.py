@@ -116,7 +116,7 @@ def test_a_file_over_part_of_one_in_place_is_refused_and_leaves_nothing(tmp_path
     taker, woken = Lake(str(tmp_path), "taker"), Lake(str(tmp_path), "woken")
     write(taker, ready(0, 9))
     write(taker, ready(10, 19))
-    with pytest.raises(Superseded, match="offsets 5-24 overlap 10-19"):
+    with pytest.raises(Superseded, match="offsets 5-24 overlap 10-19, put in place first"):
         write(woken, ready(5, 24))
     with pytest.raises(Superseded):
         write(woken, ready(19, 19))
