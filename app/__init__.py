@@ -6,7 +6,7 @@ Importing this package builds the app and registers its agents, tables, web view
 from __future__ import annotations
 
 # Agents, web views and commands register themselves with the app on import.
-from agents import access, dashboard, ingest, instruments, lag, options, web  # noqa: F401
+from agents import access, dashboard, heap, ingest, instruments, lag, options, web  # noqa: F401
 from app.commands import (  # noqa: F401
     alerts,
     backfill,

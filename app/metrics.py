@@ -114,6 +114,15 @@ checkpoint_seconds = Histogram(
     "time to compute and write one checkpoint (at each offset commit)",
     buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2.0, 10.0),
 )
+heap_trimmed = Counter(
+    "tapestream_heap_trimmed_bytes",
+    "resident memory the C heap's timed trim gave back to the system (TAPESTREAM_HEAP_TRIM_S)",
+)
+heap_trim_seconds = Histogram(
+    "tapestream_heap_trim_seconds",
+    "time one trim of the C heap took (in a thread beside the event loop)",
+    buckets=(0.001, 0.005, 0.02, 0.1, 0.5),
+)
 book_load_seconds = Histogram(
     "tapestream_book_load_seconds",
     "time to restore one instrument's books from the table",

@@ -52,6 +52,7 @@ class Settings(BaseModel, frozen=True):
     rocksdb_write_buffer_mb: int = Field(
         4, ge=1, le=1024, description="TAPESTREAM_ROCKSDB_WRITE_BUFFER_MB"
     )
+    heap_trim_s: float = Field(60.0, ge=0, description="TAPESTREAM_HEAP_TRIM_S")
     rocksdb_cache_mb: int = Field(64, ge=8, le=65_536, description="TAPESTREAM_ROCKSDB_CACHE_MB")
     rocksdb_memtables_mb: int = Field(
         32, ge=4, le=65_536, description="TAPESTREAM_ROCKSDB_MEMTABLES_MB"

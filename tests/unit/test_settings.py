@@ -45,6 +45,7 @@ def test_environment_overrides() -> None:
         ("TAPESTREAM_SESSION_STARTS", "GLBX=24:00"),
         ("TAPESTREAM_SESSION_STARTS", "GLBX"),
         ("TAPESTREAM_DELTA_DEPTH", "0"),
+        ("TAPESTREAM_HEAP_TRIM_S", "-1"),
     ],
 )
 def test_invalid_values_name_the_variable(var: str, value: str) -> None:
