@@ -27,9 +27,12 @@ def consume_all(
     expect_messages: int | None = None,
     timeout: float = 60,
     isolation: str = "read_committed",
+    settle: float = 1.0,
 ) -> list[tuple[bytes, bytes, int, int]]:
     """(key, value, partition, offset) of every message in a topic, by plain aiokafka: until
-    `expect_messages` have come, or nothing has for 3 s, or `timeout`."""
+    `expect_messages` have come; or, without it, until every partition is read to its end as
+    the broker gives it now (the last stable offset, read_committed) and nothing has come for
+    `settle` s, in case a transaction was still being committed; or until `timeout`."""
     from aiokafka import AIOKafkaConsumer
 
     async def run() -> list[tuple[bytes, bytes, int, int]]:
@@ -43,17 +46,30 @@ def consume_all(
         )
         await consumer.start()
         out: list[tuple[bytes, bytes, int, int]] = []
+
+        async def at_end() -> bool:
+            assigned = list(consumer.assignment())
+            if not assigned:  # settled with no partitions: the topic does not exist
+                return True
+            ends = await consumer.end_offsets(assigned)
+            for tp in assigned:
+                if await consumer.position(tp) < ends[tp]:
+                    return False
+            return True
+
         try:
             deadline = time.monotonic() + timeout
             idle_since = time.monotonic()
             while time.monotonic() < deadline:
-                batch = await consumer.getmany(timeout_ms=500)
+                batch = await consumer.getmany(timeout_ms=200)
                 got = [m for msgs in batch.values() for m in msgs]
                 out.extend((m.key, m.value, m.partition, m.offset) for m in got)
                 if got:
                     idle_since = time.monotonic()
-                done = expect_messages is not None and len(out) >= expect_messages
-                if done or (expect_messages is None and time.monotonic() - idle_since > 3):
+                if expect_messages is not None:
+                    if len(out) >= expect_messages:
+                        break
+                elif time.monotonic() - idle_since > settle and await at_end():
                     break
         finally:
             await consumer.stop()
