@@ -41,6 +41,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 _NAME = re.compile(r"^p(\d+)-(\d+)-(\d+)\.parquet$")
+_LOCK = re.compile(r"^\.p\d+\.lock$")
 COMPRESSION = "zstd"
 LEFTOVER_S = 600
 
@@ -75,6 +76,15 @@ def file_name(span: Span) -> str:
 def parse_name(name: str) -> Span | None:
     m = _NAME.match(name)
     return Span(int(m[1]), int(m[2]), int(m[3])) if m else None
+
+
+def lock_name(partition: int) -> str:
+    """A partition's lock file, in its topic's directory (local disks only)."""
+    return f".p{partition:04d}.lock"
+
+
+def is_lock_name(name: str) -> bool:
+    return _LOCK.match(name) is not None
 
 
 def hour_dir(hour: int) -> str:
@@ -177,7 +187,7 @@ class Lake:
     @contextmanager
     def _partition_lock(self, topic: str, partition: int) -> Iterator[None]:
         """Held by one process at a time (flock: let go when the process dies, however)."""
-        lock = f"{self.topic_dir(topic)}/.p{partition:04d}.lock"
+        lock = f"{self.topic_dir(topic)}/{lock_name(partition)}"
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

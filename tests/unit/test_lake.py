@@ -13,7 +13,7 @@ import pytest
 
 from app.feeds.lake_reader import definitions, lake_chunks, to_records
 from app.feeds.mbo_files import InputError, open_mbo, read_definitions
-from app.lake_files import Lake, Span, Superseded, parse_name
+from app.lake_files import Lake, Span, Superseded, is_lock_name, parse_name
 from app.lake_rows import NS_PER_HOUR, ColumnarLayout, RawLayout, RowLayout
 from app.lake_sink import LakeSink, write
 from models import definitions as defs
@@ -125,6 +125,10 @@ def test_a_file_over_part_of_one_in_place_is_refused_and_leaves_nothing(tmp_path
     assert taker.resume_offsets("mbo.raw") == {1: 30, 2: 10}
     assert not list(tmp_path.rglob("*.tmp"))
     assert len(list(tmp_path.rglob("*.parquet"))) == 4
+    # Beside the files, only each partition's lock: no name a reader of the lake could mistake
+    others = [p.name for p in tmp_path.rglob("*") if p.is_file() and parse_name(p.name) is None]
+    assert sorted(others) == [".p0001.lock", ".p0002.lock"]
+    assert all(is_lock_name(n) for n in others)
 
 
 def test_definitions_travel_whole_through_the_lake(tmp_path: Path) -> None:
