@@ -398,6 +398,15 @@ class CheckpointingConsumer(aiokafka_driver.Consumer):
     def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _seek(self, partition: TP, offset: int) -> None:
+        """aiokafka's seek, made in the consumer's thread like every other call into it.
+        Faust made it from the event loop's thread, and aiokafka's seek drops what it has
+        buffered for the partition while the consumer's thread may be handing that out: the
+        fetcher then deleted the partition's records twice, and the KeyError crashed the worker
+        (chaos seed 3, at a rebalance's seek). Never called from within a rebalance callback,
+        during which the consumer's thread waits on this one."""
+        await self._thread.call_thread(self._thread.seek, partition, offset)
+
     async def seek(self, partition: TP, offset: int) -> None:
         """Faust's seek, with the read offset held at `offset` (`ReadOffsets`)."""
         await self._seek(partition, offset)

@@ -215,6 +215,30 @@ def test_a_seek_holds_the_read_offset_until_the_message_sought_arrives() -> None
     assert offsets[tp] == 5
 
 
+def test_a_seek_is_made_in_the_consumers_thread_and_then_held() -> None:
+    """aiokafka's seek drops the partition's buffered records; made outside the consumer's
+    thread it raced the thread's handing them out and crashed the worker."""
+    from faust.types import TP
+
+    calls: list[tuple] = []
+
+    class Thread:
+        def seek(self, tp: TP, offset: int) -> None:
+            calls.append(("seek", tp, offset))
+
+        async def call_thread(self, fun: object, *args: object) -> None:
+            calls.append(("in thread", getattr(fun, "__name__", fun)))
+            fun(*args)  # type: ignore[operator]
+
+    consumer = object.__new__(transport.CheckpointingConsumer)
+    consumer._thread = Thread()
+    consumer._read_offset = transport.ReadOffsets()
+    tp = TP("raw", 1)
+    asyncio.run(consumer.seek(tp, 42))
+    assert calls == [("in thread", "seek"), ("seek", tp, 42)]
+    assert consumer._read_offset.held == {tp: 42}
+
+
 def test_only_a_skip_decided_lets_commits_pass_offsets_of_a_contiguous_input(
     monkeypatch: Any,
 ) -> None:
