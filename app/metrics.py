@@ -123,6 +123,14 @@ heap_trim_seconds = Histogram(
     "time one trim of the C heap took (in a thread beside the event loop)",
     buckets=(0.001, 0.005, 0.02, 0.1, 0.5),
 )
+rocksdb_memory = Polled(
+    "tapestream_rocksdb_memory_bytes",
+    "memory RocksDB holds against the worker's one budget: part=cache is the block cache's use, "
+    "memtables included (they are charged to it; at most TAPESTREAM_ROCKSDB_CACHE_MB), "
+    "part=memtables the memtables' alone (at most TAPESTREAM_ROCKSDB_MEMTABLES_MB)",
+    ["part"],
+    counter=False,
+)
 book_load_seconds = Histogram(
     "tapestream_book_load_seconds",
     "time to restore one instrument's books from the table",

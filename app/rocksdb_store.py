@@ -11,6 +11,7 @@ memory is then about `TAPESTREAM_ROCKSDB_CACHE_MB` whatever the number of partit
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
@@ -18,6 +19,8 @@ import rocksdict
 from faust.stores import STORES
 from faust.stores.rocksdb import RocksDBOptions
 from faust.stores.rocksdb import Store as FaustRocksDBStore
+
+from app import metrics
 
 SCHEME = "tapestream-rocksdb"
 
@@ -31,7 +34,20 @@ def _shared(cache_bytes: int, memtable_bytes: int) -> tuple[Any, Any]:
     manager = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
         memtable_bytes, False, block_cache
     )
+    _budgets.append((block_cache, manager))
     return block_cache, manager
+
+
+_budgets: list[tuple[Any, Any]] = []
+
+
+def _memory() -> Iterator[tuple[tuple[str], float]]:
+    if _budgets:
+        yield ("cache",), sum(c.get_usage() for c, _ in _budgets)
+        yield ("memtables",), sum(m.get_usage() for _, m in _budgets)
+
+
+metrics.rocksdb_memory.add_source(_memory)
 
 
 class SharedBudgetOptions(RocksDBOptions):

@@ -154,6 +154,7 @@ def test_the_dashboard_names_only_metrics_a_worker_registers(registered: str) ->
         "tapestream_alerts_total",
         "tapestream_checkpoint_seconds_bucket",
         "tapestream_build_info",
+        "tapestream_rocksdb_memory_bytes",
     ):
         assert name in used, name
 

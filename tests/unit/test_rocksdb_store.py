@@ -47,3 +47,20 @@ def test_databases_on_the_shared_budget_keep_their_data(tmp_path: Path) -> None:
     reopened = options.open(tmp_path / "db1")
     assert len(list(reopened.keys())) == 3000
     reopened.close()
+
+
+def test_the_budget_in_use_is_a_metric(tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    def used(part: str) -> float:
+        value = REGISTRY.get_sample_value("tapestream_rocksdb_memory_bytes", {"part": part})
+        assert value is not None, part
+        return value
+
+    db = _options().open(tmp_path / "db")
+    for n in range(200):
+        db[f"{n:06d}".encode()] = b"x" * 4096
+    # The memtables hold what was written and are charged to the one cache.
+    assert used("memtables") > 0
+    assert used("cache") >= used("memtables")
+    db.close()
