@@ -37,7 +37,7 @@ from app.lake_files import Lake
 from app.lake_rows import RawLayout
 from app.lake_sink import LakeSink, write
 from app.settings import load_settings
-from load_tests.bench_pipeline import _file, _throughput
+from load_tests.bench_pipeline import _file, throughput
 from load_tests.worker_proc import BENCH_DIR, ROOT, bench_worker
 from models.mbo import MBO_SIZE
 
@@ -79,7 +79,7 @@ def pipeline(
     broker: str, path: Path, total: int, sink_args: list[str], lead_s: float
 ) -> dict[str, float]:
     with bench_worker(broker) as w:
-        alone = _throughput(w, path, total)["events_per_s"]
+        alone = throughput(w, path, total)["events_per_s"]
     with bench_worker(broker) as w:
         root = Path(tempfile.mkdtemp(dir=BENCH_DIR))
         log = open(root.with_suffix(".log"), "ab")  # noqa: SIM115 - the process keeps it
@@ -98,7 +98,7 @@ def pipeline(
             if sink.poll() is not None:
                 raise RuntimeError(f"the sink did not start; see {log.name}")
             t0 = time.monotonic()
-            with_sink = _throughput(w, path, total)["events_per_s"]
+            with_sink = throughput(w, path, total)["events_per_s"]
             while _lake_rows(root) < total:
                 if sink.poll() is not None or time.monotonic() - t0 > 600:
                     raise RuntimeError(f"the sink stopped or stalled; see {log.name}")
