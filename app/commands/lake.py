@@ -71,6 +71,11 @@ async def sink(
         isolation_level="read_committed",
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=settings.fetch_bytes,
+        # The lake is in no hurry: the broker gathers up to 1 MiB (or 500 ms) before it
+        # answers, so a burst costs it a few large reads, not hundreds of small ones on the
+        # cores the market path needs (load_tests/bench_lake.py).
+        fetch_min_bytes=1 << 20,
+        fetch_max_wait_ms=500,
         session_timeout_ms=int(settings.session_timeout * 1000),
         # Static membership: a sink restarted under the same name takes its partitions back
         # at once, where a new member waits for the group to give up on the old one.
