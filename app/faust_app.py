@@ -6,6 +6,7 @@ import sys
 
 import app.codecs  # registers the orjson codec before any topic uses it
 from app.kafka import faust_credentials, wait_for_broker
+from app.rocksdb_store import store_url
 from app.settings import SettingsError, load_settings
 from app.transport import OUTPUT_MARGIN, App, TableManager, Worker
 
@@ -20,7 +21,7 @@ app = App(
     settings.app_id,
     broker=settings.broker,
     broker_credentials=faust_credentials(settings),
-    store=settings.store,
+    store=store_url(settings.store),
     datadir=str(settings.data_dir),
     processing_guarantee=settings.processing_guarantee,
     topic_partitions=settings.partitions,
