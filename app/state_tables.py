@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from app.faust_app import app, settings
-from app.rocksdb_store import store_url
 from pipeline.graph import tables
 
 # Keys and values are bytes, which Faust stores raw: keys are instrument ids in ASCII (group
@@ -25,16 +24,16 @@ def _bytes_table(name: str, help: str) -> Any:
         help=help,
         # Compacted by Faust, kept whole: a changelog is the table (docs/topics.md).
         extra_topic_configs={"min.insync.replicas": str(settings.min_insync)},
-        store=store_url(settings.store),
         options=rocksdb_options(),
     )
 
 
 def rocksdb_options() -> dict[str, int]:
-    """Each database's memtable size and the worker's one budget for RocksDB's memory
-    (app/rocksdb_store.py). Faust's defaults (three 64 MiB write buffers and a 2 GiB block
-    cache per database) let a worker's RSS grow for hours. The tables are small and rewritten
-    in place: their working set fits in a few MiB."""
+    """Each database's memtable size and the worker's one budget for RocksDB's memory, read
+    by the app's store (app/rocksdb_store.py, named in app/faust_app.py). Faust's defaults
+    (three 64 MiB write buffers and a 2 GiB block cache per database) let a worker's RSS grow
+    for hours. The tables are small and rewritten in place: their working set fits in a few
+    MiB."""
     return {
         "write_buffer_size": settings.rocksdb_write_buffer_mb << 20,
         "max_write_buffer_number": 2,

@@ -67,8 +67,8 @@ def test_the_budget_in_use_is_a_metric(tmp_path: Path) -> None:
 
 
 def test_the_worker_s_tables_open_the_shared_budget_store() -> None:
-    # Faust takes a table's store URL only if it is truthy, and yarl's URL of
-    # "tapestream-rocksdb://" is not: the app's own store must name the shared-budget one too.
+    # The app's store names it: Faust passes over a table's own store URL when it is falsy,
+    # as yarl's URL of "tapestream-rocksdb://" is.
     import app as _registers_the_tables  # noqa: F401
     from app.faust_app import app, settings
 
@@ -76,4 +76,4 @@ def test_the_worker_s_tables_open_the_shared_budget_store() -> None:
         return
     assert app.tables
     for name, table in app.tables.items():
-        assert type(table._new_store()) is Store, name
+        assert type(table.data) is Store, name
