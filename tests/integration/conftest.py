@@ -109,6 +109,9 @@ class Deployment:
     base_env: dict[str, str]
     tmp: Path
     workers: list[Worker] = field(default_factory=list)
+    # Every background run, stopped at teardown if the test did not: a test that fails before
+    # its own stop must not leave a source running into the next tests.
+    spawned: list[subprocess.Popen] = field(default_factory=list)
 
     @property
     def prefix(self) -> str:
@@ -135,13 +138,15 @@ class Deployment:
         self, *args: str, stdout: Any = subprocess.PIPE, stderr: Any = subprocess.PIPE, **extra: str
     ) -> subprocess.Popen:
         """`faust -A app ARGS...` in the background."""
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "faust", "-A", "app", *args],
             cwd=ROOT,
             env=self.env(**extra),
             stdout=stdout,
             stderr=stderr,
         )
+        self.spawned.append(proc)
+        return proc
 
     def replay(self, path: Path, *args: str) -> subprocess.Popen:
         """`faust -A app replay PATH ARGS...` in the background."""
@@ -321,6 +326,10 @@ def deployment(broker: str, tmp_path: Path) -> Iterator[Deployment]:
             w.proc.send_signal(signal.SIGTERM)
     for w in d.workers:
         w.stop()
+    for proc in d.spawned:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
     if os.environ.get("TAPESTREAM_TEST_KEEP_TOPICS"):  # to look into a failure afterwards
         print(f"topics kept: {tag}.*, {tag}-*", file=sys.stderr)
         return
