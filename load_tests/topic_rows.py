@@ -28,14 +28,16 @@ def consume_all(
     timeout: float = 60,
     isolation: str = "read_committed",
     settle: float = 1.0,
-) -> list[tuple[bytes, bytes, int, int]]:
-    """(key, value, partition, offset) of every message in a topic, by plain aiokafka: until
+    headers: bool = False,
+) -> list[tuple]:
+    """(key, value, partition, offset) of every message in a topic, with its headers as a dict
+    fifth when `headers`, by plain aiokafka: until
     `expect_messages` have come; or, without it, until every partition is read to its end as
     the broker gives it now (the last stable offset, read_committed) and nothing has come for
     `settle` s, in case a transaction was still being committed; or until `timeout`."""
     from aiokafka import AIOKafkaConsumer
 
-    async def run() -> list[tuple[bytes, bytes, int, int]]:
+    async def run() -> list[tuple]:
         consumer = AIOKafkaConsumer(
             topic,
             bootstrap_servers=bootstrap,
@@ -45,7 +47,7 @@ def consume_all(
             group_id=None,
         )
         await consumer.start()
-        out: list[tuple[bytes, bytes, int, int]] = []
+        out: list[tuple] = []
 
         async def at_end() -> bool:
             assigned = list(consumer.assignment())
@@ -63,7 +65,12 @@ def consume_all(
             while time.monotonic() < deadline:
                 batch = await consumer.getmany(timeout_ms=200)
                 got = [m for msgs in batch.values() for m in msgs]
-                out.extend((m.key, m.value, m.partition, m.offset) for m in got)
+                if headers:
+                    out.extend(
+                        (m.key, m.value, m.partition, m.offset, dict(m.headers or ())) for m in got
+                    )
+                else:
+                    out.extend((m.key, m.value, m.partition, m.offset) for m in got)
                 if got:
                     idle_since = time.monotonic()
                 if expect_messages is not None:

@@ -58,7 +58,8 @@ def _raw_by_instrument(d: Deployment, expect: int) -> dict[int, np.ndarray]:
 
     def done() -> bool:
         out.clear()
-        for _key, value, _p, _o, headers in _consume(bootstrap, f"{d.prefix}mbo.raw"):
+        msgs = consume_all(bootstrap, f"{d.prefix}mbo.raw", timeout=20, headers=True)
+        for _key, value, _p, _o, headers in msgs:
             if value and len(value) % MBO_SIZE == 0 and SOURCE_HEADER in headers:
                 recs = np.frombuffer(value, dtype=MBO_DTYPE)
                 out[int(recs["instrument_id"][0])].append(recs)
@@ -68,34 +69,11 @@ def _raw_by_instrument(d: Deployment, expect: int) -> dict[int, np.ndarray]:
     return {iid: np.concatenate(rs) for iid, rs in out.items()}
 
 
-def _consume(bootstrap: str, topic: str) -> list[tuple]:
-    import asyncio
-
-    from aiokafka import AIOKafkaConsumer
-
-    async def run() -> list[tuple]:
-        c = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            group_id=None,
-        )
-        await c.start()
-        got: list[tuple] = []
-        try:
-            idle = time.monotonic()
-            while time.monotonic() - idle < 2:
-                batch = await c.getmany(timeout_ms=500)
-                for msgs in batch.values():
-                    for m in msgs:
-                        got.append((m.key, m.value, m.partition, m.offset, dict(m.headers or ())))
-                        idle = time.monotonic()
-        finally:
-            await c.stop()
-        return got
-
-    return asyncio.run(run())
+def _status(web: int) -> dict | str:
+    try:
+        return requests.get(f"http://127.0.0.1:{web}/status", timeout=5).json()
+    except requests.RequestException as exc:
+        return f"unanswered ({exc})"
 
 
 def _acked(status: dict) -> dict | None:
@@ -240,7 +218,10 @@ def test_real_files_come_through_the_live_path_byte_for_byte(
             "--web-port",
             str(web),
         )
-        raw = _raw_by_instrument(deployment, len(file_records))
+        try:
+            raw = _raw_by_instrument(deployment, len(file_records))
+        except AssertionError as exc:  # where the source stood says which side fell short
+            raise AssertionError(f"{exc}; the live source's status: {_status(web)}") from None
         status = wait_for(
             lambda: _acked(requests.get(f"http://127.0.0.1:{web}/status", timeout=5).json()),
             30,
@@ -258,9 +239,8 @@ def test_real_files_come_through_the_live_path_byte_for_byte(
     assert status["instruments"] == 1 and status["resume_from_ts_event"] is not None
     assert f"tapestream_live_records_total {float(len(file_records))}" in metrics
     assert "db-standin-test-key" not in metrics + str(status)  # the key is nowhere
-    msgs = _consume(
-        deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://"), f"{deployment.prefix}mbo.raw"
-    )
+    bootstrap = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
+    msgs = consume_all(bootstrap, f"{deployment.prefix}mbo.raw", headers=True)
     defs = [m for m in msgs if m[1] and m[1][1] == 0x13]
     assert [d[0] for d in defs] == ([str(iid).encode()] if len(files) > 1 else [])
 
@@ -324,5 +304,9 @@ def test_a_restart_past_the_replay_horizon_writes_gaps_and_a_snapshot_repairs_th
     ]
     assert sorted(g["instrument_id"] for g in gaps) == sorted(map(int, truth["instruments"]))
     assert all(g["from_ts_event"] < g["to_ts_recv"] for g in gaps)
-    markers = [m for m in _consume(bootstrap, f"{deployment.prefix}mbo.raw") if "gap" in m[4]]
+    markers = [
+        m
+        for m in consume_all(bootstrap, f"{deployment.prefix}mbo.raw", headers=True)
+        if "gap" in m[4]
+    ]
     assert len(markers) == len(truth["instruments"])
