@@ -11,7 +11,8 @@ worker sees one continuous feed: books cleared and rebuilt by each pass's openin
 bars, indicators, flow windows and deltas closing as event time moves. It is paced at `--rate`
 records/s by replay's own clock (`replay_inputs`).
 
-Every `--sample-every` seconds it takes the worker's RSS, open files and threads (from /proc),
+Every `--sample-every` seconds it takes the worker's RSS, open files (and how many of them are
+RocksDB's SST files) and threads (from /proc),
 its event loop's tasks and consumer lag (from /metrics), and the records it applied. A
 read_committed consumer of book.deltas in this process times every level change from the 20 ms
 replay tick that sent its event (as bench_pipeline's latency phase), p50/p99 per sample.
@@ -20,8 +21,11 @@ After `--warmup-minutes` it checks that:
 - RSS is flat: its least-squares slope is under `--rss-slope-limit` MB per hour;
 - latency does not drift: the last third's p99 is within 1.5 times the first third's, plus
   20 ms;
-- open files and tasks do not grow: the last sample's are within 10% (plus 5) of the
-  warm-up's;
+- open files other than RocksDB's SST files, and tasks, do not grow: the last sample's are
+  within 10% (plus 5) of the warm-up's;
+- the SST files settle: RocksDB keeps each open, and their number climbs while each
+  database's levels fill, then holds where compaction keeps it, so the last third's median is
+  within 10% (plus 5) of the middle third's;
 - the worker kept up: lag at the end is under 2 seconds of input.
 The broker must be running (`make broker-start`).
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import statistics
@@ -107,6 +112,7 @@ class Sample:
     rss_mb: float
     open_fds: int
     threads: int
+    table_files: int  # of the open files, RocksDB's SST files
     tasks: float | None
     lag: float | None
     applied: float | None
@@ -128,11 +134,17 @@ def _mb(value: float | None) -> float | None:
     return None if value is None else value / 2**20
 
 
-def _proc(pid: int) -> tuple[float, int, int]:
+def _proc(pid: int) -> tuple[float, int, int, int]:
+    """RSS (MB), open files, of them RocksDB's SST files, threads."""
     status = Path(f"/proc/{pid}/status").read_text()
     rss_kb = int(re.search(r"^VmRSS:\s+(\d+)", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
     threads = int(re.search(r"^Threads:\s+(\d+)", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
-    return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd")), threads
+    fds = os.listdir(f"/proc/{pid}/fd")
+    tables = 0
+    for fd in fds:
+        with contextlib.suppress(OSError):  # closed since it was listed
+            tables += os.readlink(f"/proc/{pid}/fd/{fd}").endswith(".sst")
+    return rss_kb / 1024, len(fds), tables, threads
 
 
 @dataclass(eq=False)
@@ -149,7 +161,7 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(self.every):
             try:
-                rss, fds, threads = _proc(self.worker.proc.pid)
+                rss, fds, tables, threads = _proc(self.worker.proc.pid)
             except (FileNotFoundError, ProcessLookupError):
                 return  # the worker is gone; the run notices
             try:
@@ -163,6 +175,7 @@ class Sampler(threading.Thread):
                     rss_mb=rss,
                     open_fds=fds,
                     threads=threads,
+                    table_files=tables,
                     tasks=_metric_sum(text, "tapestream_event_loop_tasks"),
                     lag=_metric_sum(text, "tapestream_consumer_lag", 'topic="[^"]*mbo.raw"'),
                     applied=_metric_sum(
@@ -232,6 +245,11 @@ def _thirds(values: list[float]) -> tuple[list[float], list[float]]:
     return values[:n], values[-n:] if n else []
 
 
+def _middle_third(values: list[float]) -> list[float]:
+    n = len(values) // 3
+    return values[n:-n] if n else values
+
+
 def _report(args: argparse.Namespace, fed: dict, samples: list[Sample]) -> dict[str, Any]:
     warm = [s for s in samples if s.t >= args.warmup_minutes * 60]
     if len(warm) < 3:
@@ -242,6 +260,12 @@ def _report(args: argparse.Namespace, fed: dict, samples: list[Sample]) -> dict[
     p50 = [s.p50_ms for s in warm if s.p50_ms is not None]
     first99, last99 = _thirds(p99)
     fds = [s.open_fds for s in warm]
+    # RocksDB keeps every SST file open. Their number climbs while each database's levels
+    # fill, then holds where compaction keeps it; the other files must not grow at all.
+    tables = [s.table_files for s in warm]
+    others = [s.open_fds - s.table_files for s in warm]
+    _, last_tables = _thirds(tables)
+    middle_tables = _middle_third(tables)
     tasks = [s.tasks for s in warm if s.tasks is not None]
     lags = [s.lag for s in warm if s.lag is not None]
     end_lag = lags[-1] if lags else None
@@ -252,7 +276,9 @@ def _report(args: argparse.Namespace, fed: dict, samples: list[Sample]) -> dict[
         "rss_flat": rss_slope < args.rss_slope_limit,
         "latency_no_drift": bool(first99 and last99)
         and statistics.median(last99) <= 1.5 * statistics.median(first99) + 20,
-        "open_files_flat": fds[-1] <= fds[0] * 1.1 + 5,
+        "open_files_flat": others[-1] <= others[0] * 1.1 + 5,
+        "table_files_settle": bool(last_tables)
+        and statistics.median(last_tables) <= statistics.median(middle_tables) * 1.1 + 5,
         "tasks_flat": bool(tasks) and tasks[-1] <= tasks[0] * 1.1 + 5,
         "kept_up": end_lag is not None and end_lag < 2 * args.rate,
     }
@@ -286,6 +312,12 @@ def _report(args: argparse.Namespace, fed: dict, samples: list[Sample]) -> dict[
         },
         "consumer_lag_records": spread(lags),
         "open_files": spread(fds),
+        "open_files_not_tables": spread(others),
+        "table_files": {
+            **(spread(tables) or {}),
+            "middle_third_median": statistics.median(middle_tables),
+            "last_third_median": statistics.median(last_tables) if last_tables else None,
+        },
         "event_loop_tasks": spread(tasks),
         "threads": spread([s.threads for s in warm]),
         "checks": checks,
@@ -304,7 +336,7 @@ def _plot(samples: list[Sample], path: Path, args: argparse.Namespace) -> None:
         ("RSS (MB)", None),
         ("latency p50 / p99 (ms)", None),
         ("consumer lag (records)", [s.lag if s.lag is not None else np.nan for s in samples]),
-        ("open files", [s.open_fds for s in samples]),
+        ("open files", None),
         ("event loop tasks", [s.tasks if s.tasks is not None else np.nan for s in samples]),
     ]
     fig, axes = plt.subplots(len(series), 1, figsize=(12, 13), sharex=True)
@@ -313,6 +345,10 @@ def _plot(samples: list[Sample], path: Path, args: argparse.Namespace) -> None:
             ax.plot(minutes, [s.rss_mb for s in samples], label="worker RSS")
             rocks = [s.rocksdb_mb if s.rocksdb_mb is not None else np.nan for s in samples]
             ax.plot(minutes, rocks, label="of it RocksDB (budget)")
+            ax.legend(loc="upper left")
+        elif title == "open files":
+            ax.plot(minutes, [s.open_fds for s in samples], label="all")
+            ax.plot(minutes, [s.table_files for s in samples], label="of them RocksDB's SST files")
             ax.legend(loc="upper left")
         elif values is None:
             ax.plot(minutes, [s.p50_ms or np.nan for s in samples], label="p50")
