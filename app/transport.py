@@ -311,6 +311,36 @@ async def revoke_with_states_still(
     return partitions
 
 
+# How long a worker waits, before it joins the group, for the broker's metadata to list the
+# topics it subscribes to. Topics it has just created show within milliseconds; one that
+# nobody creates ends the wait with a warning, and the worker goes on as Faust would.
+TOPICS_LISTED_WAIT_S = 30.0
+TOPICS_LISTED_POLL_S = 0.1
+
+
+async def wait_for_topics_listed(
+    list_partitions: Callable[[], Awaitable[Mapping[str, int]]],
+    topics: set[str],
+    wait_s: float = TOPICS_LISTED_WAIT_S,
+    poll_s: float = TOPICS_LISTED_POLL_S,
+) -> set[str]:
+    """Wait until every topic in `topics` shows in the broker's metadata with partitions;
+    return those still missing when `wait_s` runs out.
+
+    A broker answers CreateTopics once its controller has the topic, and lists it in metadata a
+    moment later. A worker that joined the group in between took a changelog it had just created
+    as having no partitions; at the first commit Faust compared that 0 with the source topic's
+    partitions, raised PartitionsMismatch in the commit handler and the worker died (seen in CI,
+    tests/integration/test_dashboard.py)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        listed = await list_partitions()
+        missing = {topic for topic in topics if not listed.get(topic)}
+        if not missing or time.monotonic() >= deadline:
+            return missing
+        await asyncio.sleep(poll_s)
+
+
 class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -320,6 +350,27 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         # instrument then ran 1-1.6 s behind for good (load_tests/bench_pipeline.py).
         consumer._fetch_max_wait_ms = int(self.app.fetch_wait_s * 1000)  # type: ignore[attr-defined]
         return consumer
+
+    async def subscribe(self, topics: Any) -> None:
+        wanted = set(topics)
+        began = time.monotonic()
+        missing = await self.call_thread(wait_for_topics_listed, self._listed_partitions, wanted)
+        waited = time.monotonic() - began
+        if not missing:
+            log.info("the broker lists all %d topics subscribed to (%.2f s)", len(wanted), waited)
+        else:
+            log.warning(
+                "joining the group though the broker's metadata does not list %s after %.0f s",
+                sorted(missing),
+                TOPICS_LISTED_WAIT_S,
+            )
+        await super().subscribe(wanted)
+
+    async def _listed_partitions(self) -> Mapping[str, int]:
+        # A metadata request for every topic, apart from the set aiokafka tracks: asking for
+        # specific topics could auto-create them on a broker that allows it.
+        cluster = await self._ensure_consumer()._client.fetch_all_metadata()
+        return {topic: len(cluster.partitions_for_topic(topic) or ()) for topic in cluster.topics()}
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         # Faust, inside a transaction, answers from the last stable offset of aiokafka's last

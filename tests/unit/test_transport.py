@@ -274,3 +274,35 @@ def test_only_a_skip_decided_lets_commits_pass_offsets_of_a_contiguous_input(
     assert sorted((i.begin, i.end) for i in consumer._gap[TP("raw", 0)]) == [(152, 160)]
     consumer._read_offset[TP("raw", 0)] = 160  # the hold is over
     assert consumer._read_offset[TP("raw", 0)] == 160
+
+
+async def test_a_worker_joins_only_once_the_broker_lists_the_topics_it_just_created() -> None:
+    # The broker lists a new changelog a few answers after it acknowledged creating it; until
+    # then it shows no partitions, which Faust took as a mismatch with the source topic.
+    answers = [
+        {"mbo.raw": 4},
+        {"mbo.raw": 4, "app-journal-changelog": 0},
+        {"mbo.raw": 4, "app-journal-changelog": 4},
+    ]
+    asked = 0
+
+    async def listed() -> dict[str, int]:
+        nonlocal asked
+        asked += 1
+        return answers[min(asked, len(answers)) - 1]
+
+    missing = await transport.wait_for_topics_listed(
+        listed, {"mbo.raw", "app-journal-changelog"}, wait_s=5, poll_s=0
+    )
+    assert missing == set()
+    assert asked == 3
+
+
+async def test_a_topic_nobody_creates_ends_the_wait_and_is_named() -> None:
+    async def listed() -> dict[str, int]:
+        return {"mbo.raw": 4}
+
+    missing = await transport.wait_for_topics_listed(
+        listed, {"mbo.raw", "never.made"}, wait_s=0.05, poll_s=0.01
+    )
+    assert missing == {"never.made"}
