@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,6 +170,17 @@ class Progress:
     input_bytes: int = 0
 
 
+def records_behind(consumer: Any, expected: dict[TopicPartition, int]) -> dict[str, int]:
+    """Per topic, how many records the broker held, at the last fetch, past what the sink has
+    taken: the sink at idle priority falls behind while the workers are busy, and this says
+    by how much, before the raw topic's retention could overtake it."""
+    behind: dict[str, int] = defaultdict(int)
+    for tp, at in list(expected.items()):
+        end = consumer.highwater(tp)
+        behind[tp.topic] += max(end - at, 0) if end is not None else 0
+    return dict(behind)
+
+
 async def run(
     consumer: AIOKafkaConsumer,
     lake: Lake,
@@ -280,14 +292,18 @@ async def run(
                     progress.input_bytes += len(m.value or b"")
                     await put(sink.add(tp.topic, tp.partition, m.offset, m.key, m.value))
             await put(sink.due())
+            behind = records_behind(consumer, expected)
+            for topic in topics:
+                metrics.lake_behind.labels(topic).set(behind.get(topic, 0))
             now = time.monotonic()
             if now - last_report >= report_s:
                 log.info(
-                    "lake: %d records in %d files (%.1f MB) so far, %.0f records/s",
+                    "lake: %d records in %d files (%.1f MB) so far, %.0f records/s, %d behind",
                     progress.records,
                     progress.files,
                     progress.bytes / 1e6,
                     progress.records / max(now - t0, 1e-9),
+                    sum(behind.values()),
                 )
                 last_report = now
         await put(sink.close())

@@ -232,6 +232,11 @@ lake_files_superseded = Counter(
     "files dropped because another sink wrote part of their span first (docs/lake.md)",
     ["topic"],
 )
+lake_behind = Gauge(
+    "tapestream_lake_behind_records",
+    "records on the broker the lake sink has not yet taken, by topic (as of its last fetch)",
+    ["topic"],
+)
 lake_bad_messages = Counter(
     "tapestream_lake_bad_messages",
     "messages not of their topic's layout, left out of the lake (their offsets still count)",

@@ -1,8 +1,8 @@
 """`faust -A app lake [--root DIR|URI] [--topics a,b] [--roll-seconds S] [--file-mb N]
-[--instance NAME] [--nice N] [--metrics-port N]`: the cold tier. Writes the chosen topics to
-Parquet under the lake root, each record exactly once (app/lake_sink.py, docs/lake.md). A
-long-running process beside the workers, in its own consumer group; Ctrl-C or SIGTERM stops it
-after writing what it holds. Run several to share the partitions.
+[--instance NAME] [--nice N] [--no-idle] [--metrics-port N]`: the cold tier. Writes the chosen
+topics to Parquet under the lake root, each record exactly once (app/lake_sink.py,
+docs/lake.md). A long-running process beside the workers, in its own consumer group; Ctrl-C or
+SIGTERM stops it after writing what it holds. Run several to share the partitions.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 
@@ -21,6 +20,7 @@ from faust.cli import option
 from app import kafka
 from app.commands import exit_with, wait_for_broker_or_exit
 from app.commands.replay import ensure_topic
+from app.cpu_priority import run_below_workers
 from app.faust_app import app, settings
 from app.lake_files import Lake
 from app.lake_rows import layout_of
@@ -100,7 +100,12 @@ async def sink(
         "--nice",
         type=click.IntRange(0, 19),
         default=10,
-        help="CPU priority below the workers' (0: the same).",
+        help="CPU priority below the workers' (0: the same), where --no-idle.",
+    ),
+    option(
+        "--idle/--no-idle",
+        default=True,
+        help="Run only on CPU time the workers leave (Linux's idle scheduling class).",
     ),
     option("--metrics-port", type=int, default=0, help="Serve Prometheus metrics (0: none)."),
 )
@@ -112,12 +117,13 @@ async def lake(
     file_mb: float,
     instance: str,
     nice: int,
+    idle: bool,
     metrics_port: int,
 ) -> None:
     """Write topics to a Parquet lake, each record exactly once."""
     # On a machine the workers share, the sink takes the CPU they leave: it falls behind for
     # a while rather than slow the market path (load_tests/bench_lake.py).
-    os.nice(nice)
+    priority = run_below_workers(nice, idle)
     try:
         bases = lake_topics(settings, topics or settings.lake_topics)
     except ValueError as exc:
@@ -131,6 +137,13 @@ async def lake(
     root = root or settings.lake_root
     roll_s = roll_seconds or settings.lake_roll
     file_bytes = int(file_mb * 1024 * 1024) or settings.lake_file_bytes
-    log.info("lake: %s -> %s (roll after %.0f s or %d bytes)", bases, root, roll_s, file_bytes)
+    log.info(
+        "lake: %s -> %s (roll after %.0f s or %d bytes; %s)",
+        bases,
+        root,
+        roll_s,
+        file_bytes,
+        priority,
+    )
     summary = await sink(settings, root, bases, roll_s, file_bytes, instance)
     print(orjson.dumps(summary).decode(), file=sys.stderr)

@@ -4,18 +4,20 @@ where a partition resumes, and reading the raw MBO back in order."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from aiokafka import TopicPartition
 
 from app.feeds.lake_reader import definitions, lake_chunks, to_records
 from app.feeds.mbo_files import InputError, open_mbo, read_definitions
 from app.lake_files import Lake, Span, Superseded, is_lock_name, parse_name
 from app.lake_rows import NS_PER_HOUR, ColumnarLayout, RawLayout, RowLayout
-from app.lake_sink import LakeSink, write
+from app.lake_sink import LakeSink, records_behind, write
 from models import definitions as defs
 from models.mbo import MBO_DTYPE
 from tests.conftest import ESM4_MBO, SHARED_DATA, require
@@ -273,3 +275,18 @@ def test_a_message_whose_rows_cannot_be_typed_is_left_out_and_the_rest_written(
     _, _, rows = write(Lake(str(tmp_path)), ready)
     assert rows == 2
     assert Lake(str(tmp_path)).resume_offsets("bars.1m") == {0: 4}
+
+
+def test_how_far_the_sink_is_behind_counts_per_topic_what_the_broker_holds_past_it() -> None:
+    ends = {
+        TopicPartition("mbo.raw", 0): 1_000,
+        TopicPartition("mbo.raw", 1): 40,
+        TopicPartition("trades", 0): None,  # not fetched yet: unknown, not counted
+    }
+    consumer = SimpleNamespace(highwater=ends.get)
+    expected = {
+        TopicPartition("mbo.raw", 0): 900,
+        TopicPartition("mbo.raw", 1): 40,
+        TopicPartition("trades", 0): 0,
+    }
+    assert records_behind(consumer, expected) == {"mbo.raw": 100, "trades": 0}
