@@ -1,7 +1,7 @@
 """The lake sink's cost, printed as JSON.
 
     python -m load_tests.bench_lake [--records 4000000] [--instruments 100] [--runs 3]
-        [--phases offline,pipeline] [--lead 10] [--sink-args '--topics all --no-idle']
+        [--phases offline,pipeline,idle_loop] [--lead 10] [--sink-args '--topics all --no-idle']
 
 offline   the sink's own work on a generated file's raw MBO with no broker (4,096-record
           messages into `LakeSink`, files written as the sink writes them): records/s, and the
@@ -13,6 +13,10 @@ pipeline  per run, two fresh workers, each fed the same file by replay at full s
           applied every record, for each, and their ratio (the market path's throughput with
           the sink over without, taken in the same run); the seconds until the lake held every
           raw record, and its bytes per raw record.
+idle_loop per run, two fresh workers fed the same file: one alone, one beside a busy loop in
+          the idle scheduling class, as the sink runs (not a default phase). What any work on
+          the CPU time the market path leaves costs it on this machine, the floor under the
+          pipeline phase's ratio.
 Medians over runs, with every run's figures. The broker must be running (`make broker-start`);
 the sink shares the machine's two cores with the worker, the replay and the broker.
 """
@@ -66,6 +70,32 @@ def offline(path: Path) -> dict[str, float]:
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# One process that wants a core all the time, in the idle class as the sink runs: what any
+# work on the CPU time the market path leaves costs it, sink or not.
+IDLE_LOOP = (
+    "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass"
+)
+
+
+def idle_loop(broker: str, path: Path, total: int, loop_first: bool) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for with_loop in (True, False) if loop_first else (False, True):
+        with bench_worker(broker) as w:
+            loop = subprocess.Popen([sys.executable, "-c", IDLE_LOOP]) if with_loop else None
+            try:
+                out[with_loop] = throughput(w, path, total)["events_per_s"]
+            finally:
+                if loop is not None:
+                    loop.kill()
+                    loop.wait()
+    return {
+        "events_per_s_alone": out[False],
+        "events_per_s_beside_idle_loop": out[True],
+        "ratio": out[True] / out[False],
+        "loop_first": float(loop_first),
+    }
 
 
 def _lake_rows(root: Path) -> int:
@@ -164,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 broker, path, total, args.sink_args.split(), args.lead, sink_first=i % 2 == 1
             ),
         ),
+        ("idle_loop", lambda i: idle_loop(broker, path, total, loop_first=i % 2 == 1)),
     ):
         if name not in phases:
             continue
