@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import faust
-from aiokafka.errors import IllegalOperation, ProducerFenced
+from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 from faust.exceptions import ProducerSendError
 from faust.streams import _current_event
 from faust.tables.recovery import Recovery
@@ -354,7 +354,12 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     async def subscribe(self, topics: Any) -> None:
         wanted = set(topics)
         began = time.monotonic()
-        missing = await self.call_thread(wait_for_topics_listed, self._listed_partitions, wanted)
+        # One call into the consumer's thread per request (the client lives on its loop), the
+        # waiting between them here: the thread's call queue has two slots, and Faust's
+        # fetches and commits need them.
+        missing = await wait_for_topics_listed(
+            lambda: self.call_thread(self._listed_partitions, wanted), wanted
+        )
         waited = time.monotonic() - began
         if not missing:
             log.info("the broker lists all %d topics subscribed to (%.2f s)", len(wanted), waited)
@@ -366,11 +371,17 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
             )
         await super().subscribe(wanted)
 
-    async def _listed_partitions(self) -> Mapping[str, int]:
+    async def _listed_partitions(self, wanted: set[str]) -> Mapping[str, int]:
         # A metadata request for every topic, apart from the set aiokafka tracks: asking for
-        # specific topics could auto-create them on a broker that allows it.
-        cluster = await self._ensure_consumer()._client.fetch_all_metadata()
-        return {topic: len(cluster.partitions_for_topic(topic) or ()) for topic in cluster.topics()}
+        # specific topics could auto-create them on a broker that allows it. A broker that
+        # does not answer lists nothing this time; the wait asks again until its deadline,
+        # where before this wait a subscription never needed the broker at all.
+        try:
+            cluster = await self._ensure_consumer()._client.fetch_all_metadata()
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.info("metadata for the subscription not read (%s); asking again", exc)
+            return {}
+        return {topic: len(cluster.partitions_for_topic(topic) or ()) for topic in wanted}
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         # Faust, inside a transaction, answers from the last stable offset of aiokafka's last

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from faust.transport.producer import ProducerBuffer
 
 from app import transport
@@ -306,3 +307,25 @@ async def test_a_topic_nobody_creates_ends_the_wait_and_is_named() -> None:
         listed, {"mbo.raw", "never.made"}, wait_s=0.05, poll_s=0.01
     )
     assert missing == {"never.made"}
+
+
+async def test_a_broker_that_does_not_answer_lists_nothing_and_the_wait_asks_again() -> None:
+    answers: list[Any] = [
+        KafkaError("no broker answered"),
+        SimpleNamespace(partitions_for_topic=lambda t: {0, 1, 2, 3} if t == "mbo.raw" else None),
+    ]
+
+    class Client:
+        async def fetch_all_metadata(self) -> Any:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    thread = object.__new__(transport.ConsumerThread)
+    thread._ensure_consumer = lambda: SimpleNamespace(_client=Client())  # type: ignore[method-assign]
+    missing = await transport.wait_for_topics_listed(
+        lambda: thread._listed_partitions({"mbo.raw"}), {"mbo.raw"}, wait_s=5, poll_s=0
+    )
+    assert missing == set()
+    assert answers == []
