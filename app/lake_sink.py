@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError
 
 from app import metrics
 from app.lake_files import Lake, Span, Superseded
@@ -170,14 +171,27 @@ class Progress:
     input_bytes: int = 0
 
 
-def records_behind(consumer: Any, expected: dict[TopicPartition, int]) -> dict[str, int]:
-    """Per topic, how many records the broker held, at the last fetch, past what the sink has
-    taken: the sink at idle priority falls behind while the workers are busy, and this says
-    by how much, before the raw topic's retention could overtake it."""
+BEHIND_EVERY_S = 5.0
+
+
+async def records_behind(consumer: Any, partitions: list[TopicPartition]) -> dict[str, int]:
+    """Per topic, how many records the broker held, at the last fetch, past the sink's
+    position: the sink at idle priority falls behind while the workers are busy, and this says
+    by how much, before the raw topic's retention could overtake it. Read committed, the end
+    is the last stable offset; position, not the last record taken, since a transaction's
+    commit marker takes an offset too. A partition not fetched yet counts 0."""
     behind: dict[str, int] = defaultdict(int)
-    for tp, at in list(expected.items()):
-        end = consumer.highwater(tp)
-        behind[tp.topic] += max(end - at, 0) if end is not None else 0
+    for tp in partitions:
+        end = consumer.last_stable_offset(tp)
+        if end is None or end < 0:  # -1: read uncommitted
+            end = consumer.highwater(tp)
+        if end is None:
+            continue
+        try:
+            at = await consumer.position(tp)
+        except IllegalStateError:
+            continue  # revoked since
+        behind[tp.topic] += max(end - at, 0)
     return dict(behind)
 
 
@@ -272,6 +286,24 @@ async def run(
 
     consumer.subscribe(topics, listener=Listener())
     await consumer.start()
+    behind: dict[str, int] = {}
+
+    async def watch_behind() -> None:
+        # Beside the loop, not in it: a partition's position can take a moment to be known
+        # after a rebalance, and the loop must not wait for a gauge.
+        while True:
+            try:
+                now_behind = await records_behind(consumer, list(expected))
+            except Exception as exc:  # a gauge must not end the sink; the loop sees real errors
+                log.debug("lake: records behind not read: %s", exc)
+                now_behind = dict(behind)
+            behind.clear()
+            behind.update(now_behind)
+            for topic in topics:
+                metrics.lake_behind.labels(sink.layouts[topic][0]).set(behind.get(topic, 0))
+            await asyncio.sleep(BEHIND_EVERY_S)
+
+    watching = asyncio.create_task(watch_behind())
     t0 = last_report = time.monotonic()
     try:
         while not stop.is_set():
@@ -292,9 +324,6 @@ async def run(
                     progress.input_bytes += len(m.value or b"")
                     await put(sink.add(tp.topic, tp.partition, m.offset, m.key, m.value))
             await put(sink.due())
-            behind = records_behind(consumer, expected)
-            for topic in topics:
-                metrics.lake_behind.labels(topic).set(behind.get(topic, 0))
             now = time.monotonic()
             if now - last_report >= report_s:
                 log.info(
@@ -308,5 +337,6 @@ async def run(
                 last_report = now
         await put(sink.close())
     finally:
+        watching.cancel()
         await consumer.stop()
     return progress

@@ -34,7 +34,24 @@ for line in lines:
 stop.set()
 """
 
-linux_only = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling")
+
+def _idle_class_usable() -> bool:
+    if not hasattr(os, "SCHED_IDLE"):
+        return False  # not Linux
+    if os.sched_getscheduler(0) == os.SCHED_IDLE:
+        return False  # already idle: nothing a child could show
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))",
+        ],
+        capture_output=True,
+    )
+    return probe.returncode == 0  # some sandboxes refuse the call
+
+
+linux_only = pytest.mark.skipif(not _idle_class_usable(), reason="Linux's idle class refused here")
 
 
 def _child(nice: int, mode: str) -> list[str]:
@@ -58,7 +75,9 @@ def test_the_idle_class_reaches_threads_already_running_and_those_started_later(
 
 @linux_only
 def test_without_the_idle_class_every_thread_gets_the_nice_value() -> None:
+    # Never above where the process already runs (raising a priority needs privileges).
+    nice = max(7, os.getpriority(os.PRIO_PROCESS, 0))
     said, *threads = _child(7, "nice")
-    assert said == "nice 7"
+    assert said == f"nice {nice}"
     assert len(threads) >= 3
-    assert all(line.split() == ["False", "7"] for line in threads)
+    assert all(line.split() == ["False", str(nice)] for line in threads)

@@ -277,16 +277,21 @@ def test_a_message_whose_rows_cannot_be_typed_is_left_out_and_the_rest_written(
     assert Lake(str(tmp_path)).resume_offsets("bars.1m") == {0: 4}
 
 
-def test_how_far_the_sink_is_behind_counts_per_topic_what_the_broker_holds_past_it() -> None:
-    ends = {
-        TopicPartition("mbo.raw", 0): 1_000,
-        TopicPartition("mbo.raw", 1): 40,
-        TopicPartition("trades", 0): None,  # not fetched yet: unknown, not counted
-    }
-    consumer = SimpleNamespace(highwater=ends.get)
-    expected = {
-        TopicPartition("mbo.raw", 0): 900,
-        TopicPartition("mbo.raw", 1): 40,
-        TopicPartition("trades", 0): 0,
-    }
-    assert records_behind(consumer, expected) == {"mbo.raw": 100, "trades": 0}
+async def test_how_far_the_sink_is_behind_counts_per_topic_from_its_position() -> None:
+    raw0, raw1, trades = (
+        TopicPartition("p.mbo.raw", 0),
+        TopicPartition("p.mbo.raw", 1),
+        TopicPartition("p.trades", 0),
+    )
+    # Read committed: the end is the last stable offset. Partition 1 is caught up though its
+    # last record was at 38: the commit marker after it took offset 39.
+    stable = {raw0: 1_000, raw1: 40, trades: None}  # trades not fetched yet: not counted
+    positions = {raw0: 900, raw1: 40, trades: 0}
+
+    async def position(tp: TopicPartition) -> int:
+        return positions[tp]
+
+    consumer = SimpleNamespace(
+        last_stable_offset=stable.get, highwater=lambda tp: None, position=position
+    )
+    assert await records_behind(consumer, [raw0, raw1, trades]) == {"p.mbo.raw": 100}
