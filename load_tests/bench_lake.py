@@ -1,6 +1,6 @@
 """The lake sink's cost, printed as JSON.
 
-    python -m load_tests.bench_lake [--records 4000000] [--instruments 100] [--runs 3]
+    python -m load_tests.bench_lake [--records 4000000] [--instruments 100] [--runs 4]
         [--phases offline,pipeline,idle_loop] [--lead 10] [--sink-args '--topics all --no-idle']
 
 offline   the sink's own work on a generated file's raw MBO with no broker (4,096-record
@@ -86,6 +86,8 @@ def idle_loop(broker: str, path: Path, total: int, loop_first: bool) -> dict[str
             loop = subprocess.Popen([sys.executable, "-c", IDLE_LOOP]) if with_loop else None
             try:
                 out[with_loop] = throughput(w, path, total)["events_per_s"]
+                if loop is not None and loop.poll() is not None:
+                    raise RuntimeError("the busy loop ended: is the idle class refused here?")
             finally:
                 if loop is not None:
                     loop.kill()
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=4_000_000)
     ap.add_argument("--instruments", type=int, default=100)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--phases", default="offline,pipeline")
     ap.add_argument("--lead", type=float, default=10.0, help="seconds the sink starts first")
     ap.add_argument(
