@@ -2,14 +2,12 @@
 stage (pipeline/stages.py) drives `BarSet`, whose `checkpoint()` the runtime writes to the
 `bars` table.
 
-Table keys: tables/state_keys.py (`bars`). Values are JSON, with the standard json module
-because window sums can exceed 64 bits.
+Table keys: tables/state_keys.py (`bars`); loading, dirty tracking and the checkpoint's writes:
+tables/partitioned_state.py (values in its `WIDE` codec: window sums can pass 64 bits).
 """
 
 from __future__ import annotations
 
-import json
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,9 +20,9 @@ from models.mbo import instrument_key
 from tables.bars import Added, Bar, BarEngine
 from tables.ifd import SIGNALS
 from tables.indicators import Indicators
-from tables.partitioned_state import PartitionedState
+from tables.partitioned_state import Dirty, PartitionedState, Recent
 from tables.patterns import PatternConfig, Patterns
-from tables.state_keys import bars_key, partition_key, patterns_key
+from tables.state_keys import bars_key, patterns_key
 
 Row = tuple[str, dict[str, Any]]  # (topic base name, row)
 
@@ -77,14 +75,10 @@ class BarStage:
 @dataclass
 class BarPartition:
     stage: BarStage
-    keep: int
+    recent: Recent[tuple[int, int]]  # (instrument, interval) -> the last bars
+    signals: Recent[int]  # instrument -> the last pattern signals
     offset: int = -1  # the last input offset applied
-    recent: dict[tuple[int, int], deque[dict[str, Any]]] = field(default_factory=dict)
-    signals: dict[int, deque[dict[str, Any]]] = field(default_factory=dict)
-    dirty: set[int] = field(default_factory=set)
-    dirty_bars: set[tuple[int, int]] = field(default_factory=set)
-    dirty_signals: set[int] = field(default_factory=set)
-    changed: bool = False
+    dirty: Dirty = field(default_factory=lambda: Dirty("instrument", "bars", "signals"))
 
     def instruments(self) -> set[int]:
         return set(self.stage.engine.instruments()) | {iid for iid, _ in self.stage.indicators}
@@ -100,56 +94,50 @@ class BarSet(PartitionedState[BarPartition]):
         keep: int = 500,
         patterns: PatternConfig | None = None,
     ) -> None:
+        super().__init__()
         self.intervals = sorted(set(intervals_ns))
         self.lateness = lateness_ns
         self.keep = keep
         self.pattern_config = patterns or PatternConfig()
-        self.partitions: dict[int, BarPartition] = {}
 
     def set_pattern_config(self, config: PatternConfig) -> None:
         """New pattern thresholds for bars closed from now on (runtime configuration)."""
         self.pattern_config = config
-        for part in self.partitions.values():
+        for part in self.parts():
             part.stage.pattern_config = config
             for pat in part.stage.patterns.values():
                 pat.config = config
 
-    def load(self, partition: int, get: Callable[[bytes], bytes | None]) -> BarPartition:
-        """The partition's state from its checkpoint (`get` reads the table), or a fresh one."""
-        part = BarPartition(BarStage(self.intervals, self.lateness, self.pattern_config), self.keep)
-        raw = get(partition_key(partition))
-        if raw is not None:
-            meta = json.loads(raw)
-            engine = part.stage.engine
-            engine.watermark = meta["watermark"]
-            engine.late_count = meta["late"]
-            part.offset = meta["offset"]
-            for iid in meta["instruments"]:
-                state = get(instrument_key(iid))
-                if state is None:
-                    continue
-                saved = json.loads(state)
-                if saved["engine"] is not None:
-                    engine.restore(iid, saved["engine"])
-                for iv_name, ind in saved["indicators"].items():
-                    iv = parse_interval(iv_name)
-                    if iv in self.intervals:
-                        part.stage.indicators[(iid, iv)] = Indicators.from_dict(ind)
-                for iv_name, pat in saved["patterns"].items():
-                    iv = parse_interval(iv_name)
-                    if iv in self.intervals:
-                        part.stage.patterns[(iid, iv)] = Patterns.from_dict(
-                            pat, self.pattern_config
-                        )
-                sigs = get(patterns_key(iid))
-                if sigs is not None:
-                    part.signals[iid] = deque(json.loads(sigs), maxlen=self.keep)
-                for iv in self.intervals:
-                    bars = get(bars_key(iid, iv))
-                    if bars is not None:
-                        part.recent[(iid, iv)] = deque(json.loads(bars), maxlen=self.keep)
-        self.partitions[partition] = part
-        return part
+    def fresh(self) -> BarPartition:
+        stage = BarStage(self.intervals, self.lateness, self.pattern_config)
+        return BarPartition(stage, Recent(self.keep), Recent(self.keep))
+
+    def restore(self, part: BarPartition, record: Any, get: Callable[[bytes], Any]) -> None:
+        engine = part.stage.engine
+        engine.watermark = record["watermark"]
+        engine.late_count = record["late"]
+        part.offset = record["offset"]
+        for iid in record["instruments"]:
+            saved = get(instrument_key(iid))
+            if saved is None:
+                continue
+            if saved["engine"] is not None:
+                engine.restore(iid, saved["engine"])
+            for iv_name, ind in saved["indicators"].items():
+                iv = parse_interval(iv_name)
+                if iv in self.intervals:
+                    part.stage.indicators[(iid, iv)] = Indicators.from_dict(ind)
+            for iv_name, pat in saved["patterns"].items():
+                iv = parse_interval(iv_name)
+                if iv in self.intervals:
+                    part.stage.patterns[(iid, iv)] = Patterns.from_dict(pat, self.pattern_config)
+            sigs = get(patterns_key(iid))
+            if sigs is not None:
+                part.signals.restore(iid, sigs)
+            for iv in self.intervals:
+                bars = get(bars_key(iid, iv))
+                if bars is not None:
+                    part.recent.restore((iid, iv), bars)
 
     def seen(self, partition: int, offset: int) -> bool:
         return offset <= self.partitions[partition].offset
@@ -157,100 +145,77 @@ class BarSet(PartitionedState[BarPartition]):
     def add(self, partition: int, offset: int, instrument_id: int, trades: np.ndarray) -> list[Row]:
         part = self.partitions[partition]
         part.offset = max(part.offset, offset)
-        part.changed = True
-        part.dirty.add(instrument_id)
+        part.dirty.add("instrument", instrument_id)
         return part.stage.add(trades, instrument_id)
 
     def advance(self, partition: int, offset: int, received_through: int) -> list[Row]:
         part = self.partitions[partition]
         part.offset = max(part.offset, offset)
-        part.changed = True
+        part.dirty.touch()
         rows = part.stage.advance(received_through)
         for topic, row in rows:
             if topic == INDICATORS:
                 continue
+            iid = row["instrument_id"]
             if topic == SIGNALS:
-                got = part.signals.get(row["instrument_id"])
-                if got is None:
-                    got = part.signals[row["instrument_id"]] = deque(maxlen=self.keep)
-                got.append(row)
-                part.dirty_signals.add(row["instrument_id"])
+                part.signals.append(iid, row)
+                part.dirty.add("signals", iid)
                 continue
-            key = (row["instrument_id"], parse_interval(row["interval"]))
-            recent = part.recent.get(key)
-            if recent is None:
-                recent = part.recent[key] = deque(maxlen=self.keep)
-            recent.append(row)
-            part.dirty.add(key[0])
-            part.dirty_bars.add(key)
+            key = (iid, parse_interval(row["interval"]))
+            part.recent.append(key, row)
+            part.dirty.add("instrument", iid)
+            part.dirty.add("bars", key)
         return rows
 
     def recent(self, instrument_id: int, interval_ns: int, limit: int) -> list[dict] | None:
         """The latest bars held in memory, oldest first; None when the instrument's partition
         is not loaded here."""
-        for part in self.partitions.values():
+        for part in self.parts():
             got = part.recent.get((instrument_id, interval_ns))
             if got is not None:
                 return list(got)[-limit:]
         return None
 
     def recent_signals(self, instrument_id: int | None) -> list[dict[str, Any]]:
-        return [
-            s
-            for part in self.partitions.values()
-            for iid, sigs in part.signals.items()
-            if instrument_id is None or iid == instrument_id
-            for s in sigs
-        ]
+        return [s for part in self.parts() for s in part.signals.matching(instrument_id)]
 
     def indicator_values(self, instrument_id: int, interval_ns: int) -> dict[str, Any] | None:
-        for part in self.partitions.values():
+        for part in self.parts():
             ind = part.stage.indicators.get((instrument_id, interval_ns))
             if ind is not None:
                 return {"bars": ind.count, **ind.values}
         return None
 
-    def checkpoint(self) -> dict[int, list[tuple[bytes, bytes | None]]]:
-        """What changed since the last checkpoint, by partition, as (key, value) writes."""
-        out: dict[int, list[tuple[bytes, bytes | None]]] = {}
-        for p, part in self.partitions.items():
-            if not part.changed:
-                continue
-            engine = part.stage.engine
-            with_windows = set(engine.instruments())
-            rows: list[tuple[bytes, bytes | None]] = []
-            for iid in sorted(part.dirty):
-                state = {
-                    "engine": engine.export(iid) if iid in with_windows else None,
-                    "indicators": {
-                        interval_name(iv): ind.to_dict()
-                        for (i, iv), ind in part.stage.indicators.items()
-                        if i == iid
-                    },
-                    "patterns": {
-                        interval_name(iv): pat.to_dict()
-                        for (i, iv), pat in part.stage.patterns.items()
-                        if i == iid
-                    },
-                }
-                rows.append((instrument_key(iid), json.dumps(state).encode()))
-            for iid, iv in sorted(part.dirty_bars):
-                rows.append((bars_key(iid, iv), json.dumps(list(part.recent[(iid, iv)])).encode()))
-            for iid in sorted(part.dirty_signals):
-                rows.append((patterns_key(iid), json.dumps(list(part.signals[iid])).encode()))
-            meta = {
-                "watermark": engine.watermark,
-                "late": engine.late_count,
-                "offset": part.offset,
-                "instruments": sorted(part.instruments()),
+    def changes(self, part: BarPartition) -> tuple[list[tuple[bytes, Any]], Any]:
+        stage = part.stage
+        with_windows = set(stage.engine.instruments())
+        values: list[tuple[bytes, Any]] = []
+        for iid in part.dirty.items("instrument"):
+            state = {
+                "engine": stage.engine.export(iid) if iid in with_windows else None,
+                "indicators": {
+                    interval_name(iv): ind.to_dict()
+                    for (i, iv), ind in stage.indicators.items()
+                    if i == iid
+                },
+                "patterns": {
+                    interval_name(iv): pat.to_dict()
+                    for (i, iv), pat in stage.patterns.items()
+                    if i == iid
+                },
             }
-            rows.append((partition_key(p), json.dumps(meta).encode()))
-            out[p] = rows
-            part.dirty.clear()
-            part.dirty_bars.clear()
-            part.dirty_signals.clear()
-            part.changed = False
-        return out
+            values.append((instrument_key(iid), state))
+        for iid, iv in part.dirty.items("bars"):
+            values.append((bars_key(iid, iv), part.recent.export((iid, iv))))
+        for iid in part.dirty.items("signals"):
+            values.append((patterns_key(iid), part.signals.export(iid)))
+        record = {
+            "watermark": stage.engine.watermark,
+            "late": stage.engine.late_count,
+            "offset": part.offset,
+            "instruments": sorted(part.instruments()),
+        }
+        return values, record
 
 
 def indicator_row(bar: Bar, values: dict[str, float | None]) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import orjson
 
 from models.mbo import MBO_DTYPE, UNDEF_PRICE, instrument_key
 from tables import book_kernels as K
@@ -33,6 +32,7 @@ from tables.book_engine import (
     fresh_book_row,
 )
 from tables.order_book import ASK, BID
+from tables.partitioned_state import FAST
 from tables.state_keys import page_key
 
 PAGE_DTYPE = np.dtype(
@@ -117,7 +117,7 @@ class BookSet:
         self._books[instrument_id] = []
         raw = get(instrument_key(instrument_id))
         if raw is not None:
-            meta = orjson.loads(raw)
+            meta = FAST.decode(raw)
             inst.position = meta["position"]
             if meta.get("held"):
                 inst.held = np.frombuffer(base64.b64decode(meta["held"]), MBO_DTYPE).copy()
@@ -352,7 +352,7 @@ class BookSet:
             "held": base64.b64encode(inst.held.tobytes()).decode() if len(inst.held) else "",
             "books": books,
         }
-        return orjson.dumps(meta)
+        return FAST.encode(meta)
 
     # -- reading --------------------------------------------------------------------------
     def sequence_gaps(self) -> int:

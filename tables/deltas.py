@@ -26,14 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import orjson
 
 from models.bar_events import LATE_TRADES
 from models.intervals import parse_interval
 from models.mbo import F_LAST, UNDEF_PRICE
 from tables.book_engine import complete_events
-from tables.partitioned_state import PartitionedState
-from tables.state_keys import open_seconds_key, partition_key, pending_key, tops_key
+from tables.partitioned_state import FAST, Dirty, PartitionedState
+from tables.state_keys import open_seconds_key, pending_key, tops_key
 
 SECOND_NS = 1_000_000_000
 BOOKS, BARS = "books", "bars"  # the two sources whose parts make a delta
@@ -90,7 +89,7 @@ class BookSeconds:
         st = self.state[instrument_id] = _Tops(partition)
         raw = get(tops_key(instrument_id))
         if raw is not None:
-            saved = orjson.loads(raw)
+            saved = FAST.decode(raw)
             st.open = saved["open"]
             st.last = {int(p): (v[0], v[1]) for p, v in saved["last"].items()}
 
@@ -100,19 +99,19 @@ class BookSeconds:
         only with its next message would close its open second after the merge had published
         that second without it."""
         raw = get(open_seconds_key(partition))
-        return [] if raw is None else list(orjson.loads(raw))
+        return [] if raw is None else list(FAST.decode(raw))
 
     def checkpoint(self) -> dict[int, list[tuple[bytes, bytes | None]]]:
         out: dict[int, list[tuple[bytes, bytes | None]]] = {}
         for iid, st in self.state.items():
             if st.dirty:
-                out.setdefault(st.partition, []).append((tops_key(iid), orjson.dumps(st.export())))
+                out.setdefault(st.partition, []).append((tops_key(iid), FAST.encode(st.export())))
                 st.dirty = False
         for p, rows in out.items():
             opened = sorted(
                 i for i, st in self.state.items() if st.partition == p and st.open is not None
             )
-            rows.append((open_seconds_key(p), orjson.dumps(opened)))
+            rows.append((open_seconds_key(p), FAST.encode(opened)))
         return out
 
     def evict(self, partitions: set[int]) -> None:
@@ -355,9 +354,9 @@ def delta(instrument_id: int, second: int, pending: _Pending) -> dict[str, Any]:
 @dataclass
 class _MergeState:
     merge: DeltaMerge
-    changed: set[tuple[int, int]] = field(default_factory=set)  # (second, iid) since checkpoint
     written: set[tuple[int, int]] = field(default_factory=set)  # pending keys in the table
-    dirty: bool = False
+    # (second, iid) changed since the last checkpoint: written if pending, deleted if published
+    dirty: Dirty = field(default_factory=lambda: Dirty("pending"))
 
 
 class DeltaSet(PartitionedState[_MergeState]):
@@ -366,86 +365,72 @@ class DeltaSet(PartitionedState[_MergeState]):
     partition's watermarks under `~partition/<p>`. What is pending is the seconds the source
     watermark has not passed yet: about a second's worth."""
 
-    def __init__(self) -> None:
-        self.partitions: dict[int, _MergeState] = {}
+    codec = FAST
 
-    def load(self, partition: int, get: Get) -> DeltaMerge:
-        merge = DeltaMerge()
-        state = self.partitions[partition] = _MergeState(merge)
-        raw = get(partition_key(partition))
-        if raw is None:
-            return merge
-        meta = orjson.loads(raw)
-        merge.watermarks = dict(meta["watermarks"])
-        merge.through = meta["through"]
-        merge.repeats = meta["repeats"]
-        for iid_s, seconds in meta["pending"].items():
+    def fresh(self) -> _MergeState:
+        return _MergeState(DeltaMerge())
+
+    def restore(self, part: _MergeState, record: Any, get: Callable[[bytes], Any]) -> None:
+        merge = part.merge
+        merge.watermarks = dict(record["watermarks"])
+        merge.through = record["through"]
+        merge.repeats = record["repeats"]
+        for iid_s, seconds in record["pending"].items():
             iid = int(iid_s)
             for first, last in seconds:
                 for second in range(first, last + 1):
                     saved = get(pending_key(iid, second))
                     if saved is None:
                         raise ValueError(f"deltas checkpoint: {iid}/{second} is missing")
-                    books, items = orjson.loads(saved)
+                    books, items = saved
                     p = merge.pending[(second, iid)] = _Pending(books)
                     for topic, row in items:
                         p.items[_identity(topic, row)] = (topic, row)
-                    state.written.add((second, iid))
-        return merge
+                    part.written.add((second, iid))
 
     def add(self, partition: int, instrument_id: int, second: int, part: Part) -> bool:
         state = self.partitions[partition]
-        state.dirty = True
+        state.dirty.touch()  # a repeat is counted in the record
         if not state.merge.add(instrument_id, second, part):
             return False
-        state.changed.add((second, instrument_id))
+        state.dirty.add("pending", (second, instrument_id))
         return True
 
     def advance(self, partition: int, source: str, bound: int) -> list[dict[str, Any]]:
         state = self.partitions[partition]
-        state.dirty = True
+        state.dirty.touch()
         out = state.merge.advance(source, bound)
         for d in out:
             key = (d["start"] // SECOND_NS, d["instrument_id"])
             # A published second is deleted from the table if a checkpoint wrote it, and is
-            # forgotten if none did: `changed` holds what is pending, never the history (the
+            # forgotten if none did: what is dirty is what is pending, never the history (the
             # file driver never checkpoints).
             if key in state.written:
-                state.changed.add(key)
+                state.dirty.add("pending", key)
             else:
-                state.changed.discard(key)
+                state.dirty.discard("pending", key)
         return out
 
-    def checkpoint(self) -> dict[int, list[tuple[bytes, bytes | None]]]:
-        out: dict[int, list[tuple[bytes, bytes | None]]] = {}
-        for p, state in self.partitions.items():
-            if not state.dirty:
-                continue
-            merge, rows, deletes = state.merge, [], []
-            for key in sorted(state.changed):
-                second, iid = key
-                pending = merge.pending.get(key)
-                if pending is not None:
-                    items = [[t, r] for t, r in pending.items.values()]
-                    rows.append((pending_key(iid, second), orjson.dumps([pending.books, items])))
-                    state.written.add(key)
-                elif key in state.written:
-                    deletes.append((pending_key(iid, second), None))
-                    state.written.discard(key)
-            meta = {
-                "watermarks": merge.watermarks,
-                "through": merge.through,
-                "repeats": merge.repeats,
-                "pending": _ranges(merge.pending),
-            }
-            # The meta stops naming a published second before its key goes: a checkpoint cut
-            # short (a kill under at_least_once, where nothing is transactional) then leaves
-            # the previous meta with every key it names, at worst a key no meta names.
-            rows.append((partition_key(p), orjson.dumps(meta)))
-            out[p] = rows + deletes
-            state.changed.clear()
-            state.dirty = False
-        return out
+    def changes(self, part: _MergeState) -> tuple[list[tuple[bytes, Any]], Any]:
+        merge = part.merge
+        values: list[tuple[bytes, Any]] = []
+        for key in part.dirty.items("pending"):
+            second, iid = key
+            pending = merge.pending.get(key)
+            if pending is not None:
+                items = [[t, r] for t, r in pending.items.values()]
+                values.append((pending_key(iid, second), [pending.books, items]))
+                part.written.add(key)
+            elif key in part.written:
+                values.append((pending_key(iid, second), None))
+                part.written.discard(key)
+        record = {
+            "watermarks": merge.watermarks,
+            "through": merge.through,
+            "repeats": merge.repeats,
+            "pending": _ranges(merge.pending),
+        }
+        return values, record
 
 
 def _ranges(pending: dict[tuple[int, int], Any]) -> dict[str, list[list[int]]]:

@@ -3,14 +3,12 @@ stage (pipeline/stages.py) drives `IfdSet` with what the books stage published f
 message (the IFD needs the trades and the top of book in the book's own order), and the runtime
 writes what `checkpoint()` returns to the `ifd` table.
 
-Table keys: tables/state_keys.py (`ifd`). Values are JSON via the standard json module,
-since window sums can pass 64 bits.
+Table keys: tables/state_keys.py (`ifd`); loading, dirty tracking and the checkpoint's writes:
+tables/partitioned_state.py (values in its `WIDE` codec: window sums can pass 64 bits).
 """
 
 from __future__ import annotations
 
-import json
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,10 +18,10 @@ import numpy as np
 from models.mbo import instrument_key
 from tables.ifd import PRESSURE, SIGNALS, IfdConfig, IfdStage
 from tables.options import OptionInfo
-from tables.partitioned_state import PartitionedState
+from tables.partitioned_state import Dirty, PartitionedState, Recent
 from tables.pressure import FlowState
 from tables.signals import SignalConfig
-from tables.state_keys import baseline_key, partition_key, signals_key
+from tables.state_keys import baseline_key, signals_key
 
 Row = tuple[str, dict[str, Any]]
 
@@ -31,55 +29,47 @@ Row = tuple[str, dict[str, Any]]
 @dataclass
 class IfdPartition:
     stage: IfdStage
-    keep: int
-    recent: dict[int, deque[dict[str, Any]]] = field(default_factory=dict)
-    dirty: set[int] = field(default_factory=set)
-    dirty_baselines: set[tuple[int, int]] = field(default_factory=set)
-    dirty_signals: set[int] = field(default_factory=set)
-    changed: bool = False
+    recent: Recent[int]  # instrument -> the last signals
+    dirty: Dirty = field(default_factory=lambda: Dirty("instrument", "baseline", "signals"))
 
 
-class IfdSet(PartitionedState["IfdPartition"]):
+class IfdSet(PartitionedState[IfdPartition]):
     def __init__(self, config: IfdConfig, keep: int = 200) -> None:
+        super().__init__()
         self.config = config
         self.keep = keep
-        self.partitions: dict[int, IfdPartition] = {}
 
     def set_signal_config(self, signal: SignalConfig) -> None:
         """New thresholds for windows scored from now on (runtime configuration)."""
         self.config = replace(self.config, signal=signal)
-        for part in self.partitions.values():
+        for part in self.parts():
             part.stage.signals.config = signal
 
-    def load(self, partition: int, get: Callable[[bytes], bytes | None]) -> IfdPartition:
-        part = IfdPartition(IfdStage(self.config), self.keep)
-        raw = get(partition_key(partition))
-        if raw is not None:
-            meta = json.loads(raw)
-            stage = part.stage
-            stage.pressure.watermark = meta["watermark"]
-            stage.pressure.late_count = meta["late"]
-            for iid in meta["instruments"]:
-                saved = get(instrument_key(iid))
-                if saved is not None:
-                    state = json.loads(saved)
-                    stage.flows[iid] = FlowState.restore(state["flow"])
-                    if state.get("publisher") is not None:
-                        stage.publishers[iid] = state["publisher"]
-                    if state.get("option") is not None:
-                        stage.options[iid] = OptionInfo(*state["option"])
-                    stage.pressure.restore(iid, state["windows"])
-                    for direction, start in state["cooldown"].items():
-                        stage.signals.last_signal[(iid, direction)] = start
-                    for bucket in state["buckets"]:
-                        rows = get(baseline_key(iid, bucket))
-                        if rows is not None:
-                            stage.signals.baselines.restore(iid, bucket, json.loads(rows))
-                sig = get(signals_key(iid))
-                if sig is not None:
-                    part.recent[iid] = deque(json.loads(sig), maxlen=self.keep)
-        self.partitions[partition] = part
-        return part
+    def fresh(self) -> IfdPartition:
+        return IfdPartition(IfdStage(self.config), Recent(self.keep))
+
+    def restore(self, part: IfdPartition, record: Any, get: Callable[[bytes], Any]) -> None:
+        stage = part.stage
+        stage.pressure.watermark = record["watermark"]
+        stage.pressure.late_count = record["late"]
+        for iid in record["instruments"]:
+            state = get(instrument_key(iid))
+            if state is not None:
+                stage.flows[iid] = FlowState.restore(state["flow"])
+                if state.get("publisher") is not None:
+                    stage.publishers[iid] = state["publisher"]
+                if state.get("option") is not None:
+                    stage.options[iid] = OptionInfo(*state["option"])
+                stage.pressure.restore(iid, state["windows"])
+                for direction, start in state["cooldown"].items():
+                    stage.signals.last_signal[(iid, direction)] = start
+                for bucket in state["buckets"]:
+                    rows = get(baseline_key(iid, bucket))
+                    if rows is not None:
+                        stage.signals.baselines.restore(iid, bucket, rows)
+            sig = get(signals_key(iid))
+            if sig is not None:
+                part.recent.restore(iid, sig)
 
     def add(
         self,
@@ -91,15 +81,13 @@ class IfdSet(PartitionedState["IfdPartition"]):
     ) -> None:
         part = self.partitions[partition]
         part.stage.add(instrument_id, trades, events, bbo)
-        part.dirty.add(instrument_id)
-        part.changed = True
+        part.dirty.add("instrument", instrument_id)
 
     def define(self, partition: int, instrument_id: int, info: OptionInfo | None) -> None:
         """An instrument definition came through this partition (IfdStage.define)."""
         part = self.partitions[partition]
         part.stage.define(instrument_id, info)
-        part.dirty.add(instrument_id)
-        part.changed = True
+        part.dirty.add("instrument", instrument_id)
 
     def add_baseline(
         self, partition: int, instrument_id: int, bucket: int, rows: list[list[Any]]
@@ -108,9 +96,8 @@ class IfdSet(PartitionedState["IfdPartition"]):
         the next checkpoint as the workers would have written it."""
         part = self.partitions[partition]
         part.stage.signals.baselines.restore(instrument_id, bucket, rows)
-        part.dirty.add(instrument_id)
-        part.dirty_baselines.add((instrument_id, bucket))
-        part.changed = True
+        part.dirty.add("instrument", instrument_id)
+        part.dirty.add("baseline", (instrument_id, bucket))
 
     def take_option_parts(self, partition: int) -> list[list[Any]]:
         return self.partitions[partition].stage.take_option_parts()
@@ -125,73 +112,50 @@ class IfdSet(PartitionedState["IfdPartition"]):
         """What the books published for one message of this partition (IfdStage says more)."""
         part = self.partitions[partition]
         if part.stage.add_book_output(instrument_id, messages):
-            part.dirty.add(instrument_id)
-            part.changed = True
+            part.dirty.add("instrument", instrument_id)
 
     def advance(self, partition: int, received_through: int) -> list[Row]:
         part = self.partitions[partition]
         rows = part.stage.advance(received_through)
-        if rows:
-            part.changed = True
         for topic, row in rows:
             iid = row["instrument_id"]
-            part.dirty.add(iid)
+            part.dirty.add("instrument", iid)
             if topic == PRESSURE:
-                part.dirty_baselines.add((iid, row["bucket"]))
+                part.dirty.add("baseline", (iid, row["bucket"]))
             elif topic == SIGNALS:
-                recent = part.recent.get(iid)
-                if recent is None:
-                    recent = part.recent[iid] = deque(maxlen=self.keep)
-                recent.append(row)
-                part.dirty_signals.add(iid)
+                part.recent.append(iid, row)
+                part.dirty.add("signals", iid)
         return rows
 
     def recent_signals(self, instrument_id: int | None) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for part in self.partitions.values():
-            for iid, sigs in part.recent.items():
-                if instrument_id is None or iid == instrument_id:
-                    out.extend(sigs)
-        return out
+        return [s for part in self.parts() for s in part.recent.matching(instrument_id)]
 
-    def checkpoint(self) -> dict[int, list[tuple[bytes, bytes | None]]]:
-        out: dict[int, list[tuple[bytes, bytes | None]]] = {}
-        for p, part in self.partitions.items():
-            if not part.changed:
-                continue
-            stage = part.stage
-            buckets: dict[int, list[int]] = {}
-            for iid, bucket in stage.signals.baselines.buckets():
-                buckets.setdefault(iid, []).append(bucket)
-            rows: list[tuple[bytes, bytes | None]] = []
-            for iid in sorted(part.dirty):
-                flow = stage.flows.get(iid)
-                state = {
-                    "flow": flow.export() if flow is not None else [None, None, 0],
-                    "windows": stage.pressure.export(iid),
-                    "cooldown": {
-                        d: start for (i, d), start in stage.signals.last_signal.items() if i == iid
-                    },
-                    "buckets": sorted(buckets.get(iid, [])),
-                    "publisher": stage.publishers.get(iid),
-                    "option": opt.export() if (opt := stage.options.get(iid)) else None,
-                }
-                rows.append((instrument_key(iid), json.dumps(state).encode()))
-            for iid, bucket in sorted(part.dirty_baselines):
-                data = stage.signals.baselines.export(iid, bucket)
-                rows.append((baseline_key(iid, bucket), json.dumps(data).encode()))
-            for iid in sorted(part.dirty_signals):
-                rows.append((signals_key(iid), json.dumps(list(part.recent[iid])).encode()))
-            instruments = set(stage.flows) | set(buckets) | set(stage.options)
-            meta = {
-                "watermark": stage.pressure.watermark,
-                "late": stage.pressure.late_count,
-                "instruments": sorted(instruments),
+    def changes(self, part: IfdPartition) -> tuple[list[tuple[bytes, Any]], Any]:
+        stage = part.stage
+        buckets: dict[int, list[int]] = {}
+        for iid, bucket in stage.signals.baselines.buckets():
+            buckets.setdefault(iid, []).append(bucket)
+        values: list[tuple[bytes, Any]] = []
+        for iid in part.dirty.items("instrument"):
+            flow = stage.flows.get(iid)
+            state = {
+                "flow": flow.export() if flow is not None else [None, None, 0],
+                "windows": stage.pressure.export(iid),
+                "cooldown": {
+                    d: start for (i, d), start in stage.signals.last_signal.items() if i == iid
+                },
+                "buckets": sorted(buckets.get(iid, [])),
+                "publisher": stage.publishers.get(iid),
+                "option": opt.export() if (opt := stage.options.get(iid)) else None,
             }
-            rows.append((partition_key(p), json.dumps(meta).encode()))
-            out[p] = rows
-            part.dirty.clear()
-            part.dirty_baselines.clear()
-            part.dirty_signals.clear()
-            part.changed = False
-        return out
+            values.append((instrument_key(iid), state))
+        for iid, bucket in part.dirty.items("baseline"):
+            values.append((baseline_key(iid, bucket), stage.signals.baselines.export(iid, bucket)))
+        for iid in part.dirty.items("signals"):
+            values.append((signals_key(iid), part.recent.export(iid)))
+        record = {
+            "watermark": stage.pressure.watermark,
+            "late": stage.pressure.late_count,
+            "instruments": sorted(set(stage.flows) | set(buckets) | set(stage.options)),
+        }
+        return values, record

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import orjson
 
 from models.mbo import ACTIONS, instrument_key
+from tables.partitioned_state import FAST
 
 
 @dataclass
@@ -82,11 +82,11 @@ class InstrumentStats:
         )
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        return FAST.encode(self.to_dict())
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> InstrumentStats:
-        return cls.from_dict(orjson.loads(raw))
+        return cls.from_dict(FAST.decode(raw))
 
     def public(self) -> dict[str, Any]:
         """What the web view and backfill output show: everything but the input position,

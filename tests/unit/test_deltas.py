@@ -277,7 +277,7 @@ def test_a_merge_never_checkpointed_keeps_only_what_is_pending() -> None:
         merges.advance(0, BOOKS, bound)
         merges.advance(0, BARS, bound)
     state = merges.partitions[0]
-    assert len(state.merge.pending) == 0 and len(state.changed) == 0
+    assert len(state.merge.pending) == 0 and state.dirty.items("pending") == []
 
 
 def test_a_snapshot_goes_out_at_an_instruments_first_delta_and_each_new_interval() -> None:
