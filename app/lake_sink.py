@@ -7,13 +7,16 @@ when a message of another hour comes, when it holds `file_bytes` of input, when 
 say where each partition resumes; the sink commits no offsets (a commit that failed mid-rebalance
 asked the group to rebalance again).
 
-No Faust here: `run` drives an aiokafka consumer in its own group, so the sink never slows the
-market path, and `LakeSink` holds the files and their rules.
+No Faust here: `run` drives an aiokafka consumer in its own group, so the sink never holds up
+the market path, and `LakeSink` holds the files and their rules. With a `Yield`
+(app/cpu_priority.py) the sink also waits, its partitions paused, while the workers leave too
+little CPU spare, so it does not slow them either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -26,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError
 
 from app import metrics
+from app.cpu_priority import Yield
 from app.lake_files import Lake, Span, Superseded
 from app.lake_rows import BadMessage, Layout, hour_of
 
@@ -169,9 +173,11 @@ class Progress:
     files: int = 0
     bytes: int = 0
     input_bytes: int = 0
+    waited_s: float = 0.0  # waiting for the workers to leave CPU spare
 
 
 BEHIND_EVERY_S = 5.0
+WAIT_CHECK_S = 0.5  # how often a waiting sink asks again whether CPU is spare
 
 
 async def records_behind(consumer: Any, partitions: list[TopicPartition]) -> dict[str, int]:
@@ -201,8 +207,10 @@ async def run(
     sink: LakeSink,
     stop: asyncio.Event,
     report_s: float = 30.0,
+    yielding: Yield | None = None,
 ) -> Progress:
-    """Read the sink's topics into the lake until `stop`; then write what is open."""
+    """Read the sink's topics into the lake until `stop`; then write what is open. With
+    `yielding`, wait while it says to."""
     progress = Progress()
     topics = list(sink.layouts)
     for topic in topics:
@@ -307,6 +315,20 @@ async def run(
     t0 = last_report = time.monotonic()
     try:
         while not stop.is_set():
+            if yielding is not None and yielding.should_wait():
+                # Paused, the consumer fetches nothing meanwhile; it still heartbeats, so
+                # the group keeps the partitions here.
+                consumer.pause(*consumer.assignment())
+                metrics.lake_waiting.set(1)
+                t_wait = time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), WAIT_CHECK_S)
+                metrics.lake_waited.inc(time.monotonic() - t_wait)
+                progress.waited_s += time.monotonic() - t_wait
+                continue
+            if consumer.paused():
+                consumer.resume(*consumer.paused())
+                metrics.lake_waiting.set(0)
             batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
             sought.clear()
             for tp, messages in batch.items():
@@ -327,16 +349,19 @@ async def run(
             now = time.monotonic()
             if now - last_report >= report_s:
                 log.info(
-                    "lake: %d records in %d files (%.1f MB) so far, %.0f records/s, %d behind",
+                    "lake: %d records in %d files (%.1f MB) so far, %.0f records/s, %d behind, "
+                    "%.0f s waited for spare CPU",
                     progress.records,
                     progress.files,
                     progress.bytes / 1e6,
                     progress.records / max(now - t0, 1e-9),
                     sum(behind.values()),
+                    progress.waited_s,
                 )
                 last_report = now
         await put(sink.close())
     finally:
+        metrics.lake_waiting.set(0)
         watching.cancel()
         await consumer.stop()
     return progress

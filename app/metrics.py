@@ -237,6 +237,14 @@ lake_behind = Gauge(
     "records on the broker the lake sink has not yet taken, by topic (as of its last fetch)",
     ["topic"],
 )
+lake_waiting = Gauge(
+    "tapestream_lake_waiting",
+    "1 while the lake sink waits for the workers to leave CPU spare (--spare-cpus), else 0",
+)
+lake_waited = Counter(
+    "tapestream_lake_waited_seconds",
+    "seconds the lake sink waited for the workers to leave CPU spare (--spare-cpus)",
+)
 lake_bad_messages = Counter(
     "tapestream_lake_bad_messages",
     "messages not of their topic's layout, left out of the lake (their offsets still count)",

@@ -1,22 +1,24 @@
 """The lake sink's cost, printed as JSON.
 
     python -m load_tests.bench_lake [--records 4000000] [--instruments 100] [--runs 4]
-        [--phases offline,pipeline,idle_loop] [--lead 10] [--sink-args '--topics all --no-idle']
+        [--phases offline,pipeline,idle_loop,alone] [--lead 10] [--sink-args '--no-idle']
 
 offline   the sink's own work on a generated file's raw MBO with no broker (4,096-record
           messages into `LakeSink`, files written as the sink writes them): records/s, and the
           lake's bytes per record against the raw topic's 56.
 pipeline  per run, two fresh workers, each fed the same file by replay at full speed: one alone,
-          one with `faust -A app lake` (default topics, at its default lower CPU priority;
-          --sink-args to change them) started --lead seconds (10) before the replay and
-          running beside it, in turn which goes first. Events/s until the instruments agent
-          applied every record, for each, and their ratio (the market path's throughput with
-          the sink over without, taken in the same run); the seconds until the lake held every
-          raw record, and its bytes per raw record.
+          one with `faust -A app lake` (default topics, and its defaults: the idle class, and
+          waiting while less than a CPU is spare; --sink-args to change them) started --lead
+          seconds (10) before the replay and running beside it, in turn which goes first.
+          Events/s until the instruments agent applied every record, for each, and their
+          ratio (the market path's throughput with the sink over without, taken in the same
+          run); the seconds until the lake held every raw record, from the replay's start and
+          from when the worker was done, and its bytes per raw record.
 idle_loop per run, two fresh workers fed the same file: one alone, one beside a busy loop in
           the idle scheduling class, as the sink runs (not a default phase). What any work on
-          the CPU time the market path leaves costs it on this machine, the floor under the
-          pipeline phase's ratio.
+          the CPU time the market path leaves costs it on this machine.
+alone     per run, two fresh workers fed the same file, both alone (not a default phase): the
+          ratio's spread when nothing runs beside either, the bench's own resolution.
 Medians over runs, with every run's figures. The broker must be running (`make broker-start`);
 the sink shares the machine's two cores with the worker, the replay and the broker.
 """
@@ -79,24 +81,28 @@ IDLE_LOOP = (
 )
 
 
-def idle_loop(broker: str, path: Path, total: int, loop_first: bool) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for with_loop in (True, False) if loop_first else (False, True):
+def beside(
+    broker: str, path: Path, total: int, companion: list[str] | None, companion_first: bool
+) -> dict[str, float]:
+    """Two fresh workers fed the same file in turn: one alone, one with `companion` (a command;
+    None: nothing, the bench's own spread) running beside it."""
+    out: dict[bool, float] = {}
+    for with_it in (True, False) if companion_first else (False, True):
         with bench_worker(broker) as w:
-            loop = subprocess.Popen([sys.executable, "-c", IDLE_LOOP]) if with_loop else None
+            proc = subprocess.Popen(companion) if with_it and companion else None
             try:
-                out[with_loop] = throughput(w, path, total)["events_per_s"]
-                if loop is not None and loop.poll() is not None:
-                    raise RuntimeError("the busy loop ended: is the idle class refused here?")
+                out[with_it] = throughput(w, path, total)["events_per_s"]
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"{companion} ended: is the idle class refused here?")
             finally:
-                if loop is not None:
-                    loop.kill()
-                    loop.wait()
+                if proc is not None:
+                    proc.kill()
+                    proc.wait()
     return {
         "events_per_s_alone": out[False],
-        "events_per_s_beside_idle_loop": out[True],
+        "events_per_s_beside": out[True],
         "ratio": out[True] / out[False],
-        "loop_first": float(loop_first),
+        "companion_first": float(companion_first),
     }
 
 
@@ -124,7 +130,9 @@ def pipeline(
         "events_per_s_with_sink": out["events_per_s_with_sink"],
         "ratio": out["events_per_s_with_sink"] / out["events_per_s_alone"],
         "lake_caught_up_s": out["lake_caught_up_s"],
+        "lake_after_market_s": out["lake_caught_up_s"] - total / out["events_per_s_with_sink"],
         "lake_raw_bytes_per_record": out["lake_raw_bytes_per_record"],
+        "sink_waited_s": out["sink_waited_s"],
         "sink_first": float(sink_first),
     }
 
@@ -161,10 +169,13 @@ def _with_sink(
             sink.terminate()
             sink.wait(timeout=60)
             shutil.rmtree(root, ignore_errors=True)
+            log.close()
+    summary = orjson.loads(Path(log.name).read_bytes().splitlines()[-1])
     return {
         "events_per_s_with_sink": with_sink,
         "lake_caught_up_s": lake_s,
         "lake_raw_bytes_per_record": raw_bytes / total,
+        "sink_waited_s": summary["waited_s"],
     }
 
 
@@ -196,7 +207,11 @@ def main(argv: list[str] | None = None) -> int:
                 broker, path, total, args.sink_args.split(), args.lead, sink_first=i % 2 == 1
             ),
         ),
-        ("idle_loop", lambda i: idle_loop(broker, path, total, loop_first=i % 2 == 1)),
+        (
+            "idle_loop",
+            lambda i: beside(broker, path, total, [sys.executable, "-c", IDLE_LOOP], i % 2 == 1),
+        ),
+        ("alone", lambda i: beside(broker, path, total, None, i % 2 == 1)),
     ):
         if name not in phases:
             continue

@@ -1,8 +1,9 @@
 """`faust -A app lake [--root DIR|URI] [--topics a,b] [--roll-seconds S] [--file-mb N]
-[--instance NAME] [--nice N] [--no-idle] [--metrics-port N]`: the cold tier. Writes the chosen
-topics to Parquet under the lake root, each record exactly once (app/lake_sink.py,
-docs/lake.md). A long-running process beside the workers, in its own consumer group; Ctrl-C or
-SIGTERM stops it after writing what it holds. Run several to share the partitions.
+[--instance NAME] [--nice N] [--no-idle] [--spare-cpus N] [--max-wait S] [--metrics-port N]`:
+the cold tier. Writes the chosen topics to Parquet under the lake root, each record exactly
+once (app/lake_sink.py, docs/lake.md). A long-running process beside the workers, in its own
+consumer group; Ctrl-C or SIGTERM stops it after writing what it holds. Run several to share
+the partitions.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from faust.cli import option
 from app import kafka
 from app.commands import exit_with, wait_for_broker_or_exit
 from app.commands.replay import ensure_topic
-from app.cpu_priority import run_below_workers
+from app.cpu_priority import Yield, run_below_workers
 from app.faust_app import app, settings
 from app.lake_files import Lake
 from app.lake_rows import layout_of
@@ -57,7 +58,13 @@ def lake_topics(settings: Settings, spec: str) -> list[str]:
 
 
 async def sink(
-    settings: Settings, root: str, bases: list[str], roll_s: float, file_bytes: int, instance: str
+    settings: Settings,
+    root: str,
+    bases: list[str],
+    roll_s: float,
+    file_bytes: int,
+    instance: str,
+    yielding: Yield | None = None,
 ) -> dict:
     lake = Lake(root, instance)
     layouts = {settings.topic(b): (b, layout_of(b, RAW_MBO_BASE, COLUMNAR)) for b in bases}
@@ -86,8 +93,14 @@ async def sink(
     for s in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(s, stop.set)
-    progress = await run(consumer, lake, LakeSink(layouts, roll_s, file_bytes), stop)
-    return {"records": progress.records, "files": progress.files, "bytes": progress.bytes}
+    sink = LakeSink(layouts, roll_s, file_bytes)
+    progress = await run(consumer, lake, sink, stop, yielding=yielding)
+    return {
+        "records": progress.records,
+        "files": progress.files,
+        "bytes": progress.bytes,
+        "waited_s": round(progress.waited_s, 1),
+    }
 
 
 @app.command(
@@ -107,6 +120,18 @@ async def sink(
         default=True,
         help="Run only on CPU time the workers leave (Linux's idle scheduling class).",
     ),
+    option(
+        "--spare-cpus",
+        type=click.FloatRange(0),
+        default=1.0,
+        help="Wait while the other processes leave fewer CPUs than this idle (0: never wait).",
+    ),
+    option(
+        "--max-wait",
+        type=click.FloatRange(1),
+        default=60.0,
+        help="Longest wait for spare CPU in a row; then work at least 10 s.",
+    ),
     option("--metrics-port", type=int, default=0, help="Serve Prometheus metrics (0: none)."),
 )
 async def lake(
@@ -118,11 +143,14 @@ async def lake(
     instance: str,
     nice: int,
     idle: bool,
+    spare_cpus: float,
+    max_wait: float,
     metrics_port: int,
 ) -> None:
     """Write topics to a Parquet lake, each record exactly once."""
-    # On a machine the workers share, the sink takes the CPU they leave: it falls behind for
-    # a while rather than slow the market path (load_tests/bench_lake.py).
+    # On a machine the workers share, the sink takes the CPU they leave, and waits while they
+    # leave too little: it falls behind for a while rather than slow the market path
+    # (load_tests/bench_lake.py).
     priority = run_below_workers(nice, idle)
     try:
         bases = lake_topics(settings, topics or settings.lake_topics)
@@ -137,13 +165,15 @@ async def lake(
     root = root or settings.lake_root
     roll_s = roll_seconds or settings.lake_roll
     file_bytes = int(file_mb * 1024 * 1024) or settings.lake_file_bytes
+    yielding = Yield(spare_cpus, max_wait) if spare_cpus > 0 else None
     log.info(
-        "lake: %s -> %s (roll after %.0f s or %d bytes; %s)",
+        "lake: %s -> %s (roll after %.0f s or %d bytes; %s; %s)",
         bases,
         root,
         roll_s,
         file_bytes,
         priority,
+        f"waits while fewer than {spare_cpus:g} CPUs are spare" if yielding else "never waits",
     )
-    summary = await sink(settings, root, bases, roll_s, file_bytes, instance)
+    summary = await sink(settings, root, bases, roll_s, file_bytes, instance, yielding)
     print(orjson.dumps(summary).decode(), file=sys.stderr)

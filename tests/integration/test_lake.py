@@ -157,7 +157,8 @@ def test_a_sink_stopped_past_its_session_timeout_writes_nothing_twice(
     w = deployment.worker("w1")
     records = np.concatenate(list(open_mbo(lake_input).chunks()))
     span_s = (int(records["ts_recv"].max()) - int(records["ts_recv"].min())) / 1e9
-    args = ("--topics", "mbo.raw,trades", "--roll-seconds", "3")
+    # Never waiting for spare CPU: both must be writing when one is stopped.
+    args = ("--topics", "mbo.raw,trades", "--roll-seconds", "3", "--spare-cpus", "0")
     stopped = _sink(deployment, root, *args, "--instance", "a", log_name="stopped")
     taker = _sink(deployment, root, *args, "--instance", "b", log_name="taker")
     replay = deployment.replay(lake_input, "--speed", str(span_s / 40))

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from app.cpu_priority import SpareCpu, Yield
+
 CHILD = """
 import os, sys, threading
 from app.cpu_priority import run_below_workers
@@ -81,3 +83,52 @@ def test_without_the_idle_class_every_thread_gets_the_nice_value() -> None:
     assert said == f"nice {nice}"
     assert len(threads) >= 3
     assert all(line.split() == ["False", str(nice)] for line in threads)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _spare(clock: _Clock, busy: list[float], own: list[float]) -> SpareCpu:
+    """A 2-CPU machine whose busy seconds and this process's CPU seconds the test sets."""
+    return SpareCpu(2, lambda: (busy[0], 0.0), lambda: own[0], clock)
+
+
+def test_spare_cpu_leaves_the_process_own_time_out() -> None:
+    clock, busy, own = _Clock(), [0.0], [0.0]
+    spare = _spare(clock, busy, own)
+    clock.now, busy[0], own[0] = 1.0, 1.5, 0.5  # others kept one CPU busy; the sink half of one
+    assert spare.read() == pytest.approx(1.0)
+    clock.now += 0.1
+    assert spare.read() is None  # too soon for the kernel's tick counts to say
+    clock.now, busy[0] = 2.0, 3.5  # others kept both busy
+    assert spare.read() == pytest.approx(0.0)
+
+
+def test_yield_waits_while_cpu_is_short_but_never_too_long_in_a_row() -> None:
+    clock, busy, own = _Clock(), [0.0], [0.0]
+    spare = _spare(clock, busy, own)
+    yielding = Yield(1.0, max_wait_s=5.0, work_s=2.0, settle_s=1.0, spare=spare, clock=clock)
+    assert not yielding.should_wait()  # nothing measured yet
+
+    def tick(others_busy: float) -> bool:
+        clock.now += 0.5
+        busy[0] += others_busy * 0.5
+        return yielding.should_wait()
+
+    assert not tick(0.5)  # 1.5 CPUs spare
+    assert all(tick(1.8) for _ in range(10))  # 0.2 spare: wait, 5 s
+    assert not tick(1.8)  # 5 s waited: work now
+    assert not any(tick(1.8) for _ in range(3))  # for 2 s at least
+    assert tick(1.8)  # then wait again
+    assert tick(0.2) and tick(0.2)  # the workers went quiet: wait till it holds for 1 s
+    assert not tick(0.2)
+    assert tick(1.8)  # busy again
+
+
+def test_yield_with_no_spare_asked_never_waits() -> None:
+    assert not Yield(0.0).should_wait()
