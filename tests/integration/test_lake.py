@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import orjson
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
@@ -91,7 +92,10 @@ def test_the_lake_holds_every_record_once_through_kill9s_of_the_sink(
     records = np.concatenate(list(open_mbo(lake_input).chunks()))
     span_s = (int(records["ts_recv"].max()) - int(records["ts_recv"].min())) / 1e9
     root = deployment.tmp / "lake"
+    # Never waiting for spare CPU, so that the kills come while it writes (the object-store
+    # test below kills a sink that waits).
     args = ("--topics", "all", "--roll-seconds", "1", "--file-mb", "0.05", "--instance", "a")
+    args += ("--spare-cpus", "0")
     sink = _sink(deployment, root, *args)
     replay = deployment.replay(lake_input, "--speed", str(span_s / 50))
     kills = []
@@ -199,12 +203,14 @@ def test_a_sink_stopped_past_its_session_timeout_writes_nothing_twice(
 
 
 def test_the_lakes_raw_mbo_gives_the_mbp10_of_the_original_file(deployment: Deployment) -> None:
-    """ARL's 3,928 MBP-10 rows, from the lake as from the CSV."""
+    """ARL's 3,928 MBP-10 rows, from the lake as from the CSV. The sink never sees the CPUs it
+    asks for spare (64): it waits 3 s at a time (--max-wait), and works 10 s between waits."""
     arl = require(ARL_MBO_CSV)
     root = deployment.tmp / "lake"
     run = deployment.cli("replay", str(arl), "--speed", "1000000", "--no-progress")
     assert run.returncode == 0, run.stderr
-    sink = _sink(deployment, root, "--topics", "mbo.raw", "--roll-seconds", "1")
+    args = ("--topics", "mbo.raw", "--roll-seconds", "1", "--spare-cpus", "64", "--max-wait", "3")
+    sink = _sink(deployment, root, *args)
     try:
         wait_for(
             lambda: sum(lake_row_counts(root, "mbo.raw").values()) == 5886,
@@ -216,6 +222,8 @@ def test_the_lakes_raw_mbo_gives_the_mbp10_of_the_original_file(deployment: Depl
     finally:
         if sink.poll() is None:
             sink.kill()
+    log = (deployment.tmp / "lake.log").read_text()
+    assert orjson.loads(log.strip().splitlines()[-1])["waited_s"] >= 3, log[-3000:]
     outs = []
     for source in (arl, root):
         out = deployment.tmp / f"{source.name}.mbp.csv"
