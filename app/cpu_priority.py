@@ -68,6 +68,12 @@ def _stat_busy_idle() -> tuple[float, float]:
     return (sum(ticks) - idle) / hz, idle / hz
 
 
+def default_spare_cpus() -> float:
+    """A whole CPU, or half the machine's where it has fewer than two: on one CPU a whole one
+    is never spare, since the kernel and the broker always take some."""
+    return min(1.0, (os.cpu_count() or 1) / 2)
+
+
 class SpareCpu:
     """CPUs the other processes left idle since the last reading: the machine's CPU count less
     what everything else kept busy. This process's own time is left out, so a sink that runs

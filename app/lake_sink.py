@@ -313,12 +313,15 @@ async def run(
 
     watching = asyncio.create_task(watch_behind())
     t0 = last_report = time.monotonic()
+    waiting = False
     try:
         while not stop.is_set():
             if yielding is not None and yielding.should_wait():
                 # Paused, the consumer fetches nothing meanwhile; it still heartbeats, so
-                # the group keeps the partitions here.
+                # the group keeps the partitions here. Again each time: a rebalance meanwhile
+                # assigns partitions unpaused.
                 consumer.pause(*consumer.assignment())
+                waiting = True
                 metrics.lake_waiting.set(1)
                 t_wait = time.monotonic()
                 with contextlib.suppress(TimeoutError):
@@ -326,8 +329,9 @@ async def run(
                 metrics.lake_waited.inc(time.monotonic() - t_wait)
                 progress.waited_s += time.monotonic() - t_wait
                 continue
-            if consumer.paused():
+            if waiting:
                 consumer.resume(*consumer.paused())
+                waiting = False
                 metrics.lake_waiting.set(0)
             batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
             sought.clear()

@@ -21,7 +21,7 @@ from faust.cli import option
 from app import kafka
 from app.commands import exit_with, wait_for_broker_or_exit
 from app.commands.replay import ensure_topic
-from app.cpu_priority import Yield, run_below_workers
+from app.cpu_priority import Yield, default_spare_cpus, run_below_workers
 from app.faust_app import app, settings
 from app.lake_files import Lake
 from app.lake_rows import layout_of
@@ -123,12 +123,14 @@ async def sink(
     option(
         "--spare-cpus",
         type=click.FloatRange(0),
-        default=1.0,
-        help="Wait while the other processes leave fewer CPUs than this idle (0: never wait).",
+        default=None,
+        help="Wait while the other processes leave fewer CPUs than this idle (default: 1, or "
+        "half the CPUs where there are fewer than 2; 0: never wait).",
     ),
     option(
         "--max-wait",
-        type=click.FloatRange(1),
+        # Below the consumer's max.poll.interval (300 s): a longer wait would leave the group.
+        type=click.FloatRange(1, 240),
         default=60.0,
         help="Longest wait for spare CPU in a row; then work at least 10 s.",
     ),
@@ -143,7 +145,7 @@ async def lake(
     instance: str,
     nice: int,
     idle: bool,
-    spare_cpus: float,
+    spare_cpus: float | None,
     max_wait: float,
     metrics_port: int,
 ) -> None:
@@ -165,7 +167,14 @@ async def lake(
     root = root or settings.lake_root
     roll_s = roll_seconds or settings.lake_roll
     file_bytes = int(file_mb * 1024 * 1024) or settings.lake_file_bytes
-    yielding = Yield(spare_cpus, max_wait) if spare_cpus > 0 else None
+    if spare_cpus is None:
+        spare_cpus = default_spare_cpus()
+    yielding = None
+    if spare_cpus > 0:
+        try:
+            yielding = Yield(spare_cpus, max_wait)
+        except OSError as exc:  # no /proc/stat: not Linux, or a sandbox
+            log.warning("lake: CPU use not readable (%s); the sink never waits", exc)
     log.info(
         "lake: %s -> %s (roll after %.0f s or %d bytes; %s; %s)",
         bases,
