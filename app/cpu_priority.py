@@ -57,15 +57,13 @@ def run_below_workers(nice: int, idle: bool) -> str:
     return f"nice {nice}"
 
 
-def _stat_busy_idle() -> tuple[float, float]:
-    """The machine's busy and idle CPU seconds since boot, from /proc/stat's first line."""
+def _stat_busy() -> float:
+    """The machine's busy CPU seconds since boot, from /proc/stat's first line."""
     with open("/proc/stat", "rb") as fh:
         fields = fh.readline().split()
     # user nice system idle iowait irq softirq steal (guest time is already in user and nice)
     ticks = [int(v) for v in fields[1:9]]
-    hz = os.sysconf("SC_CLK_TCK")
-    idle = ticks[3] + ticks[4]
-    return (sum(ticks) - idle) / hz, idle / hz
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def default_spare_cpus() -> float:
@@ -82,7 +80,7 @@ class SpareCpu:
     def __init__(
         self,
         cpus: int | None = None,
-        machine: Callable[[], tuple[float, float]] = _stat_busy_idle,
+        machine: Callable[[], float] = _stat_busy,
         own: Callable[[], float] = time.process_time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -91,8 +89,7 @@ class SpareCpu:
         self._last = self._read()
 
     def _read(self) -> tuple[float, float, float]:
-        busy, _ = self._machine()
-        return self._clock(), busy, self._own()
+        return self._clock(), self._machine(), self._own()
 
     def read(self) -> float | None:
         """Spare CPUs over the time since the last reading (None when too little has passed

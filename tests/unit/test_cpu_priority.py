@@ -95,7 +95,7 @@ class _Clock:
 
 def _spare(clock: _Clock, busy: list[float], own: list[float]) -> SpareCpu:
     """A 2-CPU machine whose busy seconds and this process's CPU seconds the test sets."""
-    return SpareCpu(2, lambda: (busy[0], 0.0), lambda: own[0], clock)
+    return SpareCpu(2, lambda: busy[0], lambda: own[0], clock)
 
 
 def test_spare_cpu_leaves_the_process_own_time_out() -> None:
