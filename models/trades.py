@@ -71,6 +71,26 @@ _MESSAGE_COLUMNS: Final = ("publisher_id", "sequence", "ts_event", "ts_recv", "p
 VOLUME_ONLY: Final = "volume_only"
 
 
+def trades_message(instrument_id: int, t: np.ndarray, event: np.ndarray) -> dict:
+    """The `trades` message (models/book_events.py) of one instrument's trades (trades-schema
+    records or MBO T records) and their book event numbers: what `trades_from_columns` reads."""
+    out = {
+        "instrument_id": instrument_id,
+        "publisher_id": t["publisher_id"].astype(np.int64),
+        "event": event,
+        "sequence": t["sequence"].astype(np.int64),
+        "ts_event": np.ascontiguousarray(t["ts_event"]),
+        "ts_recv": np.ascontiguousarray(t["ts_recv"]),
+        "price": np.ascontiguousarray(t["price"]),
+        "size": t["size"].astype(np.int64),
+        "side": t["side"].astype(np.uint8).tobytes().decode("ascii"),
+    }
+    volume_only = (t["flags"] & F_VOLUME_ONLY) != 0
+    if volume_only.any():
+        out[VOLUME_ONLY] = volume_only.astype(np.int64)
+    return out
+
+
 def trades_from_columns(message: dict) -> tuple[np.ndarray, np.ndarray]:
     """(trades, their book event numbers) of a trades message as the books stage builds it
     (models/book_events.py), before or after JSON."""

@@ -4,8 +4,10 @@ partitioned by and the tables that hold its checkpoint. Both drivers are built f
 Stages run in the order listed. Stages that share a key and follow each other form a segment,
 run in one process per partition with nothing between them: on the Faust driver one agent, on
 the file driver one loop. Only an edge that changes the key crosses a topic (`REKEY_TOPICS`).
+A stage marked `files_only` makes output only a command's files need: a worker never runs it.
 
     mbo.raw ─> books ─> book.deltas, bbo, trades ───────────────────────────────┐
+           ├─> mbp ─> MBP-N rows (files only: the `mbp` command)                  │
            └─> instrument-stats                                                  │
     trades ─> bars ─> bars.<iv>, indicators, trades.late, signals (patterns)     │
     trades, bbo ─> flow ─> pressure, signals ── options.parts (new key) ─> option-groups
@@ -15,11 +17,11 @@ the file driver one loop. Only an edge that changes the key crosses a topic (`RE
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.stages import Bars, Books, Deltas, Flow, InstrumentCounts, OptionGroups
+from pipeline.stages import Bars, Books, Deltas, Flow, InstrumentCounts, Mbp, OptionGroups
 
 INSTRUMENT, GROUP = "instrument", "group"
 RAW = "mbo.raw"
@@ -33,6 +35,8 @@ class StageSpec:
     reads: tuple[str, ...]  # topics, or ports an earlier stage writes in-process
     writes: tuple[str, ...]  # public topics and ports ("bars.<iv>" stands for each interval)
     tables: tuple[tuple[str, str], ...]  # (table, what it holds): its checkpoint
+    # made only for a command's files: the file driver runs it when asked, a worker never
+    files_only: bool = False
 
     @property
     def table_names(self) -> tuple[str, ...]:
@@ -47,6 +51,15 @@ GRAPH: tuple[StageSpec, ...] = (
         reads=(RAW,),
         writes=("book.deltas", "bbo", "trades", "book.seconds"),
         tables=(("books", "L3 order books: per-instrument meta and pages of orders"),),
+    ),
+    StageSpec(
+        "mbp",
+        Mbp,
+        INSTRUMENT,
+        reads=(RAW,),
+        writes=("mbp",),
+        tables=(),
+        files_only=True,
     ),
     StageSpec(
         "instrument-stats",
@@ -123,12 +136,14 @@ INTERNAL = frozenset({"book.seconds", "options.parts"})
 COLUMNAR = ("book.deltas", "bbo", "trades")
 
 
-def public_topics(interval_names: list[str], key: str | None = None) -> list[str]:
+def public_topics(
+    interval_names: list[str], key: str | None = None, graph: Iterable[StageSpec] = GRAPH
+) -> list[str]:
     """Every topic the stages (of one key, or all) publish, in graph order, with "bars.<iv>"
     spelled out for each bar interval."""
     out: list[str] = []
-    for s in GRAPH:
-        if key is not None and s.key != key:
+    for s in graph:
+        if (key is not None and s.key != key) or s.files_only:
             continue
         for port in s.writes:
             names = [f"bars.{iv}" for iv in interval_names] if port == "bars.<iv>" else [port]
@@ -136,9 +151,34 @@ def public_topics(interval_names: list[str], key: str | None = None) -> list[str
     return out
 
 
-def segment(key: str, graph: tuple[StageSpec, ...] = GRAPH) -> list[StageSpec]:
-    """The stages keyed by `key`, in the order they run."""
-    return [s for s in graph if s.key == key]
+def segment(
+    key: str, graph: tuple[StageSpec, ...] = GRAPH, files_only: bool = False
+) -> list[StageSpec]:
+    """The stages keyed by `key` that a worker runs (and, with `files_only`, those only the
+    file driver runs too), in the order they run."""
+    return [s for s in graph if s.key == key and (files_only or not s.files_only)]
+
+
+def needed(
+    wants: Iterable[str], given: Iterable[str] = (RAW,), key: str = INSTRUMENT
+) -> list[StageSpec]:
+    """The stages keyed by `key` that make the ports `wants` when the input gives the ports
+    `given`, in the order they run: what a driver runs for a run that wants only some outputs.
+    ValueError naming a port that nothing makes."""
+    stages = segment(key, files_only=True)
+    have = set(given)
+    chosen: set[str] = set()
+    todo = [p for p in wants if p not in have]
+    while todo:
+        port = todo.pop()
+        makers = [s for s in stages if port in s.writes]
+        if not makers:
+            raise ValueError(f"no stage keyed by {key} makes {port!r} from {sorted(have)}")
+        for s in makers:
+            if s.name not in chosen:
+                chosen.add(s.name)
+                todo += [p for p in s.reads if p not in have]
+    return [s for s in stages if s.name in chosen]
 
 
 def name_of(kind: type) -> str:

@@ -8,7 +8,7 @@ already. Checkpointing is the runtime's: `states()` names every state with its t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -34,12 +34,20 @@ class InstrumentStages:
         config: StageConfig,
         tables: Tables,
         publishes: Callable[[int], bool] = lambda instrument_id: True,
+        only: Collection[str] | None = None,
     ) -> None:
         """`tables(name)` reads a table's checkpoint; `publishes(instrument_id)` says whether
-        its signals go out (runtime control)."""
-        specs = segment(INSTRUMENT)
+        its signals go out (runtime control); `only` names the stages that run (graph.needed),
+        when not all a worker runs: the others are built, but hold nothing."""
+        chosen = {s.name for s in segment(INSTRUMENT)} if only is None else set(only)
+        every = segment(INSTRUMENT, files_only=True)
+        if unknown := chosen - {s.name for s in every}:
+            raise ValueError(f"no stage keyed by instrument is named {sorted(unknown)}")
+        # every stage a worker runs, and those only the file driver runs when they are chosen
+        specs = [s for s in every if not s.files_only or s.name in chosen]
         self.names = [spec.name for spec in specs]
         self.stages = [spec.make(config) for spec in specs]
+        self.running = [s for n, s in zip(self.names, self.stages, strict=True) if n in chosen]
         self.tables = tables
         self.publishes = publishes
         self.books: Books = self._one(Books)
@@ -73,16 +81,21 @@ class InstrumentStages:
         instrument_id: int,
         records: np.ndarray,
         bound: int | None = None,
+        given: dict[str, dict] | None = None,
     ) -> Step:
-        """One raw message of one instrument through every stage; `step.repeat` when its
-        offset was applied already (nothing else happens then)."""
+        """One raw message of one instrument through every stage that runs; `step.repeat` when
+        its offset was applied already (nothing else happens then). `given`: messages of ports
+        the input holds already (a trades file's `trades`), as the stage that writes them would
+        have made them."""
         self.restore(partition, instrument_id)
         step = Step(partition, offset, instrument_id, records, bound, self.publishes)
-        for stage in self.stages:
+        if given:
+            step.book.update(given)
+        for stage in self.running:
             stage.apply(step)
             if step.repeat:
                 return step
-        for stage in self.stages:
+        for stage in self.running:
             stage.advance(step)
         return step
 
@@ -90,7 +103,7 @@ class InstrumentStages:
         """A source watermark with no records: what it closes."""
         self.restore(partition)
         step = Step(partition, offset, bound=bound, publishes=self.publishes)
-        for stage in self.stages:
+        for stage in self.running:
             stage.advance(step)
         return step
 

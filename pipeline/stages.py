@@ -15,7 +15,7 @@ message and nothing per record.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +30,8 @@ from tables.deltas import BARS, BOOKS, BookSeconds, DeltaSet, Part, item_parts
 from tables.ifd import SIGNALS, IfdConfig
 from tables.ifd_state import IfdSet
 from tables.instrument_stats import StatsSet
+from tables.mbp import MbpBuilder, MbpRow
+from tables.mbp import columns as mbp_columns
 from tables.options import OptionInfo
 from tables.options_state import OptionsSet
 from tables.patterns import PatternConfig
@@ -40,6 +42,9 @@ Get = Callable[[bytes], bytes | None]
 Tables = Callable[[str], Get]
 Row = tuple[str, dict[str, Any]]  # (topic base name, row)
 DELTAS = "deltas"
+MBP = "mbp"
+# The watermark that ends a finite input: every window closes, every row waiting is released.
+END = (1 << 63) - 1
 
 
 def book_rows(messages: dict[str, dict]) -> int:
@@ -73,6 +78,9 @@ class StageConfig:
     ifd: IfdConfig
     delta_depth: int
     partitions: int = 1
+    # the `mbp` command's (the file driver alone runs the MBP stage)
+    mbp_depth: int = 10
+    mbp_every_event: bool = False
 
 
 @dataclass
@@ -152,6 +160,36 @@ class Books(Counted):
         if step.bound is not None:
             self.seconds.release(step.partition, step.bound)
         step.delta_parts += self.seconds.take()
+
+
+class Mbp(Counted):
+    """MBP-N rows from the raw records, one for each record that makes one in Databento's rules
+    (tables/mbp.py), on books of its own kept record by record. For `mbp`'s files: it keeps no
+    checkpoint, and a trade's row waits for the fills after it, so only the end of the input
+    (the watermark END) releases the last one."""
+
+    def __init__(self, config: StageConfig) -> None:
+        self.builder = MbpBuilder(config.mbp_depth, every_event=config.mbp_every_event)
+        self.columns = mbp_columns(config.mbp_depth)
+        self.states: list[tuple[str, CheckpointedState]] = []
+
+    def restore(self, partition: int, instrument_id: int | None, tables: Tables) -> None:
+        pass
+
+    def apply(self, step: Step) -> None:
+        assert step.records is not None
+        self.taken += len(step.records)
+        self._emit(step, self.builder.add(step.records))
+
+    def advance(self, step: Step) -> None:
+        if step.bound == END:
+            self._emit(step, self.builder.finish())
+
+    def _emit(self, step: Step, rows: Iterable[MbpRow]) -> None:
+        depth, cols = self.builder.depth, self.columns
+        made = [(MBP, dict(zip(cols, r.values(depth), strict=True))) for r in rows]
+        step.rows += made
+        self.made += len(made)
 
 
 class InstrumentCounts(Counted):

@@ -564,7 +564,7 @@ class BarEngine(Watermarked):
         return out
 
     def flush(self) -> list[Bar]:
-        """Every open window, as at the end of a finite input (backfill, `ohlcv`)."""
+        """Every open window: what a watermark past them all closes."""
         out: list[Bar] = []
         while self._ends:
             end, iv, iid = heapq.heappop(self._ends)

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from models.book_events import BBO, DELTAS, TRADES
-from models.mbo import F_LAST, F_VOLUME_ONLY
-from models.trades import VOLUME_ONLY
+from models.mbo import F_LAST
+from models.trades import trades_message
 from tables.book_engine import Published
 from tables.book_state import Applied, BookSet
 
@@ -89,19 +89,4 @@ def trades(instrument_id: int, records: np.ndarray, events_after: dict[int, int]
         closes = np.cumsum(last & mine)  # F_LASTs of this book up to and including each record
         before = after - int(closes[-1])
         event[mine] = before + closes[mine] - last[mine]
-    t = records[is_trade]
-    out = {
-        "instrument_id": instrument_id,
-        "publisher_id": t["publisher_id"].astype(np.int64),
-        "event": event[is_trade],
-        "sequence": t["sequence"].astype(np.int64),
-        "ts_event": np.ascontiguousarray(t["ts_event"]),
-        "ts_recv": np.ascontiguousarray(t["ts_recv"]),
-        "price": np.ascontiguousarray(t["price"]),
-        "size": t["size"].astype(np.int64),
-        "side": _chars(t["side"]),
-    }
-    volume_only = (t["flags"] & F_VOLUME_ONLY) != 0
-    if volume_only.any():
-        out[VOLUME_ONLY] = volume_only.astype(np.int64)
-    return out
+    return trades_message(instrument_id, records[is_trade], event[is_trade])

@@ -22,11 +22,35 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.mbo import F_LAST, F_SNAPSHOT
+from models.mbo import F_LAST, F_SNAPSHOT, UNDEF_PRICE
 from tables.order_book import ASK, BID, OrderBook
 
 T, F, C, R = (ord(x) for x in "TFCR")
 Levels = list[tuple[int, int, int]]
+
+
+RECORD_COLUMNS = [
+    "ts_recv",
+    "ts_event",
+    "instrument_id",
+    "action",
+    "side",
+    "price",
+    "size",
+    "order_id",
+    "flags",
+    "sequence",
+]
+
+
+def columns(depth: int) -> list[str]:
+    """An MBP-N row's columns, as in Databento's MBP-10 CSV: the record's own, then each
+    level's bid and ask price, size and order count."""
+    cols = list(RECORD_COLUMNS)
+    for i in range(depth):
+        cols += [f"bid_px_{i:02d}", f"bid_sz_{i:02d}", f"bid_ct_{i:02d}"]
+        cols += [f"ask_px_{i:02d}", f"ask_sz_{i:02d}", f"ask_ct_{i:02d}"]
+    return cols
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +58,17 @@ class MbpRow:
     record: tuple  # the MBO record's own fields (MBO_DTYPE order)
     bids: Levels
     asks: Levels
+
+    def values(self, depth: int) -> list:
+        """The row's values in `columns(depth)` order: an empty level is UNDEF_PRICE, 0, 0."""
+        (_, _, _, iid, ts_event, oid, price, size, flags, _, action, side, ts_recv, _, seq) = (
+            self.record
+        )
+        out = [ts_recv, ts_event, iid, chr(action), chr(side), price, size, oid, flags, seq]
+        for i in range(depth):
+            for lv in (self.bids, self.asks):
+                out += lv[i] if i < len(lv) else (UNDEF_PRICE, 0, 0)
+        return out
 
 
 class MbpBuilder:

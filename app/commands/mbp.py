@@ -3,10 +3,11 @@
 Columns: the record's own `ts_recv, ts_event, instrument_id, action, side, price, size,
 order_id, flags, sequence`, then `bid_px_00, bid_sz_00, bid_ct_00, ask_px_00, ask_sz_00,
 ask_ct_00`, ... to depth N-1: the book after that record (see tables/mbp.py for which records
-make rows). Timestamps are ISO 8601 UTC with nanoseconds and prices decimals with 9 places, as
-in Databento's CSV; an undefined price or an empty level leaves the price empty and size and
-count 0. `--out x.parquet` writes the same columns to Parquet, times as UTC timestamps and prices
-as fixed-point integers (1e-9 units; null where the CSV is empty).
+make rows), made by the graph's MBP stage, which the file driver (app/file_driver.py) runs
+alone, in the records' order. Timestamps are ISO 8601 UTC with nanoseconds and prices
+decimals with 9 places, as in Databento's CSV; an undefined price or an empty level leaves the
+price empty and size and count 0. `--out x.parquet` writes the same columns to Parquet, times as
+UTC timestamps and prices as fixed-point integers (1e-9 units; null where the CSV is empty).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import csv
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -22,33 +24,13 @@ import orjson
 from faust.cli import argument, option
 
 from app.commands import exit_with
-from app.faust_app import app
-from app.feeds.mbo_files import InputError, open_mbo
+from app.faust_app import app, settings
+from app.feeds.mbo_files import InputError, is_definition_file, open_mbo
+from app.file_driver import run_files
 from app.parquet_out import ParquetRows
-from app.progress import Progress
 from models.mbo import UNDEF_PRICE
-from tables.mbp import MbpBuilder, MbpRow
-
-RECORD_COLUMNS = [
-    "ts_recv",
-    "ts_event",
-    "instrument_id",
-    "action",
-    "side",
-    "price",
-    "size",
-    "order_id",
-    "flags",
-    "sequence",
-]
-
-
-def header(depth: int) -> list[str]:
-    cols = list(RECORD_COLUMNS)
-    for i in range(depth):
-        cols += [f"bid_px_{i:02d}", f"bid_sz_{i:02d}", f"bid_ct_{i:02d}"]
-        cols += [f"ask_px_{i:02d}", f"ask_sz_{i:02d}", f"ask_ct_{i:02d}"]
-    return cols
+from pipeline.stages import MBP
+from tables.mbp import columns
 
 
 def fmt_price(p: int) -> str:
@@ -92,39 +74,47 @@ class Rows(Protocol):
     def writerow(self, values: list[Any]) -> None: ...
 
 
-def row_values(row: MbpRow, depth: int) -> list[Any]:
-    (_, _, _, iid, ts_event, oid, price, size, flags, _, action, side, ts_recv, _, seq) = row.record
-    out: list[Any] = [ts_recv, ts_event, iid, chr(action), chr(side), price, size, oid, flags, seq]
-    for i in range(depth):
-        for lv in (row.bids, row.asks):
-            if i < len(lv):
-                p, sz, ct = lv[i]
-                out += [p, sz, ct]
-            else:
-                out += [UNDEF_PRICE, 0, 0]
-    return out
+class MbpOutputs:
+    """The MBP stage's rows to a CSV or Parquet writer."""
+
+    def __init__(self, out: TextIO | Rows, depth: int) -> None:
+        self.writer = out if isinstance(out, ParquetRows) else CsvRows(out, columns(depth))  # type: ignore[arg-type]
+        self.rows = 0
+
+    def declare(self, topic: str, columnar: bool = False) -> None:
+        pass
+
+    def message(self, topic: str, message: dict[str, Any]) -> None:
+        pass
+
+    def row(self, topic: str, row: dict[str, Any]) -> None:
+        if topic == MBP:
+            self.writer.writerow(list(row.values()))
+            self.rows += 1
+
+    def counts(self) -> dict[str, int]:
+        return {MBP: self.rows}
 
 
 def write_mbp(paths: Iterable[str], depth: int, out: TextIO | Rows, progress: bool = True) -> int:
-    """MBP-N rows of the inputs to `out`: a text stream (CSV) or `ParquetRows`."""
-    files = [open_mbo(p) for p in paths]
+    """MBP-N rows of the inputs to `out` (a text stream, CSV, or `ParquetRows`): the file
+    driver running the MBP stage alone, its messages in the files' record order."""
+    paths = list(paths)
     # LOBSTER input makes one row per message, as its orderbook files do.
-    builder = MbpBuilder(depth, every_event=all(f.format == "lobster" for f in files))
-    writer = out if isinstance(out, ParquetRows) else CsvRows(out, header(depth))  # type: ignore[arg-type]
-    rows = 0
-    for f in files:
-        bar = Progress(f.path.name, f.size, enabled=progress)
-        for chunk in f.chunks():
-            for row in builder.add(chunk):
-                writer.writerow(row_values(row, depth))
-                rows += 1
-            bar.update(f.bytes_read, f.records_read)
-        bar.update(f.bytes_read, f.records_read, force=True)
-        bar.close()
-    for row in builder.finish():
-        writer.writerow(row_values(row, depth))
-        rows += 1
-    return rows
+    lobster = all(open_mbo(p).format == "lobster" for p in paths if not is_definition_file(p))
+    config = replace(settings.stage_config(), mbp_depth=depth, mbp_every_event=lobster)
+    outputs = MbpOutputs(out, depth)
+    run_files(
+        paths,
+        settings,
+        progress=progress,
+        outputs=outputs,
+        wants=[MBP],
+        in_order=True,
+        close_at_end=True,
+        config=config,
+    )
+    return outputs.rows
 
 
 def write_out(out_path: str, columns: list[str], write: Callable[[TextIO | Rows], Any]) -> Any:
@@ -168,7 +158,7 @@ async def mbp(
         else:
             rows = write_out(
                 out_path,
-                header(depth),
+                columns(depth),
                 lambda out: write_mbp(inputs, depth, out, progress=not no_progress),
             )
     except InputError as exc:

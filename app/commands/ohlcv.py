@@ -1,9 +1,9 @@
 """`faust -A app ohlcv INPUT... [--interval 1m] [--out FILE]`: OHLCV bars from trades, no broker.
 
-Inputs are trades-schema DBN files or any MBO input (its T records). Bars are built by
-`tables.bars.BarEngine` on `ts_event`, as the bars stage builds them, with the same allowed
-lateness (`TAPESTREAM_ALLOWED_LATENESS`); a trade later than that is left out, counted on
-stderr. Empty windows make no row.
+Inputs are trades-schema DBN files or any MBO input (its T records). The file driver
+(app/file_driver.py) runs the graph's bars stage alone on them, bars on `ts_event` with the
+allowed lateness (`TAPESTREAM_ALLOWED_LATENESS`); a trade later than that is left out, counted
+on stderr. Empty windows make no row.
 
 Columns follow Databento's OHLCV CSV: `ts_event` (the bar's start, ISO 8601 UTC with
 nanoseconds), `rtype` (32/33/34/35 for 1s/1m/1h/1d, Databento's own; empty for intervals it has
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, TextIO
 
 import orjson
@@ -25,11 +26,12 @@ from faust.cli import argument, option
 from app.commands import exit_with
 from app.commands.mbp import CsvRows, Rows, write_out
 from app.faust_app import app, settings
-from app.feeds.mbo_files import InputError, open_trades
+from app.feeds.mbo_files import InputError
+from app.file_driver import run_files
 from app.parquet_out import ParquetRows
-from app.progress import Progress
+from models.bar_events import LATE_TRADES, bars_topic
+from models.book_events import TRADES
 from models.intervals import NS, parse_interval
-from tables.bars import Bar, BarEngine
 
 HEADER = [
     "ts_event",
@@ -46,19 +48,47 @@ HEADER = [
 OHLCV_RTYPES = {NS["s"]: 32, NS["m"]: 33, NS["h"]: 34, NS["d"]: 35}
 
 
-def row_values(bar: Bar, symbols: dict[int, str]) -> list[Any]:
-    return [
-        bar.start,
-        OHLCV_RTYPES.get(bar.interval_ns),
-        bar.publisher_id,
-        bar.instrument_id,
-        bar.open,
-        bar.high,
-        bar.low,
-        bar.close,
-        bar.volume,
-        symbols.get(bar.instrument_id, ""),
-    ]
+class OhlcvOutputs:
+    """The bars stage's rows of one interval, in Databento's OHLCV layout; its late trades
+    counted; its other outputs (indicators, patterns) dropped."""
+
+    def __init__(self, out: TextIO | Rows, interval_ns: int, symbols: dict[int, str]) -> None:
+        self.writer = out if isinstance(out, ParquetRows) else CsvRows(out, HEADER)  # type: ignore[arg-type]
+        self.topic = bars_topic(interval_ns)
+        self.rtype = OHLCV_RTYPES.get(interval_ns)
+        self.symbols = symbols
+        self.rows = self.late = 0
+
+    def declare(self, topic: str, columnar: bool = False) -> None:
+        pass
+
+    def message(self, topic: str, message: dict[str, Any]) -> None:
+        pass
+
+    def row(self, topic: str, row: dict[str, Any]) -> None:
+        if topic == LATE_TRADES:
+            self.late += 1
+        if topic != self.topic:
+            return
+        iid = row["instrument_id"]
+        self.writer.writerow(
+            [
+                row["start"],
+                self.rtype,
+                row["publisher_id"],
+                iid,
+                row["open"],
+                row["high"],
+                row["low"],
+                row["close"],
+                row["volume"],
+                self.symbols.get(iid, ""),
+            ]
+        )
+        self.rows += 1
+
+    def counts(self) -> dict[str, int]:
+        return {self.topic: self.rows, LATE_TRADES: self.late}
 
 
 def write_ohlcv(
@@ -68,31 +98,25 @@ def write_ohlcv(
     out: TextIO | Rows,
     progress: bool = True,
 ) -> dict[str, int]:
-    """Bars of the inputs to `out`: a text stream (CSV) or `ParquetRows`."""
-    files = [open_trades(p) for p in paths]
-    engine = BarEngine([interval_ns], lateness_ns)
-    writer = out if isinstance(out, ParquetRows) else CsvRows(out, HEADER)  # type: ignore[arg-type]
+    """Bars of the inputs to `out` (a text stream, CSV, or `ParquetRows`): the file driver
+    running the bars stage alone, the inputs' trades entering at the `trades` port."""
+    config = replace(
+        settings.stage_config(), bar_intervals_ns=[interval_ns], lateness_ns=lateness_ns
+    )
     symbols: dict[int, str] = {}
-    rows = trades = 0
-    for f in files:
-        bar = Progress(f.path.name, f.size, enabled=progress)
-        for chunk in f.chunks():
-            symbols.update(f.symbols)
-            trades += len(chunk)
-            engine.add_stream(chunk)
-            if len(chunk):  # a file is in ts_recv order: nothing still to come arrived earlier
-                engine.advance(int(chunk["ts_recv"].max()))
-            for b in engine.close():
-                writer.writerow(row_values(b, symbols))
-                rows += 1
-            bar.update(f.bytes_read, f.records_read)
-        symbols.update(f.symbols)
-        bar.update(f.bytes_read, f.records_read, force=True)
-        bar.close()
-    for b in engine.flush():
-        writer.writerow(row_values(b, symbols))
-        rows += 1
-    return {"rows": rows, "trades": trades, "late": engine.late_count}
+    outputs = OhlcvOutputs(out, interval_ns, symbols)
+    run = run_files(
+        paths,
+        settings,
+        progress=progress,
+        outputs=outputs,
+        wants=["bars.<iv>"],
+        enter=TRADES,
+        symbols=symbols,
+        close_at_end=True,
+        config=config,
+    )
+    return {"rows": outputs.rows, "trades": run.records, "late": outputs.late}
 
 
 @app.command(

@@ -226,15 +226,16 @@ def test_mbp_and_ohlcv_write_parquet_with_the_csv_columns(tmp_path: Path, comman
     """The same rows as the CSV, typed: written back as CSV they are the CSV."""
     import io
 
-    from app.commands.mbp import CsvRows, header, write_mbp, write_out
+    from app.commands.mbp import CsvRows, write_mbp, write_out
     from app.commands.ohlcv import HEADER, write_ohlcv
     from models.intervals import parse_interval
     from models.mbo import UNDEF_PRICE
+    from tables.mbp import columns as mbp_columns
     from tests.conftest import ARL_MBO_CSV
 
     source = [str(require(ARL_MBO_CSV))]
     if command == "mbp":
-        columns = header(10)
+        columns = mbp_columns(10)
 
         def run(out: object) -> object:
             return write_mbp(source, 10, out, progress=False)  # type: ignore[arg-type]

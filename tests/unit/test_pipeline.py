@@ -49,12 +49,35 @@ def test_the_graph_runs_in_order_and_only_option_groups_cross_a_topic() -> None:
 
 
 def test_a_graph_out_of_order_or_split_is_refused() -> None:
-    books, stats, bars, flow, deltas, groups = GRAPH
+    books, mbp, stats, bars, flow, deltas, groups = GRAPH
     with pytest.raises(ValueError, match="bars reads"):
-        graph.check((bars, books, stats, flow, deltas, groups))
+        graph.check((bars, books, mbp, stats, flow, deltas, groups))
     with pytest.raises(ValueError, match="flow: the stages keyed by instrument are split"):
-        graph.check((books, stats, bars, replace(groups, reads=()), flow, deltas))
+        graph.check((books, mbp, stats, bars, replace(groups, reads=()), flow, deltas))
     assert isinstance(books, StageSpec) and books.table_names == ("books",)
+
+
+def test_a_run_that_wants_some_outputs_runs_only_the_stages_that_make_them() -> None:
+    def names(wants: list[str], given: tuple[str, ...] = (graph.RAW,)) -> list[str]:
+        return [s.name for s in graph.needed(wants, given)]
+
+    assert names(["bars.<iv>"]) == ["books", "bars"]
+    assert names(["bars.<iv>"], given=("trades",)) == ["bars"]  # ohlcv's trades
+    assert names(["deltas"]) == ["books", "bars", "flow", "deltas"]
+    assert names(["signals"]) == ["books", "bars", "flow"]  # patterns and flow both make them
+    assert names(["mbp"]) == ["mbp"]
+    with pytest.raises(ValueError, match="no stage keyed by instrument makes 'mbo.raw'"):
+        graph.needed(["pressure"], given=("bbo",))  # flow also reads trades, made from mbo.raw
+    # The MBP stage runs only for the file driver's mbp: a worker neither runs it nor has a topic.
+    assert "mbp" not in [s.name for s in graph.segment(INSTRUMENT)]
+    assert "mbp" not in graph.public_topics(["1m"])
+    config = load_settings().stage_config()
+    worker = InstrumentStages(config, tables=lambda name: lambda key: None)
+    assert worker.names == ["books", "instrument-stats", "bars", "flow", "deltas"]
+    files = InstrumentStages(config, tables=lambda name: lambda key: None, only=["mbp"])
+    assert [type(s).__name__ for s in files.running] == ["Mbp"]
+    with pytest.raises(ValueError, match="named \\['nope'\\]"):
+        InstrumentStages(config, tables=lambda name: lambda key: None, only=["nope"])
 
 
 def _inputs(path: Path, batch_records: int) -> list[tuple[int, Any]]:
