@@ -109,13 +109,22 @@ class RawSender:
         stamped with its partition's bound; `flush`: every whole event pending goes too."""
         if len(records):
             self.wm.read(int(records["ts_recv"][0]))
-        bounds = self.wm.bounds(batcher)  # before the batcher takes them: a lower bound
-        await self.send(batcher.add(records), fs, bounds)
+        before = self.wm.bounds(batcher)  # before the batcher takes them: a lower bound
+        batches = list(batcher.add(records))
         if flush:
-            await self.send(batcher.flush_complete(), fs, bounds)
+            batches += batcher.flush_complete()
         if len(records):
             self.wm.read(int(records["ts_recv"].max()))
-        await self.mark(self.wm.bounds(batcher), MARKER_STEP_NS)
+        after = self.wm.bounds(batcher)
+        # A partition's last message of this step can carry the bound after these records:
+        # behind it come only records still pending or not yet read. Its earlier messages
+        # carry the bound from before, since a later one of this step may hold earlier
+        # arrivals. So what these records close is known with them, not a step later.
+        last = {self.wm.partition_of(b.instrument_id): i for i, b in enumerate(batches)}
+        for i, b in enumerate(batches):
+            p = self.wm.partition_of(b.instrument_id)
+            await self.send([b], fs, after if last[p] == i else before)
+        await self.mark(after, MARKER_STEP_NS)
 
     async def send(
         self,

@@ -66,7 +66,7 @@ def test_a_run_that_wants_some_outputs_runs_only_the_stages_that_make_them() -> 
     assert names(["deltas"]) == ["books", "bars", "flow", "deltas"]
     assert names(["signals"]) == ["books", "bars", "flow"]  # patterns and flow both make them
     assert names(["mbp"]) == ["mbp"]
-    with pytest.raises(ValueError, match="no stage keyed by instrument makes 'mbo.raw'"):
+    with pytest.raises(ValueError, match=r"no stage keyed by instrument makes 'mbo\.raw'"):
         graph.needed(["pressure"], given=("bbo",))  # flow also reads trades, made from mbo.raw
     # The MBP stage runs only for the file driver's mbp: a worker neither runs it nor has a topic.
     assert "mbp" not in [s.name for s in graph.segment(INSTRUMENT)]
