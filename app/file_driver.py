@@ -1,5 +1,5 @@
 """The file driver: the stage graph (pipeline/graph.py) over MBO files, with no broker. What
-`backfill`, `baselines` and `ohlcv` run.
+`backfill`, `baselines`, `ohlcv` and `mbp` run.
 
 Records are cut into the messages replay would send (`Batcher`) and each goes through the
 stages keyed by instrument (`InstrumentStages`, the agent's own code) as the one partition 0,
@@ -11,7 +11,8 @@ for record (tested). Topics' rows go to `outputs` as they are made: memory holds
 
 A run that wants only some outputs runs only the stages that make them (`graph.needed`), and
 its files may enter the graph further down: `ohlcv`'s trades enter at the `trades` port, as the
-books stage would publish them, and go through the bars stage alone.
+books stage would publish them, and go through the bars stage alone; `mbp` runs the files-only
+MBP stage on messages in the records' order.
 """
 
 from __future__ import annotations
