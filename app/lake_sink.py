@@ -180,6 +180,10 @@ BEHIND_EVERY_S = 5.0
 WAIT_CHECK_S = 0.5  # how often a waiting sink asks again whether CPU is spare
 
 
+def _partitions(tps: set[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "nothing"
+
+
 async def records_behind(consumer: Any, partitions: list[TopicPartition]) -> dict[str, int]:
     """Per topic, how many records the broker held, at the last fetch, past the sink's
     position: the sink at idle priority falls behind while the workers are busy, and this says
@@ -270,6 +274,7 @@ async def run(
         async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
             for tp in revoked:
                 expected.pop(tp, None)
+            log.info("lake: revoked %s", _partitions(revoked))
             await put(sink.close({(tp.topic, tp.partition) for tp in revoked}))
 
         async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -291,6 +296,9 @@ async def run(
                 else:
                     consumer.seek(tp, at)
                     expected[tp] = at
+            # Which sink holds what, and from where: the first thing to read when two disagree
+            starts = (f"{tp.topic}[{tp.partition}] from {expected[tp]}" for tp in sorted(assigned))
+            log.info("lake: assigned %s", ", ".join(starts) or "nothing")
 
     consumer.subscribe(topics, listener=Listener())
     await consumer.start()

@@ -7,12 +7,13 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from app.feeds.mbo_files import open_mbo
-from app.lake_files import parse_name
+from app.lake_files import Span, parse_name
 from load_tests.topic_rows import lake_row_counts, topic_row_counts
 from tests.conftest import ARL_MBO_CSV, ROOT, require
 from tests.integration.conftest import Deployment, free_port, wait_for
@@ -33,10 +34,13 @@ pytestmark = pytest.mark.integration
 KILLS = 10
 
 
-def _sink(d: Deployment, root: Path | str, *args: str, log_name: str = "lake") -> subprocess.Popen:
+def _sink(
+    d: Deployment, root: Path | str, *args: str, log_name: str = "lake", loglevel: str = "warn"
+) -> subprocess.Popen:
     log = open(d.tmp / f"{log_name}.log", "ab")  # noqa: SIM115 - the process keeps it
+    cmd = [sys.executable, "-m", "faust", "-A", "app", "-l", loglevel, "lake", "--root", str(root)]
     return subprocess.Popen(
-        [sys.executable, "-m", "faust", "-A", "app", "lake", "--root", str(root), *args],
+        [*cmd, *args],
         cwd=ROOT,
         env=d.env(),
         stdout=log,
@@ -52,6 +56,25 @@ def _kill9_and_restart(
     sink.send_signal(signal.SIGKILL)
     sink.wait(timeout=30)
     return _sink(d, root, *args)
+
+
+def _holding(log: Path, topic: str) -> dict[int, int]:
+    """The partitions of `topic` a sink's log (at info) says it holds, each with the offset it
+    resumed from; none while a rebalance is under way."""
+    lines = [
+        line
+        for line in log.read_text().splitlines()
+        if "lake: assigned" in line or "lake: revoked" in line
+    ]
+    if not lines or "lake: revoked" in lines[-1]:
+        return {}
+    found = re.findall(rf"{re.escape(topic)}\[(\d+)\] from (\d+)", lines[-1])
+    return {int(p): int(at) for p, at in found}
+
+
+def _files(topic_dir: Path, partitions: Iterable[int]) -> set[Span]:
+    spans = (parse_name(f.name) for f in topic_dir.rglob("p*.parquet"))
+    return {s for s in spans if s is not None and s.partition in partitions}
 
 
 def _assert_files_sound(root: Path) -> None:
@@ -163,20 +186,32 @@ def test_a_sink_stopped_past_its_session_timeout_writes_nothing_twice(
     span_s = (int(records["ts_recv"].max()) - int(records["ts_recv"].min())) / 1e9
     # Never waiting for spare CPU: both must be writing when one is stopped.
     args = ("--topics", "mbo.raw,trades", "--roll-seconds", "3", "--spare-cpus", "0")
-    stopped = _sink(deployment, root, *args, "--instance", "a", log_name="stopped")
+    # At info, a sink logs the partitions it is assigned
+    stopped = _sink(deployment, root, *args, "--instance", "a", log_name="stopped", loglevel="info")
     taker = _sink(deployment, root, *args, "--instance", "b", log_name="taker")
     replay = deployment.replay(lake_input, "--speed", str(span_s / 40))
+    log = deployment.tmp / "stopped.log"
+
+    def stopped_writing() -> dict[int, int]:
+        """The stopped sink's partitions once it has written a file of each since it was
+        assigned them: it is reading them, and holds files open whenever it is stopped."""
+        held = _holding(log, "mbo.raw")
+        written = {
+            s.partition for s in _files(root / "mbo.raw", held) if s.first >= held[s.partition]
+        }
+        return held if held and written == set(held) else {}
+
     try:
-        wait_for(
-            lambda: (
-                len({parse_name(f.name).partition for f in (root / "mbo.raw").rglob("p*.parquet")})
-                == 4
-            ),
-            60,
-            "files of every partition: both sinks writing",
-        )
+        held = wait_for(stopped_writing, 60, "the sink to be stopped writing its partitions")
         stopped.send_signal(signal.SIGSTOP)
-        time.sleep(6 + 3 + 6)  # the session timeout, a roll of the taker's files, a margin
+        before = _files(root / "mbo.raw", held)
+        # Woken only once the taker has put a file of each of the stopped sink's partitions in
+        # place: a fixed sleep raced the rebalance on a busy machine, and nothing overlapped.
+        wait_for(
+            lambda: {s.partition for s in _files(root / "mbo.raw", held) - before} == set(held),
+            120,
+            "the taker writing every partition the stopped sink held",
+        )
         stopped.send_signal(signal.SIGCONT)
         _, err = replay.communicate(timeout=180)
         assert replay.returncode == 0, err
