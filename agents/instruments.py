@@ -34,7 +34,7 @@ from app.feeds.watermarks import WM_HEADER, header
 from app.option_parts import OptionPartSender
 from app.state_tables import TABLES, journal
 from app.topics import BOOK_TOPICS, RAW_MBO, ROW_TOPICS, ensure_declared, option_parts, raw_mbo
-from app.transport import before_joining
+from app.transport import before_joining, send_output
 from models import book_events
 from models.bar_events import LATE_TRADES
 from models.definitions import is_definition, parse_definitions
@@ -65,6 +65,8 @@ checkpoints = Checkpointer(
     journal=journal,
 )
 lag_watch = LagWatch(settings.lag_limit)
+BOOK_NAMES = {base: topic.get_topic_name() for base, topic in BOOK_TOPICS.items()}
+ROW_NAMES = {base: topic.get_topic_name() for base, topic in ROW_TOPICS.items()}
 # Read when scraped: the stages and books keep plain counts, so the hot path pays an addition
 # per message for them and no metric call.
 metrics.stage_records_in.add_source(lambda: [((n,), i) for n, i, _ in stages.stage_counts()])
@@ -110,51 +112,53 @@ async def run_stages(stream):  # type: ignore[no-untyped-def]
         await ensure_declared(topic)
     async with aclosing(checkpoints.events(stream)) as events:
         async for event in events:
-            partition, offset = event.message.partition, event.message.offset
-            bound = header(event.message.headers, WM_HEADER)
             try:
-                if not event.value and event.key is None and bound is not None:
-                    _publish(event, stages.watermark(partition, offset, bound))  # a marker
-                    continue
-                if is_definition(event.value):
-                    await _define(event, partition, offset, bound)
-                    continue
-            except Exception as exc:
-                await processing_failed(AGENT, event, exc)
-                continue
-            try:
-                records = parse_message(event.key, event.value)
+                step = await _step(event)
             except MalformedMessage as exc:
                 await send_dead_letter(AGENT, event, exc.kind, str(exc))
                 continue
-            try:
-                iid = int(event.key)
-                restore_books(iid, partition)
-                step = stages.message(partition, offset, iid, records, bound)
-                if step.repeat:
-                    metrics.messages_duplicate.labels(AGENT).inc()
-                    continue
-                _watch_lag(partition, iid, event.message.timestamp)
-                _publish(event, step)
-                metrics.records_processed.labels(AGENT).inc(len(records))
-                metrics.messages_processed.labels(AGENT).inc()
             except Exception as exc:
                 await processing_failed(AGENT, event, exc)
+                continue
+            # Outside the handlers above: an output the Kafka client refuses stops the worker
+            # (app/transport.py, send_output); it never dead-letters the input that made it.
+            if step is not None:
+                await _publish(event, step)
 
 
-def _publish(event: Any, step: Step) -> None:
+async def _step(event: Any) -> Step | None:
+    """What the stages made of one message; None when there is nothing to send."""
+    partition, offset = event.message.partition, event.message.offset
+    bound = header(event.message.headers, WM_HEADER)
+    if not event.value and event.key is None and bound is not None:
+        return stages.watermark(partition, offset, bound)  # a marker
+    if is_definition(event.value):
+        return await _define(event, partition, offset, bound)
+    records = parse_message(event.key, event.value)
+    iid = int(event.key)
+    restore_books(iid, partition)
+    step = stages.message(partition, offset, iid, records, bound)
+    if step.repeat:
+        metrics.messages_duplicate.labels(AGENT).inc()
+        return None
+    lagging = _watch_lag(partition, iid, event.message.timestamp)
+    if lagging is not None:
+        step.rows.append((SIGNALS, lagging))
+    metrics.records_processed.labels(AGENT).inc(len(records))
+    metrics.messages_processed.labels(AGENT).inc()
+    return step
+
+
+async def _publish(event: Any, step: Step) -> None:
     """What the stages made of one message, to its topics, on the input's partition: the same
     key, partitioner and partition count, so the same partition; explicit, or exactly_once
     would send outside the transaction (app/dead_letters.py says why)."""
     partition = step.partition
     for base, message in step.book.items():
-        BOOK_TOPICS[base].send_soon(
-            key=event.key, value=book_events.encode(message), partition=partition
-        )
+        await send_output(app, BOOK_NAMES[base], event.key, book_events.encode(message), partition)
     for topic, row in step.rows:
-        ROW_TOPICS[topic].send_soon(
-            key=str(row["instrument_id"]).encode(), value=orjson.dumps(row), partition=partition
-        )
+        key = str(row["instrument_id"]).encode()
+        await send_output(app, ROW_NAMES[topic], key, orjson.dumps(row), partition)
         # Rows are few next to records (a bar, a window, a second's delta): counted one by one.
         if topic == SIGNALS:
             metrics.signals.labels(row.get("kind", "unknown")).inc()
@@ -166,27 +170,27 @@ def _publish(event: Any, step: Step) -> None:
         option_sender.send(partition, step.option_parts, step.option_watermark)
 
 
-async def _define(event: Any, partition: int, offset: int, bound: int | None) -> None:
+async def _define(event: Any, partition: int, offset: int, bound: int | None) -> Step | None:
     """Instrument definitions: an option's windows count in its groups from here on."""
     try:
         records = parse_definitions(event.key, event.value)
         infos = [OptionInfo.from_definition(d) for d in records]
     except MalformedMessage as exc:
         await send_dead_letter(AGENT, event, exc.kind, str(exc))
-        return
+        return None
     except ValueError as exc:
         await send_dead_letter(AGENT, event, "bad_definition", str(exc))
-        return
+        return None
     for d, info in zip(records, infos, strict=True):
         stages.define(partition, d.instrument_id, info)
-    if bound is not None:
-        _publish(event, stages.watermark(partition, offset, bound))
     metrics.messages_processed.labels(AGENT).inc()
+    return None if bound is None else stages.watermark(partition, offset, bound)
 
 
-def _watch_lag(partition: int, iid: int, produced_s: float | None) -> None:
+def _watch_lag(partition: int, iid: int, produced_s: float | None) -> dict[str, Any] | None:
+    """The processing-lag gauge, and a lag signal to send when the partition fell behind."""
     if not produced_s:
-        return
+        return None
     now = time.time()
     metrics.processing_lag.labels(AGENT).set(now - produced_s)
     signal = lag_watch.observe(partition, iid, produced_s, now)
@@ -194,7 +198,4 @@ def _watch_lag(partition: int, iid: int, produced_s: float | None) -> None:
         log.warning(
             "%s: partition %d is %.1f s behind its input", AGENT, partition, signal["lag_s"]
         )
-        ROW_TOPICS[SIGNALS].send_soon(
-            key=str(iid).encode(), value=orjson.dumps(signal), partition=partition
-        )
-        metrics.signals.labels(signal["kind"]).inc()
+    return signal

@@ -91,6 +91,11 @@ messages_dropped_fenced = Counter(
     "output messages dropped because their partition's transactions were fenced or lost "
     "(their events are processed again by the partition's owner)",
 )
+outputs_undelivered = Counter(
+    "tapestream_outputs_undelivered",
+    "output messages the broker did not take (the Kafka client gave up on them), by topic",
+    ["topic"],
+)
 assignment_holes = Counter(
     "tapestream_assignment_holes",
     "partitions given up because a message came past the offset expected next (the messages "
