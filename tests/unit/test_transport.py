@@ -1,5 +1,6 @@
 """The runtime under load, with Faust's own producer buffer and stand-ins for the Kafka client:
-what a flush before a checkpoint or commit waits for, and how a worker tells it stood still."""
+what a flush before a checkpoint or commit waits for, how a worker tells it stood still, and
+what becomes of an output the client fails or refuses."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from aiokafka.errors import KafkaError
+import pytest
+from aiokafka.errors import KafkaError, ProducerFenced
 from faust.transport.producer import ProducerBuffer
+from prometheus_client import REGISTRY
 
 from app import transport
 
@@ -329,3 +332,60 @@ async def test_a_broker_that_does_not_answer_lists_nothing_and_the_wait_asks_aga
     )
     assert missing == set()
     assert answers == []
+
+
+@dataclass
+class OutputApp:
+    """Stands in for the app with the Kafka client's answers to `send`: a delivery future, or
+    an error raised at once."""
+
+    refuse: Exception | None = None
+    sent: list[tuple[str, bytes | None, bytes, int | None]] = field(default_factory=list)
+    deliveries: list[asyncio.Future[Any]] = field(default_factory=list)
+    crashed: list[BaseException] = field(default_factory=list)
+
+    async def maybe_start_producer(self) -> OutputApp:
+        return self
+
+    async def send(self, topic, key, value, partition, timestamp, headers) -> asyncio.Future[Any]:  # type: ignore[no-untyped-def]
+        if self.refuse is not None:
+            raise self.refuse
+        self.sent.append((topic, key, value, partition))
+        self.deliveries.append(asyncio.get_running_loop().create_future())
+        return self.deliveries[-1]
+
+    async def crash(self, reason: BaseException) -> None:
+        self.crashed.append(reason)
+
+
+def _undelivered(topic: str) -> float:
+    return REGISTRY.get_sample_value("tapestream_outputs_undelivered_total", {"topic": topic}) or 0
+
+
+async def test_an_output_goes_to_the_client_at_once_on_its_partition() -> None:
+    app = OutputApp()
+    await transport.send_output(app, "t.bbo", b"7", b"{}", 3)
+    assert app.sent == [("t.bbo", b"7", b"{}", 3)]  # handed over before the call returns
+    before = _undelivered("t.bbo")
+    app.deliveries[0].set_result(None)
+    await asyncio.sleep(0)
+    assert _undelivered("t.bbo") == before
+    assert app.crashed == []
+
+
+async def test_an_output_the_client_gives_up_on_is_counted_and_a_fenced_one_is_not() -> None:
+    app = OutputApp()
+    for _ in range(2):
+        await transport.send_output(app, "t.signals", b"7", b"{}", 0)
+    before = _undelivered("t.signals")
+    app.deliveries[0].set_exception(KafkaError("request timed out"))
+    app.deliveries[1].set_exception(ProducerFenced("dropped: fenced"))
+    await asyncio.sleep(0)
+    assert _undelivered("t.signals") == before + 1
+
+
+async def test_an_output_the_client_refuses_stops_the_worker() -> None:
+    app = OutputApp(refuse=KafkaError("producer closed"))
+    with pytest.raises(KafkaError):
+        await transport.send_output(app, "t.bbo", b"7", b"{}", 0)
+    assert [str(r) for r in app.crashed] == [str(app.refuse)]
