@@ -23,6 +23,7 @@ from app.faust_app import app
 from app.feeds.mbo_files import InputError
 from app.file_driver import run_files
 from app.file_outputs import FileOutputs, ParquetOutputs
+from app.transport import freeze_heap
 
 
 @app.command(
@@ -57,6 +58,9 @@ async def backfill(
 
     if limit is not None and limit < 1:
         exit_with("--limit must be at least 1", 2)
+    # Everything alive now (Faust, numba, the kernels) is left out of garbage collection: the
+    # collections the outputs' objects set off would walk it all again (about 5% of a run).
+    freeze_heap()
     outputs = (ParquetOutputs if fmt == "parquet" else FileOutputs)(Path(out_dir))
     try:
         result = run_files(inputs, settings, limit=limit, progress=not no_progress, outputs=outputs)
