@@ -155,28 +155,29 @@ def _online(path: Path, total: int, outputs: list[bytes]) -> dict[str, float]:
     """CPU seconds of replay, the broker, a worker draining the raw topic, and the client."""
     broker_pid = _broker_pid()
     parts: dict[str, float] = {}
+    env: dict[str, str] = {}
 
-    def fill(env: dict[str, str]) -> None:
+    def fill(worker_env: dict[str, str]) -> None:
+        env.update(worker_env)
         with Meter(broker_pid) as m:
             asyncio.run(replay_files([str(path)], load_settings(env), progress=False))
         parts["replay"], parts["broker_in"] = m.own, m.broker
 
-    broker = load_settings().broker
-    with bench_worker(broker, fill, keep=True) as w:
-        while w.processed("instruments") == 0:
-            time.sleep(0.01)
-        # The few records applied before this are within the scrape's resolution.
-        with Meter(broker_pid) as m:
-            worker0 = _proc_cpu(w.proc.pid)
-            w.wait_processed("instruments", total)
-            parts["worker"] = _proc_cpu(w.proc.pid) - worker0
-        parts["broker_drain"] = m.broker
-        env = w.env
-    try:
+    try:  # the worker's topics stay for the client, and go at the end however it ends
+        with bench_worker(load_settings().broker, fill, keep=True) as w:
+            while w.processed("instruments") == 0:
+                time.sleep(0.01)
+            # The few records applied before this are within the scrape's resolution.
+            with Meter(broker_pid) as m:
+                worker0 = _proc_cpu(w.proc.pid)
+                w.wait_processed("instruments", total)
+                parts["worker"] = _proc_cpu(w.proc.pid) - worker0
+            parts["broker_drain"] = m.broker
         parts["client_in"] = asyncio.run(_carry(load_settings(env), total, []))
         parts["client"] = asyncio.run(_carry(load_settings(env), total, outputs))
     finally:
-        delete_deployment(env)
+        if env:
+            delete_deployment(env)
     if broker_pid is None:
         del parts["broker_in"], parts["broker_drain"]
     return parts
