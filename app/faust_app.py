@@ -41,7 +41,7 @@ app = App(
     # Bytes fetched per partition per request. Each fetch is a round trip through Faust's
     # consumer thread; with 1,000-record messages, 32 MiB instead of 4 MiB took one worker from
     # about 250k to 466k records/s (load_tests/bench_replay.py).
-    consumer_max_fetch_size=max(settings.fetch_bytes, 2 * settings.max_message_bytes),
+    consumer_max_fetch_size=settings.worker_fetch_bytes,
     # Table writes are batched per message; a larger buffer lets a busy partition keep up.
     stream_buffer_maxsize=4096,
     # On stop and rebalance, do not wait for every fetched message to be acked: agents ack at

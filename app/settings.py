@@ -312,6 +312,12 @@ class Settings(BaseModel, frozen=True):
         """host:port list for plain Kafka clients (replay, tests, consumers)."""
         return ",".join(u.split("://", 1)[-1] for u in self.broker.split(";"))
 
+    @property
+    def worker_fetch_bytes(self) -> int:
+        """Bytes a worker fetches per partition per request: at least two of the largest
+        raw messages, so one fetch never stops short of a whole message."""
+        return max(self.fetch_bytes, 2 * self.max_message_bytes)
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 

@@ -21,6 +21,7 @@ cores it cannot pass `ceiling_events_per_s` (cores / all the parts' core-seconds
 worker cannot pass `worker_ceiling_events_per_s` (one core for its core-seconds: the stages
 and the Kafka client share one event loop). The broker parts need the local broker started by
 deploy/local/kafka.sh (its process is found by its main class); without it they are left out.
+A broker just started is still warming its JVM, and its parts then cost several times more.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from app.commands.replay import replay_files
 from app.file_driver import run_files
 from app.file_outputs import DiscardOutputs
 from app.settings import Settings, load_settings
+from app.topics import RAW_MBO_BASE
+from app.transport import OUTPUT_MARGIN
 from load_tests.bench_pipeline import _file
 from load_tests.bench_replay import _batch
 from load_tests.worker_proc import bench_worker, delete_deployment
@@ -118,16 +121,16 @@ async def _carry(settings: Settings, total: int, outputs: list[bytes]) -> float:
     evenly over the input messages (none: consume only)."""
     out_topic = settings.topic(book_events.DELTAS)  # the deployment's, partitioned as the input
     consumer = AIOKafkaConsumer(
-        settings.topic("mbo.raw"),
+        settings.topic(RAW_MBO_BASE),
         bootstrap_servers=settings.bootstrap_servers,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
-        max_partition_fetch_bytes=max(settings.fetch_bytes, 2 * settings.max_message_bytes),
+        max_partition_fetch_bytes=settings.worker_fetch_bytes,  # as the worker fetches
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         acks="all",
-        max_request_size=settings.max_message_bytes + (1 << 16),
+        max_request_size=settings.max_message_bytes + OUTPUT_MARGIN,
     )
     await consumer.start()
     await producer.start()
