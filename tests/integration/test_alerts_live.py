@@ -14,7 +14,9 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from app.commands.alerts import LOG_TOPIC
 from app.commands.replay import ensure_topic
+from app.control import read_compacted
 from app.settings import load_settings
 from tests.conftest import ROOT
 from tests.integration.conftest import Deployment, consume_all, wait_for
@@ -90,7 +92,15 @@ def test_alerts_reach_each_channel_once_through_failures_and_a_restart(
                     and len(got["smtp"].received) == 6
                 )
 
-            wait_for(delivered, 120, "every alert delivered")
+            def recorded() -> bool:
+                # A stand-in counts a send before it answers, so the sink may not have written
+                # the outcome yet; a kill then would leave a claim, rightly dead-lettered as
+                # interrupted. The kill below is meant for a sink at rest.
+                settings = load_settings(deployment.base_env)
+                entries = asyncio.run(read_compacted(settings, settings.topic(LOG_TOPIC)))
+                return delivered() and all(e["state"] != "claimed" for e in entries.values())
+
+            wait_for(recorded, 120, "every alert delivered and its outcome recorded")
             # Kill it mid-life, restart: nothing is sent again; new signals go out once.
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
@@ -98,6 +108,7 @@ def test_alerts_reach_each_channel_once_through_failures_and_a_restart(
             proc = _alerts(deployment, config, env, log)
             wait_for(lambda: len(got["smtp"].received) == 8, 120, "the new signals' mail")
             wait_for(lambda: len(got["slack"].received) == 9, 60, "the new signals' Slack")
+            wait_for(lambda: len(got["webhook"].received) == 8, 60, "the new signals' webhook")
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
