@@ -65,7 +65,11 @@ def _raw_by_instrument(d: Deployment, expect: int) -> dict[int, np.ndarray]:
                 out[int(recs["instrument_id"][0])].append(recs)
         return sum(len(r) for rs in out.values() for r in rs) >= expect
 
-    wait_for(done, 60, f"{expect:,} records on the raw topic", interval=2)
+    try:
+        wait_for(done, 60, f"{expect:,} records on the raw topic", interval=2)
+    except AssertionError as exc:
+        have = {iid: sum(len(r) for r in rs) for iid, rs in sorted(out.items())}
+        raise AssertionError(f"{exc}; records per instrument: {have}") from None
     return {iid: np.concatenate(rs) for iid, rs in out.items()}
 
 
@@ -88,6 +92,14 @@ def _status(web: int) -> dict | str:
 
 def _replayed(status: dict | str) -> bool:
     return isinstance(status, dict) and status["status"] == "streaming" and status["duplicates"] > 0
+
+
+def _delivered(status: dict | str, instruments: int) -> bool:
+    return (
+        isinstance(status, dict)
+        and status["instruments"] == instruments
+        and status["acknowledged_records"] > 0
+    )
 
 
 def _acked(status: dict) -> dict | None:
@@ -289,8 +301,13 @@ def test_a_restart_past_the_replay_horizon_writes_gaps_and_a_snapshot_repairs_th
     )
     bootstrap = deployment.base_env["KAFKA_BROKER"].removeprefix("kafka://")
     try:
-        live = _live(deployment, port, *args)
+        web = free_port()
+        live = _live(deployment, port, *args, "--web-port", str(web))
         time.sleep(7)
+        # Gaps are written for the instruments the killed source had delivered: all of them,
+        # however slowly it started.
+        n = len(truth["instruments"])
+        wait_for(lambda: _delivered(_status(web), n), 30, "the first source to deliver")
         live.kill()
         live.wait(timeout=10)
         time.sleep(6)
