@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +111,21 @@ def test_clients_on_two_workers_see_every_instrument_and_a_late_one_catches_up(
     wait_for(
         lambda: early.rows("signals") and early.rows("bars"), 120, "signals and bars under way"
     )
-    time.sleep(2)  # the other worker's feed reads the same topics: let it have them too
-    late = FeedClient(f"ws://127.0.0.1:{w2.port}/ws", SUBSCRIPTIONS)
+    late_url = f"ws://127.0.0.1:{w2.port}/ws"
+
+    def read_there_too() -> bool:
+        """The other worker's feed reads the same topics: whether it has them yet, as a
+        subscriber arriving now would see (a fixed wait let the late client's snapshots come
+        empty when that worker ran behind)."""
+        probe = FeedClient(late_url, SUBSCRIPTIONS)
+        try:
+            wait_for(lambda: len(probe.subs()) == 2, 30, "a probe's subscriptions")
+            return all(f["snapshot"] for f in probe.frames if f["type"] == "subscribed")
+        finally:
+            probe.stop()
+
+    wait_for(read_there_too, 60, "the other worker's feed under way")
+    late = FeedClient(late_url, SUBSCRIPTIONS)
     _, err = replay.communicate(timeout=240)
     assert replay.returncode == 0, err
 
