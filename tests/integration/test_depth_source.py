@@ -208,7 +208,7 @@ def test_a_connection_is_replaced_before_the_age_limit_without_a_gap(
     deployment: Deployment,
 ) -> None:
     venue_proc, venue = _venue(
-        deployment, "--symbols", "AAAUSDT", "--rate", "300", "--updates", "2400", "--max-age", "3"
+        deployment, "--symbols", "AAAUSDT", "--rate", "300", "--updates", "2400", "--max-age", "4"
     )
     web = free_port()
     source = _depth(deployment, venue, web, "--symbols", "AAAUSDT", "--max-connection-age", "2")
