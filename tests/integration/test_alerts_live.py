@@ -92,11 +92,12 @@ def test_alerts_reach_each_channel_once_through_failures_and_a_restart(
                     and len(got["smtp"].received) == 6
                 )
 
+            settings = load_settings(deployment.base_env)
+
             def recorded() -> bool:
                 # A stand-in counts a send before it answers, so the sink may not have written
                 # the outcome yet; a kill then would leave a claim, rightly dead-lettered as
                 # interrupted. The kill below is meant for a sink at rest.
-                settings = load_settings(deployment.base_env)
                 entries = asyncio.run(read_compacted(settings, settings.topic(LOG_TOPIC)))
                 return delivered() and all(e["state"] != "claimed" for e in entries.values())
 

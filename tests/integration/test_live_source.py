@@ -115,7 +115,7 @@ def test_ten_faults_and_two_kills_lose_and_repeat_nothing(
     deployment: Deployment, tmp_path: Path
 ) -> None:
     src = tmp_path / "live.mbo.dbn"
-    # About 24 s of event time, served at the recorded pace: both kills land mid-stream.
+    # About 24 s of event time, served at the recorded pace: long enough for both kills.
     truth = write(
         src,
         GenConfig(records=48_000, instruments=8, events_per_second=2_000, orders_per_instrument=60),
