@@ -29,6 +29,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import databento as db
 import databento_dbn as dbn
@@ -63,6 +64,18 @@ GAPS_TOPIC = "live.gaps"
 
 class LiveError(Exception):
     pass
+
+
+def records(client: db.Live) -> Any:
+    """The session's records, from its first. databento's iterator starts the session and only
+    then enables the queue it reads from, and its client thread drops, without a word, every
+    record it decodes meanwhile (databento 0.87, `LiveIterator.__init__` and
+    `Session.received_record`). On a loaded machine that was a first socket read of 64 KiB
+    (1,170 MBO records) gone, and the cursor, seeing the records after it, took them as
+    delivered. Enabling the queue before the session starts closes that window; the iterator
+    enabling it again is harmless. The iterator has `__anext__` only, no `__aiter__`."""
+    client._session._dbn_queue.enable()
+    return client.__aiter__()
 
 
 @dataclass
@@ -277,7 +290,7 @@ class LiveSource:
         """Read the session's records until it ends. The loop only reads: flushing on time,
         counting acknowledgements and noticing a stall or a stop are the watcher's, so a
         record costs no timer of its own."""
-        it = client.__aiter__()
+        it = records(client)
         self._last_record = time.monotonic()
         self._stalled = False
         self._watching = True

@@ -285,3 +285,51 @@ async def test_a_heartbeat_tells_every_partition_how_far_the_stream_was_read(
     assert min(told.values()) < last  # some partitions were a step behind
     await source._take(dbn.SystemMsg(last, "Heartbeat", code=dbn.SystemCode.HEARTBEAT))
     assert told == dict.fromkeys(range(4), last)
+
+
+def test_no_record_is_lost_while_a_session_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """databento's iterator starts the session before it enables the queue it reads from, and
+    its client thread drops what it decodes in between. The window is widened here to half a
+    second, with the gateway on a loop of its own so it serves meanwhile: every record of the
+    file must still come through the source's iteration."""
+    import threading
+    import time
+
+    from app.live.source import records
+
+    want = np.concatenate(list(open_mbo(ESM4).chunks()))
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    gw = StandInGateway(
+        Feed.from_files([str(ESM4)]), speed=None, horizon_ns=7 * 86400 * 10**9, keys=[KEY]
+    )
+    asyncio.run_coroutine_threadsafe(gw.start(), loop).result(timeout=30)
+    start = db.Live.start
+
+    def slow_start(self: db.Live) -> None:
+        start(self)
+        time.sleep(0.5)
+
+    monkeypatch.setattr(db.Live, "start", slow_start)
+    client = db.Live(key=KEY, gateway="127.0.0.1", port=gw.port, heartbeat_interval_s=1)
+
+    async def read() -> bytes:
+        got = []
+        it = records(client)  # as the source reads it: databento's iterator has no __aiter__
+        while len(got) < len(want):
+            r = await it.__anext__()
+            if isinstance(r, dbn.MBOMsg):
+                got.append(bytes(r))
+            elif isinstance(r, dbn.SystemMsg) and r.is_heartbeat():
+                break  # everything there was has been served
+        return b"".join(got)
+
+    try:
+        client.subscribe(
+            dataset="GLBX.MDP3", schema="mbo", symbols=["ESM4"], start=int(want["ts_event"].min())
+        )
+        assert asyncio.run(asyncio.wait_for(read(), 60)) == want.tobytes()
+    finally:
+        client.terminate()
+        asyncio.run_coroutine_threadsafe(gw.close(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
