@@ -27,7 +27,7 @@ class StandIn:
         return self.script.pop(0) if self.script else ok
 
 
-class _Loop:
+class ThreadLoop:
     """An event loop in a thread of its own, for servers a synchronous test talks to."""
 
     def __init__(self) -> None:
@@ -104,7 +104,7 @@ async def _smtp(stand_in: StandIn) -> asyncio.AbstractServer:
 @contextmanager
 def stand_ins() -> Iterator[dict[str, StandIn]]:
     """Slack, webhook and SMTP stand-ins, running until the block ends."""
-    loop = _Loop()
+    loop = ThreadLoop()
     got = {"slack": StandIn(), "webhook": StandIn(), "smtp": StandIn()}
     runners = [loop.run(_http(got["slack"], True)), loop.run(_http(got["webhook"], False))]
     smtp = loop.run(_smtp(got["smtp"]))

@@ -29,13 +29,13 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import databento as db
 import databento_dbn as dbn
 import numpy as np
 import orjson
 from aiokafka.errors import KafkaError
+from databento.live.client import LiveIterator
 
 from app import metrics
 from app.backoff import Backoff
@@ -66,14 +66,14 @@ class LiveError(Exception):
     pass
 
 
-def records(client: db.Live) -> Any:
+def records(client: db.Live) -> LiveIterator:
     """The session's records, from its first. databento's iterator starts the session and only
     then enables the queue it reads from, and its client thread drops, without a word, every
     record it decodes meanwhile (databento 0.87, `LiveIterator.__init__` and
     `Session.received_record`). On a loaded machine that was a first socket read of 64 KiB
     (1,170 MBO records) gone, and the cursor, seeing the records after it, took them as
     delivered. Enabling the queue before the session starts closes that window; the iterator
-    enabling it again is harmless. The iterator has `__anext__` only, no `__aiter__`."""
+    enabling it again is harmless."""
     client._session._dbn_queue.enable()
     return client.__aiter__()
 

@@ -292,18 +292,17 @@ def test_no_record_is_lost_while_a_session_starts(monkeypatch: pytest.MonkeyPatc
     its client thread drops what it decodes in between. The window is widened here to half a
     second, with the gateway on a loop of its own so it serves meanwhile: every record of the
     file must still come through the source's iteration."""
-    import threading
     import time
 
     from app.live.source import records
+    from tests.stand_ins import ThreadLoop
 
     want = np.concatenate(list(open_mbo(ESM4).chunks()))
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
+    loop = ThreadLoop()
     gw = StandInGateway(
         Feed.from_files([str(ESM4)]), speed=None, horizon_ns=7 * 86400 * 10**9, keys=[KEY]
     )
-    asyncio.run_coroutine_threadsafe(gw.start(), loop).result(timeout=30)
+    loop.run(gw.start())
     start = db.Live.start
 
     def slow_start(self: db.Live) -> None:
@@ -331,5 +330,5 @@ def test_no_record_is_lost_while_a_session_starts(monkeypatch: pytest.MonkeyPatc
         assert asyncio.run(asyncio.wait_for(read(), 60)) == want.tobytes()
     finally:
         client.terminate()
-        asyncio.run_coroutine_threadsafe(gw.close(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
+        loop.run(gw.close())
+        loop.close()
